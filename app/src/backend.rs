@@ -1,0 +1,71 @@
+//! The port between the dashboard and the domain.
+//!
+//! `app` cannot depend on `server` (the server depends on `app`), so the dashboard's
+//! server functions reach the domain through this trait. The server implements it once
+//! and hands it to Leptos as context; its JSON API handlers call the very same
+//! implementation, so each rule lives in one place.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::model::*;
+
+pub type SharedBackend = Arc<dyn Backend>;
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    // --- sponsor accounts and sessions ---
+    async fn register(
+        &self,
+        input: Registration,
+        client: ClientMeta,
+    ) -> Result<AuthResponse, AppError>;
+    async fn login(&self, input: Credentials, client: ClientMeta)
+    -> Result<AuthResponse, AppError>;
+    async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: ClientMeta,
+    ) -> Result<AuthResponse, AppError>;
+    async fn logout(&self, sponsor: &SessionUser) -> Result<(), AppError>;
+    async fn current_user(&self, sponsor: &SessionUser) -> Result<UserView, AppError>;
+    /// `Set-Cookie` values that carry `tokens` to a browser, or clear them when `None`.
+    fn session_cookies(&self, tokens: Option<&TokenPair>) -> Vec<String>;
+
+    // --- agents ---
+    async fn list_agents(
+        &self,
+        sponsor: &SessionUser,
+        page: PageRequest,
+    ) -> Result<Page<AgentView>, AppError>;
+    async fn create_agent(
+        &self,
+        sponsor: &SessionUser,
+        input: NewAgent,
+    ) -> Result<AgentCreated, AppError>;
+    async fn get_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
+    async fn update_agent(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        patch: AgentPatch,
+    ) -> Result<AgentView, AppError>;
+    async fn rotate_agent_key(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+    ) -> Result<KeyRotated, AppError>;
+    async fn suspend_agent(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        reason: Option<String>,
+    ) -> Result<AgentView, AppError>;
+    async fn resume_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
+    async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
+
+    // --- policies ---
+    async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError>;
+}

@@ -1,0 +1,52 @@
+//! The AEGIS dashboard: Leptos components, routes and the server functions that the
+//! server-rendered pages and the hydrated client share.
+
+#[cfg(feature = "ssr")]
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod money;
+mod pages;
+pub mod rpc;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::components::{ParentRoute, Route, Router, Routes};
+use leptos_router::path;
+
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Stylesheet id="leptos" href="/pkg/aegis.css"/>
+        <Title formatter=|page: String| if page.is_empty() { "AEGIS".to_owned() } else { format!("{page} · AEGIS") }/>
+        <Router>
+            <Routes fallback=pages::NotFound>
+                <Route path=path!("/login") view=pages::auth::LoginPage/>
+                <Route path=path!("/register") view=pages::auth::RegisterPage/>
+                <ParentRoute path=path!("") view=pages::layout::SignedIn>
+                    <Route path=path!("") view=pages::overview::OverviewPage/>
+                    <Route path=path!("agents") view=pages::agents::AgentsPage/>
+                </ParentRoute>
+            </Routes>
+        </Router>
+    }
+}

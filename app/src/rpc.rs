@@ -1,0 +1,253 @@
+//! The dashboard's server functions. Each one is a thin adapter: find the signed-in
+//! sponsor, call the [`Backend`](crate::backend::Backend), translate the result.
+//! They live under `/rpc` so they never mix with the public JSON API under `/api`.
+
+use leptos::prelude::*;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::model::*;
+
+#[cfg(feature = "ssr")]
+pub(crate) mod ssr {
+    use http::StatusCode;
+    use http::header::{HeaderValue, SET_COOKIE};
+    use http::request::Parts;
+    use leptos::prelude::*;
+    use leptos_axum::ResponseOptions;
+
+    use crate::backend::SharedBackend;
+    use crate::error::AppError;
+    use crate::model::{ClientMeta, SessionUser, TokenPair};
+
+    pub fn backend() -> Result<SharedBackend, AppError> {
+        use_context::<SharedBackend>().ok_or_else(AppError::internal)
+    }
+
+    fn parts() -> Result<Parts, AppError> {
+        use_context::<Parts>().ok_or_else(AppError::internal)
+    }
+
+    /// The sponsor the server's session middleware authenticated for this request.
+    pub fn sponsor() -> Result<SessionUser, AppError> {
+        parts()?
+            .extensions
+            .get::<SessionUser>()
+            .cloned()
+            .ok_or_else(|| AppError::unauthorized("sign in first"))
+    }
+
+    pub fn client() -> ClientMeta {
+        parts()
+            .ok()
+            .and_then(|p| p.extensions.get::<ClientMeta>().cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn set_session_cookies(backend: &SharedBackend, tokens: Option<&TokenPair>) {
+        if let Some(response) = use_context::<ResponseOptions>() {
+            for cookie in backend.session_cookies(tokens) {
+                if let Ok(value) = HeaderValue::from_str(&cookie) {
+                    response.append_header(SET_COOKIE, value);
+                }
+            }
+        }
+    }
+
+    /// Runs a server function body and gives the HTTP response the error's status,
+    /// so a rejected form is a 4xx, not a 500.
+    pub async fn respond<T>(
+        body: impl Future<Output = Result<T, AppError>>,
+    ) -> Result<T, AppError> {
+        let result = body.await;
+        if let Err(e) = &result
+            && let (Some(response), Ok(status)) = (
+                use_context::<ResponseOptions>(),
+                StatusCode::from_u16(e.status),
+            )
+        {
+            response.set_status(status);
+        }
+        result
+    }
+}
+
+/// Only same-site relative paths may be used as a post-login destination.
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/agents".to_owned(),
+    }
+}
+
+#[server(prefix = "/rpc", endpoint = "current_user")]
+pub async fn current_user() -> Result<Option<UserView>, AppError> {
+    use ssr::*;
+    respond(async {
+        match sponsor() {
+            Ok(sponsor) => backend()?.current_user(&sponsor).await.map(Some),
+            Err(_) => Ok(None),
+        }
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "login")]
+pub async fn login(email: String, password: String, next: Option<String>) -> Result<(), AppError> {
+    use ssr::*;
+    respond(async {
+        let backend = backend()?;
+        let session = backend
+            .login(Credentials { email, password }, client())
+            .await?;
+        set_session_cookies(&backend, Some(&session.tokens));
+        leptos_axum::redirect(&safe_next(next.as_deref()));
+        Ok(())
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "register")]
+pub async fn register(name: String, email: String, password: String) -> Result<(), AppError> {
+    use ssr::*;
+    respond(async {
+        let backend = backend()?;
+        let session = backend
+            .register(
+                Registration {
+                    email,
+                    password,
+                    name,
+                },
+                client(),
+            )
+            .await?;
+        set_session_cookies(&backend, Some(&session.tokens));
+        leptos_axum::redirect("/agents");
+        Ok(())
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "logout")]
+pub async fn logout() -> Result<(), AppError> {
+    use ssr::*;
+    respond(async {
+        let backend = backend()?;
+        if let Ok(sponsor) = sponsor() {
+            backend.logout(&sponsor).await?;
+        }
+        set_session_cookies(&backend, None);
+        leptos_axum::redirect("/login");
+        Ok(())
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "list_agents")]
+pub async fn list_agents(cursor: Option<String>) -> Result<Page<AgentView>, AppError> {
+    use ssr::*;
+    respond(async {
+        backend()?
+            .list_agents(
+                &sponsor()?,
+                PageRequest {
+                    limit: Some(25),
+                    cursor,
+                },
+            )
+            .await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "list_policies")]
+pub async fn list_policies() -> Result<Vec<PolicySummary>, AppError> {
+    use ssr::*;
+    respond(async { backend()?.list_policies(&sponsor()?).await }).await
+}
+
+/// Form-friendly: amounts arrive as decimal strings ("12.50"), blank means no limit.
+#[server(prefix = "/rpc", endpoint = "create_agent")]
+pub async fn create_agent(
+    name: String,
+    description: Option<String>,
+    policy: Option<String>,
+    daily_limit: Option<String>,
+    monthly_limit: Option<String>,
+) -> Result<AgentCreated, AppError> {
+    use ssr::*;
+    respond(async {
+        let sponsor = sponsor()?;
+        let input = NewAgent {
+            name,
+            description: description.filter(|d| !d.trim().is_empty()),
+            policy: policy.filter(|p| !p.trim().is_empty()),
+            daily_limit_micros: parse_limit("daily limit", daily_limit)?,
+            monthly_limit_micros: parse_limit("monthly limit", monthly_limit)?,
+            tags: None,
+        };
+        backend()?.create_agent(&sponsor, input).await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "set_agent_state")]
+pub async fn set_agent_state(id: Uuid, state: String) -> Result<AgentView, AppError> {
+    use ssr::*;
+    respond(async {
+        let (backend, sponsor) = (backend()?, sponsor()?);
+        match state.as_str() {
+            "suspend" => {
+                backend
+                    .suspend_agent(&sponsor, id, Some("suspended from the dashboard".into()))
+                    .await
+            }
+            "resume" => backend.resume_agent(&sponsor, id).await,
+            "delete" => backend.delete_agent(&sponsor, id).await,
+            _ => Err(AppError::bad_request(
+                "invalid_request",
+                "state must be suspend, resume or delete",
+            )),
+        }
+    })
+    .await
+}
+
+fn parse_limit(label: &str, text: Option<String>) -> Result<Option<i64>, AppError> {
+    match text.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => crate::money::parse_units(t)
+            .map(Some)
+            .map_err(|e| AppError::validation(format!("{label}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_must_be_a_local_path() {
+        assert_eq!(safe_next(Some("/agents/1")), "/agents/1");
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "agents",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/agents", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/agents");
+    }
+
+    #[test]
+    fn blank_limit_means_none_and_garbage_is_422() {
+        assert_eq!(parse_limit("x", Some(" ".into())), Ok(None));
+        assert_eq!(parse_limit("x", Some("2.5".into())), Ok(Some(2_500_000)));
+        assert_eq!(
+            parse_limit("x", Some("lots".into())).unwrap_err().status,
+            422
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! `connections`: named upstream APIs (base URL, optional secret, price).
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "connections")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub sponsor_id: Uuid,
+    pub name: String,
+    pub base_url: String,
+    pub secret_id: Option<Uuid>,
+    pub cost_micros: i64,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::users::Entity",
+        from = "Column::SponsorId",
+        to = "super::users::Column::Id",
+        on_update = "NoAction",
+        on_delete = "Cascade"
+    )]
+    Sponsor,
+    #[sea_orm(
+        belongs_to = "super::secrets::Entity",
+        from = "Column::SecretId",
+        to = "super::secrets::Column::Id",
+        on_update = "NoAction",
+        on_delete = "SetNull"
+    )]
+    Secret,
+}
+
+impl Related<super::users::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Sponsor.def()
+    }
+}
+
+impl Related<super::secrets::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Secret.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,25 @@
+//! Database migrations for AEGIS (SQLite and PostgreSQL).
+//!
+//! Run them with [`Migrator`]:
+//!
+//! ```no_run
+//! # async fn run(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::DbErr> {
+//! use migration::{Migrator, MigratorTrait};
+//! Migrator::up(db, None).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_initial;
+
+/// The AEGIS migrator: every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_initial::Migration)]
+    }
+}

@@ -1,0 +1,563 @@
+//! Agents: the identities AI agents use to reach AEGIS. A sponsor creates, lists,
+//! updates, suspends, resumes and revokes only their own agents; any other id is
+//! "not found".
+
+pub mod api_keys;
+
+use std::collections::HashMap;
+
+use app::error::AppError;
+use app::model::{
+    AgentCreated, AgentPatch, AgentStatus, AgentView, KeyRotated, NewAgent, Page, PageRequest,
+};
+use app::money::MAX_MICROS;
+use entity::{agent_keys, agents, policies, wallets};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::policies::{DEFAULT_POLICY, PolicyService};
+use crate::storage::{internal, now, unique_or_internal};
+
+pub const INITIAL_TRUST: i32 = 500;
+const MAX_PAGE: u32 = 200;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_TAGS: usize = 20;
+
+/// An agent authenticated by its API key.
+#[derive(Debug, Clone)]
+pub struct AgentPrincipal {
+    pub agent: agents::Model,
+    pub key_id: String,
+}
+
+#[derive(Clone)]
+pub struct AgentService {
+    db: DatabaseConnection,
+    policies: PolicyService,
+}
+
+struct Validated {
+    name: Option<String>,
+    description: Option<Option<String>>,
+    tags: Option<Vec<String>>,
+    daily: Option<i64>,
+    monthly: Option<i64>,
+}
+
+fn validate(
+    name: Option<&str>,
+    description: Option<&str>,
+    tags: Option<&[String]>,
+    daily: Option<i64>,
+    monthly: Option<i64>,
+) -> Result<Validated, AppError> {
+    let name = name
+        .map(|n| {
+            let n = n.trim();
+            if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
+                Err(AppError::validation(
+                    "name must be 1 to 100 printable characters",
+                ))
+            } else {
+                Ok(n.to_owned())
+            }
+        })
+        .transpose()?;
+    let description = description
+        .map(|d| {
+            let d = d.trim();
+            if d.chars().count() > 1000 {
+                Err(AppError::validation(
+                    "description must be at most 1000 characters",
+                ))
+            } else {
+                Ok((!d.is_empty()).then(|| d.to_owned()))
+            }
+        })
+        .transpose()?;
+    let tags = tags
+        .map(|tags| {
+            if tags.len() > MAX_TAGS {
+                return Err(AppError::validation(format!("at most {MAX_TAGS} tags")));
+            }
+            let mut clean: Vec<String> = Vec::with_capacity(tags.len());
+            for t in tags {
+                let t = t.trim().to_lowercase();
+                let ok = !t.is_empty()
+                    && t.len() <= 50
+                    && t.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.')
+                    });
+                if !ok {
+                    return Err(AppError::validation(format!(
+                        "tag {t:?} must be 1 to 50 of a-z 0-9 - _ : ."
+                    )));
+                }
+                if !clean.contains(&t) {
+                    clean.push(t);
+                }
+            }
+            Ok(clean)
+        })
+        .transpose()?;
+    let limit = |label: &str, v: Option<i64>| match v {
+        Some(v) if !(0..=MAX_MICROS).contains(&v) => Err(AppError::validation(format!(
+            "{label} must be between 0 and {MAX_MICROS} micro-units"
+        ))),
+        v => Ok(v),
+    };
+    Ok(Validated {
+        name,
+        description,
+        tags,
+        daily: limit("daily_limit_micros", daily)?,
+        monthly: limit("monthly_limit_micros", monthly)?,
+    })
+}
+
+fn name_taken() -> AppError {
+    AppError::conflict(
+        "agent_name_taken",
+        "you already have an agent with this name",
+    )
+}
+
+fn revoked() -> AppError {
+    AppError::conflict(
+        "agent_revoked",
+        "this agent has been deleted; its history is kept but it cannot change",
+    )
+}
+
+impl AgentService {
+    pub fn new(db: DatabaseConnection, policies: PolicyService) -> Self {
+        Self { db, policies }
+    }
+
+    pub async fn create(
+        &self,
+        sponsor_id: Uuid,
+        input: NewAgent,
+    ) -> Result<AgentCreated, AppError> {
+        let v = validate(
+            Some(&input.name),
+            input.description.as_deref(),
+            input.tags.as_deref(),
+            input.daily_limit_micros,
+            input.monthly_limit_micros,
+        )?;
+        let policy = self
+            .policies
+            .resolve(
+                sponsor_id,
+                input.policy.as_deref().unwrap_or(DEFAULT_POLICY),
+            )
+            .await?;
+        let at = now();
+        let id = Uuid::now_v7();
+        let key = api_keys::generate();
+        let txn = self.db.begin().await.map_err(internal)?;
+        agents::ActiveModel {
+            id: Set(id),
+            sponsor_id: Set(sponsor_id),
+            name: Set(v.name.unwrap_or_default()),
+            description: Set(v.description.flatten()),
+            status: Set(AgentStatus::Active.as_str().into()),
+            policy_id: Set(Some(policy.id)),
+            trust_score: Set(INITIAL_TRUST),
+            tags: Set(serde_json::to_string(&v.tags.unwrap_or_default())
+                .map_err(|_| AppError::internal())?),
+            created_at: Set(at),
+            updated_at: Set(at),
+            suspended_at: Set(None),
+            suspended_reason: Set(None),
+            deleted_at: Set(None),
+            last_seen_at: Set(None),
+        }
+        .insert(&txn)
+        .await
+        .map_err(|e| unique_or_internal(e, name_taken()))?;
+        let (day_window, month_window) = windows(at);
+        wallets::ActiveModel {
+            agent_id: Set(id),
+            daily_limit_micros: Set(v.daily.unwrap_or(0)),
+            monthly_limit_micros: Set(v.monthly.unwrap_or(0)),
+            daily_spent_micros: Set(0),
+            monthly_spent_micros: Set(0),
+            reserved_micros: Set(0),
+            day_window: Set(day_window),
+            month_window: Set(month_window),
+            timezone: Set("UTC".into()),
+            alert_threshold_pct: Set(None),
+            alert_sent_day: Set(None),
+            alert_sent_month: Set(None),
+            updated_at: Set(at),
+        }
+        .insert(&txn)
+        .await
+        .map_err(internal)?;
+        insert_key(&txn, id, &key).await?;
+        txn.commit().await.map_err(internal)?;
+        let agent = self.get(sponsor_id, id).await?;
+        Ok(AgentCreated {
+            agent,
+            api_key: key.plaintext,
+        })
+    }
+
+    /// Live agents, newest first. Ids are UUIDv7, so ordering by id is creation order
+    /// and the last id of a page is the cursor for the next.
+    pub async fn list(
+        &self,
+        sponsor_id: Uuid,
+        page: PageRequest,
+    ) -> Result<Page<AgentView>, AppError> {
+        let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let mut query = agents::Entity::find()
+            .filter(agents::Column::SponsorId.eq(sponsor_id))
+            .filter(agents::Column::DeletedAt.is_null())
+            .order_by_desc(agents::Column::Id)
+            .limit(u64::from(limit) + 1);
+        if let Some(cursor) = page.cursor.as_deref().filter(|c| !c.is_empty()) {
+            let after: Uuid = cursor.parse().map_err(|_| {
+                AppError::bad_request("invalid_cursor", "cursor is not one this API returned")
+            })?;
+            query = query.filter(agents::Column::Id.lt(after));
+        }
+        let mut rows = query.all(&self.db).await.map_err(internal)?;
+        let next_cursor = (rows.len() > limit as usize).then(|| {
+            rows.truncate(limit as usize);
+            rows.last().map(|a| a.id.to_string())
+        });
+        Ok(Page {
+            items: self.views(rows).await?,
+            next_cursor: next_cursor.flatten(),
+        })
+    }
+
+    pub async fn get(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
+        let agent = self.owned(sponsor_id, id).await?;
+        Ok(self.views(vec![agent]).await?.remove(0))
+    }
+
+    pub async fn update(
+        &self,
+        sponsor_id: Uuid,
+        id: Uuid,
+        patch: AgentPatch,
+    ) -> Result<AgentView, AppError> {
+        let v = validate(
+            patch.name.as_deref(),
+            patch.description.as_deref(),
+            patch.tags.as_deref(),
+            patch.daily_limit_micros,
+            patch.monthly_limit_micros,
+        )?;
+        let agent = self.live(sponsor_id, id).await?;
+        let policy_id = match patch.policy.as_deref() {
+            Some(name) => Some(self.policies.resolve(sponsor_id, name).await?.id),
+            None => None,
+        };
+        let txn = self.db.begin().await.map_err(internal)?;
+        let mut active: agents::ActiveModel = agent.into();
+        if let Some(name) = v.name {
+            active.name = Set(name);
+        }
+        if let Some(description) = v.description {
+            active.description = Set(description);
+        }
+        if let Some(tags) = v.tags {
+            active.tags = Set(serde_json::to_string(&tags).map_err(|_| AppError::internal())?);
+        }
+        if let Some(policy_id) = policy_id {
+            active.policy_id = Set(Some(policy_id));
+        }
+        active.updated_at = Set(now());
+        active
+            .update(&txn)
+            .await
+            .map_err(|e| unique_or_internal(e, name_taken()))?;
+        if v.daily.is_some() || v.monthly.is_some() {
+            let mut update = wallets::Entity::update_many().filter(wallets::Column::AgentId.eq(id));
+            if let Some(daily) = v.daily {
+                update = update.col_expr(wallets::Column::DailyLimitMicros, Expr::value(daily));
+            }
+            if let Some(monthly) = v.monthly {
+                update = update.col_expr(wallets::Column::MonthlyLimitMicros, Expr::value(monthly));
+            }
+            update.exec(&txn).await.map_err(internal)?;
+        }
+        txn.commit().await.map_err(internal)?;
+        self.get(sponsor_id, id).await
+    }
+
+    /// Issues a new key and revokes every earlier one in the same transaction.
+    pub async fn rotate_key(&self, sponsor_id: Uuid, id: Uuid) -> Result<KeyRotated, AppError> {
+        self.live(sponsor_id, id).await?;
+        let key = api_keys::generate();
+        let txn = self.db.begin().await.map_err(internal)?;
+        revoke_keys(&txn, id).await?;
+        insert_key(&txn, id, &key).await?;
+        txn.commit().await.map_err(internal)?;
+        Ok(KeyRotated {
+            agent_id: id,
+            api_key: key.plaintext,
+            key_prefix: api_keys::display_prefix(&key.key_id),
+        })
+    }
+
+    pub async fn suspend(
+        &self,
+        sponsor_id: Uuid,
+        id: Uuid,
+        reason: Option<String>,
+    ) -> Result<AgentView, AppError> {
+        let agent = self.live(sponsor_id, id).await?;
+        let reason = reason
+            .map(|r| r.trim().chars().take(500).collect::<String>())
+            .filter(|r| !r.is_empty());
+        if agent.status != AgentStatus::Suspended.as_str() {
+            let mut active: agents::ActiveModel = agent.into();
+            let at = now();
+            active.status = Set(AgentStatus::Suspended.as_str().into());
+            active.suspended_at = Set(Some(at));
+            active.suspended_reason = Set(reason.or_else(|| Some("suspended by sponsor".into())));
+            active.updated_at = Set(at);
+            active.update(&self.db).await.map_err(internal)?;
+        }
+        self.get(sponsor_id, id).await
+    }
+
+    pub async fn resume(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
+        let agent = self.live(sponsor_id, id).await?;
+        if agent.status != AgentStatus::Active.as_str() {
+            let mut active: agents::ActiveModel = agent.into();
+            active.status = Set(AgentStatus::Active.as_str().into());
+            active.suspended_at = Set(None);
+            active.suspended_reason = Set(None);
+            active.updated_at = Set(now());
+            active.update(&self.db).await.map_err(internal)?;
+        }
+        self.get(sponsor_id, id).await
+    }
+
+    /// Revokes the agent and its keys. The row and its history stay.
+    pub async fn delete(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
+        let agent = self.owned(sponsor_id, id).await?;
+        if agent.deleted_at.is_none() {
+            let txn = self.db.begin().await.map_err(internal)?;
+            let at = now();
+            let mut active: agents::ActiveModel = agent.into();
+            active.status = Set(AgentStatus::Revoked.as_str().into());
+            active.deleted_at = Set(Some(at));
+            active.updated_at = Set(at);
+            active.update(&txn).await.map_err(internal)?;
+            revoke_keys(&txn, id).await?;
+            txn.commit().await.map_err(internal)?;
+        }
+        self.get(sponsor_id, id).await
+    }
+
+    /// Finds the agent a presented API key belongs to. Unknown, malformed, revoked and
+    /// wrong keys are all the same `None`.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<AgentPrincipal>, AppError> {
+        let Some(key_id) = api_keys::key_id(presented) else {
+            return Ok(None);
+        };
+        let found = agent_keys::Entity::find()
+            .filter(agent_keys::Column::KeyId.eq(key_id))
+            .filter(agent_keys::Column::RevokedAt.is_null())
+            .find_also_related(agents::Entity)
+            .one(&self.db)
+            .await
+            .map_err(internal)?;
+        Ok(match found {
+            Some((key, Some(agent)))
+                if api_keys::matches(presented, &key.key_hash) && agent.deleted_at.is_none() =>
+            {
+                Some(AgentPrincipal {
+                    agent,
+                    key_id: key.key_id,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// The agent if it belongs to the sponsor; otherwise "not found", whether it
+    /// exists for someone else or not at all.
+    async fn owned(&self, sponsor_id: Uuid, id: Uuid) -> Result<agents::Model, AppError> {
+        agents::Entity::find_by_id(id)
+            .filter(agents::Column::SponsorId.eq(sponsor_id))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| AppError::not_found("agent"))
+    }
+
+    async fn live(&self, sponsor_id: Uuid, id: Uuid) -> Result<agents::Model, AppError> {
+        let agent = self.owned(sponsor_id, id).await?;
+        if agent.deleted_at.is_some() {
+            return Err(revoked());
+        }
+        Ok(agent)
+    }
+
+    /// Builds views for a batch of agents with one query per related table.
+    pub async fn views(&self, rows: Vec<agents::Model>) -> Result<Vec<AgentView>, AppError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|a| a.id).collect();
+        let policy_ids: Vec<Uuid> = rows.iter().filter_map(|a| a.policy_id).collect();
+        let policy_names: HashMap<Uuid, String> = policies::Entity::find()
+            .filter(policies::Column::Id.is_in(policy_ids))
+            .all(&self.db)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|p| (p.id, p.name))
+            .collect();
+        let wallets: HashMap<Uuid, wallets::Model> = wallets::Entity::find()
+            .filter(wallets::Column::AgentId.is_in(ids.clone()))
+            .all(&self.db)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|w| (w.agent_id, w))
+            .collect();
+        let keys: HashMap<Uuid, String> = agent_keys::Entity::find()
+            .filter(agent_keys::Column::AgentId.is_in(ids))
+            .filter(agent_keys::Column::RevokedAt.is_null())
+            .all(&self.db)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|k| (k.agent_id, api_keys::display_prefix(&k.key_id)))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|a| {
+                let wallet = wallets.get(&a.id);
+                AgentView {
+                    id: a.id,
+                    policy: a
+                        .policy_id
+                        .and_then(|p| policy_names.get(&p).cloned())
+                        .unwrap_or_else(|| DEFAULT_POLICY.into()),
+                    status: AgentStatus::parse(&a.status).unwrap_or(AgentStatus::Suspended),
+                    trust_score: a.trust_score,
+                    tags: serde_json::from_str(&a.tags).unwrap_or_default(),
+                    daily_limit_micros: wallet.map_or(0, |w| w.daily_limit_micros),
+                    monthly_limit_micros: wallet.map_or(0, |w| w.monthly_limit_micros),
+                    key_prefix: keys.get(&a.id).cloned(),
+                    name: a.name,
+                    description: a.description,
+                    created_at: a.created_at,
+                    updated_at: a.updated_at,
+                    suspended_at: a.suspended_at,
+                    suspended_reason: a.suspended_reason,
+                    last_seen_at: a.last_seen_at,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The calendar windows (UTC) a wallet's spend is counted in.
+fn windows(at: chrono::DateTime<chrono::Utc>) -> (String, String) {
+    (
+        at.format("%Y-%m-%d").to_string(),
+        at.format("%Y-%m").to_string(),
+    )
+}
+
+async fn insert_key(
+    db: &impl ConnectionTrait,
+    agent_id: Uuid,
+    key: &api_keys::NewKey,
+) -> Result<(), AppError> {
+    agent_keys::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        agent_id: Set(agent_id),
+        key_id: Set(key.key_id.clone()),
+        key_hash: Set(key.hash.clone()),
+        created_at: Set(now()),
+        revoked_at: Set(None),
+        last_used_at: Set(None),
+    }
+    .insert(db)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+async fn revoke_keys(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<(), AppError> {
+    agent_keys::Entity::update_many()
+        .col_expr(agent_keys::Column::RevokedAt, Expr::value(now()))
+        .filter(agent_keys::Column::AgentId.eq(agent_id))
+        .filter(agent_keys::Column::RevokedAt.is_null())
+        .exec(db)
+        .await
+        .map_err(internal)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_table() {
+        assert!(validate(Some("bot"), None, None, Some(0), Some(MAX_MICROS)).is_ok());
+        let (long_name, long_desc) = ("n".repeat(101), "d".repeat(1001));
+        let cases: Vec<(Option<&str>, Option<&str>, Option<Vec<String>>, Option<i64>)> = vec![
+            (Some(""), None, None, None),
+            (Some(&long_name), None, None, None),
+            (Some("a\nb"), None, None, None),
+            (Some("ok"), Some(&long_desc), None, None),
+            (Some("ok"), None, Some(vec!["has space".into()]), None),
+            (
+                Some("ok"),
+                None,
+                Some((0..21).map(|i| format!("t{i}")).collect()),
+                None,
+            ),
+            (Some("ok"), None, None, Some(-1)),
+            (Some("ok"), None, None, Some(MAX_MICROS + 1)),
+        ];
+        for (name, desc, tags, daily) in cases {
+            let err = validate(name, desc, tags.as_deref(), daily, None)
+                .err()
+                .expect("should be rejected");
+            assert_eq!(err.status, 422);
+        }
+    }
+
+    #[test]
+    fn tags_are_normalised_and_deduplicated() {
+        let v = validate(
+            None,
+            None,
+            Some(&["Prod".into(), "prod".into(), "team:ml".into()]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(v.tags.unwrap(), vec!["prod", "team:ml"]);
+    }
+
+    #[test]
+    fn empty_description_clears() {
+        assert_eq!(
+            validate(None, Some("  "), None, None, None)
+                .unwrap()
+                .description,
+            Some(None)
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! Sponsor accounts and sessions: registration, sign-in, refresh-token rotation with
+//! reuse detection, sign-out, and access-token checks.
+
+pub mod password;
+pub mod throttle;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::error::AppError;
+use app::model::{
+    AuthResponse, ClientMeta, Credentials, Registration, SessionUser, TokenPair, UserView,
+};
+use chrono::{DateTime, Utc};
+use entity::{refresh_families, refresh_tokens, users};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::storage::{internal, now, random_hex, sha256_hex, unique_or_internal};
+use password::Passwords;
+use throttle::LoginThrottle;
+use tokens::AccessTokens;
+
+/// Refresh tokens live at most this long, and never beyond their family's life.
+const REFRESH_TOKEN_PREFIX: &str = "rt_";
+
+#[derive(Clone)]
+pub struct AuthService {
+    db: DatabaseConnection,
+    passwords: Passwords,
+    tokens: AccessTokens,
+    throttle: LoginThrottle,
+    refresh_ttl: Duration,
+}
+
+fn view(user: &users::Model) -> UserView {
+    UserView {
+        id: user.id,
+        email: user.email.clone(),
+        name: user.name.clone(),
+        created_at: user.created_at,
+    }
+}
+
+/// Lower-cased and trimmed; checked for the shape of an address.
+pub fn normalise_email(email: &str) -> Result<String, AppError> {
+    let email = email.trim().to_lowercase();
+    if email.len() > 254 || !email_address::EmailAddress::is_valid(&email) {
+        return Err(AppError::validation("email is not a valid address"));
+    }
+    Ok(email)
+}
+
+fn clean_name(name: &str) -> Result<String, AppError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(AppError::validation(
+            "name must be 1 to 100 printable characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn invalid_credentials() -> AppError {
+    AppError::new(401, "invalid_credentials", "invalid email or password")
+}
+
+fn invalid_refresh() -> AppError {
+    AppError::new(
+        401,
+        "invalid_refresh_token",
+        "refresh token is invalid, expired or revoked",
+    )
+}
+
+impl AuthService {
+    pub fn new(
+        db: DatabaseConnection,
+        tokens: AccessTokens,
+        throttle: LoginThrottle,
+        refresh_ttl: Duration,
+    ) -> Self {
+        Self {
+            db,
+            passwords: Passwords::new(),
+            tokens,
+            throttle,
+            refresh_ttl,
+        }
+    }
+
+    pub fn access_tokens(&self) -> &AccessTokens {
+        &self.tokens
+    }
+
+    pub async fn register(
+        &self,
+        input: Registration,
+        client: ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        let email = normalise_email(&input.email)?;
+        let name = clean_name(&input.name)?;
+        password::check_policy(&input.password)?;
+        // Registration costs a hash too, so it shares the per-address budget.
+        self.throttle.admit("", client.ip.as_deref())?;
+        let hash = self.passwords.hash(&input.password).await?;
+        let at = now();
+        let user = users::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            email: Set(email),
+            name: Set(name),
+            password_hash: Set(hash),
+            created_at: Set(at),
+            updated_at: Set(at),
+            disabled_at: Set(None),
+        }
+        .insert(&self.db)
+        .await
+        .map_err(|e| {
+            unique_or_internal(
+                e,
+                AppError::conflict("email_taken", "an account with this email already exists"),
+            )
+        })?;
+        self.start_session(&user, &client).await
+    }
+
+    pub async fn login(
+        &self,
+        input: Credentials,
+        client: ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        // A malformed email is just a failed sign-in: no hint about what exists.
+        let email =
+            normalise_email(&input.email).unwrap_or_else(|_| input.email.trim().to_lowercase());
+        self.throttle.admit(&email, client.ip.as_deref())?;
+        let user = users::Entity::find()
+            .filter(users::Column::Email.eq(&email))
+            .one(&self.db)
+            .await
+            .map_err(internal)?;
+        let stored = user.as_ref().map(|u| u.password_hash.as_str());
+        let matched = input.password.len() <= password::MAX_BYTES
+            && self.passwords.verify(&input.password, stored).await;
+        match user {
+            Some(user) if matched && user.disabled_at.is_none() => {
+                self.throttle.succeeded(&email);
+                self.start_session(&user, &client).await
+            }
+            _ => {
+                self.throttle.failed(&email);
+                Err(invalid_credentials())
+            }
+        }
+    }
+
+    async fn start_session(
+        &self,
+        user: &users::Model,
+        client: &ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        let at = now();
+        let family_expires =
+            at + chrono::Duration::from_std(self.refresh_ttl).unwrap_or(chrono::Duration::days(30));
+        let family = refresh_families::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            user_id: Set(user.id),
+            created_at: Set(at),
+            last_used_at: Set(at),
+            expires_at: Set(family_expires),
+            revoked_at: Set(None),
+            revoked_reason: Set(None),
+            user_agent: Set(client
+                .user_agent
+                .as_ref()
+                .map(|u| u.chars().take(300).collect())),
+            ip: Set(client.ip.clone()),
+        }
+        .insert(&self.db)
+        .await
+        .map_err(internal)?;
+        let refresh = self
+            .insert_refresh_token(&self.db, family.id, family.expires_at)
+            .await?;
+        self.respond(user, family.id, refresh)
+    }
+
+    async fn insert_refresh_token<C: sea_orm::ConnectionTrait>(
+        &self,
+        db: &C,
+        family_id: Uuid,
+        family_expires: DateTime<Utc>,
+    ) -> Result<String, AppError> {
+        let token = format!("{REFRESH_TOKEN_PREFIX}{}", random_hex(32));
+        refresh_tokens::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            family_id: Set(family_id),
+            token_hash: Set(sha256_hex(token.as_bytes())),
+            created_at: Set(now()),
+            expires_at: Set(family_expires),
+            rotated_at: Set(None),
+        }
+        .insert(db)
+        .await
+        .map_err(internal)?;
+        Ok(token)
+    }
+
+    fn respond(
+        &self,
+        user: &users::Model,
+        session_id: Uuid,
+        refresh_token: String,
+    ) -> Result<AuthResponse, AppError> {
+        Ok(AuthResponse {
+            tokens: TokenPair {
+                access_token: self.tokens.issue(user.id, session_id)?,
+                refresh_token,
+                token_type: "Bearer".into(),
+                expires_in: self.tokens.ttl().as_secs(),
+            },
+            user: view(user),
+        })
+    }
+
+    /// Rotates a refresh token. Presenting a token that was already rotated means it
+    /// leaked (or raced): the whole family is revoked.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        client: &ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        if !token.starts_with(REFRESH_TOKEN_PREFIX) || token.len() > 200 {
+            return Err(invalid_refresh());
+        }
+        let hash = sha256_hex(token.as_bytes());
+        let Some((row, Some(family))) = refresh_tokens::Entity::find()
+            .filter(refresh_tokens::Column::TokenHash.eq(&hash))
+            .find_also_related(refresh_families::Entity)
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+        else {
+            return Err(invalid_refresh());
+        };
+        let at = now();
+        if family.revoked_at.is_some() || family.expires_at <= at || row.expires_at <= at {
+            return Err(invalid_refresh());
+        }
+        let txn = self.db.begin().await.map_err(internal)?;
+        // Conditional update: of two concurrent uses only one can win.
+        let claimed = refresh_tokens::Entity::update_many()
+            .col_expr(refresh_tokens::Column::RotatedAt, Expr::value(at))
+            .filter(refresh_tokens::Column::Id.eq(row.id))
+            .filter(refresh_tokens::Column::RotatedAt.is_null())
+            .exec(&txn)
+            .await
+            .map_err(internal)?
+            .rows_affected
+            == 1;
+        if !claimed {
+            drop(txn);
+            self.revoke_family(family.id, "refresh_token_reuse").await?;
+            tracing::warn!(user = %family.user_id, session = %family.id, "refresh token reuse: session revoked");
+            return Err(AppError::new(
+                401,
+                "refresh_token_reused",
+                "refresh token was already used; the session has been revoked",
+            ));
+        }
+        let next = self
+            .insert_refresh_token(&txn, family.id, family.expires_at)
+            .await?;
+        refresh_families::Entity::update_many()
+            .col_expr(refresh_families::Column::LastUsedAt, Expr::value(at))
+            .col_expr(refresh_families::Column::Ip, Expr::value(client.ip.clone()))
+            .filter(refresh_families::Column::Id.eq(family.id))
+            .exec(&txn)
+            .await
+            .map_err(internal)?;
+        txn.commit().await.map_err(internal)?;
+        let user = users::Entity::find_by_id(family.user_id)
+            .one(&self.db)
+            .await
+            .map_err(internal)?;
+        match user {
+            Some(user) if user.disabled_at.is_none() => self.respond(&user, family.id, next),
+            _ => Err(invalid_refresh()),
+        }
+    }
+
+    pub async fn logout(&self, session: &SessionUser) -> Result<(), AppError> {
+        self.revoke_family(session.session_id, "logout").await
+    }
+
+    async fn revoke_family(&self, family_id: Uuid, reason: &str) -> Result<(), AppError> {
+        refresh_families::Entity::update_many()
+            .col_expr(refresh_families::Column::RevokedAt, Expr::value(now()))
+            .col_expr(refresh_families::Column::RevokedReason, Expr::value(reason))
+            .filter(refresh_families::Column::Id.eq(family_id))
+            .filter(refresh_families::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    /// Verifies an access token and that its session is still live, so sign-out and
+    /// reuse revocation take effect at once rather than when the token expires.
+    pub async fn authenticate(&self, access_token: &str) -> Result<SessionUser, AppError> {
+        let session = self.tokens.verify(access_token)?;
+        let live = refresh_families::Entity::find_by_id(session.session_id)
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .is_some_and(|f| {
+                f.user_id == session.user_id && f.revoked_at.is_none() && f.expires_at > now()
+            });
+        if !live {
+            return Err(AppError::unauthorized("session has ended; sign in again"));
+        }
+        Ok(session)
+    }
+
+    pub async fn user(&self, session: &SessionUser) -> Result<UserView, AppError> {
+        users::Entity::find_by_id(session.user_id)
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .map(|u| view(&u))
+            .ok_or_else(|| AppError::unauthorized("account no longer exists"))
+    }
+}
+
+/// Shared handle used by the HTTP layer.
+pub type Auth = Arc<AuthService>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(
+            normalise_email("  Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "a b@example.com",
+            &format!("{}@x.io", "a".repeat(260)),
+        ] {
+            assert_eq!(normalise_email(bad).unwrap_err().status, 422, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(clean_name("  Ada ").unwrap(), "Ada");
+        assert!(clean_name("   ").is_err());
+        assert!(clean_name(&"x".repeat(101)).is_err());
+        assert!(clean_name("a\u{0007}b").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! The server's implementation of the dashboard port ([`app::backend::Backend`]).
+//! The JSON API handlers call these same methods, so the dashboard and the API
+//! share every rule.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use app::backend::Backend;
+use app::error::AppError;
+use app::model::*;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::agents::AgentService;
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::policies::PolicyService;
+use crate::storage::sha256_hex;
+
+pub const ACCESS_COOKIE: &str = "aegis_at";
+pub const REFRESH_COOKIE: &str = "aegis_rt";
+/// How long a browser may present a just-rotated refresh token and get the same
+/// new pair: concurrent page loads share one cookie and must not look like theft.
+const BROWSER_REFRESH_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Services {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub auth: AuthService,
+    pub agents: AgentService,
+    pub policies: PolicyService,
+    recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
+}
+
+impl Services {
+    pub fn new(config: Config, db: DatabaseConnection, auth: AuthService) -> Arc<Self> {
+        let policies = PolicyService::new(db.clone());
+        let agents = AgentService::new(db.clone(), policies.clone());
+        Arc::new(Self {
+            config,
+            db,
+            auth,
+            agents,
+            policies,
+            recent_browser_refreshes: Mutex::default(),
+        })
+    }
+
+    /// Refresh for a browser's cookie. Serialised per process and remembered briefly,
+    /// so parallel requests carrying the same old cookie all get the same new pair.
+    pub async fn refresh_browser_session(
+        &self,
+        token: &str,
+        client: &ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        let key = sha256_hex(token.as_bytes());
+        let mut recent = self.recent_browser_refreshes.lock().await;
+        recent.retain(|_, (_, at)| at.elapsed() < BROWSER_REFRESH_GRACE);
+        if let Some((response, _)) = recent.get(&key) {
+            return Ok(response.clone());
+        }
+        let response = self.auth.refresh(token, client).await?;
+        recent.insert(key, (response.clone(), Instant::now()));
+        Ok(response)
+    }
+
+    fn cookie(&self, name: &str, value: &str, max_age: u64) -> String {
+        let secure = if self.config.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Services {
+    async fn register(
+        &self,
+        input: Registration,
+        client: ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        self.auth.register(input, client).await
+    }
+
+    async fn login(
+        &self,
+        input: Credentials,
+        client: ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        self.auth.login(input, client).await
+    }
+
+    async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: ClientMeta,
+    ) -> Result<AuthResponse, AppError> {
+        self.auth.refresh(refresh_token, &client).await
+    }
+
+    async fn logout(&self, sponsor: &SessionUser) -> Result<(), AppError> {
+        self.auth.logout(sponsor).await
+    }
+
+    async fn current_user(&self, sponsor: &SessionUser) -> Result<UserView, AppError> {
+        self.auth.user(sponsor).await
+    }
+
+    fn session_cookies(&self, tokens: Option<&TokenPair>) -> Vec<String> {
+        match tokens {
+            Some(t) => vec![
+                self.cookie(ACCESS_COOKIE, &t.access_token, t.expires_in),
+                self.cookie(
+                    REFRESH_COOKIE,
+                    &t.refresh_token,
+                    self.config.refresh_token_ttl.as_secs(),
+                ),
+            ],
+            None => vec![
+                self.cookie(ACCESS_COOKIE, "", 0),
+                self.cookie(REFRESH_COOKIE, "", 0),
+            ],
+        }
+    }
+
+    async fn list_agents(
+        &self,
+        sponsor: &SessionUser,
+        page: PageRequest,
+    ) -> Result<Page<AgentView>, AppError> {
+        self.agents.list(sponsor.user_id, page).await
+    }
+
+    async fn create_agent(
+        &self,
+        sponsor: &SessionUser,
+        input: NewAgent,
+    ) -> Result<AgentCreated, AppError> {
+        self.agents.create(sponsor.user_id, input).await
+    }
+
+    async fn get_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError> {
+        self.agents.get(sponsor.user_id, id).await
+    }
+
+    async fn update_agent(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        patch: AgentPatch,
+    ) -> Result<AgentView, AppError> {
+        self.agents.update(sponsor.user_id, id, patch).await
+    }
+
+    async fn rotate_agent_key(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+    ) -> Result<KeyRotated, AppError> {
+        self.agents.rotate_key(sponsor.user_id, id).await
+    }
+
+    async fn suspend_agent(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        reason: Option<String>,
+    ) -> Result<AgentView, AppError> {
+        self.agents.suspend(sponsor.user_id, id, reason).await
+    }
+
+    async fn resume_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError> {
+        self.agents.resume(sponsor.user_id, id).await
+    }
+
+    async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError> {
+        self.agents.delete(sponsor.user_id, id).await
+    }
+
+    async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {
+        self.policies.list(sponsor).await
+    }
+}

@@ -1,0 +1,247 @@
+//! Configuration from the environment (a `.env` file is honoured). Defaults work out
+//! of the box; an invalid value stops start-up with one line naming the variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub site_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None` means the SQLite file `aegis.db` in the data directory.
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    /// Hex-encoded keys given explicitly instead of the generated files.
+    pub jwt_secret: Option<String>,
+    pub master_key: Option<String>,
+    /// Mark cookies `Secure`. Defaults to on when `AEGIS_PUBLIC_URL` is https.
+    pub secure_cookies: bool,
+    /// The origin browsers use to reach AEGIS; checked against `Origin` on form posts.
+    pub public_url: Option<String>,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_proxy_headers: bool,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub login_max_failures: u64,
+    pub login_max_per_ip: u64,
+    pub login_window: Duration,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    // Keys are never printed, even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("site_addr", &self.site_addr)
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database_url.as_deref().map(redact_url))
+            .field("redis", &self.redis_url.as_deref().map(redact_url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Drops the password from a connection URL before it is shown anywhere.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get`, so tests can supply their own variables.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |k: &'static str| get(k).filter(|v| !v.trim().is_empty());
+        let parse = |k: &'static str, default: &str| -> Result<String, ConfigError> {
+            Ok(var(k).unwrap_or_else(|| default.to_owned()))
+        };
+        let number = |k: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match var(k) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| ConfigError {
+                    var: k,
+                    reason: format!("expected a whole number, got {v:?}"),
+                }),
+            }
+        };
+        let boolean = |k: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match var(k).as_deref().map(str::trim) {
+                None => Ok(default),
+                Some("1" | "true" | "yes" | "on") => Ok(true),
+                Some("0" | "false" | "no" | "off") => Ok(false),
+                Some(v) => Err(ConfigError {
+                    var: k,
+                    reason: format!("expected true or false, got {v:?}"),
+                }),
+            }
+        };
+
+        let site_addr = parse("LEPTOS_SITE_ADDR", "127.0.0.1:3000")?;
+        let site_addr = site_addr.parse().map_err(|_| ConfigError {
+            var: "LEPTOS_SITE_ADDR",
+            reason: format!("expected host:port, got {site_addr:?}"),
+        })?;
+
+        let database_url = var("DATABASE_URL");
+        if let Some(url) = &database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError {
+                var: "DATABASE_URL",
+                reason: format!("expected sqlite:… or postgres://…, got {}", redact_url(url)),
+            });
+        }
+        let redis_url = var("REDIS_URL");
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError {
+                var: "REDIS_URL",
+                reason: "expected redis://…".into(),
+            });
+        }
+
+        let public_url = var("AEGIS_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(u) = &public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError {
+                var: "AEGIS_PUBLIC_URL",
+                reason: format!("expected http(s)://host, got {u:?}"),
+            });
+        }
+        let https = public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+
+        let log_format = match parse("AEGIS_LOG_FORMAT", "text")?.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError {
+                    var: "AEGIS_LOG_FORMAT",
+                    reason: format!("expected text or json, got {other:?}"),
+                });
+            }
+        };
+
+        let access_ttl = number("AEGIS_ACCESS_TOKEN_TTL_SECS", 900)?;
+        if !(30..=3600).contains(&access_ttl) {
+            return Err(ConfigError {
+                var: "AEGIS_ACCESS_TOKEN_TTL_SECS",
+                reason: "must be between 30 and 3600".into(),
+            });
+        }
+
+        Ok(Config {
+            site_addr,
+            data_dir: PathBuf::from(parse("AEGIS_DATA_DIR", "./data")?),
+            database_url,
+            redis_url,
+            jwt_secret: var("AEGIS_JWT_SECRET"),
+            master_key: var("AEGIS_MASTER_KEY"),
+            secure_cookies: boolean("AEGIS_SECURE_COOKIES", https)?,
+            public_url,
+            trust_proxy_headers: boolean("AEGIS_TRUST_PROXY_HEADERS", false)?,
+            access_token_ttl: Duration::from_secs(access_ttl),
+            refresh_token_ttl: Duration::from_secs(number(
+                "AEGIS_REFRESH_TOKEN_TTL_SECS",
+                30 * 24 * 3600,
+            )?),
+            login_max_failures: number("AEGIS_LOGIN_MAX_FAILURES", 5)?,
+            login_max_per_ip: number("AEGIS_LOGIN_MAX_PER_IP", 50)?,
+            login_window: Duration::from_secs(number("AEGIS_LOGIN_WINDOW_SECS", 900)?),
+            max_body_bytes: number("AEGIS_MAX_BODY_BYTES", 1024 * 1024)? as usize,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_out_of_the_box() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.site_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.database_url.is_none() && c.redis_url.is_none());
+        assert!(!c.secure_cookies);
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (var, value) in [
+            ("LEPTOS_SITE_ADDR", "nowhere"),
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "http://x"),
+            ("AEGIS_LOGIN_MAX_FAILURES", "five"),
+            ("AEGIS_SECURE_COOKIES", "maybe"),
+            ("AEGIS_LOG_FORMAT", "xml"),
+            ("AEGIS_ACCESS_TOKEN_TTL_SECS", "86400"),
+            ("AEGIS_PUBLIC_URL", "ftp://x"),
+        ] {
+            let err = with(&[(var, value)])
+                .err()
+                .unwrap_or_else(|| panic!("{var}={value} accepted"));
+            assert_eq!(err.var, var);
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid configuration: {var}:"))
+            );
+        }
+    }
+
+    #[test]
+    fn https_public_url_turns_on_secure_cookies() {
+        assert!(
+            with(&[("AEGIS_PUBLIC_URL", "https://aegis.example")])
+                .unwrap()
+                .secure_cookies
+        );
+    }
+
+    #[test]
+    fn passwords_never_appear_in_redacted_urls() {
+        let shown = redact_url("postgres://aegis:s3cret@db:5432/aegis");
+        assert_eq!(shown, "postgres://aegis:***@db:5432/aegis");
+        let cfg = with(&[("DATABASE_URL", "postgres://aegis:s3cret@db/aegis")]).unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+}

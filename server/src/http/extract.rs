@@ -1,0 +1,196 @@
+//! Extractors for the JSON API. Each turns a framework rejection into the API's
+//! error shape with a 4xx status, and each authenticates exactly one kind of caller.
+
+use std::net::SocketAddr;
+
+use app::error::AppError;
+use app::model::{ClientMeta, SessionUser};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use http::request::Parts;
+use http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::agents::AgentPrincipal;
+
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection).into()),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> AppError {
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            AppError::new(413, "payload_too_large", "request body is too large")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::new(
+            415,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => AppError::new(422, "invalid_request", r.body_text()),
+        _ => AppError::bad_request("invalid_json", r.body_text()),
+    }
+}
+
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|r: PathRejection| AppError::bad_request("invalid_path", r.body_text()).into())
+    }
+}
+
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|r: QueryRejection| {
+                AppError::bad_request("invalid_query", r.body_text()).into()
+            })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A sponsor authenticated by an access token in `Authorization: Bearer`.
+pub struct Sponsor(pub SessionUser);
+
+impl FromRequestParts<AppState> for Sponsor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            AppError::unauthorized("send an access token as Authorization: Bearer")
+        })?;
+        Ok(Self(state.services.auth.authenticate(token).await?))
+    }
+}
+
+/// An agent authenticated by its AEGIS key, from `Authorization: Bearer` or
+/// `x-api-key` (the two ways SDKs send keys).
+pub struct Agent(pub AgentPrincipal);
+
+impl FromRequestParts<AppState> for Agent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(&parts.headers)
+            .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+            .ok_or_else(|| {
+                AppError::unauthorized("send the agent's AEGIS key as Authorization: Bearer")
+            })?;
+        match state.services.agents.authenticate(presented).await? {
+            Some(principal) => Ok(Self(principal)),
+            None => {
+                Err(AppError::new(401, "invalid_api_key", "unknown or revoked agent key").into())
+            }
+        }
+    }
+}
+
+/// Where the request came from. The socket peer, unless AEGIS is told it sits
+/// behind a proxy, in which case the address that proxy appended last.
+pub fn client_meta(
+    parts_headers: &HeaderMap,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+    trust_proxy: bool,
+) -> ClientMeta {
+    let forwarded = trust_proxy
+        .then(|| {
+            parts_headers
+                .get("x-forwarded-for")?
+                .to_str()
+                .ok()?
+                .rsplit(',')
+                .next()
+                .map(|s| s.trim().to_owned())
+        })
+        .flatten()
+        .filter(|s| s.parse::<std::net::IpAddr>().is_ok());
+    ClientMeta {
+        ip: forwarded.or_else(|| peer.map(|p| p.0.ip().to_string())),
+        user_agent: parts_headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(300).collect()),
+    }
+}
+
+impl FromRequestParts<AppState> for ClientMetaExt {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ClientMeta>()
+                .cloned()
+                .unwrap_or_default(),
+        ))
+    }
+}
+
+/// The [`ClientMeta`] the outer middleware attached to the request.
+pub struct ClientMetaExt(pub ClientMeta);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn forwarded_for_only_when_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
+        let peer = ConnectInfo("127.0.0.1:9".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            client_meta(&h, Some(&peer), false).ip.as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            client_meta(&h, Some(&peer), true).ip.as_deref(),
+            Some("5.6.7.8")
+        );
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(
+            client_meta(&h, Some(&peer), true).ip.as_deref(),
+            Some("127.0.0.1")
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! HTTP surface: the JSON API under `/api`, the dashboard (pages and `/rpc` server
+//! functions) everywhere else, and `/healthz`.
+
+pub mod api;
+pub mod browser;
+pub mod error;
+pub mod extract;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use app::backend::SharedBackend;
+use app::error::AppError;
+use app::{App, shell};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::backend::Services;
+use error::ApiError;
+
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub leptos_options: LeptosOptions,
+    pub services: Arc<Services>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/auth/register", post(api::register))
+        .route("/auth/login", post(api::login))
+        .route("/auth/refresh", post(api::refresh))
+        .route("/auth/logout", post(api::logout))
+        .route("/auth/me", get(api::me))
+        .route("/agents", get(api::list_agents).post(api::create_agent))
+        .route(
+            "/agents/{id}",
+            get(api::get_agent)
+                .patch(api::update_agent)
+                .delete(api::delete_agent),
+        )
+        .route("/agents/{id}/keys", post(api::rotate_agent_key))
+        .route("/agents/{id}/suspend", post(api::suspend_agent))
+        .route("/agents/{id}/resume", post(api::resume_agent))
+        .route("/agent/me", get(api::agent_self))
+        .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(AppError::new(
+                405,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            ))
+        })
+        .layer(DefaultBodyLimit::max(state.services.config.max_body_bytes));
+
+    let backend: SharedBackend = state.services.clone();
+    let routes = generate_route_list(App);
+    let options = state.leptos_options.clone();
+    let dashboard = Router::new()
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(backend.clone()),
+            move || shell(options.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            browser::session,
+        ));
+
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(dashboard)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            attach_client_meta,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("request handler panicked");
+            ApiError(AppError::internal()).into_response()
+        }))
+        .with_state(state)
+}
+
+/// Records where each request came from, once, for every handler that needs it.
+async fn attach_client_meta(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let meta = extract::client_meta(
+        req.headers(),
+        req.extensions().get::<ConnectInfo<SocketAddr>>(),
+        state.services.config.trust_proxy_headers,
+    );
+    req.extensions_mut().insert(meta);
+    next.run(req).await
+}

@@ -1,0 +1,161 @@
+//! The AEGIS server: configuration, storage, domain services and the HTTP surface.
+//! `main.rs` is only the command line; tests start servers through [`start`].
+
+pub mod agents;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod data_dir;
+pub mod db;
+pub mod http;
+pub mod policies;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use leptos::config::{Env, LeptosOptions};
+use tokio::net::TcpListener;
+
+use crate::auth::AuthService;
+use crate::auth::throttle::{LoginThrottle, MemoryCounter};
+use crate::auth::tokens::AccessTokens;
+use crate::backend::Services;
+use crate::config::Config;
+use crate::data_dir::DataDir;
+
+/// Everything that can stop AEGIS from starting, each with a message a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Keys(#[from] data_dir::KeyError),
+    #[error("database {url}: {source}")]
+    Database { url: String, source: sea_orm::DbErr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("start-up failed: {0}")]
+    Other(String),
+}
+
+/// Opens storage, runs migrations, seeds built-in policies and builds the services.
+pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError> {
+    let data = DataDir::open(&config.data_dir)?;
+    let jwt_key = data.key(
+        "jwt.key",
+        32,
+        "AEGIS_JWT_SECRET",
+        config.jwt_secret.as_deref(),
+    )?;
+    // Generated now so it exists before any secret is stored; used by the vault.
+    data.key(
+        "master.key",
+        32,
+        "AEGIS_MASTER_KEY",
+        config.master_key.as_deref(),
+    )?;
+
+    let url = db::resolve_url(config.database_url.as_deref(), data.path());
+    let db_error = |source| StartError::Database {
+        url: config::redact_url(&url),
+        source,
+    };
+    let db = db::connect(&url).await.map_err(db_error)?;
+    db::migrate(&db).await.map_err(db_error)?;
+
+    let throttle = LoginThrottle::new(
+        Arc::new(MemoryCounter::default()),
+        config.login_max_failures,
+        config.login_max_per_ip,
+        config.login_window,
+    );
+    let tokens = AccessTokens::new(&jwt_key.0, config.access_token_ttl);
+    let auth = AuthService::new(db.clone(), tokens, throttle, config.refresh_token_ttl);
+    let services = Services::new(config, db, auth);
+    services
+        .policies
+        .seed_builtins()
+        .await
+        .map_err(|e| StartError::Other(e.message))?;
+    Ok(services)
+}
+
+/// Leptos settings: cargo-leptos passes them as `LEPTOS_*` variables; a plain
+/// `aegis` binary falls back to the repository layout.
+pub fn leptos_options(config: &Config) -> LeptosOptions {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    LeptosOptions::builder()
+        .output_name("aegis")
+        .site_root(var("LEPTOS_SITE_ROOT", "target/site"))
+        .site_pkg_dir(var("LEPTOS_SITE_PKG_DIR", "pkg"))
+        .env(if var("LEPTOS_ENV", "DEV").eq_ignore_ascii_case("PROD") {
+            Env::PROD
+        } else {
+            Env::DEV
+        })
+        .site_addr(config.site_addr)
+        .reload_port(var("LEPTOS_RELOAD_PORT", "3001").parse().unwrap_or(3001))
+        .build()
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub services: Arc<Services>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Builds AEGIS and serves it on `listener` (or on the configured address).
+pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Running, StartError> {
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(config.site_addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.site_addr,
+                source,
+            })?,
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let leptos_options = leptos_options(&config);
+    let services = build_services(config).await?;
+    let app = http::router(http::AppState {
+        leptos_options,
+        services: services.clone(),
+    });
+    let task = tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+        {
+            tracing::error!(error = %e, "server stopped with an error");
+        }
+    });
+    Ok(Running {
+        addr,
+        services,
+        task,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
