@@ -12,7 +12,7 @@ pub mod rpc;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{ParentRoute, Route, Router, Routes};
-use leptos_router::path;
+use leptos_router::{SsrMode, path};
 
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     view! {
@@ -23,6 +23,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
+                <link rel="icon" type="image/svg+xml" href="/favicon.svg"/>
                 <MetaTags/>
             </head>
             <body>
@@ -40,11 +41,13 @@ pub fn App() -> impl IntoView {
         <Title formatter=|page: String| if page.is_empty() { "AEGIS".to_owned() } else { format!("{page} · AEGIS") }/>
         <Router>
             <Routes fallback=pages::NotFound>
-                <Route path=path!("/login") view=pages::auth::LoginPage/>
-                <Route path=path!("/register") view=pages::auth::RegisterPage/>
-                <ParentRoute path=path!("") view=pages::layout::SignedIn>
-                    <Route path=path!("") view=pages::overview::OverviewPage/>
-                    <Route path=path!("agents") view=pages::agents::AgentsPage/>
+                // Async: pages arrive complete, so they read and their forms work
+                // before (or without) the WebAssembly bundle.
+                <Route path=path!("/login") view=pages::auth::LoginPage ssr=SsrMode::Async/>
+                <Route path=path!("/register") view=pages::auth::RegisterPage ssr=SsrMode::Async/>
+                <ParentRoute path=path!("") view=pages::layout::SignedIn ssr=SsrMode::Async>
+                    <Route path=path!("") view=pages::overview::OverviewPage ssr=SsrMode::Async/>
+                    <Route path=path!("agents") view=pages::agents::AgentsPage ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

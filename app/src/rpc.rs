@@ -214,6 +214,7 @@ pub async fn set_agent_state(id: Uuid, state: String) -> Result<AgentView, AppEr
     .await
 }
 
+#[cfg(any(feature = "ssr", test))]
 fn parse_limit(label: &str, text: Option<String>) -> Result<Option<i64>, AppError> {
     match text.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
