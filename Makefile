@@ -1,0 +1,72 @@
+# AEGIS — the two commands that matter:
+#   make run    build (release) and serve AEGIS at http://127.0.0.1:3000 on SQLite
+#   make test   every test: Rust unit + API integration over HTTP, and Playwright in Chromium
+# Both install what is missing first and skip what is already there.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO_LEPTOS_VERSION := 0.3.10
+BINARYEN_VERSION := 132
+# wasm-bindgen-cli must match the wasm-bindgen in Cargo.lock exactly.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
+TOOLS := $(CURDIR)/target/tools
+export PATH := $(HOME)/.cargo/bin:$(TOOLS)/node_modules/.bin:$(PATH)
+
+.PHONY: help run dev test test-rust test-postgres test-e2e build-debug tools tools-release chromium e2e-deps fmt lint clean-data
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+run: tools-release ## Build in release mode and serve AEGIS on http://127.0.0.1:3000 (data in ./data)
+	cargo leptos serve --release
+
+dev: tools ## Rebuild and reload on every change (cargo leptos watch)
+	cargo leptos watch
+
+test: tools chromium e2e-deps build-debug test-rust test-postgres test-e2e ## Run every test
+	@echo "make test: all suites passed"
+
+build-debug:
+	cargo leptos build
+
+test-rust: ## Unit, migration and API integration tests (SQLite)
+	cargo test --workspace --exclude frontend
+
+# A second pass of the database-facing tests on PostgreSQL when DATABASE_URL points at one.
+test-postgres:
+	@if [[ "$${DATABASE_URL:-}" == postgres* ]]; then \
+		echo "PostgreSQL pass: API integration and migration tests against $${DATABASE_URL%%@*}@…"; \
+		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p server --test api -p migration -p entity; \
+	else \
+		echo "skipped: PostgreSQL pass (set DATABASE_URL=postgres://… to run it)"; \
+	fi
+
+test-e2e: ## Playwright browser tests against the debug build
+	cd end2end && npx playwright test
+
+tools: ## Install the wasm target, cargo-leptos and wasm-bindgen-cli when missing
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@cargo leptos --version 2>/dev/null | grep -q "$(CARGO_LEPTOS_VERSION)" || cargo install cargo-leptos --version $(CARGO_LEPTOS_VERSION) --locked
+	@wasm-bindgen --version 2>/dev/null | grep -q "$(WASM_BINDGEN_VERSION)" || cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+tools-release: tools ## Also wasm-opt (npm binaryen), used by release builds
+	@[ -x "$(TOOLS)/node_modules/.bin/wasm-opt" ] || npm install --prefix "$(TOOLS)" --no-audit --no-fund --no-save binaryen@$(BINARYEN_VERSION)
+
+chromium: ## Debian's Chromium for the browser tests
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+		else echo "Chromium is missing: run 'sudo apt-get install chromium'" >&2; exit 1; fi; }
+
+e2e-deps:
+	@[ -d end2end/node_modules/@playwright/test ] || (cd end2end && npm ci --no-audit --no-fund)
+
+fmt: ## Format the code
+	cargo fmt --all
+
+lint: ## Formatting and clippy, as CI expects them
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean-data: ## Delete the local data directory (database and keys!)
+	rm -rf ./data
