@@ -515,7 +515,12 @@ mod tests {
     fn validation_table() {
         assert!(validate(Some("bot"), None, None, Some(0), Some(MAX_MICROS)).is_ok());
         let (long_name, long_desc) = ("n".repeat(101), "d".repeat(1001));
-        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<Vec<String>>, Option<i64>);
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<Vec<String>>,
+            Option<i64>,
+        );
         let cases: Vec<Case> = vec![
             (Some(""), None, None, None),
             (Some(&long_name), None, None, None),
