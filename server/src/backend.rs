@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::agents::AgentService;
+use crate::audit::AuditLog;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::policies::PolicyService;
@@ -31,11 +32,17 @@ pub struct Services {
     pub auth: AuthService,
     pub agents: AgentService,
     pub policies: PolicyService,
+    pub audit: AuditLog,
     recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
 }
 
 impl Services {
-    pub fn new(config: Config, db: DatabaseConnection, auth: AuthService) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        db: DatabaseConnection,
+        auth: AuthService,
+        audit: AuditLog,
+    ) -> Arc<Self> {
         let policies = PolicyService::new(db.clone());
         let agents = AgentService::new(db.clone(), policies.clone());
         Arc::new(Self {
@@ -44,6 +51,7 @@ impl Services {
             auth,
             agents,
             policies,
+            audit,
             recent_browser_refreshes: Mutex::default(),
         })
     }

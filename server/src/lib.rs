@@ -2,6 +2,7 @@
 //! `main.rs` is only the command line; tests start servers through [`start`].
 
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod data_dir;
 pub mod db;
 pub mod http;
 pub mod policies;
+pub mod proxy;
 pub mod storage;
 
 use std::net::SocketAddr;
@@ -75,7 +77,8 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
     );
     let tokens = AccessTokens::new(&jwt_key.0, config.access_token_ttl);
     let auth = AuthService::new(db.clone(), tokens, throttle, config.refresh_token_ttl);
-    let services = Services::new(config, db, auth);
+    let audit = audit::AuditLog::new(db.clone());
+    let services = Services::new(config, db, auth, audit);
     services
         .policies
         .seed_builtins()

@@ -2,6 +2,7 @@
 //! functions) everywhere else, and `/healthz`.
 
 pub mod api;
+pub mod audit;
 pub mod browser;
 pub mod error;
 pub mod extract;
@@ -50,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/suspend", post(api::suspend_agent))
         .route("/agents/{id}/resume", post(api::resume_agent))
         .route("/agent/me", get(api::agent_self))
+        .route("/audit", get(audit::list))
+        .route("/audit/export.csv", get(audit::export_csv))
+        .route("/audit/verify", get(audit::verify))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(

@@ -1,0 +1,1 @@
+//! Egress guard (SSRF): which targets AEGIS may connect to.
