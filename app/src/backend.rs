@@ -17,22 +17,16 @@ pub type SharedBackend = Arc<dyn Backend>;
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     // --- sponsor accounts and sessions ---
-    async fn register(
-        &self,
-        input: Registration,
-        client: ClientMeta,
-    ) -> Result<AuthResponse, AppError>;
-    async fn login(&self, input: Credentials, client: ClientMeta)
-    -> Result<AuthResponse, AppError>;
-    async fn refresh(
-        &self,
-        refresh_token: &str,
-        client: ClientMeta,
-    ) -> Result<AuthResponse, AppError>;
+    async fn register(&self, input: Registration, client: ClientMeta) -> Result<AuthResponse, AppError>;
+    async fn login(&self, input: Credentials, client: ClientMeta) -> Result<AuthResponse, AppError>;
+    async fn refresh(&self, refresh_token: &str, client: ClientMeta) -> Result<AuthResponse, AppError>;
     async fn logout(&self, sponsor: &SessionUser) -> Result<(), AppError>;
     async fn current_user(&self, sponsor: &SessionUser) -> Result<UserView, AppError>;
     /// `Set-Cookie` values that carry `tokens` to a browser, or clear them when `None`.
     fn session_cookies(&self, tokens: Option<&TokenPair>) -> Vec<String>;
+    /// A `Set-Cookie` value with AEGIS's cookie attributes (HttpOnly, SameSite=Lax,
+    /// Secure when served over TLS); `max_age` 0 deletes it.
+    fn cookie(&self, name: &str, value: &str, path: &str, max_age: u64) -> String;
 
     // --- agents ---
     async fn list_agents(
@@ -40,11 +34,7 @@ pub trait Backend: Send + Sync + 'static {
         sponsor: &SessionUser,
         page: PageRequest,
     ) -> Result<Page<AgentView>, AppError>;
-    async fn create_agent(
-        &self,
-        sponsor: &SessionUser,
-        input: NewAgent,
-    ) -> Result<AgentCreated, AppError>;
+    async fn create_agent(&self, sponsor: &SessionUser, input: NewAgent) -> Result<AgentCreated, AppError>;
     async fn get_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
     async fn update_agent(
         &self,
@@ -52,11 +42,7 @@ pub trait Backend: Send + Sync + 'static {
         id: Uuid,
         patch: AgentPatch,
     ) -> Result<AgentView, AppError>;
-    async fn rotate_agent_key(
-        &self,
-        sponsor: &SessionUser,
-        id: Uuid,
-    ) -> Result<KeyRotated, AppError>;
+    async fn rotate_agent_key(&self, sponsor: &SessionUser, id: Uuid) -> Result<KeyRotated, AppError>;
     async fn suspend_agent(
         &self,
         sponsor: &SessionUser,
@@ -68,4 +54,33 @@ pub trait Backend: Send + Sync + 'static {
 
     // --- policies ---
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError>;
+    async fn get_policy(&self, sponsor: &SessionUser, id: Uuid) -> Result<PolicyView, AppError>;
+    async fn create_policy(&self, sponsor: &SessionUser, input: NewPolicy) -> Result<PolicyView, AppError>;
+    async fn update_policy(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        update: PolicyUpdate,
+    ) -> Result<PolicyView, AppError>;
+
+    // --- the vault ---
+    async fn list_secrets(&self, sponsor: &SessionUser) -> Result<Vec<SecretView>, AppError>;
+    async fn get_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<SecretView, AppError>;
+    async fn create_secret(&self, sponsor: &SessionUser, input: NewSecret) -> Result<SecretView, AppError>;
+    async fn update_secret(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        update: SecretUpdate,
+    ) -> Result<SecretView, AppError>;
+    async fn delete_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
+
+    // --- connections (gateway mode) ---
+    async fn list_connections(&self, sponsor: &SessionUser) -> Result<Vec<ConnectionView>, AppError>;
+    async fn create_connection(
+        &self,
+        sponsor: &SessionUser,
+        input: NewConnection,
+    ) -> Result<ConnectionView, AppError>;
+    async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
 }

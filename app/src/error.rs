@@ -21,12 +21,7 @@ pub struct AppError {
 
 impl AppError {
     pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.to_owned(),
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        Self { status, code: code.to_owned(), message: message.into(), retry_after_secs: None }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {

@@ -198,3 +198,119 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
+
+/// How a secret is put into a request: a header built from `format` (where
+/// `{secret}` stands for the value), or a query parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Injection {
+    Header {
+        header: String,
+        #[serde(default = "default_injection_format")]
+        format: String,
+    },
+    QueryParam {
+        query_param: String,
+    },
+}
+
+fn default_injection_format() -> String {
+    "{secret}".into()
+}
+
+/// A vault secret as sponsors see it: everything but the value, which is never
+/// shown again after it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    pub id: Uuid,
+    pub name: String,
+    pub allowed_hosts: Vec<String>,
+    pub inject: Injection,
+    /// Agents allowed to use it.
+    pub agents: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSecret {
+    pub name: String,
+    pub value: String,
+    pub allowed_hosts: Vec<String>,
+    pub inject: Injection,
+    #[serde(default)]
+    pub agents: Vec<Uuid>,
+}
+
+/// Absent fields stay as they are; `value` rotates the secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretUpdate {
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub inject: Option<Injection>,
+    #[serde(default)]
+    pub agents: Option<Vec<Uuid>>,
+}
+
+/// A named upstream for gateway mode: `/api/gw/{name}/…` forwards to `base_url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionView {
+    pub id: Uuid,
+    pub name: String,
+    pub base_url: String,
+    /// Name of the vault secret injected into every call, if any.
+    pub secret: Option<String>,
+    pub cost_micros: i64,
+    /// Path to give an SDK as its base URL.
+    pub gateway_path: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConnection {
+    pub name: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
+}
+
+/// A policy with its current source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub builtin: bool,
+    pub version: i32,
+    /// SHA-256 of `source`: what decision records cite.
+    pub sha256: String,
+    pub source: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPolicy {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpdate {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}

@@ -19,13 +19,8 @@ pub fn parse_units(text: &str) -> Result<i64, String> {
     if frac.len() > 6 {
         return Err("amounts have at most six decimal places".into());
     }
-    let whole: i64 = if whole.is_empty() {
-        0
-    } else {
-        whole
-            .parse()
-            .map_err(|_| "amount is too large".to_string())?
-    };
+    let whole: i64 =
+        if whole.is_empty() { 0 } else { whole.parse().map_err(|_| "amount is too large".to_string())? };
     let frac_micros: i64 = format!("{frac:0<6}").parse().unwrap_or(0);
     whole
         .checked_mul(MICROS_PER_UNIT)
@@ -60,17 +55,8 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_amount() {
-        for bad in [
-            "",
-            ".",
-            "-1",
-            "1e3",
-            "1.0000001",
-            "12,5",
-            "abc",
-            "1000000000.01",
-            "99999999999999999999",
-        ] {
+        for bad in ["", ".", "-1", "1e3", "1.0000001", "12,5", "abc", "1000000000.01", "99999999999999999999"]
+        {
             assert!(parse_units(bad).is_err(), "{bad:?} should be rejected");
         }
     }

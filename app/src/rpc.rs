@@ -38,15 +38,12 @@ pub(crate) mod ssr {
     }
 
     pub fn client() -> ClientMeta {
-        parts()
-            .ok()
-            .and_then(|p| p.extensions.get::<ClientMeta>().cloned())
-            .unwrap_or_default()
+        parts().ok().and_then(|p| p.extensions.get::<ClientMeta>().cloned()).unwrap_or_default()
     }
 
-    pub fn set_session_cookies(backend: &SharedBackend, tokens: Option<&TokenPair>) {
+    pub fn set_cookies(cookies: Vec<String>) {
         if let Some(response) = use_context::<ResponseOptions>() {
-            for cookie in backend.session_cookies(tokens) {
+            for cookie in cookies {
                 if let Ok(value) = HeaderValue::from_str(&cookie) {
                     response.append_header(SET_COOKIE, value);
                 }
@@ -54,17 +51,43 @@ pub(crate) mod ssr {
         }
     }
 
+    pub fn set_session_cookies(backend: &SharedBackend, tokens: Option<&TokenPair>) {
+        set_cookies(backend.session_cookies(tokens));
+    }
+
+    /// A cookie the browser sent with this request.
+    pub fn request_cookie(name: &str) -> Option<String> {
+        let parts = parts().ok()?;
+        parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// True for a plain HTML form submission (no WebAssembly running): the browser
+    /// will be redirected back to the page instead of receiving the result.
+    pub fn is_plain_form_post() -> bool {
+        parts().is_ok_and(|p| {
+            p.headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"))
+        })
+    }
+
     /// Runs a server function body and gives the HTTP response the error's status,
     /// so a rejected form is a 4xx, not a 500.
-    pub async fn respond<T>(
-        body: impl Future<Output = Result<T, AppError>>,
-    ) -> Result<T, AppError> {
+    pub async fn respond<T>(body: impl Future<Output = Result<T, AppError>>) -> Result<T, AppError> {
         let result = body.await;
         if let Err(e) = &result
-            && let (Some(response), Ok(status)) = (
-                use_context::<ResponseOptions>(),
-                StatusCode::from_u16(e.status),
-            )
+            && let (Some(response), Ok(status)) =
+                (use_context::<ResponseOptions>(), StatusCode::from_u16(e.status))
         {
             response.set_status(status);
         }
@@ -97,9 +120,7 @@ pub async fn login(email: String, password: String, next: Option<String>) -> Res
     use ssr::*;
     respond(async {
         let backend = backend()?;
-        let session = backend
-            .login(Credentials { email, password }, client())
-            .await?;
+        let session = backend.login(Credentials { email, password }, client()).await?;
         set_session_cookies(&backend, Some(&session.tokens));
         leptos_axum::redirect(&safe_next(next.as_deref()));
         Ok(())
@@ -112,16 +133,7 @@ pub async fn register(name: String, email: String, password: String) -> Result<(
     use ssr::*;
     respond(async {
         let backend = backend()?;
-        let session = backend
-            .register(
-                Registration {
-                    email,
-                    password,
-                    name,
-                },
-                client(),
-            )
-            .await?;
+        let session = backend.register(Registration { email, password, name }, client()).await?;
         set_session_cookies(&backend, Some(&session.tokens));
         leptos_axum::redirect("/agents");
         Ok(())
@@ -147,18 +159,8 @@ pub async fn logout() -> Result<(), AppError> {
 #[server(prefix = "/rpc", endpoint = "list_agents")]
 pub async fn list_agents(cursor: Option<String>) -> Result<Page<AgentView>, AppError> {
     use ssr::*;
-    respond(async {
-        backend()?
-            .list_agents(
-                &sponsor()?,
-                PageRequest {
-                    limit: Some(25),
-                    cursor,
-                },
-            )
-            .await
-    })
-    .await
+    respond(async { backend()?.list_agents(&sponsor()?, PageRequest { limit: Some(25), cursor }).await })
+        .await
 }
 
 #[server(prefix = "/rpc", endpoint = "list_policies")]
@@ -187,7 +189,43 @@ pub async fn create_agent(
             monthly_limit_micros: parse_limit("monthly limit", monthly_limit)?,
             tags: None,
         };
-        backend()?.create_agent(&sponsor, input).await
+        let backend = backend()?;
+        let created = backend.create_agent(&sponsor, input).await?;
+        if is_plain_form_post() {
+            // Without JavaScript the browser is redirected back to /agents and never
+            // sees this response, so the key rides along once in a short-lived cookie.
+            let flash = format!("{}.{}", created.agent.id, created.api_key);
+            set_cookies(vec![backend.cookie(NEW_KEY_COOKIE, &flash, "/agents", 120)]);
+        }
+        Ok(created)
+    })
+    .await
+}
+
+/// Cookie that carries a new key across the redirect of a plain form post.
+pub const NEW_KEY_COOKIE: &str = "aegis_new_key";
+
+/// The key created by a plain form post, shown once and then forgotten.
+#[server(prefix = "/rpc", endpoint = "take_new_key")]
+pub async fn take_new_key() -> Result<Option<AgentCreated>, AppError> {
+    use ssr::*;
+    respond(async {
+        let Some(flash) = request_cookie(NEW_KEY_COOKIE) else {
+            return Ok(None);
+        };
+        let backend = backend()?;
+        set_cookies(vec![backend.cookie(NEW_KEY_COOKIE, "", "/agents", 0)]);
+        let Some((id, api_key)) = flash.split_once('.') else {
+            return Ok(None);
+        };
+        let Ok(id) = id.parse::<Uuid>() else { return Ok(None) };
+        // Only the owner's own agent, and only while that key is still its current key.
+        match backend.get_agent(&sponsor()?, id).await {
+            Ok(agent) if agent.key_prefix.as_deref().is_some_and(|p| api_key.starts_with(p)) => {
+                Ok(Some(AgentCreated { agent, api_key: api_key.to_owned() }))
+            }
+            _ => Ok(None),
+        }
     })
     .await
 }
@@ -199,16 +237,11 @@ pub async fn set_agent_state(id: Uuid, state: String) -> Result<AgentView, AppEr
         let (backend, sponsor) = (backend()?, sponsor()?);
         match state.as_str() {
             "suspend" => {
-                backend
-                    .suspend_agent(&sponsor, id, Some("suspended from the dashboard".into()))
-                    .await
+                backend.suspend_agent(&sponsor, id, Some("suspended from the dashboard".into())).await
             }
             "resume" => backend.resume_agent(&sponsor, id).await,
             "delete" => backend.delete_agent(&sponsor, id).await,
-            _ => Err(AppError::bad_request(
-                "invalid_request",
-                "state must be suspend, resume or delete",
-            )),
+            _ => Err(AppError::bad_request("invalid_request", "state must be suspend, resume or delete")),
         }
     })
     .await
@@ -218,9 +251,9 @@ pub async fn set_agent_state(id: Uuid, state: String) -> Result<AgentView, AppEr
 fn parse_limit(label: &str, text: Option<String>) -> Result<Option<i64>, AppError> {
     match text.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(t) => crate::money::parse_units(t)
-            .map(Some)
-            .map_err(|e| AppError::validation(format!("{label}: {e}"))),
+        Some(t) => {
+            crate::money::parse_units(t).map(Some).map_err(|e| AppError::validation(format!("{label}: {e}")))
+        }
     }
 }
 
@@ -231,12 +264,7 @@ mod tests {
     #[test]
     fn next_must_be_a_local_path() {
         assert_eq!(safe_next(Some("/agents/1")), "/agents/1");
-        for bad in [
-            "//evil.example",
-            "https://evil.example",
-            "/\\evil",
-            "agents",
-        ] {
+        for bad in ["//evil.example", "https://evil.example", "/\\evil", "agents"] {
             assert_eq!(safe_next(Some(bad)), "/agents", "{bad}");
         }
         assert_eq!(safe_next(None), "/agents");
@@ -246,9 +274,6 @@ mod tests {
     fn blank_limit_means_none_and_garbage_is_422() {
         assert_eq!(parse_limit("x", Some(" ".into())), Ok(None));
         assert_eq!(parse_limit("x", Some("2.5".into())), Ok(Some(2_500_000)));
-        assert_eq!(
-            parse_limit("x", Some("lots".into())).unwrap_err().status,
-            422
-        );
+        assert_eq!(parse_limit("x", Some("lots".into())).unwrap_err().status, 422);
     }
 }

@@ -105,6 +105,14 @@ test.describe("without JavaScript", () => {
     await page.getByLabel("Name").fill("plain-form-bot");
     await page.getByRole("button", { name: "Create agent" }).click();
     await expect(page.locator('#agents-table tr[data-agent="plain-form-bot"]')).toBeVisible();
+    // The key survives the redirect of the plain form post, once.
+    const key = page.getByLabel("New agent API key");
+    await expect(key).toHaveValue(/^aegis_[0-9a-f]{64}$/);
+    const apiKey = await key.inputValue();
+    const me = await page.request.get("/api/agent/me", { headers: { "x-api-key": apiKey } });
+    expect((await me.json()).name).toBe("plain-form-bot");
     await shot(page, "05-nojs-agent-created");
+    await page.reload();
+    await expect(page.getByLabel("New agent API key")).toHaveCount(0);
   });
 });

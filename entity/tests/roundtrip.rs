@@ -34,12 +34,7 @@ macro_rules! insert_and_check {
             .insert($db)
             .await
             .unwrap_or_else(|e| panic!("insert {}: {e}", stringify!($module)));
-        assert_eq!(
-            inserted,
-            model,
-            "insert returned a different {}",
-            stringify!($module)
-        );
+        assert_eq!(inserted, model, "insert returned a different {}", stringify!($module));
         let read = $module::Entity::find_by_id(model.$pk.clone())
             .one($db)
             .await
@@ -175,25 +170,16 @@ async fn roundtrip(db: &DatabaseConnection) {
     // Relations resolve.
     let keys = first.find_related(AgentKeys).all(db).await.unwrap();
     assert_eq!(keys, vec![key.clone()]);
-    assert_eq!(
-        wallet.find_related(Agents).one(db).await.unwrap(),
-        Some(first.clone())
-    );
+    assert_eq!(wallet.find_related(Agents).one(db).await.unwrap(), Some(first.clone()));
 
     // Partial unique index: one *live* agent per (sponsor_id, name).
     let dup = agent(user.id, None, "shopper");
     let err = dup.clone().into_active_model().reset_all().insert(db).await;
-    assert!(
-        err.is_err(),
-        "second live agent with the same name was accepted"
-    );
+    assert!(err.is_err(), "second live agent with the same name was accepted");
 
     let mut soft_delete = first.clone().into_active_model();
     soft_delete.deleted_at = Set(Some(now()));
-    soft_delete
-        .update(db)
-        .await
-        .expect("soft-delete first agent");
+    soft_delete.update(db).await.expect("soft-delete first agent");
 
     let second = insert_and_check!(db, agents, dup, id);
     assert_eq!(
@@ -227,12 +213,7 @@ async fn roundtrip(db: &DatabaseConnection) {
     let mut same_email = other.clone();
     same_email.id = Uuid::new_v4();
     assert!(
-        same_email
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .is_err(),
+        same_email.into_active_model().reset_all().insert(db).await.is_err(),
         "duplicate email was accepted"
     );
 
@@ -243,26 +224,11 @@ async fn roundtrip(db: &DatabaseConnection) {
 
     // Deleting the user cascades to agents, keys and wallets; audit survives.
     Users::delete_by_id(user.id).exec(db).await.unwrap();
-    assert!(
-        Agents::find_by_id(second.id)
-            .one(db)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        Agents::find_by_id(first.id)
-            .one(db)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(Agents::find_by_id(second.id).one(db).await.unwrap().is_none());
+    assert!(Agents::find_by_id(first.id).one(db).await.unwrap().is_none());
     assert_eq!(AgentKeys::find().count(db).await.unwrap(), 0);
     assert_eq!(Wallets::find().count(db).await.unwrap(), 0);
-    assert_eq!(
-        AuditEvents::find_by_id(event.seq).one(db).await.unwrap(),
-        Some(event)
-    );
+    assert_eq!(AuditEvents::find_by_id(event.seq).one(db).await.unwrap(), Some(event));
     assert_eq!(Agents::find().count(db).await.unwrap(), 1); // Bob's
 
     // Every entity's columns exist in the migrated schema (SELECT of all

@@ -61,8 +61,7 @@ fn fk(
 fn index(table: &'static str, columns: &[&'static str], unique: bool) -> IndexCreateStatement {
     let prefix = if unique { "ux" } else { "ix" };
     let mut stmt = Index::create();
-    stmt.name(format!("{prefix}_{table}_{}", columns.join("_")))
-        .table(table);
+    stmt.name(format!("{prefix}_{table}_{}", columns.join("_"))).table(table);
     for column in columns {
         stmt.col(*column);
     }
@@ -126,9 +125,7 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("refresh_families", &["user_id"], false))
-            .await?;
+        manager.create_index(index("refresh_families", &["user_id"], false)).await?;
 
         // refresh_tokens
         manager
@@ -141,18 +138,11 @@ impl MigrationTrait for Migration {
                     .col(ts("created_at"))
                     .col(ts("expires_at"))
                     .col(ts_null("rotated_at"))
-                    .foreign_key(&mut fk(
-                        "refresh_tokens",
-                        "family_id",
-                        "refresh_families",
-                        Cascade,
-                    ))
+                    .foreign_key(&mut fk("refresh_tokens", "family_id", "refresh_families", Cascade))
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("refresh_tokens", &["family_id"], false))
-            .await?;
+        manager.create_index(index("refresh_tokens", &["family_id"], false)).await?;
 
         // policies (sponsor_id NULL = built-in)
         manager
@@ -171,9 +161,7 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("policies", &["sponsor_id", "name"], false))
-            .await?;
+        manager.create_index(index("policies", &["sponsor_id", "name"], false)).await?;
 
         // policy_versions
         manager
@@ -191,12 +179,8 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("policy_versions", &["policy_id", "version"], true))
-            .await?;
-        manager
-            .create_index(index("policy_versions", &["sha256"], false))
-            .await?;
+        manager.create_index(index("policy_versions", &["policy_id", "version"], true)).await?;
+        manager.create_index(index("policy_versions", &["sha256"], false)).await?;
 
         // agents
         manager
@@ -222,13 +206,8 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("agents", &["sponsor_id", "created_at"], false))
-            .await?;
-        manager
-            .get_connection()
-            .execute_unprepared(CREATE_UX_AGENTS_SPONSOR_NAME_LIVE)
-            .await?;
+        manager.create_index(index("agents", &["sponsor_id", "created_at"], false)).await?;
+        manager.get_connection().execute_unprepared(CREATE_UX_AGENTS_SPONSOR_NAME_LIVE).await?;
 
         // agent_keys
         manager
@@ -246,9 +225,7 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("agent_keys", &["agent_id"], false))
-            .await?;
+        manager.create_index(index("agent_keys", &["agent_id"], false)).await?;
 
         // secrets
         manager
@@ -271,9 +248,7 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("secrets", &["sponsor_id", "name"], true))
-            .await?;
+        manager.create_index(index("secrets", &["sponsor_id", "name"], true)).await?;
 
         // secret_grants (composite primary key)
         manager
@@ -283,20 +258,13 @@ impl MigrationTrait for Migration {
                     .col(uuid("secret_id"))
                     .col(uuid("agent_id"))
                     .col(ts("created_at"))
-                    .primary_key(
-                        Index::create()
-                            .name("pk_secret_grants")
-                            .col("secret_id")
-                            .col("agent_id"),
-                    )
+                    .primary_key(Index::create().name("pk_secret_grants").col("secret_id").col("agent_id"))
                     .foreign_key(&mut fk("secret_grants", "secret_id", "secrets", Cascade))
                     .foreign_key(&mut fk("secret_grants", "agent_id", "agents", Cascade))
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("secret_grants", &["agent_id"], false))
-            .await?;
+        manager.create_index(index("secret_grants", &["agent_id"], false)).await?;
 
         // connections
         manager
@@ -316,9 +284,7 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("connections", &["sponsor_id", "name"], true))
-            .await?;
+        manager.create_index(index("connections", &["sponsor_id", "name"], true)).await?;
 
         // wallets (one per agent; agent_id is the primary key)
         manager
@@ -363,12 +329,8 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("ledger_entries", &["status", "expires_at"], false))
-            .await?;
-        manager
-            .create_index(index("ledger_entries", &["agent_id", "created_at"], false))
-            .await?;
+        manager.create_index(index("ledger_entries", &["status", "expires_at"], false)).await?;
+        manager.create_index(index("ledger_entries", &["agent_id", "created_at"], false)).await?;
 
         // approvals
         manager
@@ -405,16 +367,8 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index(
-                "approvals",
-                &["sponsor_id", "status", "created_at"],
-                false,
-            ))
-            .await?;
-        manager
-            .create_index(index("approvals", &["agent_id", "status"], false))
-            .await?;
+        manager.create_index(index("approvals", &["sponsor_id", "status", "created_at"], false)).await?;
+        manager.create_index(index("approvals", &["agent_id", "status"], false)).await?;
 
         // audit_events: seq is assigned by the application; no foreign keys
         // on purpose (audit rows outlive users and agents).
@@ -446,18 +400,10 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("audit_events", &["sponsor_id", "seq"], false))
-            .await?;
-        manager
-            .create_index(index("audit_events", &["agent_id", "seq"], false))
-            .await?;
-        manager
-            .create_index(index("audit_events", &["kind", "seq"], false))
-            .await?;
-        manager
-            .create_index(index("audit_events", &["at"], false))
-            .await?;
+        manager.create_index(index("audit_events", &["sponsor_id", "seq"], false)).await?;
+        manager.create_index(index("audit_events", &["agent_id", "seq"], false)).await?;
+        manager.create_index(index("audit_events", &["kind", "seq"], false)).await?;
+        manager.create_index(index("audit_events", &["at"], false)).await?;
 
         // audit_checkpoints
         manager
@@ -489,9 +435,7 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .create_index(index("trust_events", &["agent_id", "at"], false))
-            .await?;
+        manager.create_index(index("trust_events", &["agent_id", "at"], false)).await?;
 
         // idempotency_records (composite primary key)
         manager
@@ -506,17 +450,9 @@ impl MigrationTrait for Migration {
                     .col(text("response_json"))
                     .col(ts("created_at"))
                     .primary_key(
-                        Index::create()
-                            .name("pk_idempotency_records")
-                            .col("agent_id")
-                            .col("idempotency_key"),
+                        Index::create().name("pk_idempotency_records").col("agent_id").col("idempotency_key"),
                     )
-                    .foreign_key(&mut fk(
-                        "idempotency_records",
-                        "agent_id",
-                        "agents",
-                        Cascade,
-                    ))
+                    .foreign_key(&mut fk("idempotency_records", "agent_id", "agents", Cascade))
                     .take(),
             )
             .await?;
@@ -527,9 +463,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // Children first; dropping a table drops its indexes with it.
         for table in TABLES.iter().rev() {
-            manager
-                .drop_table(Table::drop().table(*table).take())
-                .await?;
+            manager.drop_table(Table::drop().table(*table).take()).await?;
         }
         Ok(())
     }

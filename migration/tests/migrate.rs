@@ -37,17 +37,14 @@ const INDEXES: [(&str, &str); 6] = [
     ("audit_events", "ix_audit_events_kind_seq"),
 ];
 
+/// How many migrations there are (the initial schema, the audit guards).
+const MIGRATIONS: usize = 2;
+
 async fn assert_tables(db: &DatabaseConnection, present: bool) {
     let manager = SchemaManager::new(db);
     for table in TABLES {
-        let has = manager
-            .has_table(table)
-            .await
-            .unwrap_or_else(|e| panic!("has_table({table}): {e}"));
-        assert_eq!(
-            has, present,
-            "table {table} present={has}, expected {present}"
-        );
+        let has = manager.has_table(table).await.unwrap_or_else(|e| panic!("has_table({table}): {e}"));
+        assert_eq!(has, present, "table {table} present={has}, expected {present}");
     }
     if present {
         for (table, index) in INDEXES {
@@ -61,34 +58,24 @@ async fn assert_tables(db: &DatabaseConnection, present: bool) {
 }
 
 async fn migrate_roundtrip(db: &DatabaseConnection) {
-    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
+    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), MIGRATIONS);
 
     Migrator::up(db, None).await.expect("first up");
     assert_tables(db, true).await;
-    assert!(
-        Migrator::get_pending_migrations(db)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(Migrator::get_pending_migrations(db).await.unwrap().is_empty());
 
     // Idempotent: nothing pending, nothing re-applied.
     Migrator::up(db, None).await.expect("second up");
-    assert_eq!(Migrator::get_applied_migrations(db).await.unwrap().len(), 1);
+    assert_eq!(Migrator::get_applied_migrations(db).await.unwrap().len(), MIGRATIONS);
 
     // Round trip.
     Migrator::down(db, None).await.expect("down");
     assert_tables(db, false).await;
-    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
+    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), MIGRATIONS);
 
     Migrator::up(db, None).await.expect("up after down");
     assert_tables(db, true).await;
-    assert!(
-        Migrator::get_pending_migrations(db)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(Migrator::get_pending_migrations(db).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -132,11 +119,7 @@ async fn postgres_migrate_up_down_up() {
             ("policy_versions", "source", "text"),
             ("policies", "builtin", "boolean"),
         ] {
-            assert_eq!(
-                pg_column_type(&db, table, column).await,
-                expected,
-                "{table}.{column}"
-            );
+            assert_eq!(pg_column_type(&db, table, column).await, expected, "{table}.{column}");
         }
         db.close().await.unwrap();
     })

@@ -17,8 +17,16 @@ use crate::agents::AgentService;
 use crate::audit::AuditLog;
 use crate::auth::AuthService;
 use crate::config::Config;
+use crate::connections::ConnectionService;
 use crate::policies::PolicyService;
+use crate::policies::engine::PolicyEngine;
+use crate::proxy::Pipeline;
+use crate::proxy::egress::EgressGuard;
+use crate::proxy::upstream::Upstream;
+use crate::secrets::SecretService;
+use crate::secrets::vault::Vault;
 use crate::storage::sha256_hex;
+use crate::wallets::WalletService;
 
 pub const ACCESS_COOKIE: &str = "aegis_at";
 pub const REFRESH_COOKIE: &str = "aegis_rt";
@@ -33,6 +41,10 @@ pub struct Services {
     pub agents: AgentService,
     pub policies: PolicyService,
     pub audit: AuditLog,
+    pub secrets: SecretService,
+    pub connections: ConnectionService,
+    pub wallets: WalletService,
+    pub proxy: Pipeline,
     recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
 }
 
@@ -42,9 +54,24 @@ impl Services {
         db: DatabaseConnection,
         auth: AuthService,
         audit: AuditLog,
+        vault: Vault,
     ) -> Arc<Self> {
         let policies = PolicyService::new(db.clone());
-        let agents = AgentService::new(db.clone(), policies.clone());
+        let secrets = SecretService::new(db.clone(), vault);
+        let egress = EgressGuard::new(config.egress.clone());
+        let connections = ConnectionService::new(db.clone(), secrets.clone(), egress.clone());
+        let wallets = WalletService::new(db.clone());
+        let proxy = Pipeline {
+            db: db.clone(),
+            policies: policies.clone(),
+            engine: Arc::new(PolicyEngine::new()),
+            upstream: Upstream::new(&egress, config.upstream.clone()),
+            egress,
+            secrets: secrets.clone(),
+            wallets: wallets.clone(),
+            audit: audit.clone(),
+        };
+        let agents = AgentService::new(db.clone(), policies.clone(), audit.clone());
         Arc::new(Self {
             config,
             db,
@@ -52,6 +79,10 @@ impl Services {
             agents,
             policies,
             audit,
+            secrets,
+            connections,
+            wallets,
+            proxy,
             recent_browser_refreshes: Mutex::default(),
         })
     }
@@ -73,40 +104,19 @@ impl Services {
         recent.insert(key, (response.clone(), Instant::now()));
         Ok(response)
     }
-
-    fn cookie(&self, name: &str, value: &str, max_age: u64) -> String {
-        let secure = if self.config.secure_cookies {
-            "; Secure"
-        } else {
-            ""
-        };
-        format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
-    }
 }
 
 #[async_trait::async_trait]
 impl Backend for Services {
-    async fn register(
-        &self,
-        input: Registration,
-        client: ClientMeta,
-    ) -> Result<AuthResponse, AppError> {
+    async fn register(&self, input: Registration, client: ClientMeta) -> Result<AuthResponse, AppError> {
         self.auth.register(input, client).await
     }
 
-    async fn login(
-        &self,
-        input: Credentials,
-        client: ClientMeta,
-    ) -> Result<AuthResponse, AppError> {
+    async fn login(&self, input: Credentials, client: ClientMeta) -> Result<AuthResponse, AppError> {
         self.auth.login(input, client).await
     }
 
-    async fn refresh(
-        &self,
-        refresh_token: &str,
-        client: ClientMeta,
-    ) -> Result<AuthResponse, AppError> {
+    async fn refresh(&self, refresh_token: &str, client: ClientMeta) -> Result<AuthResponse, AppError> {
         self.auth.refresh(refresh_token, &client).await
     }
 
@@ -118,20 +128,18 @@ impl Backend for Services {
         self.auth.user(sponsor).await
     }
 
+    fn cookie(&self, name: &str, value: &str, path: &str, max_age: u64) -> String {
+        let secure = if self.config.secure_cookies { "; Secure" } else { "" };
+        format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    }
+
     fn session_cookies(&self, tokens: Option<&TokenPair>) -> Vec<String> {
         match tokens {
             Some(t) => vec![
-                self.cookie(ACCESS_COOKIE, &t.access_token, t.expires_in),
-                self.cookie(
-                    REFRESH_COOKIE,
-                    &t.refresh_token,
-                    self.config.refresh_token_ttl.as_secs(),
-                ),
+                self.cookie(ACCESS_COOKIE, &t.access_token, "/", t.expires_in),
+                self.cookie(REFRESH_COOKIE, &t.refresh_token, "/", self.config.refresh_token_ttl.as_secs()),
             ],
-            None => vec![
-                self.cookie(ACCESS_COOKIE, "", 0),
-                self.cookie(REFRESH_COOKIE, "", 0),
-            ],
+            None => vec![self.cookie(ACCESS_COOKIE, "", "/", 0), self.cookie(REFRESH_COOKIE, "", "/", 0)],
         }
     }
 
@@ -143,11 +151,7 @@ impl Backend for Services {
         self.agents.list(sponsor.user_id, page).await
     }
 
-    async fn create_agent(
-        &self,
-        sponsor: &SessionUser,
-        input: NewAgent,
-    ) -> Result<AgentCreated, AppError> {
+    async fn create_agent(&self, sponsor: &SessionUser, input: NewAgent) -> Result<AgentCreated, AppError> {
         self.agents.create(sponsor.user_id, input).await
     }
 
@@ -164,11 +168,7 @@ impl Backend for Services {
         self.agents.update(sponsor.user_id, id, patch).await
     }
 
-    async fn rotate_agent_key(
-        &self,
-        sponsor: &SessionUser,
-        id: Uuid,
-    ) -> Result<KeyRotated, AppError> {
+    async fn rotate_agent_key(&self, sponsor: &SessionUser, id: Uuid) -> Result<KeyRotated, AppError> {
         self.agents.rotate_key(sponsor.user_id, id).await
     }
 
@@ -191,5 +191,63 @@ impl Backend for Services {
 
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {
         self.policies.list(sponsor).await
+    }
+
+    async fn get_policy(&self, sponsor: &SessionUser, id: Uuid) -> Result<PolicyView, AppError> {
+        self.policies.get(sponsor.user_id, id).await
+    }
+
+    async fn create_policy(&self, sponsor: &SessionUser, input: NewPolicy) -> Result<PolicyView, AppError> {
+        self.policies.create(sponsor.user_id, input).await
+    }
+
+    async fn update_policy(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        update: PolicyUpdate,
+    ) -> Result<PolicyView, AppError> {
+        self.policies.update(sponsor.user_id, id, update).await
+    }
+
+    async fn list_secrets(&self, sponsor: &SessionUser) -> Result<Vec<SecretView>, AppError> {
+        self.secrets.list(sponsor.user_id).await
+    }
+
+    async fn get_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<SecretView, AppError> {
+        self.secrets.get(sponsor.user_id, id).await
+    }
+
+    async fn create_secret(&self, sponsor: &SessionUser, input: NewSecret) -> Result<SecretView, AppError> {
+        self.secrets.create(sponsor.user_id, input).await
+    }
+
+    async fn update_secret(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        update: SecretUpdate,
+    ) -> Result<SecretView, AppError> {
+        self.secrets.update(sponsor.user_id, id, update).await
+    }
+
+    async fn delete_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
+        self.secrets.delete(sponsor.user_id, id).await
+    }
+
+    async fn list_connections(&self, sponsor: &SessionUser) -> Result<Vec<ConnectionView>, AppError> {
+        self.connections.list(sponsor.user_id).await
+    }
+
+    async fn create_connection(
+        &self,
+        sponsor: &SessionUser,
+        input: NewConnection,
+    ) -> Result<ConnectionView, AppError> {
+        self.connections.create(sponsor.user_id, input).await
+    }
+
+    async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
+        self.connections.delete(sponsor.user_id, id).await
     }
 }

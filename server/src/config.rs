@@ -28,6 +28,10 @@ pub struct Config {
     /// Hex-encoded keys given explicitly instead of the generated files.
     pub jwt_secret: Option<String>,
     pub master_key: Option<String>,
+    /// Hex-encoded 32-byte seed of the audit checkpoint signing key.
+    pub audit_signing_key: Option<String>,
+    /// Sign an audit checkpoint every this many records (0: only on demand).
+    pub audit_checkpoint_every: u64,
     /// Mark cookies `Secure`. Defaults to on when `AEGIS_PUBLIC_URL` is https.
     pub secure_cookies: bool,
     /// The origin browsers use to reach AEGIS; checked against `Origin` on form posts.
@@ -40,6 +44,11 @@ pub struct Config {
     pub login_max_per_ip: u64,
     pub login_window: Duration,
     pub max_body_bytes: usize,
+    /// Egress exceptions (`AEGIS_EGRESS_ALLOW`) and allowed ports (`AEGIS_EGRESS_PORTS`).
+    pub egress: crate::proxy::egress::EgressRules,
+    pub upstream: crate::proxy::upstream::UpstreamLimits,
+    /// Largest request body an agent may send through the proxy.
+    pub proxy_max_body_bytes: usize,
     pub log_format: LogFormat,
 }
 
@@ -92,10 +101,7 @@ impl Config {
                 None => Ok(default),
                 Some("1" | "true" | "yes" | "on") => Ok(true),
                 Some("0" | "false" | "no" | "off") => Ok(false),
-                Some(v) => Err(ConfigError {
-                    var: k,
-                    reason: format!("expected true or false, got {v:?}"),
-                }),
+                Some(v) => Err(ConfigError { var: k, reason: format!("expected true or false, got {v:?}") }),
             }
         };
 
@@ -120,10 +126,7 @@ impl Config {
         if let Some(url) = &redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
-            return Err(ConfigError {
-                var: "REDIS_URL",
-                reason: "expected redis://…".into(),
-            });
+            return Err(ConfigError { var: "REDIS_URL", reason: "expected redis://…".into() });
         }
 
         let public_url = var("AEGIS_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_owned());
@@ -135,9 +138,7 @@ impl Config {
                 reason: format!("expected http(s)://host, got {u:?}"),
             });
         }
-        let https = public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"));
+        let https = public_url.as_deref().is_some_and(|u| u.starts_with("https://"));
 
         let log_format = match parse("AEGIS_LOG_FORMAT", "text")?.as_str() {
             "text" => LogFormat::Text,
@@ -165,18 +166,34 @@ impl Config {
             redis_url,
             jwt_secret: var("AEGIS_JWT_SECRET"),
             master_key: var("AEGIS_MASTER_KEY"),
+            audit_signing_key: var("AEGIS_AUDIT_SIGNING_KEY"),
+            audit_checkpoint_every: number("AEGIS_AUDIT_CHECKPOINT_EVERY", 1000)?,
             secure_cookies: boolean("AEGIS_SECURE_COOKIES", https)?,
             public_url,
             trust_proxy_headers: boolean("AEGIS_TRUST_PROXY_HEADERS", false)?,
             access_token_ttl: Duration::from_secs(access_ttl),
-            refresh_token_ttl: Duration::from_secs(number(
-                "AEGIS_REFRESH_TOKEN_TTL_SECS",
-                30 * 24 * 3600,
-            )?),
+            refresh_token_ttl: Duration::from_secs(number("AEGIS_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?),
             login_max_failures: number("AEGIS_LOGIN_MAX_FAILURES", 5)?,
             login_max_per_ip: number("AEGIS_LOGIN_MAX_PER_IP", 50)?,
             login_window: Duration::from_secs(number("AEGIS_LOGIN_WINDOW_SECS", 900)?),
             max_body_bytes: number("AEGIS_MAX_BODY_BYTES", 1024 * 1024)? as usize,
+            egress: crate::proxy::egress::EgressRules {
+                allowed_ports: match var("AEGIS_EGRESS_PORTS") {
+                    Some(p) => crate::proxy::egress::parse_ports(&p)
+                        .map_err(|reason| ConfigError { var: "AEGIS_EGRESS_PORTS", reason })?,
+                    None => vec![80, 443],
+                },
+                allow: crate::proxy::egress::parse_allow_list(&var("AEGIS_EGRESS_ALLOW").unwrap_or_default())
+                    .map_err(|reason| ConfigError { var: "AEGIS_EGRESS_ALLOW", reason })?,
+            },
+            upstream: crate::proxy::upstream::UpstreamLimits {
+                connect_timeout: Duration::from_secs(
+                    number("AEGIS_UPSTREAM_CONNECT_TIMEOUT_SECS", 5)?.max(1),
+                ),
+                timeout: Duration::from_secs(number("AEGIS_UPSTREAM_TIMEOUT_SECS", 30)?.max(1)),
+                max_response_bytes: number("AEGIS_UPSTREAM_MAX_BYTES", 10 << 20)? as usize,
+            },
+            proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
             log_format,
         })
     }
@@ -188,10 +205,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -216,25 +230,18 @@ mod tests {
             ("AEGIS_LOG_FORMAT", "xml"),
             ("AEGIS_ACCESS_TOKEN_TTL_SECS", "86400"),
             ("AEGIS_PUBLIC_URL", "ftp://x"),
+            ("AEGIS_EGRESS_ALLOW", "not a cidr/99"),
+            ("AEGIS_EGRESS_PORTS", "http"),
         ] {
-            let err = with(&[(var, value)])
-                .err()
-                .unwrap_or_else(|| panic!("{var}={value} accepted"));
+            let err = with(&[(var, value)]).err().unwrap_or_else(|| panic!("{var}={value} accepted"));
             assert_eq!(err.var, var);
-            assert!(
-                err.to_string()
-                    .starts_with(&format!("invalid configuration: {var}:"))
-            );
+            assert!(err.to_string().starts_with(&format!("invalid configuration: {var}:")));
         }
     }
 
     #[test]
     fn https_public_url_turns_on_secure_cookies() {
-        assert!(
-            with(&[("AEGIS_PUBLIC_URL", "https://aegis.example")])
-                .unwrap()
-                .secure_cookies
-        );
+        assert!(with(&[("AEGIS_PUBLIC_URL", "https://aegis.example")]).unwrap().secure_cookies);
     }
 
     #[test]

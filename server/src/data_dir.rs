@@ -11,10 +11,7 @@ use rand::RngCore;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("data directory {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("invalid configuration: {var}: expected {len} bytes as hex")]
@@ -39,15 +36,10 @@ impl std::fmt::Debug for KeyBytes {
 
 impl DataDir {
     pub fn open(root: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: root.to_owned(),
-            source,
-        };
+        let io = |source| KeyError::Io { path: root.to_owned(), source };
         fs::create_dir_all(root).map_err(io)?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io)?;
-        Ok(Self {
-            root: root.to_owned(),
-        })
+        Ok(Self { root: root.to_owned() })
     }
 
     pub fn path(&self) -> &Path {
@@ -67,19 +59,11 @@ impl DataDir {
             return decode(value, len).ok_or(KeyError::BadEnvKey { var: env_var, len });
         }
         let path = self.root.join(name);
-        let io = |source| KeyError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| KeyError::Io { path: path.clone(), source };
         let mut fresh = vec![0u8; len];
         rand::rng().fill_bytes(&mut fresh);
         // create_new: two processes starting at once cannot both write a key.
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
+        match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(mut file) => {
                 file.write_all(hex::encode(&fresh).as_bytes()).map_err(io)?;
                 file.sync_all().map_err(io)?;
@@ -99,10 +83,7 @@ impl DataDir {
 }
 
 fn decode(text: &str, len: usize) -> Option<KeyBytes> {
-    hex::decode(text.trim())
-        .ok()
-        .filter(|b| b.len() == len)
-        .map(KeyBytes)
+    hex::decode(text.trim()).ok().filter(|b| b.len() == len).map(KeyBytes)
 }
 
 #[cfg(test)]
@@ -116,11 +97,7 @@ mod tests {
         let first = data.key("jwt.key", 32, "X", None).unwrap();
         let again = data.key("jwt.key", 32, "X", None).unwrap();
         assert_eq!(first.0, again.0);
-        let mode = fs::metadata(data.path().join("jwt.key"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(data.path().join("jwt.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!format!("{first:?}").contains(&hex::encode(&first.0)));
     }
@@ -131,10 +108,7 @@ mod tests {
         let data = DataDir::open(dir.path()).unwrap();
         data.key("k", 32, "X", None).unwrap();
         fs::set_permissions(dir.path().join("k"), fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            data.key("k", 32, "X", None),
-            Err(KeyError::TooOpen { .. })
-        ));
+        assert!(matches!(data.key("k", 32, "X", None), Err(KeyError::TooOpen { .. })));
     }
 
     #[test]
@@ -142,19 +116,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
         let good = "ab".repeat(32);
-        assert_eq!(
-            data.key("k", 32, "AEGIS_MASTER_KEY", Some(&good))
-                .unwrap()
-                .0,
-            vec![0xab; 32]
-        );
-        let err = data
-            .key("k", 32, "AEGIS_MASTER_KEY", Some("abcd"))
-            .unwrap_err();
+        assert_eq!(data.key("k", 32, "AEGIS_MASTER_KEY", Some(&good)).unwrap().0, vec![0xab; 32]);
+        let err = data.key("k", 32, "AEGIS_MASTER_KEY", Some("abcd")).unwrap_err();
         assert!(err.to_string().contains("AEGIS_MASTER_KEY"));
-        assert!(
-            !dir.path().join("k").exists(),
-            "an env key must not create a file"
-        );
+        assert!(!dir.path().join("k").exists(), "an env key must not create a file");
     }
 }

@@ -6,12 +6,15 @@ pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod connections;
 pub mod data_dir;
 pub mod db;
 pub mod http;
 pub mod policies;
 pub mod proxy;
+pub mod secrets;
 pub mod storage;
+pub mod wallets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,10 +39,7 @@ pub enum StartError {
     #[error("database {url}: {source}")]
     Database { url: String, source: sea_orm::DbErr },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("start-up failed: {0}")]
     Other(String),
 }
@@ -47,25 +47,14 @@ pub enum StartError {
 /// Opens storage, runs migrations, seeds built-in policies and builds the services.
 pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError> {
     let data = DataDir::open(&config.data_dir)?;
-    let jwt_key = data.key(
-        "jwt.key",
-        32,
-        "AEGIS_JWT_SECRET",
-        config.jwt_secret.as_deref(),
-    )?;
-    // Generated now so it exists before any secret is stored; used by the vault.
-    data.key(
-        "master.key",
-        32,
-        "AEGIS_MASTER_KEY",
-        config.master_key.as_deref(),
-    )?;
+    let jwt_key = data.key("jwt.key", 32, "AEGIS_JWT_SECRET", config.jwt_secret.as_deref())?;
+    // Encrypts vault secrets at rest.
+    let master_key = data.key("master.key", 32, "AEGIS_MASTER_KEY", config.master_key.as_deref())?;
+    // Signs audit checkpoints; its public key verifies them.
+    let audit_signer = audit::signer_from(&data, &config)?;
 
     let url = db::resolve_url(config.database_url.as_deref(), data.path());
-    let db_error = |source| StartError::Database {
-        url: config::redact_url(&url),
-        source,
-    };
+    let db_error = |source| StartError::Database { url: config::redact_url(&url), source };
     let db = db::connect(&url).await.map_err(db_error)?;
     db::migrate(&db).await.map_err(db_error)?;
 
@@ -77,13 +66,10 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
     );
     let tokens = AccessTokens::new(&jwt_key.0, config.access_token_ttl);
     let auth = AuthService::new(db.clone(), tokens, throttle, config.refresh_token_ttl);
-    let audit = audit::AuditLog::new(db.clone());
-    let services = Services::new(config, db, auth, audit);
-    services
-        .policies
-        .seed_builtins()
-        .await
-        .map_err(|e| StartError::Other(e.message))?;
+    let audit = audit::AuditLog::new(db.clone(), audit_signer, config.audit_checkpoint_every);
+    let vault = secrets::vault::Vault::new(&master_key.0).map_err(|e| StartError::Other(e.to_string()))?;
+    let services = Services::new(config, db, auth, audit, vault);
+    services.policies.seed_builtins().await.map_err(|e| StartError::Other(e.message))?;
     Ok(services)
 }
 
@@ -95,11 +81,7 @@ pub fn leptos_options(config: &Config) -> LeptosOptions {
         .output_name("aegis")
         .site_root(var("LEPTOS_SITE_ROOT", "target/site"))
         .site_pkg_dir(var("LEPTOS_SITE_PKG_DIR", "pkg"))
-        .env(if var("LEPTOS_ENV", "DEV").eq_ignore_ascii_case("PROD") {
-            Env::PROD
-        } else {
-            Env::DEV
-        })
+        .env(if var("LEPTOS_ENV", "DEV").eq_ignore_ascii_case("PROD") { Env::PROD } else { Env::DEV })
         .site_addr(config.site_addr)
         .reload_port(var("LEPTOS_RELOAD_PORT", "3001").parse().unwrap_or(3001))
         .build()
@@ -117,34 +99,19 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         Some(l) => l,
         None => TcpListener::bind(config.site_addr)
             .await
-            .map_err(|source| StartError::Listen {
-                addr: config.site_addr,
-                source,
-            })?,
+            .map_err(|source| StartError::Listen { addr: config.site_addr, source })?,
     };
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Other(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
     let leptos_options = leptos_options(&config);
     let services = build_services(config).await?;
-    let app = http::router(http::AppState {
-        leptos_options,
-        services: services.clone(),
-    });
+    let app = http::router(http::AppState { leptos_options, services: services.clone() });
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-        {
+        if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await {
             tracing::error!(error = %e, "server stopped with an error");
         }
     });
-    Ok(Running {
-        addr,
-        services,
-        task,
-    })
+    Ok(Running { addr, services, task })
 }
 
 async fn shutdown_signal() {

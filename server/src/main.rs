@@ -1,14 +1,14 @@
 //! `aegis`: the AEGIS server and its command line.
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use server::audit::{AuditLog, Checkpoint};
 use server::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(
-    name = "aegis",
-    version,
-    about = "AEGIS: a deterministic execution proxy for AI agents"
-)]
+#[command(name = "aegis", version, about = "AEGIS: a deterministic execution proxy for AI agents")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -20,11 +20,38 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Verify the audit log: every record's hash and link, and every signed
+    /// checkpoint. Exits 1 naming the first bad seq if anything is wrong.
+    VerifyAudit {
+        /// Also verify against a checkpoint file (from `aegis audit checkpoint`),
+        /// trusting the public key it pins.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
-fn init_logging(format: LogFormat) {
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the chain, sign a checkpoint of its head (unless one exists for it)
+    /// and write it to FILE, to keep outside the database.
+    Checkpoint {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// Exit codes of the audit commands.
+const EXIT_BROKEN: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -43,16 +70,28 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // The audit commands print their result; logs stay quiet unless asked for.
+    let default_filter = match command {
+        Command::Serve | Command::Migrate => "info,sqlx=warn,sea_orm=warn",
+        Command::VerifyAudit { .. } | Command::Audit { .. } => "warn",
+    };
+    init_logging(config.log_format, default_filter);
+    let result = match command {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::VerifyAudit { checkpoint } => {
+            return verify_audit(config, checkpoint.as_deref()).await;
+        }
+        Command::Audit { command: AuditCommand::Checkpoint { out } } => {
+            return audit_checkpoint(config, &out).await;
+        }
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aegis: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
@@ -67,12 +106,93 @@ async fn serve(config: Config) -> Result<(), server::StartError> {
 async fn migrate(config: Config) -> Result<(), server::StartError> {
     let data = server::data_dir::DataDir::open(&config.data_dir)?;
     let url = server::db::resolve_url(config.database_url.as_deref(), data.path());
-    let error = |source| server::StartError::Database {
-        url: server::config::redact_url(&url),
-        source,
-    };
+    let error = |source| server::StartError::Database { url: server::config::redact_url(&url), source };
     let db = server::db::connect(&url).await.map_err(error)?;
     server::db::migrate(&db).await.map_err(error)?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+/// The audit log of the configured database, with the configured signing key.
+/// Does not migrate: the commands only read (or add a checkpoint to) a database
+/// AEGIS has already set up.
+async fn open_audit(config: &Config) -> Result<AuditLog, server::StartError> {
+    let data = server::data_dir::DataDir::open(&config.data_dir)?;
+    let signer = server::audit::signer_from(&data, config)?;
+    let url = server::db::resolve_url(config.database_url.as_deref(), data.path());
+    let db = server::db::connect(&url)
+        .await
+        .map_err(|source| server::StartError::Database { url: server::config::redact_url(&url), source })?;
+    Ok(AuditLog::new(db, signer, config.audit_checkpoint_every))
+}
+
+fn error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("aegis: {message}");
+    ExitCode::from(EXIT_ERROR)
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(16)]
+}
+
+async fn verify_audit(config: Config, checkpoint: Option<&Path>) -> ExitCode {
+    let pinned = match checkpoint.map(Checkpoint::import).transpose() {
+        Ok(p) => p,
+        Err(e) => return error(e),
+    };
+    let audit = match open_audit(&config).await {
+        Ok(a) => a,
+        Err(e) => return error(e),
+    };
+    let report = match audit.verify(pinned.as_ref()).await {
+        Ok(r) => r,
+        Err(e) => return error(format!("audit verification failed to run: {}", e.message)),
+    };
+    if !report.valid {
+        let seq = report.first_bad_seq.map_or_else(|| "-".to_owned(), |s| s.to_string());
+        eprintln!(
+            "aegis: audit log BROKEN at seq {seq}: {} ({} records verified before it)",
+            report.reason.as_deref().unwrap_or("unknown"),
+            report.checked
+        );
+        return ExitCode::from(EXIT_BROKEN);
+    }
+    let anchor = match &report.checkpoint {
+        Some(cp) => {
+            format!("checkpoint seq {} ({}, key {}) verified", cp.seq, cp.source, short(&cp.public_key))
+        }
+        None => "no signed checkpoint yet".to_owned(),
+    };
+    println!(
+        "audit log intact: {} records, head {}; {anchor}",
+        report.checked,
+        short(report.head_hash.as_deref().unwrap_or(server::audit::GENESIS_HASH))
+    );
+    ExitCode::SUCCESS
+}
+
+async fn audit_checkpoint(config: Config, out: &Path) -> ExitCode {
+    let audit = match open_audit(&config).await {
+        Ok(a) => a,
+        Err(e) => return error(e),
+    };
+    let cp = match audit.checkpoint().await {
+        Ok(cp) => cp,
+        Err(e) if e.code == "audit_chain_broken" => {
+            eprintln!("aegis: {}", e.message);
+            return ExitCode::from(EXIT_BROKEN);
+        }
+        Err(e) => return error(format!("cannot sign a checkpoint: {}", e.message)),
+    };
+    if let Err(e) = cp.export(out) {
+        return error(format!("{}: {e}", out.display()));
+    }
+    println!(
+        "checkpoint seq {} head {} (key {}) written to {}",
+        cp.seq,
+        short(&cp.head_hash),
+        short(&cp.public_key),
+        out.display()
+    );
+    ExitCode::SUCCESS
 }

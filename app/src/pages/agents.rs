@@ -8,7 +8,7 @@ use leptos_router::hooks::use_query_map;
 use super::FormError;
 use crate::model::{AgentCreated, AgentStatus, AgentView};
 use crate::money::format_units;
-use crate::rpc::{CreateAgent, SetAgentState, list_agents, list_policies};
+use crate::rpc::{CreateAgent, SetAgentState, list_agents, list_policies, take_new_key};
 
 #[component]
 pub fn AgentsPage() -> impl IntoView {
@@ -51,12 +51,22 @@ pub fn AgentsPage() -> impl IntoView {
 #[component]
 fn CreateAgentForm(create: ServerAction<CreateAgent>) -> impl IntoView {
     let policies = Resource::new(|| (), |_| list_policies());
+    // A key created by a plain form post (no WebAssembly) arrives after the redirect.
+    let flashed = Resource::new(|| (), |_| take_new_key());
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
     let created = move || create.value().get().and_then(Result::ok);
+    let form = NodeRef::<leptos::html::Form>::new();
+    Effect::new(move |_| {
+        if matches!(create.value().get(), Some(Ok(_)))
+            && let Some(form) = form.get()
+        {
+            form.reset();
+        }
+    });
     view! {
         <section class="card" aria-labelledby="create-heading">
             <h2 id="create-heading">"New agent"</h2>
-            <ActionForm action=create attr:class="form grid" attr:id="create-agent-form">
+            <ActionForm action=create node_ref=form attr:class="form grid" attr:id="create-agent-form">
                 <div class="field">
                     <label for="agent-name">"Name"</label>
                     <input id="agent-name" name="name" required maxlength="100" placeholder="billing-bot"/>
@@ -95,6 +105,11 @@ fn CreateAgentForm(create: ServerAction<CreateAgent>) -> impl IntoView {
                 </div>
             </ActionForm>
             {move || created().map(|c| view! { <NewKey created=c/> })}
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    flashed.await.ok().flatten().map(|c| view! { <NewKey created=c/> })
+                })}
+            </Transition>
         </section>
     }
 }
@@ -117,11 +132,7 @@ fn NewKey(created: AgentCreated) -> impl IntoView {
 #[component]
 fn AgentTable(agents: Vec<AgentView>, set_state: ServerAction<SetAgentState>) -> impl IntoView {
     let limit = |m: i64| {
-        if m == 0 {
-            "—".to_owned()
-        } else {
-            format!("${}", format_units(m))
-        }
+        if m == 0 { "—".to_owned() } else { format!("${}", format_units(m)) }
     };
     view! {
         <div class="table-wrap">

@@ -19,9 +19,7 @@ pub async fn fresh_sqlite() -> (tempfile::TempDir, DatabaseConnection) {
     let dir = tempfile::TempDir::new().expect("create temp dir");
     let path = dir.path().join("aegis-test.db");
     let url = format!("sqlite://{}?mode=rwc", path.display());
-    let db = Database::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let db = Database::connect(&url).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"));
     (dir, db)
 }
 
@@ -56,9 +54,7 @@ where
     let url = with_database_name(&admin_url, &name);
     let outcome = tokio::spawn(body(url)).await;
 
-    let dropped = admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await;
+    let dropped = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
     admin.close().await.ok();
 
     match outcome {
@@ -96,8 +92,5 @@ fn database_name_is_replaced() {
         with_database_name("postgres://u:p@h/test?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
     );
-    assert_eq!(
-        with_database_name("postgres://h:1", "x"),
-        "postgres://h:1/x"
-    );
+    assert_eq!(with_database_name("postgres://h:1", "x"), "postgres://h:1/x");
 }

@@ -20,27 +20,20 @@ pub struct NewKey {
 pub fn generate() -> NewKey {
     let key_id = random_hex(ID_HEX / 2);
     let plaintext = format!("{PREFIX}{key_id}{}", random_hex(SECRET_HEX / 2));
-    NewKey {
-        hash: sha256_hex(plaintext.as_bytes()),
-        plaintext,
-        key_id,
-    }
+    NewKey { hash: sha256_hex(plaintext.as_bytes()), plaintext, key_id }
 }
 
 /// The key id of a well-formed key, or `None` for anything that is not one.
 pub fn key_id(presented: &str) -> Option<&str> {
     let rest = presented.strip_prefix(PREFIX)?;
-    let well_formed = rest.len() == ID_HEX + SECRET_HEX
-        && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let well_formed =
+        rest.len() == ID_HEX + SECRET_HEX && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     well_formed.then(|| &rest[..ID_HEX])
 }
 
 /// Constant-time comparison of the presented key's hash with the stored one.
 pub fn matches(presented: &str, stored_hash: &str) -> bool {
-    sha256_hex(presented.as_bytes())
-        .as_bytes()
-        .ct_eq(stored_hash.as_bytes())
-        .into()
+    sha256_hex(presented.as_bytes()).as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
 
 /// What the dashboard shows to recognise a key: `aegis_<key id>`.
@@ -59,10 +52,7 @@ mod tests {
         assert_eq!(k.plaintext.len(), PREFIX.len() + ID_HEX + SECRET_HEX);
         assert_eq!(key_id(&k.plaintext), Some(k.key_id.as_str()));
         assert!(matches(&k.plaintext, &k.hash));
-        assert!(
-            !k.hash.contains(&k.plaintext[PREFIX.len() + ID_HEX..]),
-            "secret not in the stored hash"
-        );
+        assert!(!k.hash.contains(&k.plaintext[PREFIX.len() + ID_HEX..]), "secret not in the stored hash");
     }
 
     #[test]

@@ -7,18 +7,17 @@ pub mod api_keys;
 use std::collections::HashMap;
 
 use app::error::AppError;
-use app::model::{
-    AgentCreated, AgentPatch, AgentStatus, AgentView, KeyRotated, NewAgent, Page, PageRequest,
-};
+use app::model::{AgentCreated, AgentPatch, AgentStatus, AgentView, KeyRotated, NewAgent, Page, PageRequest};
 use app::money::MAX_MICROS;
 use entity::{agent_keys, agents, policies, wallets};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use uuid::Uuid;
 
+use crate::audit::{AuditEntry, AuditLog, canonical_json};
 use crate::policies::{DEFAULT_POLICY, PolicyService};
 use crate::storage::{internal, now, unique_or_internal};
 
@@ -38,6 +37,7 @@ pub struct AgentPrincipal {
 pub struct AgentService {
     db: DatabaseConnection,
     policies: PolicyService,
+    audit: AuditLog,
 }
 
 struct Validated {
@@ -59,9 +59,7 @@ fn validate(
         .map(|n| {
             let n = n.trim();
             if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
-                Err(AppError::validation(
-                    "name must be 1 to 100 printable characters",
-                ))
+                Err(AppError::validation("name must be 1 to 100 printable characters"))
             } else {
                 Ok(n.to_owned())
             }
@@ -71,9 +69,7 @@ fn validate(
         .map(|d| {
             let d = d.trim();
             if d.chars().count() > 1000 {
-                Err(AppError::validation(
-                    "description must be at most 1000 characters",
-                ))
+                Err(AppError::validation("description must be at most 1000 characters"))
             } else {
                 Ok((!d.is_empty()).then(|| d.to_owned()))
             }
@@ -89,9 +85,7 @@ fn validate(
                 let t = t.trim().to_lowercase();
                 let ok = !t.is_empty()
                     && t.len() <= 50
-                    && t.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.')
-                    });
+                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'));
                 if !ok {
                     return Err(AppError::validation(format!(
                         "tag {t:?} must be 1 to 50 of a-z 0-9 - _ : ."
@@ -105,9 +99,9 @@ fn validate(
         })
         .transpose()?;
     let limit = |label: &str, v: Option<i64>| match v {
-        Some(v) if !(0..=MAX_MICROS).contains(&v) => Err(AppError::validation(format!(
-            "{label} must be between 0 and {MAX_MICROS} micro-units"
-        ))),
+        Some(v) if !(0..=MAX_MICROS).contains(&v) => {
+            Err(AppError::validation(format!("{label} must be between 0 and {MAX_MICROS} micro-units")))
+        }
         v => Ok(v),
     };
     Ok(Validated {
@@ -120,10 +114,19 @@ fn validate(
 }
 
 fn name_taken() -> AppError {
-    AppError::conflict(
-        "agent_name_taken",
-        "you already have an agent with this name",
-    )
+    AppError::conflict("agent_name_taken", "you already have an agent with this name")
+}
+
+/// An agent lifecycle record: who, which agent, and a small canonical JSON detail
+/// (never the API key; at most its public prefix).
+fn lifecycle(kind: &str, sponsor_id: Uuid, agent_id: Uuid, detail: serde_json::Value) -> AuditEntry {
+    AuditEntry {
+        sponsor_id: Some(sponsor_id),
+        agent_id: Some(agent_id),
+        kind: kind.to_owned(),
+        detail: Some(canonical_json(&detail)),
+        ..AuditEntry::default()
+    }
 }
 
 fn revoked() -> AppError {
@@ -134,15 +137,13 @@ fn revoked() -> AppError {
 }
 
 impl AgentService {
-    pub fn new(db: DatabaseConnection, policies: PolicyService) -> Self {
-        Self { db, policies }
+    /// Every change is recorded in the audit log in the same transaction as the
+    /// change itself: both commit, or neither does.
+    pub fn new(db: DatabaseConnection, policies: PolicyService, audit: AuditLog) -> Self {
+        Self { db, policies, audit }
     }
 
-    pub async fn create(
-        &self,
-        sponsor_id: Uuid,
-        input: NewAgent,
-    ) -> Result<AgentCreated, AppError> {
+    pub async fn create(&self, sponsor_id: Uuid, input: NewAgent) -> Result<AgentCreated, AppError> {
         let v = validate(
             Some(&input.name),
             input.description.as_deref(),
@@ -150,27 +151,24 @@ impl AgentService {
             input.daily_limit_micros,
             input.monthly_limit_micros,
         )?;
-        let policy = self
-            .policies
-            .resolve(
-                sponsor_id,
-                input.policy.as_deref().unwrap_or(DEFAULT_POLICY),
-            )
-            .await?;
+        let policy =
+            self.policies.resolve(sponsor_id, input.policy.as_deref().unwrap_or(DEFAULT_POLICY)).await?;
         let at = now();
         let id = Uuid::now_v7();
         let key = api_keys::generate();
-        let txn = self.db.begin().await.map_err(internal)?;
+        let name = v.name.unwrap_or_default();
+        let tags = v.tags.unwrap_or_default();
+        let (daily, monthly) = (v.daily.unwrap_or(0), v.monthly.unwrap_or(0));
+        let mut txn = self.audit.begin().await?;
         agents::ActiveModel {
             id: Set(id),
             sponsor_id: Set(sponsor_id),
-            name: Set(v.name.unwrap_or_default()),
+            name: Set(name.clone()),
             description: Set(v.description.flatten()),
             status: Set(AgentStatus::Active.as_str().into()),
             policy_id: Set(Some(policy.id)),
             trust_score: Set(INITIAL_TRUST),
-            tags: Set(serde_json::to_string(&v.tags.unwrap_or_default())
-                .map_err(|_| AppError::internal())?),
+            tags: Set(serde_json::to_string(&tags).map_err(|_| AppError::internal())?),
             created_at: Set(at),
             updated_at: Set(at),
             suspended_at: Set(None),
@@ -178,14 +176,14 @@ impl AgentService {
             deleted_at: Set(None),
             last_seen_at: Set(None),
         }
-        .insert(&txn)
+        .insert(txn.conn())
         .await
         .map_err(|e| unique_or_internal(e, name_taken()))?;
         let (day_window, month_window) = windows(at);
         wallets::ActiveModel {
             agent_id: Set(id),
-            daily_limit_micros: Set(v.daily.unwrap_or(0)),
-            monthly_limit_micros: Set(v.monthly.unwrap_or(0)),
+            daily_limit_micros: Set(daily),
+            monthly_limit_micros: Set(monthly),
             daily_spent_micros: Set(0),
             monthly_spent_micros: Set(0),
             reserved_micros: Set(0),
@@ -197,25 +195,32 @@ impl AgentService {
             alert_sent_month: Set(None),
             updated_at: Set(at),
         }
-        .insert(&txn)
+        .insert(txn.conn())
         .await
         .map_err(internal)?;
-        insert_key(&txn, id, &key).await?;
-        txn.commit().await.map_err(internal)?;
+        insert_key(txn.conn(), id, &key).await?;
+        txn.append(lifecycle(
+            "agent.created",
+            sponsor_id,
+            id,
+            serde_json::json!({
+                "name": name,
+                "policy": policy.name,
+                "daily_limit_micros": daily,
+                "monthly_limit_micros": monthly,
+                "tags": tags,
+                "key_prefix": api_keys::display_prefix(&key.key_id),
+            }),
+        ))
+        .await?;
+        txn.commit().await?;
         let agent = self.get(sponsor_id, id).await?;
-        Ok(AgentCreated {
-            agent,
-            api_key: key.plaintext,
-        })
+        Ok(AgentCreated { agent, api_key: key.plaintext })
     }
 
     /// Live agents, newest first. Ids are UUIDv7, so ordering by id is creation order
     /// and the last id of a page is the cursor for the next.
-    pub async fn list(
-        &self,
-        sponsor_id: Uuid,
-        page: PageRequest,
-    ) -> Result<Page<AgentView>, AppError> {
+    pub async fn list(&self, sponsor_id: Uuid, page: PageRequest) -> Result<Page<AgentView>, AppError> {
         let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         let mut query = agents::Entity::find()
             .filter(agents::Column::SponsorId.eq(sponsor_id))
@@ -233,10 +238,7 @@ impl AgentService {
             rows.truncate(limit as usize);
             rows.last().map(|a| a.id.to_string())
         });
-        Ok(Page {
-            items: self.views(rows).await?,
-            next_cursor: next_cursor.flatten(),
-        })
+        Ok(Page { items: self.views(rows).await?, next_cursor: next_cursor.flatten() })
     }
 
     pub async fn get(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
@@ -244,12 +246,7 @@ impl AgentService {
         Ok(self.views(vec![agent]).await?.remove(0))
     }
 
-    pub async fn update(
-        &self,
-        sponsor_id: Uuid,
-        id: Uuid,
-        patch: AgentPatch,
-    ) -> Result<AgentView, AppError> {
+    pub async fn update(&self, sponsor_id: Uuid, id: Uuid, patch: AgentPatch) -> Result<AgentView, AppError> {
         let v = validate(
             patch.name.as_deref(),
             patch.description.as_deref(),
@@ -258,40 +255,47 @@ impl AgentService {
             patch.monthly_limit_micros,
         )?;
         let agent = self.live(sponsor_id, id).await?;
-        let policy_id = match patch.policy.as_deref() {
-            Some(name) => Some(self.policies.resolve(sponsor_id, name).await?.id),
+        let policy = match patch.policy.as_deref() {
+            Some(name) => Some(self.policies.resolve(sponsor_id, name).await?),
             None => None,
         };
-        let txn = self.db.begin().await.map_err(internal)?;
+        // What changed, with the new values (the description only by name).
+        let mut changes = serde_json::Map::new();
+        let mut txn = self.audit.begin().await?;
         let mut active: agents::ActiveModel = agent.into();
         if let Some(name) = v.name {
+            changes.insert("name".into(), name.clone().into());
             active.name = Set(name);
         }
         if let Some(description) = v.description {
+            changes.insert("description".into(), serde_json::Value::Bool(true));
             active.description = Set(description);
         }
         if let Some(tags) = v.tags {
             active.tags = Set(serde_json::to_string(&tags).map_err(|_| AppError::internal())?);
+            changes.insert("tags".into(), tags.into());
         }
-        if let Some(policy_id) = policy_id {
-            active.policy_id = Set(Some(policy_id));
+        if let Some(policy) = policy {
+            changes.insert("policy".into(), policy.name.into());
+            active.policy_id = Set(Some(policy.id));
         }
         active.updated_at = Set(now());
-        active
-            .update(&txn)
-            .await
-            .map_err(|e| unique_or_internal(e, name_taken()))?;
+        active.update(txn.conn()).await.map_err(|e| unique_or_internal(e, name_taken()))?;
         if v.daily.is_some() || v.monthly.is_some() {
             let mut update = wallets::Entity::update_many().filter(wallets::Column::AgentId.eq(id));
             if let Some(daily) = v.daily {
                 update = update.col_expr(wallets::Column::DailyLimitMicros, Expr::value(daily));
+                changes.insert("daily_limit_micros".into(), daily.into());
             }
             if let Some(monthly) = v.monthly {
                 update = update.col_expr(wallets::Column::MonthlyLimitMicros, Expr::value(monthly));
+                changes.insert("monthly_limit_micros".into(), monthly.into());
             }
-            update.exec(&txn).await.map_err(internal)?;
+            update.exec(txn.conn()).await.map_err(internal)?;
         }
-        txn.commit().await.map_err(internal)?;
+        txn.append(lifecycle("agent.updated", sponsor_id, id, serde_json::json!({ "changed": changes })))
+            .await?;
+        txn.commit().await?;
         self.get(sponsor_id, id).await
     }
 
@@ -299,15 +303,19 @@ impl AgentService {
     pub async fn rotate_key(&self, sponsor_id: Uuid, id: Uuid) -> Result<KeyRotated, AppError> {
         self.live(sponsor_id, id).await?;
         let key = api_keys::generate();
-        let txn = self.db.begin().await.map_err(internal)?;
-        revoke_keys(&txn, id).await?;
-        insert_key(&txn, id, &key).await?;
-        txn.commit().await.map_err(internal)?;
-        Ok(KeyRotated {
-            agent_id: id,
-            api_key: key.plaintext,
-            key_prefix: api_keys::display_prefix(&key.key_id),
-        })
+        let key_prefix = api_keys::display_prefix(&key.key_id);
+        let mut txn = self.audit.begin().await?;
+        revoke_keys(txn.conn(), id).await?;
+        insert_key(txn.conn(), id, &key).await?;
+        txn.append(lifecycle(
+            "agent.key_rotated",
+            sponsor_id,
+            id,
+            serde_json::json!({ "key_prefix": key_prefix }),
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(KeyRotated { agent_id: id, api_key: key.plaintext, key_prefix })
     }
 
     pub async fn suspend(
@@ -317,17 +325,20 @@ impl AgentService {
         reason: Option<String>,
     ) -> Result<AgentView, AppError> {
         let agent = self.live(sponsor_id, id).await?;
-        let reason = reason
-            .map(|r| r.trim().chars().take(500).collect::<String>())
-            .filter(|r| !r.is_empty());
+        let reason = reason.map(|r| r.trim().chars().take(500).collect::<String>()).filter(|r| !r.is_empty());
         if agent.status != AgentStatus::Suspended.as_str() {
+            let reason = reason.unwrap_or_else(|| "suspended by sponsor".into());
+            let mut txn = self.audit.begin().await?;
             let mut active: agents::ActiveModel = agent.into();
             let at = now();
             active.status = Set(AgentStatus::Suspended.as_str().into());
             active.suspended_at = Set(Some(at));
-            active.suspended_reason = Set(reason.or_else(|| Some("suspended by sponsor".into())));
+            active.suspended_reason = Set(Some(reason.clone()));
             active.updated_at = Set(at);
-            active.update(&self.db).await.map_err(internal)?;
+            active.update(txn.conn()).await.map_err(internal)?;
+            txn.append(lifecycle("agent.suspended", sponsor_id, id, serde_json::json!({ "reason": reason })))
+                .await?;
+            txn.commit().await?;
         }
         self.get(sponsor_id, id).await
     }
@@ -335,12 +346,17 @@ impl AgentService {
     pub async fn resume(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
         let agent = self.live(sponsor_id, id).await?;
         if agent.status != AgentStatus::Active.as_str() {
+            let from = agent.status.clone();
+            let mut txn = self.audit.begin().await?;
             let mut active: agents::ActiveModel = agent.into();
             active.status = Set(AgentStatus::Active.as_str().into());
             active.suspended_at = Set(None);
             active.suspended_reason = Set(None);
             active.updated_at = Set(now());
-            active.update(&self.db).await.map_err(internal)?;
+            active.update(txn.conn()).await.map_err(internal)?;
+            txn.append(lifecycle("agent.resumed", sponsor_id, id, serde_json::json!({ "from": from })))
+                .await?;
+            txn.commit().await?;
         }
         self.get(sponsor_id, id).await
     }
@@ -349,15 +365,18 @@ impl AgentService {
     pub async fn delete(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
         let agent = self.owned(sponsor_id, id).await?;
         if agent.deleted_at.is_none() {
-            let txn = self.db.begin().await.map_err(internal)?;
+            let name = agent.name.clone();
+            let mut txn = self.audit.begin().await?;
             let at = now();
             let mut active: agents::ActiveModel = agent.into();
             active.status = Set(AgentStatus::Revoked.as_str().into());
             active.deleted_at = Set(Some(at));
             active.updated_at = Set(at);
-            active.update(&txn).await.map_err(internal)?;
-            revoke_keys(&txn, id).await?;
-            txn.commit().await.map_err(internal)?;
+            active.update(txn.conn()).await.map_err(internal)?;
+            revoke_keys(txn.conn(), id).await?;
+            txn.append(lifecycle("agent.deleted", sponsor_id, id, serde_json::json!({ "name": name })))
+                .await?;
+            txn.commit().await?;
         }
         self.get(sponsor_id, id).await
     }
@@ -379,10 +398,7 @@ impl AgentService {
             Some((key, Some(agent)))
                 if api_keys::matches(presented, &key.key_hash) && agent.deleted_at.is_none() =>
             {
-                Some(AgentPrincipal {
-                    agent,
-                    key_id: key.key_id,
-                })
+                Some(AgentPrincipal { agent, key_id: key.key_id })
             }
             _ => None,
         })
@@ -470,10 +486,7 @@ impl AgentService {
 
 /// The calendar windows (UTC) a wallet's spend is counted in.
 fn windows(at: chrono::DateTime<chrono::Utc>) -> (String, String) {
-    (
-        at.format("%Y-%m-%d").to_string(),
-        at.format("%Y-%m").to_string(),
-    )
+    (at.format("%Y-%m-%d").to_string(), at.format("%Y-%m").to_string())
 }
 
 async fn insert_key(
@@ -515,55 +528,32 @@ mod tests {
     fn validation_table() {
         assert!(validate(Some("bot"), None, None, Some(0), Some(MAX_MICROS)).is_ok());
         let (long_name, long_desc) = ("n".repeat(101), "d".repeat(1001));
-        type Case<'a> = (
-            Option<&'a str>,
-            Option<&'a str>,
-            Option<Vec<String>>,
-            Option<i64>,
-        );
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<Vec<String>>, Option<i64>);
         let cases: Vec<Case> = vec![
             (Some(""), None, None, None),
             (Some(&long_name), None, None, None),
             (Some("a\nb"), None, None, None),
             (Some("ok"), Some(&long_desc), None, None),
             (Some("ok"), None, Some(vec!["has space".into()]), None),
-            (
-                Some("ok"),
-                None,
-                Some((0..21).map(|i| format!("t{i}")).collect()),
-                None,
-            ),
+            (Some("ok"), None, Some((0..21).map(|i| format!("t{i}")).collect()), None),
             (Some("ok"), None, None, Some(-1)),
             (Some("ok"), None, None, Some(MAX_MICROS + 1)),
         ];
         for (name, desc, tags, daily) in cases {
-            let err = validate(name, desc, tags.as_deref(), daily, None)
-                .err()
-                .expect("should be rejected");
+            let err = validate(name, desc, tags.as_deref(), daily, None).err().expect("should be rejected");
             assert_eq!(err.status, 422);
         }
     }
 
     #[test]
     fn tags_are_normalised_and_deduplicated() {
-        let v = validate(
-            None,
-            None,
-            Some(&["Prod".into(), "prod".into(), "team:ml".into()]),
-            None,
-            None,
-        )
-        .unwrap();
+        let v = validate(None, None, Some(&["Prod".into(), "prod".into(), "team:ml".into()]), None, None)
+            .unwrap();
         assert_eq!(v.tags.unwrap(), vec!["prod", "team:ml"]);
     }
 
     #[test]
     fn empty_description_clears() {
-        assert_eq!(
-            validate(None, Some("  "), None, None, None)
-                .unwrap()
-                .description,
-            Some(None)
-        );
+        assert_eq!(validate(None, Some("  "), None, None, None).unwrap().description, Some(None));
     }
 }

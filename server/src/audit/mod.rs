@@ -1,8 +1,39 @@
 //! The hash-chained, tamper-evident audit log.
+//!
+//! Every decision AEGIS makes appends one record. Each record carries the hash
+//! of the one before it (`prev_hash`) and its own `hash`, a SHA-256 over a
+//! canonical encoding of all its fields ([`record`]), so editing, removing,
+//! reordering or inserting a record breaks the chain. Every N records, and on
+//! demand, the head is signed with Ed25519 ([`checkpoint`]); a signed
+//! checkpoint also catches what a chain alone cannot: a cut tail, or a chain
+//! recomputed from scratch. [`verify`] checks all of it, [`chain`] appends,
+//! [`query`] reads for sponsors.
+//!
+//! On PostgreSQL the rows are also protected by triggers that refuse UPDATE,
+//! DELETE and TRUNCATE (migration `m20261126_000002_audit_guards`).
+
+pub mod chain;
+pub mod checkpoint;
+pub mod query;
+pub mod record;
+pub mod verify;
+
+use std::sync::Arc;
 
 use app::error::AppError;
-use sea_orm::DatabaseConnection;
+use entity::audit_checkpoints;
+use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
 use uuid::Uuid;
+
+pub use chain::{AUDIT_LOCK_KEY, AuditTxn};
+pub use checkpoint::{Checkpoint, CheckpointSigner};
+pub use query::{AuditFilter, AuditQuery, AuditRecord};
+pub use record::{GENESIS_HASH, canonical_json, record_hash};
+pub use verify::{CheckpointStatus, VerifyReport};
+
+use crate::config::Config;
+use crate::data_dir::{DataDir, KeyError};
+use crate::storage::internal;
 
 /// What a caller records; the log adds seq, time, prev_hash and hash.
 #[derive(Debug, Clone, Default)]
@@ -34,23 +65,101 @@ pub struct Appended {
     pub hash: String,
 }
 
+/// Rows read per query when verifying or exporting.
+pub const DEFAULT_CHUNK: u64 = 500;
+
+/// The key file in the data directory holding the checkpoint signing seed.
+pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
+
+/// The checkpoint signer from `AEGIS_AUDIT_SIGNING_KEY` or the data directory's
+/// `audit-signing.key` (created on first use), like `jwt.key`.
+pub fn signer_from(data: &DataDir, config: &Config) -> Result<CheckpointSigner, KeyError> {
+    let seed =
+        data.key(SIGNING_KEY_FILE, 32, "AEGIS_AUDIT_SIGNING_KEY", config.audit_signing_key.as_deref())?;
+    // `key` guarantees 32 bytes, so this cannot fail.
+    Ok(CheckpointSigner::from_seed(&seed.0).expect("a 32-byte seed"))
+}
+
 #[derive(Clone)]
 pub struct AuditLog {
-    #[allow(dead_code)]
-    db: DatabaseConnection,
+    state: Arc<chain::ChainState>,
+    chunk: u64,
 }
 
 impl AuditLog {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    /// `checkpoint_every`: sign a checkpoint at every seq that is a multiple of
+    /// it (0: only on demand).
+    pub fn new(db: DatabaseConnection, signer: CheckpointSigner, checkpoint_every: u64) -> Self {
+        Self {
+            state: Arc::new(chain::ChainState { db, signer, checkpoint_every, sqlite_lock: Arc::default() }),
+            chunk: DEFAULT_CHUNK,
+        }
+    }
+
+    /// Rows per query for verification and export (tests use small chunks).
+    pub fn with_chunk_size(mut self, rows: u64) -> Self {
+        self.chunk = rows.max(1);
+        self
+    }
+
+    pub fn public_key_hex(&self) -> &str {
+        self.state.signer.public_key_hex()
+    }
+
+    /// A transaction whose other changes commit together with its audit records.
+    pub async fn begin(&self) -> Result<AuditTxn, AppError> {
+        chain::begin(self.state.clone()).await
     }
 
     /// Appends one record; it is durably committed when this returns.
-    pub async fn append(&self, _entry: AuditEntry) -> Result<Appended, AppError> {
-        Err(AppError::new(
-            501,
-            "not_implemented",
-            "audit log not implemented yet",
-        ))
+    pub async fn append(&self, entry: AuditEntry) -> Result<Appended, AppError> {
+        let mut txn = self.begin().await?;
+        let appended = txn.append(entry).await?;
+        txn.commit().await?;
+        Ok(appended)
+    }
+
+    /// Verifies the whole chain against every stored checkpoint and, when given,
+    /// a pinned one (from a file).
+    pub async fn verify(&self, pinned: Option<&Checkpoint>) -> Result<VerifyReport, AppError> {
+        verify::verify(&self.state, pinned, self.chunk).await
+    }
+
+    /// The stored checkpoint with the highest seq.
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AppError> {
+        Ok(audit_checkpoints::Entity::find()
+            .order_by_desc(audit_checkpoints::Column::Seq)
+            .one(&self.state.db)
+            .await
+            .map_err(internal)?
+            .map(Checkpoint::from))
+    }
+
+    /// Verifies the chain, then signs and stores a checkpoint of the head that
+    /// verified (or returns the one already stored for that seq). A broken chain
+    /// is never signed: that is `409 audit_chain_broken`.
+    pub async fn checkpoint(&self) -> Result<Checkpoint, AppError> {
+        let report = self.verify(None).await?;
+        if !report.valid {
+            return Err(AppError::conflict(
+                "audit_chain_broken",
+                format!(
+                    "refusing to sign a broken chain: seq {}: {}",
+                    report.first_bad_seq.unwrap_or_default(),
+                    report.reason.unwrap_or_default()
+                ),
+            ));
+        }
+        let seq = report.checked as i64;
+        let head = report.head_hash.unwrap_or_else(|| GENESIS_HASH.to_owned());
+        let signed = self.state.signer.sign(seq, &head, crate::storage::now());
+        chain::insert_checkpoint(&self.state.db, &signed).await?;
+        // Another process may have stored one for this seq first; the stored one wins.
+        Ok(audit_checkpoints::Entity::find_by_id(seq)
+            .one(&self.state.db)
+            .await
+            .map_err(internal)?
+            .map(Checkpoint::from)
+            .unwrap_or(signed))
     }
 }

@@ -9,15 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::error::AppError;
-use app::model::{
-    AuthResponse, ClientMeta, Credentials, Registration, SessionUser, TokenPair, UserView,
-};
+use app::model::{AuthResponse, ClientMeta, Credentials, Registration, SessionUser, TokenPair, UserView};
 use chrono::{DateTime, Utc};
 use entity::{refresh_families, refresh_tokens, users};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -39,12 +36,7 @@ pub struct AuthService {
 }
 
 fn view(user: &users::Model) -> UserView {
-    UserView {
-        id: user.id,
-        email: user.email.clone(),
-        name: user.name.clone(),
-        created_at: user.created_at,
-    }
+    UserView { id: user.id, email: user.email.clone(), name: user.name.clone(), created_at: user.created_at }
 }
 
 /// Lower-cased and trimmed; checked for the shape of an address.
@@ -59,9 +51,7 @@ pub fn normalise_email(email: &str) -> Result<String, AppError> {
 fn clean_name(name: &str) -> Result<String, AppError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(AppError::validation(
-            "name must be 1 to 100 printable characters",
-        ));
+        return Err(AppError::validation("name must be 1 to 100 printable characters"));
     }
     Ok(name.to_owned())
 }
@@ -71,11 +61,7 @@ fn invalid_credentials() -> AppError {
 }
 
 fn invalid_refresh() -> AppError {
-    AppError::new(
-        401,
-        "invalid_refresh_token",
-        "refresh token is invalid, expired or revoked",
-    )
+    AppError::new(401, "invalid_refresh_token", "refresh token is invalid, expired or revoked")
 }
 
 impl AuthService {
@@ -85,24 +71,14 @@ impl AuthService {
         throttle: LoginThrottle,
         refresh_ttl: Duration,
     ) -> Self {
-        Self {
-            db,
-            passwords: Passwords::new(),
-            tokens,
-            throttle,
-            refresh_ttl,
-        }
+        Self { db, passwords: Passwords::new(), tokens, throttle, refresh_ttl }
     }
 
     pub fn access_tokens(&self) -> &AccessTokens {
         &self.tokens
     }
 
-    pub async fn register(
-        &self,
-        input: Registration,
-        client: ClientMeta,
-    ) -> Result<AuthResponse, AppError> {
+    pub async fn register(&self, input: Registration, client: ClientMeta) -> Result<AuthResponse, AppError> {
         let email = normalise_email(&input.email)?;
         let name = clean_name(&input.name)?;
         password::check_policy(&input.password)?;
@@ -130,14 +106,9 @@ impl AuthService {
         self.start_session(&user, &client).await
     }
 
-    pub async fn login(
-        &self,
-        input: Credentials,
-        client: ClientMeta,
-    ) -> Result<AuthResponse, AppError> {
+    pub async fn login(&self, input: Credentials, client: ClientMeta) -> Result<AuthResponse, AppError> {
         // A malformed email is just a failed sign-in: no hint about what exists.
-        let email =
-            normalise_email(&input.email).unwrap_or_else(|_| input.email.trim().to_lowercase());
+        let email = normalise_email(&input.email).unwrap_or_else(|_| input.email.trim().to_lowercase());
         self.throttle.admit(&email, client.ip.as_deref())?;
         let user = users::Entity::find()
             .filter(users::Column::Email.eq(&email))
@@ -175,18 +146,13 @@ impl AuthService {
             expires_at: Set(family_expires),
             revoked_at: Set(None),
             revoked_reason: Set(None),
-            user_agent: Set(client
-                .user_agent
-                .as_ref()
-                .map(|u| u.chars().take(300).collect())),
+            user_agent: Set(client.user_agent.as_ref().map(|u| u.chars().take(300).collect())),
             ip: Set(client.ip.clone()),
         }
         .insert(&self.db)
         .await
         .map_err(internal)?;
-        let refresh = self
-            .insert_refresh_token(&self.db, family.id, family.expires_at)
-            .await?;
+        let refresh = self.insert_refresh_token(&self.db, family.id, family.expires_at).await?;
         self.respond(user, family.id, refresh)
     }
 
@@ -230,11 +196,7 @@ impl AuthService {
 
     /// Rotates a refresh token. Presenting a token that was already rotated means it
     /// leaked (or raced): the whole family is revoked.
-    pub async fn refresh(
-        &self,
-        token: &str,
-        client: &ClientMeta,
-    ) -> Result<AuthResponse, AppError> {
+    pub async fn refresh(&self, token: &str, client: &ClientMeta) -> Result<AuthResponse, AppError> {
         if !token.starts_with(REFRESH_TOKEN_PREFIX) || token.len() > 200 {
             return Err(invalid_refresh());
         }
@@ -273,9 +235,7 @@ impl AuthService {
                 "refresh token was already used; the session has been revoked",
             ));
         }
-        let next = self
-            .insert_refresh_token(&txn, family.id, family.expires_at)
-            .await?;
+        let next = self.insert_refresh_token(&txn, family.id, family.expires_at).await?;
         refresh_families::Entity::update_many()
             .col_expr(refresh_families::Column::LastUsedAt, Expr::value(at))
             .col_expr(refresh_families::Column::Ip, Expr::value(client.ip.clone()))
@@ -284,10 +244,7 @@ impl AuthService {
             .await
             .map_err(internal)?;
         txn.commit().await.map_err(internal)?;
-        let user = users::Entity::find_by_id(family.user_id)
-            .one(&self.db)
-            .await
-            .map_err(internal)?;
+        let user = users::Entity::find_by_id(family.user_id).one(&self.db).await.map_err(internal)?;
         match user {
             Some(user) if user.disabled_at.is_none() => self.respond(&user, family.id, next),
             _ => Err(invalid_refresh()),
@@ -318,9 +275,7 @@ impl AuthService {
             .one(&self.db)
             .await
             .map_err(internal)?
-            .is_some_and(|f| {
-                f.user_id == session.user_id && f.revoked_at.is_none() && f.expires_at > now()
-            });
+            .is_some_and(|f| f.user_id == session.user_id && f.revoked_at.is_none() && f.expires_at > now());
         if !live {
             return Err(AppError::unauthorized("session has ended; sign in again"));
         }
@@ -346,18 +301,10 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(
-            normalise_email("  Alice@Example.COM ").unwrap(),
-            "alice@example.com"
-        );
-        for bad in [
-            "",
-            "alice",
-            "@example.com",
-            "alice@",
-            "a b@example.com",
-            &format!("{}@x.io", "a".repeat(260)),
-        ] {
+        assert_eq!(normalise_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
+        for bad in
+            ["", "alice", "@example.com", "alice@", "a b@example.com", &format!("{}@x.io", "a".repeat(260))]
+        {
             assert_eq!(normalise_email(bad).unwrap_err().status, 422, "{bad}");
         }
     }

@@ -29,33 +29,22 @@ pub struct Passwords {
 
 impl Passwords {
     pub fn new() -> Self {
-        let params =
-            Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).expect("valid argon2 params");
+        let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).expect("valid argon2 params");
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let dummy = argon
             .hash_password(uuid::Uuid::new_v4().to_string().as_bytes(), &salt)
             .expect("hashing a fixed-size input cannot fail")
             .to_string();
-        Self {
-            argon,
-            dummy: dummy.into(),
-            permits: Arc::new(Semaphore::new(4)),
-        }
+        Self { argon, dummy: dummy.into(), permits: Arc::new(Semaphore::new(4)) }
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, AppError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| AppError::internal())?;
+        let _permit = self.permits.acquire().await.map_err(|_| AppError::internal())?;
         let (argon, password) = (self.argon.clone(), password.to_owned());
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-            argon
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
+            argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
         })
         .await
         .map_err(|_| AppError::internal())?
@@ -70,12 +59,9 @@ impl Passwords {
         };
         let exists = stored.is_some();
         let (argon, password) = (self.argon.clone(), password.to_owned());
-        let stored = stored
-            .map(str::to_owned)
-            .unwrap_or_else(|| self.dummy.to_string());
+        let stored = stored.map(str::to_owned).unwrap_or_else(|| self.dummy.to_string());
         let matched = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&stored)
-                .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
+            PasswordHash::new(&stored).is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
         })
         .await
         .unwrap_or(false);
@@ -130,16 +116,10 @@ mod tests {
     async fn hashes_verify_and_wrong_passwords_do_not() {
         let p = Passwords::new();
         let hash = p.hash("correct horse 9").await.unwrap();
-        assert!(
-            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-            "{hash}"
-        );
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
         assert!(p.verify("correct horse 9", Some(&hash)).await);
         assert!(!p.verify("correct horse 8", Some(&hash)).await);
-        assert!(
-            !p.verify("correct horse 9", None).await,
-            "no account never verifies"
-        );
+        assert!(!p.verify("correct horse 9", None).await, "no account never verifies");
         assert!(!p.verify("x", Some("not a phc string")).await);
         assert_ne!(hash, p.hash("correct horse 9").await.unwrap(), "salted");
     }
@@ -149,19 +129,9 @@ mod tests {
         for ok in ["abcdefghi1", "Abcdefghij", "pass word here", "ääääääääää1"] {
             assert!(check_policy(ok).is_ok(), "{ok} should pass");
         }
-        for bad in [
-            "short1A",
-            "aaaaaaaaaaaaaaa",
-            "1234567890123",
-            "ABCDEFGHIJKL",
-            "a1",
-        ] {
+        for bad in ["short1A", "aaaaaaaaaaaaaaa", "1234567890123", "ABCDEFGHIJKL", "a1"] {
             let err = check_policy(bad).unwrap_err();
-            assert_eq!(
-                (err.status, err.code.as_str()),
-                (422, "weak_password"),
-                "{bad}"
-            );
+            assert_eq!((err.status, err.code.as_str()), (422, "weak_password"), "{bad}");
         }
         assert!(check_policy(&format!("a1{}", "x".repeat(MAX_BYTES))).is_err());
     }

@@ -50,10 +50,7 @@ impl WindowCounter for MemoryCounter {
     }
 
     fn clear(&self, key: &str) {
-        self.windows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.windows.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 
@@ -72,12 +69,7 @@ impl LoginThrottle {
         max_attempts_per_ip: u64,
         window: Duration,
     ) -> Self {
-        Self {
-            counter,
-            max_failures_per_email,
-            max_attempts_per_ip,
-            window,
-        }
+        Self { counter, max_failures_per_email, max_attempts_per_ip, window }
     }
 
     /// Called before any password work: counts the attempt against the client
@@ -97,8 +89,7 @@ impl LoginThrottle {
     }
 
     pub fn failed(&self, email: &str) {
-        self.counter
-            .hit(&format!("login-email:{email}"), self.window);
+        self.counter.hit(&format!("login-email:{email}"), self.window);
     }
 
     pub fn succeeded(&self, email: &str) {
@@ -135,10 +126,7 @@ mod tests {
         for i in 0..5 {
             t.admit(&format!("u{i}@x.io"), Some("10.0.0.1")).unwrap();
         }
-        assert_eq!(
-            t.admit("new@x.io", Some("10.0.0.1")).unwrap_err().status,
-            429
-        );
+        assert_eq!(t.admit("new@x.io", Some("10.0.0.1")).unwrap_err().status, 429);
         assert!(t.admit("new@x.io", Some("10.0.0.2")).is_ok());
     }
 

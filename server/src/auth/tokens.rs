@@ -81,15 +81,12 @@ impl AccessTokens {
         if header.alg != Algorithm::HS256 || header.typ.as_deref() != Some("JWT") {
             return Err(invalid());
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| invalid())?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| invalid())?;
         if data.claims.kind != KIND_ACCESS {
             return Err(invalid());
         }
-        Ok(SessionUser {
-            user_id: data.claims.sub,
-            session_id: data.claims.sid,
-        })
+        Ok(SessionUser { user_id: data.claims.sub, session_id: data.claims.sid })
     }
 }
 
@@ -110,17 +107,10 @@ mod tests {
     /// with (or without) the key would.
     fn forge(header: serde_json::Value, claims: serde_json::Value, key: &[u8]) -> String {
         use hmac::Mac;
-        let signing_input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
+        let signing_input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
         mac.update(signing_input.as_bytes());
-        format!(
-            "{signing_input}.{}",
-            B64.encode(mac.finalize().into_bytes())
-        )
+        format!("{signing_input}.{}", B64.encode(mac.finalize().into_bytes()))
     }
 
     fn claims(overrides: serde_json::Value) -> serde_json::Value {
@@ -167,82 +157,23 @@ mod tests {
         tampered_claims["sub"] = json!(Uuid::new_v4());
 
         let cases: Vec<(&str, String)> = vec![
-            (
-                "alg none",
-                format!(
-                    "{}.{}.",
-                    B64.encode(json!({"alg":"none","typ":"JWT"}).to_string()),
-                    body
-                ),
-            ),
+            ("alg none", format!("{}.{}.", B64.encode(json!({"alg":"none","typ":"JWT"}).to_string()), body)),
             (
                 "alg none, no signature part",
                 format!("{}.{}", B64.encode(json!({"alg":"none"}).to_string()), body),
             ),
-            (
-                "HS512",
-                forge(
-                    json!({"alg":"HS512","typ":"JWT"}),
-                    claims(json!({})),
-                    SECRET,
-                ),
-            ),
-            (
-                "RS256 header",
-                forge(
-                    json!({"alg":"RS256","typ":"JWT"}),
-                    claims(json!({})),
-                    SECRET,
-                ),
-            ),
-            (
-                "missing exp",
-                forge(hs256(), claims(json!({"exp": null})), SECRET),
-            ),
-            (
-                "expired beyond leeway",
-                forge(hs256(), claims(json!({"exp": now - 10})), SECRET),
-            ),
-            (
-                "refresh kind",
-                forge(hs256(), claims(json!({"kind": "refresh"})), SECRET),
-            ),
-            (
-                "missing kind",
-                forge(hs256(), claims(json!({"kind": null})), SECRET),
-            ),
-            (
-                "wrong typ",
-                forge(
-                    json!({"alg":"HS256","typ":"at+jwt"}),
-                    claims(json!({})),
-                    SECRET,
-                ),
-            ),
-            (
-                "wrong issuer",
-                forge(hs256(), claims(json!({"iss": "evil"})), SECRET),
-            ),
-            (
-                "wrong audience",
-                forge(hs256(), claims(json!({"aud": "agent"})), SECRET),
-            ),
-            (
-                "wrong key",
-                forge(
-                    hs256(),
-                    claims(json!({})),
-                    b"another-secret-another-secret-xx",
-                ),
-            ),
-            (
-                "flipped signature",
-                format!("{head}.{body}.{}", B64.encode(&flipped)),
-            ),
-            (
-                "tampered claims",
-                format!("{head}.{}.{sig}", B64.encode(tampered_claims.to_string())),
-            ),
+            ("HS512", forge(json!({"alg":"HS512","typ":"JWT"}), claims(json!({})), SECRET)),
+            ("RS256 header", forge(json!({"alg":"RS256","typ":"JWT"}), claims(json!({})), SECRET)),
+            ("missing exp", forge(hs256(), claims(json!({"exp": null})), SECRET)),
+            ("expired beyond leeway", forge(hs256(), claims(json!({"exp": now - 10})), SECRET)),
+            ("refresh kind", forge(hs256(), claims(json!({"kind": "refresh"})), SECRET)),
+            ("missing kind", forge(hs256(), claims(json!({"kind": null})), SECRET)),
+            ("wrong typ", forge(json!({"alg":"HS256","typ":"at+jwt"}), claims(json!({})), SECRET)),
+            ("wrong issuer", forge(hs256(), claims(json!({"iss": "evil"})), SECRET)),
+            ("wrong audience", forge(hs256(), claims(json!({"aud": "agent"})), SECRET)),
+            ("wrong key", forge(hs256(), claims(json!({})), b"another-secret-another-secret-xx")),
+            ("flipped signature", format!("{head}.{body}.{}", B64.encode(&flipped))),
+            ("tampered claims", format!("{head}.{}.{sig}", B64.encode(tampered_claims.to_string()))),
             ("garbage", "not.a.jwt".into()),
             ("empty", String::new()),
         ];
@@ -255,10 +186,6 @@ mod tests {
     #[test]
     fn expiry_within_leeway_is_tolerated() {
         let now = chrono::Utc::now().timestamp();
-        assert!(
-            tokens()
-                .verify(&forge(hs256(), claims(json!({"exp": now - 2})), SECRET))
-                .is_ok()
-        );
+        assert!(tokens().verify(&forge(hs256(), claims(json!({"exp": now - 2})), SECRET)).is_ok());
     }
 }

@@ -21,10 +21,7 @@ pub async fn register(
     ClientMetaExt(client): ClientMetaExt,
     ApiJson(input): ApiJson<Registration>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((
-        StatusCode::CREATED,
-        Json(s.services.register(input, client).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(s.services.register(input, client).await?)))
 }
 
 pub async fn login(
@@ -40,23 +37,15 @@ pub async fn refresh(
     ClientMetaExt(client): ClientMetaExt,
     ApiJson(input): ApiJson<RefreshRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(
-        Backend::refresh(&*s.services, &input.refresh_token, client).await?,
-    ))
+    Ok(Json(Backend::refresh(&*s.services, &input.refresh_token, client).await?))
 }
 
-pub async fn logout(
-    State(s): State<AppState>,
-    Sponsor(sponsor): Sponsor,
-) -> ApiResult<impl IntoResponse> {
+pub async fn logout(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiResult<impl IntoResponse> {
     s.services.logout(&sponsor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn me(
-    State(s): State<AppState>,
-    Sponsor(sponsor): Sponsor,
-) -> ApiResult<impl IntoResponse> {
+pub async fn me(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.current_user(&sponsor).await?))
 }
 
@@ -73,10 +62,7 @@ pub async fn create_agent(
     Sponsor(sponsor): Sponsor,
     ApiJson(input): ApiJson<NewAgent>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((
-        StatusCode::CREATED,
-        Json(s.services.create_agent(&sponsor, input).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(s.services.create_agent(&sponsor, input).await?)))
 }
 
 pub async fn get_agent(
@@ -101,10 +87,7 @@ pub async fn rotate_agent_key(
     Sponsor(sponsor): Sponsor,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((
-        StatusCode::CREATED,
-        Json(s.services.rotate_agent_key(&sponsor, id).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(s.services.rotate_agent_key(&sponsor, id).await?)))
 }
 
 /// The body is optional: `{"reason": "..."}` or nothing at all.
@@ -117,15 +100,10 @@ pub async fn suspend_agent(
     let request: SuspendRequest = if body.iter().all(u8::is_ascii_whitespace) {
         SuspendRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            app::error::AppError::new(422, "invalid_request", format!("invalid body: {e}"))
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| app::error::AppError::new(422, "invalid_request", format!("invalid body: {e}")))?
     };
-    Ok(Json(
-        s.services
-            .suspend_agent(&sponsor, id, request.reason)
-            .await?,
-    ))
+    Ok(Json(s.services.suspend_agent(&sponsor, id, request.reason).await?))
 }
 
 pub async fn resume_agent(
@@ -145,16 +123,8 @@ pub async fn delete_agent(
 }
 
 /// Who am I, for an agent: proves its key works and shows its standing.
-pub async fn agent_self(
-    State(s): State<AppState>,
-    Agent(principal): Agent,
-) -> ApiResult<impl IntoResponse> {
-    let view = s
-        .services
-        .agents
-        .views(vec![principal.agent])
-        .await?
-        .remove(0);
+pub async fn agent_self(State(s): State<AppState>, Agent(principal): Agent) -> ApiResult<impl IntoResponse> {
+    let view = s.services.agents.views(vec![principal.agent]).await?.remove(0);
     Ok(Json(json!({
         "id": view.id, "name": view.name, "status": view.status, "policy": view.policy,
         "trust_score": view.trust_score, "key_prefix": view.key_prefix,

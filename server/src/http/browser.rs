@@ -55,10 +55,7 @@ pub fn same_origin(method: &Method, headers: &HeaderMap, public_url: Option<&str
     match public_url {
         Some(public) => origin.eq_ignore_ascii_case(public),
         None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
             !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
         }
@@ -67,22 +64,14 @@ pub fn same_origin(method: &Method, headers: &HeaderMap, public_url: Option<&str
 
 pub async fn session(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let services = &state.services;
-    if !same_origin(
-        req.method(),
-        req.headers(),
-        services.config.public_url.as_deref(),
-    ) {
+    if !same_origin(req.method(), req.headers(), services.config.public_url.as_deref()) {
         return (
             StatusCode::FORBIDDEN,
             axum::Json(json!({"error": {"code": "csrf_rejected", "message": "cross-site request refused"}})),
         )
             .into_response();
     }
-    let client = req
-        .extensions()
-        .get::<ClientMeta>()
-        .cloned()
-        .unwrap_or_default();
+    let client = req.extensions().get::<ClientMeta>().cloned().unwrap_or_default();
     let mut session: Option<SessionUser> = None;
     let mut set_cookies: Vec<String> = Vec::new();
     if let Some(access) = cookie(req.headers(), ACCESS_COOKIE) {
@@ -93,11 +82,7 @@ pub async fn session(State(state): State<AppState>, mut req: Request, next: Next
     {
         match services.refresh_browser_session(&refresh, &client).await {
             Ok(fresh) => {
-                session = services
-                    .auth
-                    .access_tokens()
-                    .verify(&fresh.tokens.access_token)
-                    .ok();
+                session = services.auth.access_tokens().verify(&fresh.tokens.access_token).ok();
                 set_cookies = services.session_cookies(Some(&fresh.tokens));
             }
             Err(_) => set_cookies = services.session_cookies(None),
@@ -109,11 +94,7 @@ pub async fn session(State(state): State<AppState>, mut req: Request, next: Next
     let public = PUBLIC_PAGES.contains(&path.as_str());
     let redirect = match (&session, navigation, public) {
         (None, true, false) => {
-            let here = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
+            let here = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
             Some(format!("/login?next={}", urlencode(here)))
         }
         (Some(_), true, true) => Some("/agents".to_owned()),
@@ -152,60 +133,21 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_static(k),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
     }
 
     #[test]
     fn csrf_table() {
         let post = Method::POST;
         let host = ("host", "127.0.0.1:3000");
-        assert!(same_origin(
-            &Method::GET,
-            &headers(&[("origin", "https://evil.example")]),
-            None
-        ));
-        assert!(same_origin(
-            &post,
-            &headers(&[host, ("origin", "http://127.0.0.1:3000")]),
-            None
-        ));
-        assert!(same_origin(
-            &post,
-            &headers(&[host, ("sec-fetch-site", "same-origin")]),
-            None
-        ));
-        assert!(
-            same_origin(&post, &headers(&[host]), None),
-            "non-browser client"
-        );
-        assert!(!same_origin(
-            &post,
-            &headers(&[host, ("origin", "https://evil.example")]),
-            None
-        ));
-        assert!(!same_origin(
-            &post,
-            &headers(&[host, ("origin", "null")]),
-            None
-        ));
-        assert!(!same_origin(
-            &post,
-            &headers(&[host, ("sec-fetch-site", "cross-site")]),
-            None
-        ));
-        assert!(!same_origin(
-            &post,
-            &headers(&[host, ("sec-fetch-site", "same-site")]),
-            None
-        ));
+        assert!(same_origin(&Method::GET, &headers(&[("origin", "https://evil.example")]), None));
+        assert!(same_origin(&post, &headers(&[host, ("origin", "http://127.0.0.1:3000")]), None));
+        assert!(same_origin(&post, &headers(&[host, ("sec-fetch-site", "same-origin")]), None));
+        assert!(same_origin(&post, &headers(&[host]), None), "non-browser client");
+        assert!(!same_origin(&post, &headers(&[host, ("origin", "https://evil.example")]), None));
+        assert!(!same_origin(&post, &headers(&[host, ("origin", "null")]), None));
+        assert!(!same_origin(&post, &headers(&[host, ("sec-fetch-site", "cross-site")]), None));
+        assert!(!same_origin(&post, &headers(&[host, ("sec-fetch-site", "same-site")]), None));
         assert!(!same_origin(
             &post,
             &headers(&[
@@ -218,18 +160,12 @@ mod tests {
         let public = Some("https://aegis.example");
         assert!(same_origin(
             &post,
-            &headers(&[
-                ("host", "internal:3000"),
-                ("origin", "https://aegis.example")
-            ]),
+            &headers(&[("host", "internal:3000"), ("origin", "https://aegis.example")]),
             public
         ));
         assert!(!same_origin(
             &post,
-            &headers(&[
-                ("host", "aegis.example"),
-                ("origin", "http://aegis.example")
-            ]),
+            &headers(&[("host", "aegis.example"), ("origin", "http://aegis.example")]),
             public
         ));
     }
@@ -239,10 +175,7 @@ mod tests {
         let h = headers(&[("cookie", "a=1; aegis_at=tok; b=2")]);
         assert_eq!(cookie(&h, "aegis_at"), Some("tok"));
         assert_eq!(cookie(&h, "aegis_rt"), None);
-        assert_eq!(
-            cookie(&headers(&[("cookie", "aegis_at=")]), "aegis_at"),
-            None
-        );
+        assert_eq!(cookie(&headers(&[("cookie", "aegis_at=")]), "aegis_at"), None);
     }
 
     #[test]

@@ -30,9 +30,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
 fn json_rejection(r: JsonRejection) -> AppError {
     match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            AppError::new(413, "payload_too_large", "request body is too large")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::new(413, "payload_too_large", "request body is too large"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::new(
             415,
             "unsupported_media_type",
@@ -65,9 +63,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|r: QueryRejection| {
-                AppError::bad_request("invalid_query", r.body_text()).into()
-            })
+            .map_err(|r: QueryRejection| AppError::bad_request("invalid_query", r.body_text()).into())
     }
 }
 
@@ -84,9 +80,8 @@ impl FromRequestParts<AppState> for Sponsor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            AppError::unauthorized("send an access token as Authorization: Bearer")
-        })?;
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| AppError::unauthorized("send an access token as Authorization: Bearer"))?;
         Ok(Self(state.services.auth.authenticate(token).await?))
     }
 }
@@ -101,14 +96,10 @@ impl FromRequestParts<AppState> for Agent {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(&parts.headers)
             .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .ok_or_else(|| {
-                AppError::unauthorized("send the agent's AEGIS key as Authorization: Bearer")
-            })?;
+            .ok_or_else(|| AppError::unauthorized("send the agent's AEGIS key as Authorization: Bearer"))?;
         match state.services.agents.authenticate(presented).await? {
             Some(principal) => Ok(Self(principal)),
-            None => {
-                Err(AppError::new(401, "invalid_api_key", "unknown or revoked agent key").into())
-            }
+            None => Err(AppError::new(401, "invalid_api_key", "unknown or revoked agent key").into()),
         }
     }
 }
@@ -145,13 +136,7 @@ impl FromRequestParts<AppState> for ClientMetaExt {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ClientMeta>()
-                .cloned()
-                .unwrap_or_default(),
-        ))
+        Ok(Self(parts.extensions.get::<ClientMeta>().cloned().unwrap_or_default()))
     }
 }
 
@@ -179,18 +164,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
         let peer = ConnectInfo("127.0.0.1:9".parse::<SocketAddr>().unwrap());
-        assert_eq!(
-            client_meta(&h, Some(&peer), false).ip.as_deref(),
-            Some("127.0.0.1")
-        );
-        assert_eq!(
-            client_meta(&h, Some(&peer), true).ip.as_deref(),
-            Some("5.6.7.8")
-        );
+        assert_eq!(client_meta(&h, Some(&peer), false).ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(client_meta(&h, Some(&peer), true).ip.as_deref(), Some("5.6.7.8"));
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(
-            client_meta(&h, Some(&peer), true).ip.as_deref(),
-            Some("127.0.0.1")
-        );
+        assert_eq!(client_meta(&h, Some(&peer), true).ip.as_deref(), Some("127.0.0.1"));
     }
 }

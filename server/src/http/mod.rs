@@ -6,6 +6,8 @@ pub mod audit;
 pub mod browser;
 pub mod error;
 pub mod extract;
+pub mod proxy;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,28 +43,33 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/logout", post(api::logout))
         .route("/auth/me", get(api::me))
         .route("/agents", get(api::list_agents).post(api::create_agent))
-        .route(
-            "/agents/{id}",
-            get(api::get_agent)
-                .patch(api::update_agent)
-                .delete(api::delete_agent),
-        )
+        .route("/agents/{id}", get(api::get_agent).patch(api::update_agent).delete(api::delete_agent))
         .route("/agents/{id}/keys", post(api::rotate_agent_key))
         .route("/agents/{id}/suspend", post(api::suspend_agent))
         .route("/agents/{id}/resume", post(api::resume_agent))
         .route("/agent/me", get(api::agent_self))
+        .route("/policies", get(vault::list_policies).post(vault::create_policy))
+        .route("/policies/{id}", get(vault::get_policy).put(vault::update_policy))
+        .route("/secrets", get(vault::list_secrets).post(vault::create_secret))
+        .route("/secrets/{id}", get(vault::get_secret).put(vault::update_secret).delete(vault::delete_secret))
+        .route("/connections", get(vault::list_connections).post(vault::create_connection))
+        .route("/connections/{id}", axum::routing::delete(vault::delete_connection))
+        .route("/audit/{seq}/replay", get(vault::replay_decision))
         .route("/audit", get(audit::list))
         .route("/audit/export.csv", get(audit::export_csv))
         .route("/audit/verify", get(audit::verify))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
-            ApiError(AppError::new(
-                405,
-                "method_not_allowed",
-                "method not allowed on this endpoint",
-            ))
+            ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))
         })
         .layer(DefaultBodyLimit::max(state.services.config.max_body_bytes));
+    // Agents' calls may carry larger bodies (base64 adds a third) than sponsor JSON.
+    let proxy_body_limit = state.services.config.proxy_max_body_bytes / 3 * 4 + 64 * 1024;
+    let agents_doors = Router::new()
+        .route("/proxy/execute", post(proxy::execute))
+        .route("/gw/{connection}/{*path}", axum::routing::any(proxy::gateway))
+        .layer(DefaultBodyLimit::max(proxy_body_limit));
+    let api = api.merge(agents_doors);
 
     let backend: SharedBackend = state.services.clone();
     let routes = generate_route_list(App);
@@ -76,19 +83,13 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            browser::session,
-        ));
+        .layer(middleware::from_fn_with_state(state.clone(), browser::session));
 
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .merge(dashboard)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            attach_client_meta,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), attach_client_meta))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("request handler panicked");
             ApiError(AppError::internal()).into_response()
@@ -97,11 +98,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Records where each request came from, once, for every handler that needs it.
-async fn attach_client_meta(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn attach_client_meta(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let meta = extract::client_meta(
         req.headers(),
         req.extensions().get::<ConnectInfo<SocketAddr>>(),

@@ -1,3 +1,508 @@
 //! The execution proxy: one ordered pipeline of stages, each in its own module.
+//!
+//! authenticate (HTTP extractor) → [`breaker`] → [`policy`] → [`egress`] →
+//! [`secret`] → budget ([`crate::wallets`]) → write intent (audit) → perform
+//! ([`upstream`]) → settle → write outcome (audit) → respond.
+//!
+//! Every stage records what it decided, and how long it took, into one
+//! [`DecisionRecord`] that is kept with the audit record.
 
+pub mod breaker;
 pub mod egress;
+pub mod idempotency;
+pub mod policy;
+pub mod request;
+pub mod secret;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use app::error::AppError;
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::agents::AgentPrincipal;
+use crate::audit::{AuditEntry, AuditLog};
+use crate::policies::PolicyService;
+use crate::policies::engine::{Decision, PolicyEngine, canonical_json};
+use crate::secrets::SecretService;
+use crate::storage::now;
+use crate::wallets::{Reservation, WalletService};
+use egress::EgressGuard;
+use request::ProxyRequest;
+use upstream::{Upstream, UpstreamError, UpstreamResponse};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Auth,
+    Breaker,
+    Policy,
+    Egress,
+    Secret,
+    Budget,
+    Approval,
+    Upstream,
+    Storage,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Auth => "auth",
+            Stage::Breaker => "breaker",
+            Stage::Policy => "policy",
+            Stage::Egress => "egress",
+            Stage::Secret => "secret",
+            Stage::Budget => "budget",
+            Stage::Approval => "approval",
+            Stage::Upstream => "upstream",
+            Stage::Storage => "storage",
+        }
+    }
+}
+
+/// What each stage decided and how long it took, in order.
+#[derive(Debug, Serialize)]
+pub struct DecisionRecord {
+    pub stages: Vec<StageRecord>,
+    #[serde(skip)]
+    started: Instant,
+    #[serde(skip)]
+    mark: Instant,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageRecord {
+    pub stage: &'static str,
+    pub outcome: String,
+    pub micros: u64,
+}
+
+impl DecisionRecord {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { stages: Vec::new(), started: now, mark: now }
+    }
+
+    fn note(&mut self, stage: &'static str, outcome: impl Into<String>) {
+        let now = Instant::now();
+        self.stages.push(StageRecord {
+            stage,
+            outcome: outcome.into(),
+            micros: (now - self.mark).as_micros() as u64,
+        });
+        self.mark = now;
+    }
+
+    fn elapsed_micros(&self) -> i64 {
+        self.started.elapsed().as_micros() as i64
+    }
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Performed {
+        upstream: UpstreamResponse,
+        cost_micros: i64,
+    },
+    Denied {
+        stage: Stage,
+        reason: String,
+        extra: Value,
+    },
+    Failed {
+        stage: Stage,
+        reason: String,
+        status: u16,
+    },
+    /// An idempotency key seen before: the first answer, unchanged.
+    Replayed {
+        status: u16,
+        body: Value,
+    },
+}
+
+#[derive(Debug)]
+pub struct ProxyResult {
+    pub request_id: String,
+    pub audit_seq: Option<i64>,
+    pub reasons: Vec<String>,
+    pub outcome: Outcome,
+}
+
+/// The pipeline's collaborators.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub db: sea_orm::DatabaseConnection,
+    pub policies: PolicyService,
+    pub engine: Arc<PolicyEngine>,
+    pub egress: EgressGuard,
+    pub secrets: SecretService,
+    pub wallets: WalletService,
+    pub audit: AuditLog,
+    pub upstream: Upstream,
+}
+
+/// What the audit keeps of a request.
+struct Trail<'a> {
+    agent: &'a AgentPrincipal,
+    request: &'a ProxyRequest,
+    request_id: &'a str,
+    request_hash: String,
+    host: Option<String>,
+    path: Option<String>,
+    policy_hash: Option<String>,
+    policy_input: Option<String>,
+}
+
+impl Trail<'_> {
+    fn entry(&self, kind: &str, stage: Option<Stage>, decision: &str, detail: Value) -> AuditEntry {
+        AuditEntry {
+            sponsor_id: Some(self.agent.agent.sponsor_id),
+            agent_id: Some(self.agent.agent.id),
+            request_id: Some(self.request_id.to_owned()),
+            kind: kind.to_owned(),
+            stage: stage.map(|s| s.as_str().to_owned()),
+            decision: Some(decision.to_owned()),
+            method: Some(self.request.method.as_str().to_owned()),
+            host: self.host.clone(),
+            path: self.path.clone(),
+            request_hash: Some(self.request_hash.clone()),
+            policy_hash: self.policy_hash.clone(),
+            policy_input: self.policy_input.clone(),
+            detail: Some(canonical_json(&detail)),
+            ..Default::default()
+        }
+    }
+}
+
+impl Pipeline {
+    /// Runs one request through every stage. Never performs an upstream call unless
+    /// the intent is durably in the audit log first. `Err` only for a misused
+    /// idempotency key (answered like any other API error).
+    pub async fn run(&self, agent: &AgentPrincipal, request: ProxyRequest) -> Result<ProxyResult, AppError> {
+        let request_id = format!("req_{}", Uuid::now_v7().simple());
+        let request_hash = request.request_hash();
+        let Some(key) = request.idempotency_key.clone() else {
+            return Ok(self.stages(agent, request, request_id, request_hash).await);
+        };
+        match idempotency::claim(&self.db, agent.agent.id, &key, &request_id, &request_hash).await? {
+            idempotency::Claim::Claimed => {}
+            idempotency::Claim::Replay { status, body } => {
+                return Ok(ProxyResult {
+                    request_id: body["request_id"].as_str().unwrap_or_default().to_owned(),
+                    audit_seq: body["audit_seq"].as_i64(),
+                    reasons: vec![],
+                    outcome: Outcome::Replayed { status, body },
+                });
+            }
+        }
+        let result = self.stages(agent, request, request_id, request_hash).await;
+        if matches!(result.outcome, Outcome::Failed { stage: Stage::Storage, .. }) {
+            // Nothing happened: let the agent retry with the same key.
+            idempotency::abandon(&self.db, agent.agent.id, &key).await;
+        } else {
+            let (status, body) = result.to_json();
+            if let Err(e) = idempotency::record(&self.db, agent.agent.id, &key, status, &body).await {
+                tracing::error!(error = %e.message, "could not record idempotent outcome");
+            }
+        }
+        Ok(result)
+    }
+
+    async fn stages(
+        &self,
+        agent: &AgentPrincipal,
+        request: ProxyRequest,
+        request_id: String,
+        request_hash: String,
+    ) -> ProxyResult {
+        let mut record = DecisionRecord::new();
+        let mut trail = Trail {
+            agent,
+            request: &request,
+            request_id: &request_id,
+            request_hash,
+            host: None,
+            path: None,
+            policy_hash: None,
+            policy_input: None,
+        };
+        let mut reasons: Vec<String> = Vec::new();
+        // The policy's own verdict, kept so `aegis replay` can check it later.
+        let mut policy_verdict = Value::Null;
+
+        // Everything below either returns through `deny`, which audits the denial,
+        // or reaches the upstream call with an intent on record.
+        macro_rules! deny {
+            ($stage:expr, $reason:expr, $extra:expr) => {{
+                let (stage, reason): (Stage, String) = ($stage, $reason);
+                record.note(stage.as_str(), format!("deny: {reason}"));
+                let detail = json!({"reason": reason, "reasons": reasons, "stages": record.stages, "label": request.label, "policy": policy_verdict});
+                let entry = AuditEntry {
+                    duration_us: record.elapsed_micros(),
+                    ..trail.entry("proxy.denied", Some(stage), "deny", detail)
+                };
+                return match self.audit.append(entry).await {
+                    Ok(appended) => ProxyResult {
+                        request_id,
+                        audit_seq: Some(appended.seq),
+                        reasons,
+                        outcome: Outcome::Denied { stage, reason, extra: $extra },
+                    },
+                    Err(e) => storage_failure(request_id, e),
+                };
+            }};
+        }
+
+        // Stage: breaker.
+        if let Err(reason) = breaker::check(&agent.agent) {
+            deny!(Stage::Breaker, reason, json!({}));
+        }
+        record.note("breaker", "pass");
+
+        // The target must at least parse before policy can look at it.
+        let parsed = match url::Url::parse(&request.url) {
+            Ok(u) => u,
+            Err(e) => deny!(Stage::Egress, format!("malformed target URL: {e}"), json!({})),
+        };
+        trail.host = parsed.host_str().map(|h| h.to_ascii_lowercase());
+        trail.path = Some(parsed.path().to_owned());
+
+        // Stage: policy.
+        let estimate = request.declared_cost_micros.max(request.minimum_cost_micros);
+        let at = now();
+        let wallet = match self.wallets.get(agent.agent.id).await {
+            Ok(w) => w,
+            Err(e) => return storage_failure(request_id, e),
+        };
+        let version = match self.policies.source_for(agent.agent.policy_id).await {
+            Ok(v) => v,
+            Err(e) => return storage_failure(request_id, e),
+        };
+        let input = policy::input(&agent.agent, &request, &parsed, estimate, wallet.as_ref(), at);
+        let evaluation = self.engine.evaluate(&version.source, &input);
+        trail.policy_hash = Some(evaluation.policy_sha256.clone());
+        trail.policy_input = Some(canonical_json(&input));
+        reasons = evaluation.reasons.clone();
+        policy_verdict = json!({"decision": evaluation.decision, "reasons": evaluation.reasons, "error": evaluation.error});
+        match evaluation.decision {
+            Decision::Allow => record.note("policy", "allow"),
+            Decision::Deny => {
+                let reason = evaluation
+                    .error
+                    .clone()
+                    .or_else(|| (!reasons.is_empty()).then(|| reasons.join("; ")))
+                    .unwrap_or_else(|| "denied by policy".into());
+                deny!(Stage::Policy, reason, json!({}))
+            }
+            Decision::RequireApproval => deny!(
+                Stage::Approval,
+                format!(
+                    "policy requires a sponsor's approval ({}); approvals are not available yet",
+                    if reasons.is_empty() { "no reason given".to_owned() } else { reasons.join("; ") }
+                ),
+                json!({})
+            ),
+        }
+
+        // Stage: egress.
+        let target = match self.egress.check_url(&request.url) {
+            Ok(t) => t,
+            Err(d) => deny!(Stage::Egress, d.reason, json!({})),
+        };
+        if let Err(d) = self.egress.resolve(&target).await {
+            deny!(Stage::Egress, d.reason, json!({}));
+        }
+        record.note("egress", "pass");
+
+        // Stage: secret.
+        let mut url = target.url.clone();
+        let mut headers: HeaderMap =
+            upstream::outgoing_headers(&request.headers, evaluation.forward_credentials);
+        let secret = match &request.secret {
+            None => None,
+            Some(name) => {
+                match self.secrets.usable(agent.agent.sponsor_id, agent.agent.id, name, &target.host).await {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(denied)) => deny!(Stage::Secret, denied.0, json!({})),
+                    Err(e) => return storage_failure(request_id, e),
+                }
+            }
+        };
+        if let Some(s) = &secret
+            && let Err(reason) = secret::inject(s, &mut headers, &mut url)
+        {
+            deny!(Stage::Secret, reason, json!({}));
+        }
+        record.note("secret", if secret.is_some() { "injected" } else { "none" });
+
+        // Stage: budget.
+        match self.wallets.reserve(agent.agent.id, &request_id, estimate).await {
+            Ok(Reservation::Held) => record.note("budget", format!("reserved {estimate}")),
+            Ok(Reservation::Refused { daily_remaining_micros, monthly_remaining_micros }) => deny!(
+                Stage::Budget,
+                "budget exceeded".to_owned(),
+                json!({"daily_remaining_micros": daily_remaining_micros, "monthly_remaining_micros": monthly_remaining_micros, "cost_micros": estimate})
+            ),
+            Err(e) => return storage_failure(request_id, e),
+        }
+
+        // Write intent: durable before anything leaves AEGIS.
+        let intent = trail.entry(
+            "proxy.intent",
+            None,
+            "allow",
+            json!({"reasons": reasons, "stages": record.stages, "label": request.label, "estimate_micros": estimate, "policy": policy_verdict}),
+        );
+        if let Err(e) = self.audit.append(AuditEntry { cost_micros: estimate, ..intent }).await {
+            let _ = self.wallets.release(&request_id).await;
+            return storage_failure(request_id, e);
+        }
+        record.note("intent", "recorded");
+
+        // Perform.
+        let called = self
+            .upstream
+            .call(request.method.clone(), url, headers, request.body.clone(), request.follow_redirects)
+            .await;
+        let called = called.map(|mut r| {
+            if let Some(s) = &secret {
+                r.body = secret::scrub(s, &mut r.headers, std::mem::take(&mut r.body));
+            }
+            r
+        });
+        drop(secret);
+
+        // Settle and write the outcome.
+        let (outcome, kind_decision, status, cost) = match called {
+            Ok(response) => {
+                record.note("upstream", format!("status {}", response.status));
+                if let Err(e) = self.wallets.settle(&request_id, estimate).await {
+                    tracing::error!(request = %request_id, error = %e.message, "settlement failed; the hold expires");
+                }
+                let status = response.status;
+                (
+                    Outcome::Performed { upstream: response, cost_micros: estimate },
+                    "allow",
+                    Some(status),
+                    estimate,
+                )
+            }
+            Err(error) => {
+                record.note("upstream", error.reason());
+                let _ = self.wallets.release(&request_id).await;
+                let (stage, status) = match &error {
+                    UpstreamError::Egress(_) => (Stage::Egress, 403),
+                    UpstreamError::Timeout => (Stage::Upstream, 504),
+                    _ => (Stage::Upstream, 502),
+                };
+                let outcome = match stage {
+                    Stage::Egress => Outcome::Denied { stage, reason: error.reason(), extra: json!({}) },
+                    _ => Outcome::Failed { stage, reason: error.reason(), status },
+                };
+                (outcome, if stage == Stage::Egress { "deny" } else { "error" }, None, 0)
+            }
+        };
+        let stage = match &outcome {
+            Outcome::Denied { stage, .. } | Outcome::Failed { stage, .. } => Some(*stage),
+            _ => None,
+        };
+        let mut entry = trail.entry(
+            "proxy.outcome",
+            stage,
+            kind_decision,
+            json!({"reasons": reasons, "stages": record.stages, "label": request.label, "policy": policy_verdict}),
+        );
+        entry.status = status.map(i32::from);
+        entry.cost_micros = cost;
+        entry.duration_us = record.elapsed_micros();
+        match self.audit.append(entry).await {
+            Ok(appended) => ProxyResult { request_id, audit_seq: Some(appended.seq), reasons, outcome },
+            Err(e) => {
+                // The call happened and its intent is on record; report it, flag the gap.
+                tracing::error!(request = %request_id, error = %e.message, "outcome could not be audited");
+                ProxyResult { request_id, audit_seq: None, reasons, outcome }
+            }
+        }
+    }
+}
+
+fn storage_failure(request_id: String, e: AppError) -> ProxyResult {
+    tracing::error!(request = %request_id, error = %e.message, "storage unavailable: request refused");
+    ProxyResult {
+        request_id,
+        audit_seq: None,
+        reasons: vec![],
+        outcome: Outcome::Failed {
+            stage: Stage::Storage,
+            reason: "storage unavailable; nothing was performed".into(),
+            status: 503,
+        },
+    }
+}
+
+impl ProxyResult {
+    /// The `POST /api/proxy/execute` answer: HTTP status and JSON body.
+    pub fn to_json(&self) -> (u16, Value) {
+        match &self.outcome {
+            Outcome::Replayed { status, body } => {
+                let mut body = body.clone();
+                body["replayed"] = json!(true);
+                (*status, body)
+            }
+            Outcome::Performed { upstream, cost_micros } => {
+                let mut headers = serde_json::Map::new();
+                for (name, value) in &upstream.headers {
+                    if let Ok(v) = value.to_str() {
+                        headers.insert(name.as_str().to_owned(), json!(v));
+                    }
+                }
+                let mut up = json!({"status": upstream.status, "headers": headers});
+                match std::str::from_utf8(&upstream.body) {
+                    Ok(text) => up["body"] = json!(text),
+                    Err(_) => {
+                        use base64::Engine;
+                        up["body_base64"] =
+                            json!(base64::engine::general_purpose::STANDARD.encode(&upstream.body));
+                    }
+                }
+                (
+                    200,
+                    json!({"request_id": self.request_id, "audit_seq": self.audit_seq, "decision": "allow",
+                           "reasons": self.reasons, "cost_micros": cost_micros, "upstream": up}),
+                )
+            }
+            Outcome::Denied { stage, reason, extra } => {
+                let mut body = json!({"request_id": self.request_id, "audit_seq": self.audit_seq, "decision": "deny",
+                                      "stage": stage, "reason": reason, "reasons": self.reasons});
+                if let Some(map) = extra.as_object() {
+                    for (k, v) in map {
+                        body[k] = v.clone();
+                    }
+                }
+                (403, body)
+            }
+            Outcome::Failed { stage, reason, status } => (
+                *status,
+                json!({"request_id": self.request_id, "audit_seq": self.audit_seq, "decision": "error",
+                       "stage": stage, "reason": reason}),
+            ),
+        }
+    }
+}
+
+/// Used by gateway mode, which answers with the upstream's own status and headers.
+pub fn body_and_headers(result: &mut ProxyResult) -> Option<(u16, HeaderMap, Bytes)> {
+    match &mut result.outcome {
+        Outcome::Performed { upstream, .. } => {
+            Some((upstream.status, std::mem::take(&mut upstream.headers), std::mem::take(&mut upstream.body)))
+        }
+        _ => None,
+    }
+}

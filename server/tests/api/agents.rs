@@ -40,25 +40,13 @@ async fn create_shows_the_key_once_and_the_key_authenticates() {
     }
 
     let me = s.get("/api/agent/me", &key).await;
-    assert_eq!(
-        (me.status, me.body["id"].as_str()),
-        (StatusCode::OK, Some(id))
-    );
-    let via_header = s
-        .http
-        .get(s.url("/api/agent/me"))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!((me.status, me.body["id"].as_str()), (StatusCode::OK, Some(id)));
+    let via_header = s.http.get(s.url("/api/agent/me")).header("x-api-key", &key).send().await.unwrap();
     assert_eq!(via_header.status(), StatusCode::OK);
     let mut wrong = key.clone();
     wrong.replace_range(key.len() - 4.., "0000");
     let r = s.get("/api/agent/me", &wrong).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::UNAUTHORIZED, "invalid_api_key")
-    );
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
     assert_eq!(
         s.get("/api/agent/me", &sponsor.access).await.status,
         StatusCode::UNAUTHORIZED,
@@ -86,72 +74,25 @@ async fn defaults_update_and_conflicts() {
         "name": "alpha-2", "description": "new", "policy": "permissive", "daily_limit_micros": 7, "tags": ["x"]
     }))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((r.body["name"].as_str(), r.body["policy"].as_str()), (Some("alpha-2"), Some("permissive")));
     assert_eq!(
-        (r.body["name"].as_str(), r.body["policy"].as_str()),
-        (Some("alpha-2"), Some("permissive"))
-    );
-    assert_eq!(
-        (
-            r.body["daily_limit_micros"].as_i64(),
-            r.body["monthly_limit_micros"].as_i64()
-        ),
+        (r.body["daily_limit_micros"].as_i64(), r.body["monthly_limit_micros"].as_i64()),
         (Some(7), Some(0))
     );
-    let cleared = s
-        .send(
-            Method::PATCH,
-            &path,
-            Some(&sponsor.access),
-            Some(json!({"description": ""})),
-        )
-        .await;
+    let cleared = s.send(Method::PATCH, &path, Some(&sponsor.access), Some(json!({"description": ""}))).await;
     assert!(cleared.body["description"].is_null());
 
-    let taken = s
-        .send(
-            Method::PATCH,
-            &path,
-            Some(&sponsor.access),
-            Some(json!({"name": "beta"})),
-        )
-        .await;
-    assert_eq!(
-        (taken.status, taken.code()),
-        (StatusCode::CONFLICT, "agent_name_taken")
-    );
-    let dup = s
-        .post(
-            "/api/agents",
-            Some(&sponsor.access),
-            json!({"name": "beta"}),
-        )
-        .await;
-    assert_eq!(
-        (dup.status, dup.code()),
-        (StatusCode::CONFLICT, "agent_name_taken")
-    );
-    let unknown = s
-        .post(
-            "/api/agents",
-            Some(&sponsor.access),
-            json!({"name": "gamma", "policy": "nope"}),
-        )
-        .await;
-    assert_eq!(
-        (unknown.status, unknown.code()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "unknown_policy")
-    );
+    let taken = s.send(Method::PATCH, &path, Some(&sponsor.access), Some(json!({"name": "beta"}))).await;
+    assert_eq!((taken.status, taken.code()), (StatusCode::CONFLICT, "agent_name_taken"));
+    let dup = s.post("/api/agents", Some(&sponsor.access), json!({"name": "beta"})).await;
+    assert_eq!((dup.status, dup.code()), (StatusCode::CONFLICT, "agent_name_taken"));
+    let unknown =
+        s.post("/api/agents", Some(&sponsor.access), json!({"name": "gamma", "policy": "nope"})).await;
+    assert_eq!((unknown.status, unknown.code()), (StatusCode::UNPROCESSABLE_ENTITY, "unknown_policy"));
     let negative = s
-        .post(
-            "/api/agents",
-            Some(&sponsor.access),
-            json!({"name": "gamma", "daily_limit_micros": -1}),
-        )
+        .post("/api/agents", Some(&sponsor.access), json!({"name": "gamma", "daily_limit_micros": -1}))
         .await;
-    assert_eq!(
-        (negative.status, negative.code()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
-    );
+    assert_eq!((negative.status, negative.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
 
     // Another sponsor may use the same names.
     let other = s.sponsor("other").await;
@@ -165,14 +106,7 @@ async fn rotation_suspension_and_deletion() {
     let (agent, old_key) = s.agent(&sponsor, "rotating").await;
     let id = agent["id"].as_str().unwrap();
 
-    let rotated = s
-        .send(
-            Method::POST,
-            &format!("/api/agents/{id}/keys"),
-            Some(&sponsor.access),
-            None,
-        )
-        .await;
+    let rotated = s.send(Method::POST, &format!("/api/agents/{id}/keys"), Some(&sponsor.access), None).await;
     assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.text);
     let new_key = rotated.body["api_key"].as_str().unwrap();
     assert_ne!(new_key, old_key);
@@ -184,63 +118,24 @@ async fn rotation_suspension_and_deletion() {
     assert_eq!(s.get("/api/agent/me", new_key).await.status, StatusCode::OK);
 
     let suspended = s
-        .post(
-            &format!("/api/agents/{id}/suspend"),
-            Some(&sponsor.access),
-            json!({"reason": "looks odd"}),
-        )
+        .post(&format!("/api/agents/{id}/suspend"), Some(&sponsor.access), json!({"reason": "looks odd"}))
         .await;
     assert_eq!(
-        (
-            suspended.body["status"].as_str(),
-            suspended.body["suspended_reason"].as_str()
-        ),
+        (suspended.body["status"].as_str(), suspended.body["suspended_reason"].as_str()),
         (Some("suspended"), Some("looks odd"))
     );
     let me = s.get("/api/agent/me", new_key).await;
     assert_eq!(me.body["status"], "suspended");
-    let bare = s
-        .send(
-            Method::POST,
-            &format!("/api/agents/{id}/suspend"),
-            Some(&sponsor.access),
-            None,
-        )
-        .await;
-    assert_eq!(
-        bare.status,
-        StatusCode::OK,
-        "suspending twice is harmless: {}",
-        bare.text
-    );
-    let resumed = s
-        .send(
-            Method::POST,
-            &format!("/api/agents/{id}/resume"),
-            Some(&sponsor.access),
-            None,
-        )
-        .await;
+    let bare = s.send(Method::POST, &format!("/api/agents/{id}/suspend"), Some(&sponsor.access), None).await;
+    assert_eq!(bare.status, StatusCode::OK, "suspending twice is harmless: {}", bare.text);
+    let resumed =
+        s.send(Method::POST, &format!("/api/agents/{id}/resume"), Some(&sponsor.access), None).await;
     assert_eq!(resumed.body["status"], "active");
     assert!(resumed.body["suspended_at"].is_null());
 
-    let deleted = s
-        .send(
-            Method::DELETE,
-            &format!("/api/agents/{id}"),
-            Some(&sponsor.access),
-            None,
-        )
-        .await;
-    assert_eq!(
-        (deleted.status, deleted.body["status"].as_str()),
-        (StatusCode::OK, Some("revoked"))
-    );
-    assert_eq!(
-        s.get("/api/agent/me", new_key).await.status,
-        StatusCode::UNAUTHORIZED,
-        "keys revoked"
-    );
+    let deleted = s.send(Method::DELETE, &format!("/api/agents/{id}"), Some(&sponsor.access), None).await;
+    assert_eq!((deleted.status, deleted.body["status"].as_str()), (StatusCode::OK, Some("revoked")));
+    assert_eq!(s.get("/api/agent/me", new_key).await.status, StatusCode::UNAUTHORIZED, "keys revoked");
     let list = s.get("/api/agents", &sponsor.access).await;
     assert_eq!(list.body["items"].as_array().unwrap().len(), 0);
     let kept = s.get(&format!("/api/agents/{id}"), &sponsor.access).await;
@@ -255,14 +150,8 @@ async fn rotation_suspension_and_deletion() {
         (Method::POST, format!("/api/agents/{id}/resume")),
         (Method::POST, format!("/api/agents/{id}/suspend")),
     ] {
-        let r = s
-            .send(method, &path, Some(&sponsor.access), Some(json!({})))
-            .await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::CONFLICT, "agent_revoked"),
-            "{path}"
-        );
+        let r = s.send(method, &path, Some(&sponsor.access), Some(json!({}))).await;
+        assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "agent_revoked"), "{path}");
     }
     s.agent(&sponsor, "rotating").await; // the name is free again
 }
@@ -291,21 +180,11 @@ async fn pagination_walks_every_agent_once() {
             None => break,
         }
     }
-    assert_eq!(
-        seen,
-        ["agent-4", "agent-3", "agent-2", "agent-1", "agent-0"],
-        "newest first, each once"
-    );
+    assert_eq!(seen, ["agent-4", "agent-3", "agent-2", "agent-1", "agent-0"], "newest first, each once");
     let bad = s.get("/api/agents?cursor=garbage", &sponsor.access).await;
-    assert_eq!(
-        (bad.status, bad.code()),
-        (StatusCode::BAD_REQUEST, "invalid_cursor")
-    );
+    assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_cursor"));
     let bad = s.get("/api/agents?limit=lots", &sponsor.access).await;
-    assert_eq!(
-        (bad.status, bad.code()),
-        (StatusCode::BAD_REQUEST, "invalid_query")
-    );
+    assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_query"));
 }
 
 /// Sponsor B gets 404 — not 403 — on every route for sponsor A's agent, and nothing
@@ -321,11 +200,7 @@ async fn sponsors_never_see_or_touch_each_others_agents() {
 
     let routes = [
         (Method::GET, format!("/api/agents/{id}"), None),
-        (
-            Method::PATCH,
-            format!("/api/agents/{id}"),
-            Some(json!({"name": "stolen"})),
-        ),
+        (Method::PATCH, format!("/api/agents/{id}"), Some(json!({"name": "stolen"}))),
         (Method::DELETE, format!("/api/agents/{id}"), None),
         (Method::POST, format!("/api/agents/{id}/keys"), None),
         (Method::POST, format!("/api/agents/{id}/suspend"), None),
@@ -333,22 +208,14 @@ async fn sponsors_never_see_or_touch_each_others_agents() {
     ];
     for (method, path, body) in routes {
         let r = s.send(method.clone(), &path, Some(&b.access), body).await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::NOT_FOUND, "not_found"),
-            "{method} {path}"
-        );
+        assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"), "{method} {path}");
     }
     let listed = s.get("/api/agents", &b.access).await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 0);
     assert!(!listed.text.contains(id));
     let after = s.get(&format!("/api/agents/{id}"), &a.access).await.text;
     assert_eq!(before, after, "A's agent unchanged");
-    assert_eq!(
-        s.get("/api/agent/me", &key).await.status,
-        StatusCode::OK,
-        "A's key still works"
-    );
+    assert_eq!(s.get("/api/agent/me", &key).await.status, StatusCode::OK, "A's key still works");
 
     // A random id behaves exactly like a foreign one.
     let random = uuid::Uuid::now_v7();

@@ -8,11 +8,7 @@ use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use crate::support::{PASSWORD, TestServer, read};
 
 fn cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
-    headers
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect()
+    headers.get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
 }
 
 fn value_of(cookies: &[String], name: &str) -> Option<String> {
@@ -29,11 +25,7 @@ async fn form_login(s: &TestServer, email: &str, password: &str) -> reqwest::Res
         .header("accept", "text/html")
         .header("origin", &s.base)
         .header("referer", s.url("/login"))
-        .form(&[
-            ("email", email),
-            ("password", password),
-            ("next", "/agents"),
-        ])
+        .form(&[("email", email), ("password", password), ("next", "/agents")])
         .send()
         .await
         .unwrap()
@@ -70,45 +62,16 @@ async fn form_login_sets_httponly_cookies_and_pages_need_them() {
         value_of(&set, "aegis_at").unwrap(),
         value_of(&set, "aegis_rt").unwrap()
     );
-    let page = s
-        .http
-        .get(s.url("/agents"))
-        .header(COOKIE, &jar)
-        .send()
-        .await
-        .unwrap();
+    let page = s.http.get(s.url("/agents")).header(COOKIE, &jar).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
-    assert!(
-        html.contains("create-agent-form"),
-        "agents page rendered on the server"
-    );
-    let back = s
-        .http
-        .get(s.url("/login"))
-        .header(COOKIE, &jar)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        back.headers()[LOCATION],
-        "/agents",
-        "signed-in visitors skip the login page"
-    );
+    assert!(html.contains("create-agent-form"), "agents page rendered on the server");
+    let back = s.http.get(s.url("/login")).header(COOKIE, &jar).send().await.unwrap();
+    assert_eq!(back.headers()[LOCATION], "/agents", "signed-in visitors skip the login page");
 
     let bad = form_login(&s, &sponsor.email, "wrong password 1").await;
-    assert_eq!(
-        bad.status(),
-        StatusCode::UNAUTHORIZED
-            .as_u16()
-            .try_into()
-            .unwrap_or(bad.status())
-    );
-    assert!(
-        cookies(bad.headers())
-            .iter()
-            .all(|c| !c.starts_with("aegis_at=") || c.contains("Max-Age=0"))
-    );
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED.as_u16().try_into().unwrap_or(bad.status()));
+    assert!(cookies(bad.headers()).iter().all(|c| !c.starts_with("aegis_at=") || c.contains("Max-Age=0")));
 }
 
 #[tokio::test]
@@ -124,10 +87,7 @@ async fn secure_cookies_behind_https() {
         .await
         .unwrap();
     let set = cookies(r.headers());
-    assert!(
-        !set.is_empty() && set.iter().all(|c| c.contains("; Secure")),
-        "{set:?}"
-    );
+    assert!(!set.is_empty() && set.iter().all(|c| c.contains("; Secure")), "{set:?}");
 }
 
 #[tokio::test]
@@ -147,29 +107,13 @@ async fn expired_access_cookie_is_refreshed_silently() {
     assert_eq!(Some(new_refresh.clone()), value_of(&cb, "aegis_rt"));
 
     // The family is intact: the new refresh token still works through the API.
-    let r = s
-        .post(
-            "/api/auth/refresh",
-            None,
-            serde_json::json!({"refresh_token": new_refresh}),
-        )
-        .await;
+    let r = s.post("/api/auth/refresh", None, serde_json::json!({"refresh_token": new_refresh})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
     // A dead refresh cookie is cleared and the visitor is sent to sign in.
-    let dead = s
-        .http
-        .get(s.url("/agents"))
-        .header(COOKIE, "aegis_rt=rt_dead")
-        .send()
-        .await
-        .unwrap();
+    let dead = s.http.get(s.url("/agents")).header(COOKIE, "aegis_rt=rt_dead").send().await.unwrap();
     assert_eq!(dead.status(), StatusCode::SEE_OTHER);
-    assert!(
-        cookies(dead.headers())
-            .iter()
-            .any(|c| c.starts_with("aegis_rt=;") && c.contains("Max-Age=0"))
-    );
+    assert!(cookies(dead.headers()).iter().any(|c| c.starts_with("aegis_rt=;") && c.contains("Max-Age=0")));
 }
 
 #[tokio::test]
@@ -180,11 +124,9 @@ async fn cross_site_posts_are_refused() {
     let set = cookies(login.headers());
     let jar = format!("aegis_at={}", value_of(&set, "aegis_at").unwrap());
 
-    for (header, value) in [
-        ("origin", "https://evil.example"),
-        ("sec-fetch-site", "cross-site"),
-        ("origin", "null"),
-    ] {
+    for (header, value) in
+        [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site"), ("origin", "null")]
+    {
         let r = s
             .http
             .post(s.url("/rpc/create_agent"))
@@ -195,18 +137,10 @@ async fn cross_site_posts_are_refused() {
             .await
             .unwrap();
         let r = read(r).await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::FORBIDDEN, "csrf_rejected"),
-            "{header}: {value}"
-        );
+        assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "csrf_rejected"), "{header}: {value}");
     }
     let listed = s.get("/api/agents", &sponsor.access).await;
-    assert_eq!(
-        listed.body["items"].as_array().unwrap().len(),
-        0,
-        "nothing was created"
-    );
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 0, "nothing was created");
 
     // The same post from the dashboard's own origin works.
     let r = s
@@ -239,19 +173,7 @@ async fn cross_site_posts_are_refused() {
         "{}",
         r.text
     );
-    let anonymous = read(
-        s.http
-            .post(s.url("/rpc/list_agents"))
-            .form(&[("x", "")])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        anonymous.status,
-        StatusCode::UNAUTHORIZED,
-        "{}",
-        anonymous.text
-    );
+    let anonymous =
+        read(s.http.post(s.url("/rpc/list_agents")).form(&[("x", "")]).send().await.unwrap()).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{}", anonymous.text);
 }

@@ -218,23 +218,13 @@ async fn bad_input_table() {
             "invalid_request",
         ),
     ];
-    let mut unauthenticated = case(
-        "no token",
-        Method::GET,
-        "/api/agents",
-        None,
-        b"",
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
+    let mut unauthenticated =
+        case("no token", Method::GET, "/api/agents", None, b"", StatusCode::UNAUTHORIZED, "unauthorized");
     unauthenticated.auth = false;
     cases.push(unauthenticated);
 
     for c in cases {
-        let mut req = s
-            .http
-            .request(c.method.clone(), s.url(&c.path))
-            .body(c.body.clone());
+        let mut req = s.http.request(c.method.clone(), s.url(&c.path)).body(c.body.clone());
         if c.auth {
             req = req.bearer_auth(&token);
         }
@@ -244,32 +234,13 @@ async fn bad_input_table() {
         let r = read(req.send().await.unwrap()).await;
         assert_eq!(r.status, c.status, "{}: {}", c.name, r.text);
         assert_eq!(r.code(), c.code, "{}", c.name);
-        assert!(
-            r.headers["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("application/json"),
-            "{}",
-            c.name
-        );
+        assert!(r.headers["content-type"].to_str().unwrap().starts_with("application/json"), "{}", c.name);
     }
 
     // Malformed Authorization headers are 401s too.
-    for value in [
-        "Bearer",
-        "Basic dXNlcjpwYXNz",
-        "Bearer not.a.jwt",
-        "Token abc",
-    ] {
-        let r = read(
-            s.http
-                .get(s.url("/api/agents"))
-                .header("authorization", value)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+    for value in ["Bearer", "Basic dXNlcjpwYXNz", "Bearer not.a.jwt", "Token abc"] {
+        let r =
+            read(s.http.get(s.url("/api/agents")).header("authorization", value).send().await.unwrap()).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{value}");
     }
     // Nothing that was accepted was lost: the one valid agent is still there and intact.
@@ -282,8 +253,5 @@ async fn bad_input_table() {
 async fn health_endpoint_answers() {
     let s = TestServer::start().await;
     let r = read(s.http.get(s.url("/healthz")).send().await.unwrap()).await;
-    assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (StatusCode::OK, Some("ok"))
-    );
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("ok")));
 }

@@ -30,17 +30,12 @@ impl Drop for PgDatabase {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 use sea_orm::ConnectionTrait;
                 if let Ok(admin) = sea_orm::Database::connect(&admin_url).await {
                     let _ = admin
-                        .execute_unprepared(&format!(
-                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                        ))
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                         .await;
                 }
             });
@@ -60,14 +55,8 @@ impl Response {
     /// The machine-readable error code, asserting the error envelope's shape.
     pub fn code(&self) -> &str {
         let err = &self.body["error"];
-        assert!(
-            err["message"].is_string(),
-            "error without message: {}",
-            self.text
-        );
-        err["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error code in {}", self.text))
+        assert!(err["message"].is_string(), "error without message: {}", self.text);
+        err["code"].as_str().unwrap_or_else(|| panic!("no error code in {}", self.text))
     }
 }
 
@@ -78,50 +67,29 @@ impl TestServer {
 
     pub async fn start_with(vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut env: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.insert(
-            "AEGIS_DATA_DIR".into(),
-            dir.path().join("data").display().to_string(),
-        );
+        let mut env: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.insert("AEGIS_DATA_DIR".into(), dir.path().join("data").display().to_string());
         let pg = match std::env::var(db_support::PG_URL_VAR) {
             Ok(admin_url) => {
                 use sea_orm::ConnectionTrait;
                 let name = format!("aegis_t_{}", uuid::Uuid::new_v4().simple());
-                let admin = sea_orm::Database::connect(&admin_url)
-                    .await
-                    .expect("connect to PostgreSQL");
+                let admin = sea_orm::Database::connect(&admin_url).await.expect("connect to PostgreSQL");
                 admin
                     .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
                     .await
                     .expect("create database");
                 admin.close().await.ok();
-                env.insert(
-                    "DATABASE_URL".into(),
-                    db_support::with_database_name(&admin_url, &name),
-                );
+                env.insert("DATABASE_URL".into(), db_support::with_database_name(&admin_url, &name));
                 Some(PgDatabase { admin_url, name })
             }
             Err(_) => None,
         };
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = server::start(config, Some(listener))
-            .await
-            .expect("server starts");
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Self {
-            base: format!("http://{}", running.addr),
-            http,
-            dir,
-            running,
-            pg,
-        }
+        let running = server::start(config, Some(listener)).await.expect("server starts");
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Self { base: format!("http://{}", running.addr), http, dir, running, pg }
     }
 
     pub fn on_postgres(&self) -> bool {
@@ -161,11 +129,7 @@ impl TestServer {
     pub async fn sponsor(&self, label: &str) -> Sponsor {
         let email = format!("{label}-{}@example.com", uuid::Uuid::new_v4().simple());
         let r = self
-            .post(
-                "/api/auth/register",
-                None,
-                json!({"email": email, "password": PASSWORD, "name": label}),
-            )
+            .post("/api/auth/register", None, json!({"email": email, "password": PASSWORD, "name": label}))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         Sponsor {
@@ -178,14 +142,9 @@ impl TestServer {
 
     /// Creates an agent for `sponsor`; returns (agent json, api key).
     pub async fn agent(&self, sponsor: &Sponsor, name: &str) -> (Value, String) {
-        let r = self
-            .post("/api/agents", Some(&sponsor.access), json!({"name": name}))
-            .await;
+        let r = self.post("/api/agents", Some(&sponsor.access), json!({"name": name})).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        (
-            r.body["agent"].clone(),
-            r.body["api_key"].as_str().unwrap().to_owned(),
-        )
+        (r.body["agent"].clone(), r.body["api_key"].as_str().unwrap().to_owned())
     }
 
     pub fn jwt_key(&self) -> Vec<u8> {
@@ -208,10 +167,5 @@ pub async fn read(resp: reqwest::Response) -> Response {
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Response {
-        status,
-        headers,
-        body,
-        text,
-    }
+    Response { status, headers, body, text }
 }

@@ -1,0 +1,185 @@
+//! Appending to the chain: one short transaction that takes the chain lock, reads
+//! the head, inserts the next record (and, every N records, a signed checkpoint)
+//! and commits.
+//!
+//! Serialisation, so the chain never forks:
+//! - PostgreSQL: `pg_advisory_xact_lock(AUDIT_LOCK_KEY)` inside the transaction,
+//!   taken right before the head is read and held until commit or rollback. It
+//!   works across processes sharing the database. The transaction runs at READ
+//!   COMMITTED, so the head is read with a snapshot taken after the lock.
+//! - SQLite (single-process deployments): an in-process async mutex, taken before
+//!   `BEGIN IMMEDIATE`. The mutex queues appenders without holding pool connections;
+//!   `BEGIN IMMEDIATE` takes SQLite's write lock up front, so even another process
+//!   on the same file (the `aegis audit` command line) cannot read a stale head.
+//!
+//! `seq` is the primary key, so a stale head could only ever fail an insert,
+//! never fork the chain.
+
+use std::sync::Arc;
+
+use app::error::AppError;
+use entity::{audit_checkpoints, audit_events};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    IsolationLevel, QueryOrder, QuerySelect, Set, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use uuid::Uuid;
+
+use super::checkpoint::{Checkpoint, CheckpointSigner};
+use super::record::{GENESIS_HASH, record_hash};
+use super::{Appended, AuditEntry};
+use crate::storage::{internal, now};
+
+/// The PostgreSQL advisory-lock key that serialises appends ("AEGISAUD").
+pub const AUDIT_LOCK_KEY: i64 = 0x4145_4749_5341_5544;
+
+/// Shared by every clone of one `AuditLog`.
+pub(super) struct ChainState {
+    pub db: DatabaseConnection,
+    pub signer: CheckpointSigner,
+    pub checkpoint_every: u64,
+    pub sqlite_lock: Arc<Mutex<()>>,
+}
+
+/// A transaction that may append audit records together with other changes:
+/// everything commits together or not at all. Make the appends the last
+/// statements before [`AuditTxn::commit`]: on PostgreSQL the first append takes
+/// the chain lock, which is held until commit.
+pub struct AuditTxn {
+    // Field order matters: the transaction rolls back before the mutex is released.
+    txn: DatabaseTransaction,
+    _sqlite_guard: Option<OwnedMutexGuard<()>>,
+    state: Arc<ChainState>,
+    locked: bool,
+    appended: Vec<Appended>,
+}
+
+pub(super) async fn begin(state: Arc<ChainState>) -> Result<AuditTxn, AppError> {
+    let backend = state.db.get_database_backend();
+    let (guard, options) = match backend {
+        DbBackend::Sqlite => (
+            Some(state.sqlite_lock.clone().lock_owned().await),
+            TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            },
+        ),
+        _ => (
+            None,
+            TransactionOptions { isolation_level: Some(IsolationLevel::ReadCommitted), ..Default::default() },
+        ),
+    };
+    let txn = state.db.begin_with_options(options).await.map_err(internal)?;
+    Ok(AuditTxn {
+        txn,
+        _sqlite_guard: guard,
+        state,
+        locked: backend != DbBackend::Postgres,
+        appended: Vec::new(),
+    })
+}
+
+impl AuditTxn {
+    /// The transaction, for the changes that go with the audit records.
+    pub fn conn(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+
+    /// Takes the chain lock (PostgreSQL) once per transaction.
+    async fn lock_chain(&mut self) -> Result<(), AppError> {
+        if !self.locked {
+            self.txn
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_xact_lock($1)",
+                    [AUDIT_LOCK_KEY.into()],
+                ))
+                .await
+                .map_err(internal)?;
+            self.locked = true;
+        }
+        Ok(())
+    }
+
+    /// The last record's (seq, hash), or (0, genesis) for an empty chain.
+    pub(super) async fn head(&mut self) -> Result<(i64, String), AppError> {
+        self.lock_chain().await?;
+        let head: Option<(i64, String)> = audit_events::Entity::find()
+            .select_only()
+            .column(audit_events::Column::Seq)
+            .column(audit_events::Column::Hash)
+            .order_by_desc(audit_events::Column::Seq)
+            .limit(1)
+            .into_tuple()
+            .one(&self.txn)
+            .await
+            .map_err(internal)?;
+        Ok(head.unwrap_or_else(|| (0, GENESIS_HASH.to_owned())))
+    }
+
+    /// Appends a record; it becomes durable when the transaction commits.
+    pub async fn append(&mut self, entry: AuditEntry) -> Result<Appended, AppError> {
+        if entry.kind.trim().is_empty() {
+            tracing::error!("audit entry without a kind");
+            return Err(AppError::internal());
+        }
+        let (head_seq, head_hash) = self.head().await?;
+        let mut record = audit_events::Model {
+            seq: head_seq + 1,
+            id: Uuid::now_v7(),
+            at: now(),
+            sponsor_id: entry.sponsor_id,
+            agent_id: entry.agent_id,
+            request_id: entry.request_id,
+            kind: entry.kind,
+            stage: entry.stage,
+            decision: entry.decision,
+            method: entry.method,
+            host: entry.host,
+            path: entry.path,
+            status: entry.status,
+            cost_micros: entry.cost_micros,
+            duration_us: entry.duration_us,
+            request_hash: entry.request_hash,
+            policy_hash: entry.policy_hash,
+            policy_input: entry.policy_input,
+            detail: entry.detail,
+            prev_hash: head_hash,
+            hash: String::new(),
+        };
+        record.hash = record_hash(&record);
+        let appended = Appended { seq: record.seq, hash: record.hash.clone() };
+        audit_events::ActiveModel::from(record).insert(&self.txn).await.map_err(internal)?;
+        let every = self.state.checkpoint_every;
+        if every > 0 && (appended.seq as u64).is_multiple_of(every) {
+            let cp = self.state.signer.sign(appended.seq, &appended.hash, now());
+            insert_checkpoint(&self.txn, &cp).await?;
+        }
+        self.appended.push(appended.clone());
+        Ok(appended)
+    }
+
+    /// Commits the changes and the records; they are durable when this returns.
+    pub async fn commit(self) -> Result<Vec<Appended>, AppError> {
+        self.txn.commit().await.map_err(internal)?;
+        Ok(self.appended)
+    }
+}
+
+/// Stores a checkpoint unless one exists for its seq (then the stored one wins).
+pub(super) async fn insert_checkpoint(db: &impl ConnectionTrait, cp: &Checkpoint) -> Result<(), AppError> {
+    audit_checkpoints::Entity::insert(audit_checkpoints::ActiveModel {
+        seq: Set(cp.seq),
+        head_hash: Set(cp.head_hash.clone()),
+        at: Set(cp.at),
+        signature: Set(cp.signature.clone()),
+        public_key: Set(cp.public_key.clone()),
+    })
+    .on_conflict_do_nothing()
+    .exec(db)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Policies: the built-in ones shipped in `policies/` and those sponsors add.
+//! Every version is kept, addressed by the SHA-256 of its source, so a recorded
+//! decision can be replayed against the exact policy that made it.
+
+use app::error::AppError;
+use app::model::{NewPolicy, PolicySummary, PolicyUpdate, PolicyView, SessionUser};
+use entity::{policies, policy_versions};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+};
+use uuid::Uuid;
+
+pub mod engine;
+pub mod replay;
+
+use crate::storage::{internal, now, sha256_hex};
+
+pub const DEFAULT_POLICY: &str = "default";
+
+/// The policies every sponsor can use, compiled into the binary from `policies/`.
+pub const BUILTIN: &[(&str, &str, &str)] = &[
+    (
+        "default",
+        "Allow reads for agents in good standing; approval for risky writes and large costs; deny the rest.",
+        include_str!("../../../policies/default.rego"),
+    ),
+    (
+        "permissive",
+        "Allow every action (egress, secrets and budgets still apply).",
+        include_str!("../../../policies/permissive.rego"),
+    ),
+];
+
+/// Built-in policy ids are derived from their names, so several processes seeding
+/// at once converge on the same rows.
+pub fn builtin_id(name: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("aegis.policy.{name}").as_bytes())
+}
+
+#[derive(Clone)]
+pub struct PolicyService {
+    db: DatabaseConnection,
+}
+
+impl PolicyService {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Makes the stored built-ins match the shipped sources, adding a version when
+    /// a source changed.
+    pub async fn seed_builtins(&self) -> Result<(), AppError> {
+        for (name, description, source) in BUILTIN {
+            let id = builtin_id(name);
+            let sha = sha256_hex(source.as_bytes());
+            let existing = policies::Entity::find_by_id(id).one(&self.db).await.map_err(internal)?;
+            let at = now();
+            let version = match existing {
+                None => {
+                    let inserted = policies::ActiveModel {
+                        id: Set(id),
+                        sponsor_id: Set(None),
+                        name: Set((*name).to_owned()),
+                        description: Set(Some((*description).to_owned())),
+                        builtin: Set(true),
+                        current_version: Set(1),
+                        created_at: Set(at),
+                        updated_at: Set(at),
+                    }
+                    .insert(&self.db)
+                    .await;
+                    if let Err(e) = inserted {
+                        // Another process seeded it first; nothing more to do here.
+                        tracing::debug!(error = %e, policy = name, "built-in policy already seeded");
+                        continue;
+                    }
+                    1
+                }
+                Some(p) => {
+                    let latest = policy_versions::Entity::find()
+                        .filter(policy_versions::Column::PolicyId.eq(id))
+                        .order_by_desc(policy_versions::Column::Version)
+                        .one(&self.db)
+                        .await
+                        .map_err(internal)?;
+                    if latest.as_ref().is_some_and(|v| v.sha256 == sha) {
+                        continue;
+                    }
+                    let next = latest.map_or(1, |v| v.version + 1);
+                    let mut active: policies::ActiveModel = p.into();
+                    active.current_version = Set(next);
+                    active.updated_at = Set(at);
+                    active.update(&self.db).await.map_err(internal)?;
+                    next
+                }
+            };
+            let inserted = policy_versions::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                policy_id: Set(id),
+                version: Set(version),
+                source: Set((*source).to_owned()),
+                sha256: Set(sha),
+                created_at: Set(at),
+                created_by: Set(None),
+            }
+            .insert(&self.db)
+            .await;
+            if let Err(e) = inserted {
+                tracing::debug!(error = %e, policy = name, "built-in policy version already seeded");
+            }
+        }
+        Ok(())
+    }
+
+    /// Built-ins plus the sponsor's own policies.
+    pub async fn list(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {
+        let rows = policies::Entity::find()
+            .filter(visible_to(sponsor.user_id))
+            .order_by_desc(policies::Column::Builtin)
+            .order_by_asc(policies::Column::Name)
+            .all(&self.db)
+            .await
+            .map_err(internal)?;
+        Ok(rows
+            .into_iter()
+            .map(|p| PolicySummary { id: p.id, name: p.name, description: p.description, builtin: p.builtin })
+            .collect())
+    }
+
+    /// Finds a policy by name among those the sponsor may use; the sponsor's own
+    /// policy wins over a built-in of the same name.
+    pub async fn resolve(&self, sponsor_id: Uuid, name: &str) -> Result<policies::Model, AppError> {
+        policies::Entity::find()
+            .filter(visible_to(sponsor_id))
+            .filter(policies::Column::Name.eq(name.trim()))
+            .order_by_asc(policies::Column::Builtin)
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| AppError::new(422, "unknown_policy", format!("no policy named {:?}", name.trim())))
+    }
+}
+
+const MAX_SOURCE_BYTES: usize = 64 * 1024;
+
+fn validate_source(source: &str) -> Result<(), AppError> {
+    if source.len() > MAX_SOURCE_BYTES {
+        return Err(AppError::validation(format!("policy source must be at most {MAX_SOURCE_BYTES} bytes")));
+    }
+    engine::compile(source).map(|_| ()).map_err(|e| AppError::new(422, "policy_invalid", e))
+}
+
+fn validate_policy_name(name: &str) -> Result<String, AppError> {
+    let name = name.trim();
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !ok {
+        return Err(AppError::validation("policy name must be 1 to 64 of A-Z a-z 0-9 _ - ."));
+    }
+    Ok(name.to_owned())
+}
+
+impl PolicyService {
+    /// A sponsor's own policy. The source must compile; the compiler's message is
+    /// returned with a 422 when it does not.
+    pub async fn create(&self, sponsor_id: Uuid, input: NewPolicy) -> Result<PolicyView, AppError> {
+        let name = validate_policy_name(&input.name)?;
+        validate_source(&input.source)?;
+        let taken = policies::Entity::find()
+            .filter(visible_to(sponsor_id))
+            .filter(policies::Column::Name.eq(&name))
+            .one(&self.db)
+            .await
+            .map_err(internal)?;
+        if taken.is_some() {
+            return Err(AppError::conflict("policy_name_taken", "a policy with this name already exists"));
+        }
+        let at = now();
+        let id = Uuid::now_v7();
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await.map_err(internal)?;
+        policies::ActiveModel {
+            id: Set(id),
+            sponsor_id: Set(Some(sponsor_id)),
+            name: Set(name),
+            description: Set(input.description.map(|d| d.trim().chars().take(1000).collect())),
+            builtin: Set(false),
+            current_version: Set(1),
+            created_at: Set(at),
+            updated_at: Set(at),
+        }
+        .insert(&txn)
+        .await
+        .map_err(internal)?;
+        insert_version(&txn, id, 1, &input.source, Some(sponsor_id)).await?;
+        txn.commit().await.map_err(internal)?;
+        self.get(sponsor_id, id).await
+    }
+
+    pub async fn get(&self, sponsor_id: Uuid, id: Uuid) -> Result<PolicyView, AppError> {
+        let policy = policies::Entity::find_by_id(id)
+            .filter(visible_to(sponsor_id))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| AppError::not_found("policy"))?;
+        let version = self.current_version(&policy).await?;
+        Ok(PolicyView {
+            id: policy.id,
+            name: policy.name,
+            description: policy.description,
+            builtin: policy.builtin,
+            version: version.version,
+            sha256: version.sha256,
+            source: version.source,
+            updated_at: policy.updated_at,
+        })
+    }
+
+    /// A new version of one of the sponsor's own policies. Built-ins are read-only.
+    pub async fn update(
+        &self,
+        sponsor_id: Uuid,
+        id: Uuid,
+        update: PolicyUpdate,
+    ) -> Result<PolicyView, AppError> {
+        let policy = policies::Entity::find_by_id(id)
+            .filter(visible_to(sponsor_id))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| AppError::not_found("policy"))?;
+        if policy.builtin {
+            return Err(AppError::new(
+                403,
+                "builtin_policy",
+                "built-in policies cannot be changed; create your own",
+            ));
+        }
+        if let Some(source) = &update.source {
+            validate_source(source)?;
+        }
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await.map_err(internal)?;
+        let next = policy.current_version + 1;
+        let mut active: policies::ActiveModel = policy.into();
+        if let Some(source) = &update.source {
+            insert_version(&txn, id, next, source, Some(sponsor_id)).await?;
+            active.current_version = Set(next);
+        }
+        if let Some(d) = update.description {
+            active.description =
+                Set(Some(d.trim().chars().take(1000).collect()).filter(|d: &String| !d.is_empty()));
+        }
+        active.updated_at = Set(now());
+        active.update(&txn).await.map_err(internal)?;
+        txn.commit().await.map_err(internal)?;
+        self.get(sponsor_id, id).await
+    }
+
+    pub async fn current_version(
+        &self,
+        policy: &policies::Model,
+    ) -> Result<policy_versions::Model, AppError> {
+        policy_versions::Entity::find()
+            .filter(policy_versions::Column::PolicyId.eq(policy.id))
+            .filter(policy_versions::Column::Version.eq(policy.current_version))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                tracing::error!(policy = %policy.id, "policy has no current version");
+                AppError::internal()
+            })
+    }
+
+    /// The source an agent's decisions are made with: its policy's current version,
+    /// or the built-in default when it has none.
+    pub async fn source_for(&self, policy_id: Option<Uuid>) -> Result<policy_versions::Model, AppError> {
+        let id = policy_id.unwrap_or_else(|| builtin_id(DEFAULT_POLICY));
+        let policy = policies::Entity::find_by_id(id).one(&self.db).await.map_err(internal)?;
+        match policy {
+            Some(p) => self.current_version(&p).await,
+            None => Err(AppError::internal()),
+        }
+    }
+
+    /// Any stored version by its source digest (for replay).
+    pub async fn version_by_sha(&self, sha256: &str) -> Result<Option<policy_versions::Model>, AppError> {
+        policy_versions::Entity::find()
+            .filter(policy_versions::Column::Sha256.eq(sha256))
+            .one(&self.db)
+            .await
+            .map_err(internal)
+    }
+}
+
+async fn insert_version(
+    db: &impl sea_orm::ConnectionTrait,
+    policy_id: Uuid,
+    version: i32,
+    source: &str,
+    created_by: Option<Uuid>,
+) -> Result<(), AppError> {
+    policy_versions::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        policy_id: Set(policy_id),
+        version: Set(version),
+        source: Set(source.to_owned()),
+        sha256: Set(sha256_hex(source.as_bytes())),
+        created_at: Set(now()),
+        created_by: Set(created_by),
+    }
+    .insert(db)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+fn visible_to(sponsor_id: Uuid) -> Condition {
+    Condition::any()
+        .add(policies::Column::SponsorId.eq(sponsor_id))
+        .add(policies::Column::SponsorId.is_null())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_ids_are_stable_and_distinct() {
+        assert_eq!(builtin_id("default"), builtin_id("default"));
+        assert_ne!(builtin_id("default"), builtin_id("permissive"));
+    }
+
+    #[test]
+    fn builtins_ship_with_sources() {
+        for (name, _, source) in BUILTIN {
+            assert!(source.contains("package aegis"), "{name}");
+        }
+    }
+}

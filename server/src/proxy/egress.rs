@@ -1,1 +1,0 @@
-//! Egress guard (SSRF): which targets AEGIS may connect to.

@@ -1,0 +1,58 @@
+//! Stage `policy`: builds the documented input document and asks the agent's Rego
+//! policy for a decision.
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use entity::{agents, wallets};
+use serde_json::{Value, json};
+
+use super::request::ProxyRequest;
+
+/// The policy input. Documented in the README ("Policy input"); never contains
+/// secret values — secrets are injected after the decision.
+pub fn input(
+    agent: &agents::Model,
+    request: &ProxyRequest,
+    url: &url::Url,
+    estimate_micros: i64,
+    wallet: Option<&wallets::Model>,
+    at: DateTime<Utc>,
+) -> Value {
+    let tags: Vec<String> = serde_json::from_str(&agent.tags).unwrap_or_default();
+    let host =
+        url.host_str().unwrap_or("").trim_end_matches('.').trim_matches(['[', ']']).to_ascii_lowercase();
+    let w = |f: fn(&wallets::Model) -> i64| wallet.map_or(0, f);
+    json!({
+        "agent": {
+            "id": agent.id,
+            "name": agent.name,
+            "trust": agent.trust_score,
+            "tags": tags,
+            "sponsor": agent.sponsor_id,
+        },
+        "action": {
+            "method": request.method.as_str(),
+            "url": url.as_str(),
+            "scheme": url.scheme(),
+            "host": host,
+            "port": url.port_or_known_default().unwrap_or(0),
+            "path": url.path(),
+            "query": url.query().unwrap_or(""),
+            "headers": request.header_names(),
+            "cost_micros": estimate_micros,
+            "label": request.label,
+            "secret": request.secret,
+        },
+        "wallet": {
+            "daily_spent_micros": w(|w| w.daily_spent_micros),
+            "daily_limit_micros": w(|w| w.daily_limit_micros),
+            "monthly_spent_micros": w(|w| w.monthly_spent_micros),
+            "monthly_limit_micros": w(|w| w.monthly_limit_micros),
+            "reserved_micros": w(|w| w.reserved_micros),
+        },
+        "time": {
+            "now": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "weekday": at.weekday().to_string(),
+            "hour": at.hour(),
+        },
+    })
+}

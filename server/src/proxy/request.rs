@@ -1,0 +1,253 @@
+//! What an agent asks AEGIS to do, parsed and bounded before any stage runs.
+//!
+//! Two doors lead here: `POST /api/proxy/execute` (a JSON description of the call)
+//! and gateway mode (`/api/gw/{connection}/…`, a raw HTTP request from an unmodified
+//! SDK). Both become one [`ProxyRequest`].
+
+use std::collections::BTreeMap;
+
+use app::error::AppError;
+use app::money::MAX_MICROS;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::policies::engine::canonical_json;
+use crate::storage::sha256_hex;
+
+pub const MAX_HEADERS: usize = 64;
+const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The body of `POST /api/proxy/execute`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    pub method: String,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub body_base64: Option<String>,
+    /// Name of a vault secret to inject.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The agent's own estimate of what the call costs.
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// A free label such as "github.create_issue", for policy and audit.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Follow redirects (each hop re-checked, at most 5). Off by default.
+    #[serde(default)]
+    pub follow_redirects: bool,
+}
+
+/// Which door a request came through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Execute,
+    Gateway { connection: String },
+}
+
+/// A validated request, the same for both doors.
+#[derive(Debug, Clone)]
+pub struct ProxyRequest {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    pub secret: Option<String>,
+    pub declared_cost_micros: i64,
+    /// A floor for the cost estimate set by the connection (gateway mode).
+    pub minimum_cost_micros: i64,
+    pub idempotency_key: Option<String>,
+    pub label: Option<String>,
+    pub follow_redirects: bool,
+    pub origin: Origin,
+}
+
+fn invalid(message: impl Into<String>) -> AppError {
+    AppError::new(422, "invalid_request", message)
+}
+
+pub fn parse_method(method: &str) -> Result<Method, AppError> {
+    let upper = method.trim().to_ascii_uppercase();
+    if !ALLOWED_METHODS.contains(&upper.as_str()) {
+        return Err(invalid(format!("method must be one of {}", ALLOWED_METHODS.join(", "))));
+    }
+    Method::from_bytes(upper.as_bytes()).map_err(|_| invalid("invalid method"))
+}
+
+pub fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), AppError> {
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
+    let value =
+        HeaderValue::from_str(value).map_err(|_| invalid(format!("invalid value for header {name}")))?;
+    Ok((name, value))
+}
+
+impl ExecuteRequest {
+    pub fn into_proxy_request(self, max_body_bytes: usize) -> Result<ProxyRequest, AppError> {
+        let method = parse_method(&self.method)?;
+        if self.url.trim().is_empty() {
+            return Err(invalid("url is required"));
+        }
+        if self.headers.len() > MAX_HEADERS {
+            return Err(invalid(format!("at most {MAX_HEADERS} headers")));
+        }
+        let headers = self.headers.iter().map(|(k, v)| parse_header(k, v)).collect::<Result<Vec<_>, _>>()?;
+        let body = match (self.body, self.body_base64) {
+            (Some(_), Some(_)) => return Err(invalid("send body or body_base64, not both")),
+            (Some(text), None) => Bytes::from(text),
+            (None, Some(b64)) => {
+                Bytes::from(B64.decode(b64.trim()).map_err(|_| invalid("body_base64 is not valid base64"))?)
+            }
+            (None, None) => Bytes::new(),
+        };
+        if body.len() > max_body_bytes {
+            return Err(AppError::new(
+                413,
+                "payload_too_large",
+                format!("body is larger than {max_body_bytes} bytes"),
+            ));
+        }
+        let cost = self.cost_micros.unwrap_or(0);
+        if !(0..=MAX_MICROS).contains(&cost) {
+            return Err(invalid("cost_micros must be between 0 and 10^15"));
+        }
+        let idempotency_key = self.idempotency_key.map(|k| k.trim().to_owned());
+        if let Some(k) = &idempotency_key
+            && (k.is_empty() || k.len() > 128 || k.chars().any(char::is_control))
+        {
+            return Err(invalid("idempotency_key must be 1 to 128 printable characters"));
+        }
+        let label = self.action.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty());
+        if label.as_ref().is_some_and(|l| l.len() > 100 || l.chars().any(char::is_control)) {
+            return Err(invalid("action must be at most 100 printable characters"));
+        }
+        let secret = self.secret.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        Ok(ProxyRequest {
+            method,
+            url: self.url.trim().to_owned(),
+            headers,
+            body,
+            secret,
+            declared_cost_micros: cost,
+            minimum_cost_micros: 0,
+            idempotency_key,
+            label,
+            follow_redirects: self.follow_redirects,
+            origin: Origin::Execute,
+        })
+    }
+}
+
+impl ProxyRequest {
+    /// Digest of what was asked: method, URL, header names and values, body digest.
+    /// Bodies and headers are never stored, only this hash.
+    pub fn request_hash(&self) -> String {
+        let mut headers: Vec<(String, String)> =
+            self.headers.iter().map(|(k, v)| (k.as_str().to_owned(), sha256_hex(v.as_bytes()))).collect();
+        headers.sort();
+        sha256_hex(
+            canonical_json(&json!({
+                "method": self.method.as_str(),
+                "url": self.url,
+                "headers": headers,
+                "body_sha256": sha256_hex(&self.body),
+                "secret": self.secret,
+                "cost_micros": self.declared_cost_micros,
+                "follow_redirects": self.follow_redirects,
+            }))
+            .as_bytes(),
+        )
+    }
+
+    pub fn header_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.headers.iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ExecuteRequest {
+        serde_json::from_value(json!({"method": "get", "url": "https://api.example.com/x"})).unwrap()
+    }
+
+    #[test]
+    fn parses_and_normalises() {
+        let mut r = base();
+        r.headers.insert("X-Trace".into(), "1".into());
+        r.body_base64 = Some(B64.encode([0u8, 159, 146, 150]));
+        let p = r.into_proxy_request(1024).unwrap();
+        assert_eq!(p.method, Method::GET);
+        assert_eq!(p.body.as_ref(), &[0u8, 159, 146, 150]);
+        assert_eq!(p.header_names(), vec!["x-trace"]);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut ExecuteRequest)>)> = vec![
+            ("method", Box::new(|r| r.method = "TRACE".into())),
+            ("method garbage", Box::new(|r| r.method = "G E T".into())),
+            ("empty url", Box::new(|r| r.url = " ".into())),
+            (
+                "header name",
+                Box::new(|r| {
+                    r.headers.insert("bad header".into(), "x".into());
+                }),
+            ),
+            (
+                "header value",
+                Box::new(|r| {
+                    r.headers.insert("x".into(), "a\r\nInjected: 1".into());
+                }),
+            ),
+            (
+                "both bodies",
+                Box::new(|r| {
+                    r.body = Some("a".into());
+                    r.body_base64 = Some("YQ==".into());
+                }),
+            ),
+            ("bad base64", Box::new(|r| r.body_base64 = Some("***".into()))),
+            ("negative cost", Box::new(|r| r.cost_micros = Some(-1))),
+            ("huge cost", Box::new(|r| r.cost_micros = Some(MAX_MICROS + 1))),
+            ("empty idempotency key", Box::new(|r| r.idempotency_key = Some(" ".into()))),
+            ("long idempotency key", Box::new(|r| r.idempotency_key = Some("k".repeat(129)))),
+        ];
+        for (name, mutate) in cases {
+            let mut r = base();
+            mutate(&mut r);
+            let err = r.into_proxy_request(1024).expect_err(name);
+            assert_eq!(err.status, 422, "{name}");
+        }
+        let mut big = base();
+        big.body = Some("x".repeat(2000));
+        assert_eq!(big.into_proxy_request(1024).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn request_hash_covers_what_was_asked() {
+        let a = base().into_proxy_request(1024).unwrap();
+        let mut b = a.clone();
+        assert_eq!(a.request_hash(), b.request_hash());
+        b.body = Bytes::from_static(b"x");
+        assert_ne!(a.request_hash(), b.request_hash());
+        let mut c = a.clone();
+        c.url.push('?');
+        assert_ne!(a.request_hash(), c.request_hash());
+    }
+}

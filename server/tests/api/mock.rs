@@ -1,0 +1,100 @@
+//! A mock upstream on a loopback port: what agents' calls reach in tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{any, get};
+use serde_json::{Value, json};
+
+pub struct MockUpstream {
+    pub base: String,
+    pub port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<Value> {
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or("<binary>"))))
+        .collect();
+    Json(json!({
+        "method": method.as_str(),
+        "path": uri.path(),
+        "query": uri.query(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    }))
+}
+
+/// Echoes the credential it received in a header and in the body, like a careless API.
+async fn leak(headers: HeaderMap, uri: Uri) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let query = uri.query().unwrap_or("").to_owned();
+    ([("x-echo-auth", auth.clone())], format!("you sent: {auth} / {query}")).into_response()
+}
+
+async fn status(Path(code): Path<u16>) -> Response {
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT), format!("status {code}")).into_response()
+}
+
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    "late"
+}
+
+async fn big(Query(q): Query<std::collections::HashMap<String, usize>>) -> Vec<u8> {
+    vec![b'x'; q.get("bytes").copied().unwrap_or(1 << 20)]
+}
+
+async fn binary() -> Vec<u8> {
+    vec![0, 159, 146, 150, 255]
+}
+
+async fn redirect(Query(q): Query<std::collections::HashMap<String, String>>) -> Redirect {
+    Redirect::temporary(q.get("to").map(String::as_str).unwrap_or("/echo"))
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route("/echo", any(echo))
+            .route("/echo/{*rest}", any(echo))
+            .route("/leak", any(leak))
+            .route("/status/{code}", any(status))
+            .route("/slow", get(slow))
+            .route("/big", get(big))
+            .route("/binary", get(binary))
+            .route("/redirect", get(redirect))
+            .route(
+                "/counted",
+                any({
+                    let hits = hits.clone();
+                    move || async move {
+                        let n = hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        Json(json!({"hit": n}))
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { base: format!("http://127.0.0.1:{port}"), port, hits }
+    }
+
+    /// How many times `/counted` was called.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
