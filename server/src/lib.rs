@@ -105,6 +105,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let leptos_options = leptos_options(&config);
     let services = build_services(config).await?;
     let app = http::router(http::AppState { leptos_options, services: services.clone() });
+    spawn_janitor(services.clone());
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await {
@@ -112,6 +113,22 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         }
     });
     Ok(Running { addr, services, task })
+}
+
+/// Releases budget holds whose calls never reported back (a crash mid-call), so
+/// a dead request cannot block an agent's wallet for ever.
+fn spawn_janitor(services: Arc<Services>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match services.wallets.release_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(released = n, "released expired budget holds"),
+                Err(e) => tracing::error!(error = %e.message, "could not release expired budget holds"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -28,6 +28,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
     },
+    /// Re-evaluate the decision recorded at audit seq N with the policy version
+    /// and input it cites; exits 1 if the verdict differs.
+    Replay {
+        #[arg(long)]
+        seq: i64,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -74,7 +80,7 @@ async fn main() -> std::process::ExitCode {
     // The audit commands print their result; logs stay quiet unless asked for.
     let default_filter = match command {
         Command::Serve | Command::Migrate => "info,sqlx=warn,sea_orm=warn",
-        Command::VerifyAudit { .. } | Command::Audit { .. } => "warn",
+        Command::VerifyAudit { .. } | Command::Audit { .. } | Command::Replay { .. } => "warn",
     };
     init_logging(config.log_format, default_filter);
     let result = match command {
@@ -83,6 +89,7 @@ async fn main() -> std::process::ExitCode {
         Command::VerifyAudit { checkpoint } => {
             return verify_audit(config, checkpoint.as_deref()).await;
         }
+        Command::Replay { seq } => return replay(config, seq).await,
         Command::Audit { command: AuditCommand::Checkpoint { out } } => {
             return audit_checkpoint(config, &out).await;
         }
@@ -195,4 +202,30 @@ async fn audit_checkpoint(config: Config, out: &Path) -> ExitCode {
         out.display()
     );
     ExitCode::SUCCESS
+}
+
+async fn replay(config: Config, seq: i64) -> ExitCode {
+    let data = match server::data_dir::DataDir::open(&config.data_dir) {
+        Ok(d) => d,
+        Err(e) => return error(e),
+    };
+    let url = server::db::resolve_url(config.database_url.as_deref(), data.path());
+    let db = match server::db::connect(&url).await {
+        Ok(db) => db,
+        Err(e) => return error(format!("database {}: {e}", server::config::redact_url(&url))),
+    };
+    let policies = server::policies::PolicyService::new(db.clone());
+    let engine = server::policies::engine::PolicyEngine::new();
+    match server::policies::replay::replay(&db, &policies, &engine, seq, None).await {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            if report.matches {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("aegis: replay of seq {seq} does NOT match the recorded decision");
+                ExitCode::from(EXIT_BROKEN)
+            }
+        }
+        Err(e) => error(format!("cannot replay seq {seq}: {}", e.message)),
+    }
 }

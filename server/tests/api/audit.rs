@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use server::audit::{AuditEntry, AuditLog, Checkpoint, record_hash};
 use uuid::Uuid;
 
-use crate::support::{Sponsor, TestServer};
+use crate::support::{Sponsor, TestServer, aegis};
 
 // ---------------------------------------------------------------- helpers
 
@@ -801,30 +801,6 @@ async fn two_processes_share_one_linear_chain() {
 }
 
 // ---------------------------------------------------------------- CLI
-
-struct CliOutput {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the `aegis` binary against the test server's data directory and database.
-async fn aegis(s: &TestServer, args: &[&str]) -> CliOutput {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_aegis"));
-    cmd.args(args)
-        .env_clear()
-        .current_dir(s.dir.path())
-        .env("AEGIS_DATA_DIR", &s.running.services.config.data_dir);
-    if let Some(url) = &s.running.services.config.database_url {
-        cmd.env("DATABASE_URL", url);
-    }
-    let out = cmd.output().await.expect("run aegis");
-    CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 #[tokio::test]
 async fn cli_verifies_and_exports_checkpoints() {

@@ -169,3 +169,27 @@ pub async fn read(resp: reqwest::Response) -> Response {
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Response { status, headers, body, text }
 }
+
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `aegis` binary against the test server's data directory and database.
+pub async fn aegis(s: &TestServer, args: &[&str]) -> CliOutput {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_aegis"));
+    cmd.args(args)
+        .env_clear()
+        .current_dir(s.dir.path())
+        .env("AEGIS_DATA_DIR", &s.running.services.config.data_dir);
+    if let Some(url) = &s.running.services.config.database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let out = cmd.output().await.expect("run aegis");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
