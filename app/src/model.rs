@@ -23,6 +23,7 @@ pub struct ClientMeta {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct UserView {
     pub id: Uuid,
     pub email: String,
@@ -31,6 +32,7 @@ pub struct UserView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
@@ -41,6 +43,7 @@ pub struct TokenPair {
 
 /// Answer to register, login and refresh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct AuthResponse {
     #[serde(flatten)]
     pub tokens: TokenPair,
@@ -48,6 +51,7 @@ pub struct AuthResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     pub email: String,
@@ -56,6 +60,7 @@ pub struct Registration {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     pub email: String,
@@ -63,12 +68,14 @@ pub struct Credentials {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     Active,
@@ -97,6 +104,7 @@ impl AgentStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct AgentView {
     pub id: Uuid,
     pub name: String,
@@ -120,20 +128,25 @@ pub struct AgentView {
 
 /// Returned once, when an agent is created: the only time its key is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct AgentCreated {
     pub agent: AgentView,
+    /// `aegis_` + 64 hex digits. Shown this once; only its SHA-256 is stored.
     pub api_key: String,
 }
 
 /// Returned once, when a key is rotated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct KeyRotated {
     pub agent_id: Uuid,
+    /// The new key, shown this once; every earlier key has stopped working.
     pub api_key: String,
     pub key_prefix: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     pub name: String,
@@ -152,6 +165,7 @@ pub struct NewAgent {
 
 /// A partial update: absent fields are left as they are; an empty description clears it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentPatch {
     #[serde(default)]
@@ -169,6 +183,7 @@ pub struct AgentPatch {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SuspendRequest {
     #[serde(default)]
@@ -176,6 +191,7 @@ pub struct SuspendRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct PolicySummary {
     pub id: Uuid,
     pub name: String,
@@ -185,31 +201,40 @@ pub struct PolicySummary {
 
 /// Keyset pagination: pass `next_cursor` back as `cursor` for the following page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct PageRequest {
+    /// Page size: 1 to 200 (larger values are capped, 0 counts as 1); 50 when absent.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// `next_cursor` from the previous page; absent for the first page.
     #[serde(default)]
     pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
 
 /// How a secret is put into a request: a header built from `format` (where
 /// `{secret}` stands for the value), or a query parameter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Injection {
     Header {
+        /// Header name, e.g. `Authorization`.
         header: String,
+        /// The header's value, `{secret}` standing for the secret; `{secret}` when absent.
         #[serde(default = "default_injection_format")]
         format: String,
     },
     QueryParam {
+        /// Query parameter name, e.g. `api_key`.
         query_param: String,
     },
 }
@@ -221,6 +246,7 @@ fn default_injection_format() -> String {
 /// A vault secret as sponsors see it: everything but the value, which is never
 /// shown again after it is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct SecretView {
     pub id: Uuid,
     pub name: String,
@@ -234,6 +260,7 @@ pub struct SecretView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewSecret {
     pub name: String,
@@ -246,6 +273,7 @@ pub struct NewSecret {
 
 /// Absent fields stay as they are; `value` rotates the secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SecretUpdate {
     #[serde(default)]
@@ -260,6 +288,7 @@ pub struct SecretUpdate {
 
 /// A named upstream for gateway mode: `/api/gw/{name}/…` forwards to `base_url`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct ConnectionView {
     pub id: Uuid,
     pub name: String,
@@ -273,6 +302,7 @@ pub struct ConnectionView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewConnection {
     pub name: String,
@@ -285,6 +315,7 @@ pub struct NewConnection {
 
 /// A policy with its current source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct PolicyView {
     pub id: Uuid,
     pub name: String,
@@ -298,6 +329,7 @@ pub struct PolicyView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewPolicy {
     pub name: String,
@@ -307,6 +339,7 @@ pub struct NewPolicy {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PolicyUpdate {
     #[serde(default)]

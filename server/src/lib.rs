@@ -106,10 +106,17 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let services = build_services(config).await?;
     let app = http::router(http::AppState { leptos_options, services: services.clone() });
     spawn_janitor(services.clone());
+    let audit = services.audit.clone();
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await {
             tracing::error!(error = %e, "server stopped with an error");
+        }
+        // A signed checkpoint of the final head, so truncation after shutdown shows.
+        match tokio::time::timeout(std::time::Duration::from_secs(30), audit.checkpoint()).await {
+            Ok(Ok(cp)) => tracing::info!(seq = cp.seq, "final audit checkpoint signed"),
+            Ok(Err(e)) => tracing::error!(error = %e.message, "final audit checkpoint failed"),
+            Err(_) => tracing::error!("final audit checkpoint timed out"),
         }
     });
     Ok(Running { addr, services, task })

@@ -179,7 +179,7 @@ impl AgentService {
         .insert(txn.conn())
         .await
         .map_err(|e| unique_or_internal(e, name_taken()))?;
-        let (day_window, month_window) = windows(at);
+        let (day_window, month_window) = crate::wallets::windows(at);
         wallets::ActiveModel {
             agent_id: Set(id),
             daily_limit_micros: Set(daily),
@@ -482,11 +482,6 @@ impl AgentService {
             })
             .collect())
     }
-}
-
-/// The calendar windows (UTC) a wallet's spend is counted in.
-fn windows(at: chrono::DateTime<chrono::Utc>) -> (String, String) {
-    (at.format("%Y-%m-%d").to_string(), at.format("%Y-%m").to_string())
 }
 
 async fn insert_key(

@@ -25,10 +25,11 @@ use entity::audit_checkpoints;
 use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
 use uuid::Uuid;
 
+pub use crate::storage::canonical_json;
 pub use chain::{AUDIT_LOCK_KEY, AuditTxn};
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use query::{AuditFilter, AuditQuery, AuditRecord};
-pub use record::{GENESIS_HASH, canonical_json, record_hash};
+pub use record::{GENESIS_HASH, record_hash};
 pub use verify::{CheckpointStatus, VerifyReport};
 
 use crate::config::Config;

@@ -17,14 +17,26 @@ pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 200;
 
 /// Query parameters as sent; everything is text so each bad value gets its own code.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only this agent's records (an agent id).
+    #[param(format = Uuid)]
     pub agent: Option<String>,
+    /// Record kind, e.g. `proxy.intent`, `proxy.outcome`, `proxy.denied`, `agent.created`.
     pub kind: Option<String>,
+    /// `allow`, `deny` or `error`.
     pub decision: Option<String>,
+    /// Inclusive start, RFC 3339 (e.g. `2026-01-31T12:00:00Z`).
+    #[param(format = DateTime)]
     pub from: Option<String>,
+    /// Exclusive end, RFC 3339.
+    #[param(format = DateTime)]
     pub to: Option<String>,
+    /// Page size, 1 to 200 (larger values are capped); 50 when absent.
+    #[param(value_type = Option<u64>, minimum = 1)]
     pub limit: Option<String>,
+    /// `next_cursor` from the previous page (a seq).
     pub cursor: Option<String>,
 }
 
@@ -152,7 +164,7 @@ impl AuditFilter {
 
 /// One record as the API shows it: every stored field, so anyone can recompute
 /// its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub seq: i64,
     pub id: Uuid,

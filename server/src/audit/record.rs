@@ -146,44 +146,6 @@ pub fn record_hash(r: &audit_events::Model) -> String {
     hex::encode(Sha256::digest(encode(r)))
 }
 
-/// Canonical JSON for `detail` and `policy_input`: object keys sorted, no
-/// insignificant whitespace, whatever serde_json's feature flags are.
-pub fn canonical_json(value: &serde_json::Value) -> String {
-    use serde_json::Value;
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&map[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            scalar => out.push_str(&scalar.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(value, &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +296,7 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_is_compact() {
+        use crate::storage::canonical_json;
         let v = serde_json::json!({"b": 1, "a": {"d": [1, "x"], "c": null}, "é": "\"q\""});
         assert_eq!(canonical_json(&v), r#"{"a":{"c":null,"d":[1,"x"]},"b":1,"é":"\"q\""}"#);
     }

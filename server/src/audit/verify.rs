@@ -19,7 +19,7 @@ use super::checkpoint::Checkpoint;
 use super::record::{GENESIS_HASH, record_hash};
 use crate::storage::internal;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub valid: bool,
     /// Records that verified, from seq 1 on (the whole chain when valid).
@@ -38,7 +38,7 @@ pub struct VerifyReport {
     pub checkpoint: Option<CheckpointStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CheckpointStatus {
     pub seq: i64,
     pub head_hash: String,

@@ -3,7 +3,8 @@
 
 use app::backend::Backend;
 use app::model::{
-    AgentPatch, Credentials, NewAgent, PageRequest, RefreshRequest, Registration, SuspendRequest,
+    AgentCreated, AgentPatch, AgentView, AuthResponse, Credentials, KeyRotated, NewAgent, Page, PageRequest,
+    RefreshRequest, Registration, SuspendRequest, UserView,
 };
 use axum::Json;
 use axum::extract::State;
@@ -15,7 +16,18 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiResult;
 use super::extract::{Agent, ApiJson, ApiPath, ApiQuery, ClientMetaExt, Sponsor};
+use super::openapi::{AgentSelf, ErrorBody};
 
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth",
+    summary = "Create a sponsor account and sign in",
+    description = "Emails are trimmed and lower-cased. Passwords need at least 10 characters from at least two classes (lower, upper, digit, symbol). Registering counts against the per-address sign-in throttle.",
+    request_body = Registration,
+    responses(
+        (status = 201, description = "Signed in: a token pair and the new user", body = AuthResponse),
+        (status = 409, description = "`email_taken`: an account with this email exists", body = ErrorBody),
+        (status = 422, description = "`weak_password`: the password is too short, too long or too simple\n`validation_failed`: the email or name is not acceptable", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this address", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 pub async fn register(
     State(s): State<AppState>,
     ClientMetaExt(client): ClientMetaExt,
@@ -24,6 +36,15 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(s.services.register(input, client).await?)))
 }
 
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    summary = "Sign in",
+    description = "Unknown email and wrong password get the same answer, in the same time. 5 failures per email and 50 attempts per address within 15 minutes are allowed.",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in", body = AuthResponse),
+        (status = 401, description = "`invalid_credentials`: wrong email or password (or a disabled account)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts for this email or address", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 pub async fn login(
     State(s): State<AppState>,
     ClientMetaExt(client): ClientMetaExt,
@@ -32,6 +53,14 @@ pub async fn login(
     Ok(Json(s.services.login(input, client).await?))
 }
 
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth",
+    summary = "Exchange a refresh token for a new pair",
+    description = "Refresh tokens are single-use. Presenting a rotated one again means it leaked: the whole session is revoked.",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair (the old refresh token stops working)", body = AuthResponse),
+        (status = 401, description = "`invalid_refresh_token`: invalid, expired or revoked\n`refresh_token_reused`: already used; the session has been revoked", body = ErrorBody),
+    ))]
 pub async fn refresh(
     State(s): State<AppState>,
     ClientMetaExt(client): ClientMetaExt,
@@ -40,15 +69,33 @@ pub async fn refresh(
     Ok(Json(Backend::refresh(&*s.services, &input.refresh_token, client).await?))
 }
 
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    summary = "Sign out",
+    description = "Ends the session: its refresh token and every access token issued in it stop working at once.",
+    security(("sponsor_token" = [])),
+    responses((status = 204, description = "Signed out")))]
 pub async fn logout(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiResult<impl IntoResponse> {
     s.services.logout(&sponsor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth",
+    summary = "The signed-in sponsor",
+    security(("sponsor_token" = [])),
+    responses((status = 200, description = "The user", body = UserView)))]
 pub async fn me(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.current_user(&sponsor).await?))
 }
 
+#[utoipa::path(get, path = "/api/agents", tag = "agents",
+    summary = "List your live agents",
+    description = "Newest first, keyset-paginated: pass `next_cursor` back as `cursor`. Deleted agents are not listed.",
+    params(PageRequest),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "One page of agents", body = Page<AgentView>),
+        (status = 400, description = "`invalid_cursor`: not a cursor this API returned", body = ErrorBody),
+    ))]
 pub async fn list_agents(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
@@ -57,6 +104,16 @@ pub async fn list_agents(
     Ok(Json(s.services.list_agents(&sponsor, page).await?))
 }
 
+#[utoipa::path(post, path = "/api/agents", tag = "agents",
+    summary = "Create an agent and its first key",
+    description = "The key is in the answer and never shown again. `policy` is a policy name (the built-in `default` when absent); limits are micro-units, 0 = no limit.",
+    request_body = NewAgent,
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 201, description = "The agent and its key", body = AgentCreated),
+        (status = 409, description = "`agent_name_taken`: you have a live agent with this name", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a field is out of bounds\n`unknown_policy`: no policy with this name", body = ErrorBody),
+    ))]
 pub async fn create_agent(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
@@ -65,6 +122,15 @@ pub async fn create_agent(
     Ok((StatusCode::CREATED, Json(s.services.create_agent(&sponsor, input).await?)))
 }
 
+#[utoipa::path(get, path = "/api/agents/{id}", tag = "agents",
+    summary = "One agent",
+    description = "Also after deletion, with status `revoked`.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+    ))]
 pub async fn get_agent(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
@@ -73,6 +139,18 @@ pub async fn get_agent(
     Ok(Json(s.services.get_agent(&sponsor, id).await?))
 }
 
+#[utoipa::path(patch, path = "/api/agents/{id}", tag = "agents",
+    summary = "Change an agent",
+    description = "Absent fields stay as they are; `\"\"` clears the description.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    request_body = AgentPatch,
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The updated agent", body = AgentView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+        (status = 409, description = "`agent_name_taken`: you have another live agent with this name\n`agent_revoked`: the agent was deleted", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a field is out of bounds\n`unknown_policy`: no policy with this name", body = ErrorBody),
+    ))]
 pub async fn update_agent(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
@@ -82,6 +160,16 @@ pub async fn update_agent(
     Ok(Json(s.services.update_agent(&sponsor, id, patch).await?))
 }
 
+#[utoipa::path(post, path = "/api/agents/{id}/keys", tag = "agents",
+    summary = "Issue a new key",
+    description = "Every earlier key of the agent stops working.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 201, description = "The new key, shown this once", body = KeyRotated),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+        (status = 409, description = "`agent_revoked`: the agent was deleted", body = ErrorBody),
+    ))]
 pub async fn rotate_agent_key(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
@@ -90,6 +178,18 @@ pub async fn rotate_agent_key(
     Ok((StatusCode::CREATED, Json(s.services.rotate_agent_key(&sponsor, id).await?)))
 }
 
+#[utoipa::path(post, path = "/api/agents/{id}/suspend", tag = "agents",
+    summary = "Suspend an agent",
+    description = "A suspended agent's calls are denied at stage `breaker`. The body is optional; the reason is kept (at most 500 characters). Suspending a suspended agent changes nothing.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    request_body(content = Option<SuspendRequest>, description = "Optional: `{\"reason\": \"…\"}` or an empty body", content_type = "application/json"),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The agent, status `suspended`", body = AgentView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+        (status = 409, description = "`agent_revoked`: the agent was deleted", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: the body is not valid JSON of this shape", body = ErrorBody),
+    ))]
 /// The body is optional: `{"reason": "..."}` or nothing at all.
 pub async fn suspend_agent(
     State(s): State<AppState>,
@@ -106,6 +206,15 @@ pub async fn suspend_agent(
     Ok(Json(s.services.suspend_agent(&sponsor, id, request.reason).await?))
 }
 
+#[utoipa::path(post, path = "/api/agents/{id}/resume", tag = "agents",
+    summary = "Resume a suspended agent",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The agent, status `active`", body = AgentView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+        (status = 409, description = "`agent_revoked`: the agent was deleted", body = ErrorBody),
+    ))]
 pub async fn resume_agent(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
@@ -114,6 +223,15 @@ pub async fn resume_agent(
     Ok(Json(s.services.resume_agent(&sponsor, id).await?))
 }
 
+#[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents",
+    summary = "Delete (revoke) an agent",
+    description = "Status becomes `revoked` and its keys stop working; its history is kept and its name is free again. Deleting twice is harmless.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The agent, status `revoked`", body = AgentView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+    ))]
 pub async fn delete_agent(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
@@ -122,6 +240,15 @@ pub async fn delete_agent(
     Ok(Json(s.services.delete_agent(&sponsor, id).await?))
 }
 
+#[utoipa::path(get, path = "/api/agent/me", tag = "agent",
+    summary = "Who am I (for an agent)",
+    description = "Proves the agent's key works and shows its standing.",
+    security(("agent_key" = []), ("agent_api_key" = [])),
+    responses(
+        (status = 200, description = "The calling agent", body = AgentSelf),
+        (status = 401, description = "`unauthorized`: no key sent\n`invalid_api_key`: unknown or revoked key", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+    ))]
 /// Who am I, for an agent: proves its key works and shows its standing.
 pub async fn agent_self(State(s): State<AppState>, Agent(principal): Agent) -> ApiResult<impl IntoResponse> {
     let view = s.services.agents.views(vec![principal.agent]).await?.remove(0);

@@ -10,8 +10,19 @@ use http::{HeaderValue, header};
 use super::AppState;
 use super::error::ApiResult;
 use super::extract::{ApiQuery, Sponsor};
-use crate::audit::AuditQuery;
+use super::openapi::ErrorBody;
+use crate::audit::{AuditQuery, AuditRecord, VerifyReport};
+use app::model::Page;
 
+#[utoipa::path(get, path = "/api/audit", tag = "audit",
+    summary = "Read your audit log",
+    description = "Your records only, newest first, keyset-paginated by seq: pass `next_cursor` back as `cursor`. Every stored field is returned, so anyone can recompute a record's hash.",
+    params(AuditQuery),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "One page of records", body = Page<AuditRecord>),
+        (status = 400, description = "`invalid_agent`, `invalid_kind`, `invalid_decision`, `invalid_from`, `invalid_to`, `invalid_range`, `invalid_limit`, `invalid_cursor`: that parameter is malformed", body = ErrorBody),
+    ))]
 /// `GET /api/audit?agent=&kind=&decision=&from=&to=&limit=&cursor=`
 pub async fn list(
     State(s): State<AppState>,
@@ -22,6 +33,15 @@ pub async fn list(
     Ok(Json(s.services.audit.list(&filter, limit).await?))
 }
 
+#[utoipa::path(get, path = "/api/audit/export.csv", tag = "audit",
+    summary = "Export your audit log as CSV",
+    description = "Same filters as the list; `limit` is ignored: every matching record (below `cursor`, when given). Streamed; columns are the record's fields in order.",
+    params(AuditQuery),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "`text/csv` attachment `aegis-audit.csv`", content_type = "text/csv", body = String),
+        (status = 400, description = "`invalid_agent`, `invalid_kind`, `invalid_decision`, `invalid_from`, `invalid_to`, `invalid_range`, `invalid_limit`, `invalid_cursor`: that parameter is malformed", body = ErrorBody),
+    ))]
 /// `GET /api/audit/export.csv` with the same filters; streamed chunk by chunk.
 pub async fn export_csv(
     State(s): State<AppState>,
@@ -41,6 +61,11 @@ pub async fn export_csv(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/api/audit/verify", tag = "audit",
+    summary = "Verify the hash chain",
+    description = "Walks the whole chain (every sponsor's records) and every signed checkpoint: seqs without gaps, each record's hash, each `prev_hash` link, each checkpoint's signature and head.",
+    security(("sponsor_token" = [])),
+    responses((status = 200, description = "The verdict (`valid: false` with `first_bad_seq` and `reason` when broken)", body = VerifyReport)))]
 /// `GET /api/audit/verify`: `{valid, checked, first_bad_seq?, reason?, checkpoint?}`.
 pub async fn verify(State(s): State<AppState>, Sponsor(_): Sponsor) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.audit.verify(None).await?))

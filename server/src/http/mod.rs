@@ -1,11 +1,14 @@
 //! HTTP surface: the JSON API under `/api`, the dashboard (pages and `/rpc` server
-//! functions) everywhere else, and `/healthz`.
+//! functions) everywhere else, `/healthz`, and the API's documentation
+//! (`/api/openapi.json`, `/docs`).
 
 pub mod api;
 pub mod audit;
 pub mod browser;
+pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod proxy;
 pub mod vault;
 
@@ -35,8 +38,11 @@ pub struct AppState {
     pub services: Arc<Services>,
 }
 
+// Every route below is documented in the OpenAPI spec (`openapi.rs`, and an annotation
+// on its handler) and listed in `ROUTES` in `server/tests/api/docs.rs`: update all three.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/auth/register", post(api::register))
         .route("/auth/login", post(api::login))
         .route("/auth/refresh", post(api::refresh))
@@ -87,7 +93,8 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .nest("/api", api)
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
+        .route("/docs", get(docs::page))
         .merge(dashboard)
         .layer(middleware::from_fn_with_state(state.clone(), attach_client_meta))
         .layer(CatchPanicLayer::custom(|_| {
@@ -95,6 +102,13 @@ pub fn router(state: AppState) -> Router {
             ApiError(AppError::internal()).into_response()
         }))
         .with_state(state)
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    summary = "Liveness",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object)))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
 }
 
 /// Records where each request came from, once, for every handler that needs it.

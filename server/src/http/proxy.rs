@@ -11,6 +11,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Agent, ApiJson};
+use super::openapi::{ErrorBody, ExecuteAllowed, ExecuteDenied, ExecuteFailed};
 use crate::proxy::request::{ExecuteRequest, Origin, ProxyRequest};
 use crate::proxy::{self, upstream};
 
@@ -29,6 +30,28 @@ fn auth_denied(e: ApiError) -> Response {
     response
 }
 
+#[utoipa::path(post, path = "/api/proxy/execute", tag = "proxy",
+    summary = "Perform an HTTP call through AEGIS",
+    description = super::openapi::text::EXECUTE,
+    request_body = ExecuteRequest,
+    security(("agent_key" = []), ("agent_api_key" = [])),
+    responses(
+        (status = 200, description = "`decision: allow`: the call was performed; `upstream` holds its answer (an upstream 4xx/5xx is still a 200 from AEGIS). A replayed idempotency key adds `replayed: true`.",
+            body = ExecuteAllowed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
+        (status = 401, description = "`decision: deny`, `stage: auth`: no key, or an unknown or revoked key (`error.code` is `unauthorized` or `invalid_api_key`). Nothing is audited.",
+            body = ExecuteDenied, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`decision: deny` at `stage` `breaker`, `policy`, `approval`, `egress`, `secret` or `budget`; audited, nothing was sent upstream. Budget denials add `daily_remaining_micros`, `monthly_remaining_micros` and `cost_micros`.",
+            body = ExecuteDenied, headers(("x-request-id" = String, description = "Same as `request_id`"))),
+        (status = 409, description = "`idempotency_in_progress`: a request with this `idempotency_key` is still running", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the decoded body is larger than the proxy's limit", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: bad method, URL, header, body, cost, key or label\n`idempotency_key_reused`: this key was used for a different request", body = ErrorBody),
+        (status = 502, description = "`decision: error`, `stage: upstream`: unreachable, failed or answered too much. The budget hold was released; the attempt is audited.",
+            body = ExecuteFailed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
+        (status = 503, description = "`decision: error`, `stage: storage`: the database is unavailable; nothing was performed (`audit_seq` is null). Safe to retry with the same `idempotency_key`.",
+            body = ExecuteFailed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
+        (status = 504, description = "`decision: error`, `stage: upstream`: the upstream timed out",
+            body = ExecuteFailed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
+    ))]
 pub async fn execute(
     State(s): State<AppState>,
     agent: Result<Agent, ApiError>,
@@ -64,6 +87,27 @@ pub async fn execute(
 const GATEWAY_DROP: &[&str] =
     &["authorization", "x-api-key", "cookie", "host", "content-length", "accept-encoding"];
 
+#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/api/gw/{connection}/{path}", tag = "proxy",
+    summary = "Gateway mode: a transparent proxy for unmodified SDKs",
+    description = super::openapi::text::GATEWAY,
+    params(
+        ("connection" = String, Path, description = "Name of one of your sponsor's connections"),
+        ("path" = String, Path, description = "The rest of the upstream path (may contain `/`); the query string is forwarded too"),
+        ("x-aegis-cost-micros" = Option<i64>, Header, description = "Declared cost of this call in micro-units (the connection's `cost_micros` is the minimum)"),
+    ),
+    security(("agent_key" = []), ("agent_api_key" = [])),
+    responses(
+        (status = "default", description = "Allowed and performed: the upstream's own status, headers and body, with the secret scrubbed and hop-by-hop headers removed.",
+            headers(("x-aegis-request-id" = String, description = "AEGIS's request id, for the audit log"))),
+        (status = 401, description = "`decision: deny`, `stage: auth`: no key, or an unknown or revoked key",
+            body = ExecuteDenied, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`decision: deny` at a pipeline stage (as for execute)", body = ExecuteDenied),
+        (status = 404, description = "`not_found`: no connection with this name", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is larger than the proxy's limit", body = ErrorBody),
+        (status = 502, description = "`decision: error`, `stage: upstream`: unreachable, failed or answered too much", body = ExecuteFailed),
+        (status = 503, description = "`decision: error`, `stage: storage`: nothing was performed", body = ExecuteFailed),
+        (status = 504, description = "`decision: error`, `stage: upstream`: timed out", body = ExecuteFailed),
+    ))]
 /// `ANY /api/gw/{connection}/{*path}`: a transparent reverse proxy for unmodified
 /// SDKs, through the same pipeline, with the connection's secret swapped in.
 pub async fn gateway(

@@ -16,7 +16,7 @@ use std::time::Duration;
 use regorus::{CompiledPolicy, Engine, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::sha256_hex;
+use crate::storage::{canonical_json, sha256_hex};
 
 /// Longest a single evaluation may run before it is cut off (and denied).
 pub const EVAL_TIME_LIMIT: Duration = Duration::from_millis(50);
@@ -39,7 +39,7 @@ result := {"decision": data.aegis.decision, "reasons": reasons, "forward_credent
 "#;
 const ENTRY_RULE: &str = "data.aegis_entry.result";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Allow,
@@ -107,29 +107,6 @@ pub fn compile(source: &str) -> Result<CompiledPolicy, String> {
         .map_err(|e| format!("the policy must define `decision`: {e}"))?;
     engine.add_policy("aegis_entry.rego".into(), ENTRY_MODULE.to_owned()).map_err(|e| e.to_string())?;
     engine.compile_with_entrypoint(&ENTRY_RULE.into()).map_err(|e| e.to_string())
-}
-
-/// JSON with object keys sorted at every level: the same input always has the same
-/// bytes, so its digest identifies it.
-pub fn canonical_json(value: &serde_json::Value) -> String {
-    fn sorted(v: &serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                let mut out = serde_json::Map::new();
-                for k in keys {
-                    out.insert(k.clone(), sorted(&map[k]));
-                }
-                serde_json::Value::Object(out)
-            }
-            serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    // serde_json keeps insertion order only with `preserve_order`; inserting sorted
-    // keys gives sorted output either way.
-    serde_json::to_string(&sorted(value)).unwrap_or_default()
 }
 
 impl PolicyEngine {
@@ -280,11 +257,5 @@ decision := "allow" if {
         let c = engine.evaluate(DEFAULT, &input("GET", 501, 0));
         assert_ne!(a.input_sha256, c.input_sha256);
         assert_eq!(a.policy_sha256, sha256_hex(DEFAULT.as_bytes()));
-    }
-
-    #[test]
-    fn canonical_json_sorts_keys_everywhere() {
-        let v = json!({"b": 1, "a": {"d": [ {"y": 1, "x": 2} ], "c": null}});
-        assert_eq!(canonical_json(&v), r#"{"a":{"c":null,"d":[{"x":2,"y":1}]},"b":1}"#);
     }
 }

@@ -13,7 +13,7 @@ use super::PolicyService;
 use super::engine::{Decision, PolicyEngine};
 use crate::storage::internal;
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReplayReport {
     pub seq: i64,
     pub policy_sha256: String,

@@ -28,15 +28,15 @@ use uuid::Uuid;
 use crate::agents::AgentPrincipal;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::policies::PolicyService;
-use crate::policies::engine::{Decision, PolicyEngine, canonical_json};
+use crate::policies::engine::{Decision, PolicyEngine};
 use crate::secrets::SecretService;
-use crate::storage::now;
+use crate::storage::{canonical_json, now};
 use crate::wallets::{Reservation, WalletService};
 use egress::EgressGuard;
 use request::ProxyRequest;
 use upstream::{Upstream, UpstreamError, UpstreamResponse};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Auth,

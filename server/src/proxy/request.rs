@@ -15,22 +15,29 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::policies::engine::canonical_json;
-use crate::storage::sha256_hex;
+use crate::storage::{canonical_json, sha256_hex};
 
 pub const MAX_HEADERS: usize = 64;
 const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// The body of `POST /api/proxy/execute`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
+    /// GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS (any case).
+    #[schema(example = "POST")]
     pub method: String,
+    /// Absolute `http`/`https` URL of the upstream call.
+    #[schema(example = "https://api.github.com/repos/o/r/issues")]
     pub url: String,
+    /// Request headers (at most 64). The agent's own `Authorization`/`Cookie` are
+    /// dropped unless the policy sets `forward_credentials`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The body as text. Send binary as `body_base64` instead (not both).
     #[serde(default)]
     pub body: Option<String>,
+    /// The body, base64-encoded.
     #[serde(default)]
     pub body_base64: Option<String>,
     /// Name of a vault secret to inject.
@@ -39,6 +46,7 @@ pub struct ExecuteRequest {
     /// The agent's own estimate of what the call costs.
     #[serde(default)]
     pub cost_micros: Option<i64>,
+    /// 1 to 128 printable characters. Replaying it returns the first answer.
     #[serde(default)]
     pub idempotency_key: Option<String>,
     /// A free label such as "github.create_issue", for policy and audit.
@@ -199,7 +207,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ExecuteRequest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut ExecuteRequest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("method", Box::new(|r| r.method = "TRACE".into())),
             ("method garbage", Box::new(|r| r.method = "G E T".into())),
             ("empty url", Box::new(|r| r.url = " ".into())),
