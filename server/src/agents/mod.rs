@@ -221,7 +221,10 @@ impl AgentService {
     /// Live agents, newest first. Ids are UUIDv7, so ordering by id is creation order
     /// and the last id of a page is the cursor for the next.
     pub async fn list(&self, sponsor_id: Uuid, page: PageRequest) -> Result<Page<AgentView>, AppError> {
-        let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let limit = match page.limit {
+            Some(0) => return Err(AppError::bad_request("invalid_limit", "limit must be at least 1")),
+            limit => limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE),
+        };
         let mut query = agents::Entity::find()
             .filter(agents::Column::SponsorId.eq(sponsor_id))
             .filter(agents::Column::DeletedAt.is_null())

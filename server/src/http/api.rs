@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiResult;
-use super::extract::{Agent, ApiJson, ApiPath, ApiQuery, ClientMetaExt, Sponsor};
+use super::extract::{Agent, ApiJson, ApiPath, ApiQuery, ClientMetaExt, OptionalJson, Sponsor};
 use super::openapi::{AgentSelf, ErrorBody};
 
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth",
@@ -188,21 +188,17 @@ pub async fn rotate_agent_key(
         (status = 200, description = "The agent, status `suspended`", body = AgentView),
         (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
         (status = 409, description = "`agent_revoked`: the agent was deleted", body = ErrorBody),
-        (status = 422, description = "`invalid_request`: the body is not valid JSON of this shape", body = ErrorBody),
+        (status = 400, description = "`invalid_json`: the body is not JSON", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: the body is not JSON of this shape", body = ErrorBody),
     ))]
 /// The body is optional: `{"reason": "..."}` or nothing at all.
 pub async fn suspend_agent(
     State(s): State<AppState>,
     Sponsor(sponsor): Sponsor,
     ApiPath(id): ApiPath<Uuid>,
-    body: axum::body::Bytes,
+    OptionalJson(request): OptionalJson<SuspendRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let request: SuspendRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        SuspendRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| app::error::AppError::new(422, "invalid_request", format!("invalid body: {e}")))?
-    };
     Ok(Json(s.services.suspend_agent(&sponsor, id, request.reason).await?))
 }
 

@@ -28,6 +28,24 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
+/// A JSON body that may be left out entirely: no body means `T::default()`. A body
+/// that is present is checked exactly like [`ApiJson`].
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let empty = !headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+        if empty {
+            return Ok(Self(T::default()));
+        }
+        ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| Self(v))
+    }
+}
+
 fn json_rejection(r: JsonRejection) -> AppError {
     match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::new(413, "payload_too_large", "request body is too large"),

@@ -73,6 +73,8 @@ pub fn router(state: AppState) -> Router {
     let proxy_body_limit = state.services.config.proxy_max_body_bytes / 3 * 4 + 64 * 1024;
     let agents_doors = Router::new()
         .route("/proxy/execute", post(proxy::execute))
+        .route("/gw/{connection}", axum::routing::any(proxy::gateway_root))
+        .route("/gw/{connection}/", axum::routing::any(proxy::gateway_root))
         .route("/gw/{connection}/{*path}", axum::routing::any(proxy::gateway))
         .layer(DefaultBodyLimit::max(proxy_body_limit));
     let api = api.merge(agents_doors);

@@ -48,6 +48,7 @@ use crate::proxy::Stage;
         super::api::agent_self,
         super::proxy::execute,
         super::proxy::gateway,
+        super::proxy::gateway_root,
         super::vault::list_policies,
         super::vault::create_policy,
         super::vault::get_policy,

@@ -17,15 +17,32 @@ use crate::proxy::{self, upstream};
 
 /// Authentication failures answer in the pipeline's shape too, so an agent can
 /// always read `decision` and `stage`.
+/// Unauthenticated callers are not written to the audit log (anyone could flood
+/// it), so `audit_seq` is null; the request id still identifies the attempt in logs.
 fn auth_denied(e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.0.status).unwrap_or(StatusCode::UNAUTHORIZED);
+    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    tracing::info!(request = %request_id, code = %e.0.code, "agent authentication failed");
     let body = json!({
+        "request_id": request_id, "audit_seq": null,
         "decision": "deny", "stage": "auth", "reason": e.0.message,
         "error": {"code": e.0.code, "message": e.0.message},
     });
     let mut response = (status, Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    with_request_id(response, &request_id)
+}
+
+fn with_request_id(response: Response, request_id: &str) -> Response {
+    tagged(response, "x-request-id", request_id)
+}
+
+/// Gateway answers are the upstream's; AEGIS's id goes in a header of its own.
+fn tagged(mut response: Response, name: &'static str, request_id: &str) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(HeaderName::from_static(name), v);
     }
     response
 }
@@ -72,12 +89,9 @@ pub async fn execute(
     match s.services.proxy.run(&principal, request).await {
         Ok(result) => {
             let (status, body) = result.to_json();
-            let mut response =
+            let response =
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(body)).into_response();
-            if let Ok(v) = header::HeaderValue::from_str(&result.request_id) {
-                response.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
-            }
-            response
+            with_request_id(response, &result.request_id)
         }
         Err(e) => ApiError(e).into_response(),
     }
@@ -116,6 +130,37 @@ pub async fn gateway(
     Path((connection, path)): Path<(String, String)>,
     request: Request,
 ) -> Response {
+    forward(s, agent, connection, format!("/{path}"), request).await
+}
+
+#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/api/gw/{connection}", tag = "proxy",
+    summary = "Gateway mode, at the connection's base URL itself",
+    description = "Exactly like `/api/gw/{connection}/{path}` with an empty path.",
+    params(("connection" = String, Path, description = "Name of one of your sponsor's connections")),
+    security(("agent_key" = []), ("agent_api_key" = [])),
+    responses(
+        (status = "default", description = "As for `/api/gw/{connection}/{path}`"),
+        (status = 401, description = "`decision: deny`, `stage: auth`", body = ExecuteDenied),
+        (status = 404, description = "`not_found`: no connection with this name", body = ErrorBody),
+    ))]
+/// `ANY /api/gw/{connection}`: the connection's base URL itself.
+pub async fn gateway_root(
+    State(s): State<AppState>,
+    agent: Result<Agent, ApiError>,
+    Path(connection): Path<String>,
+    request: Request,
+) -> Response {
+    let suffix = if request.uri().path().ends_with('/') { "/" } else { "" };
+    forward(s, agent, connection, suffix.to_owned(), request).await
+}
+
+async fn forward(
+    s: AppState,
+    agent: Result<Agent, ApiError>,
+    connection: String,
+    suffix: String,
+    request: Request,
+) -> Response {
     let Agent(principal) = match agent {
         Ok(a) => a,
         Err(e) => return auth_denied(e),
@@ -136,7 +181,7 @@ pub async fn gateway(
                 .into_response();
         }
     };
-    let mut url = format!("{}/{}", conn.base_url.trim_end_matches('/'), path.trim_start_matches('/'));
+    let mut url = format!("{}{suffix}", conn.base_url.trim_end_matches('/'));
     if let Some(q) = parts.uri.query() {
         url.push('?');
         url.push_str(q);
@@ -146,15 +191,32 @@ pub async fn gateway(
         .filter_map(|(name, value)| name.map(|n| (n, value)))
         .filter(|(name, _)| !GATEWAY_DROP.contains(&name.as_str()) && !name.as_str().starts_with("x-aegis-"))
         .collect();
-    let declared = parts
-        .headers
-        .get("x-aegis-cost-micros")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
-        .filter(|c| (0..=app::money::MAX_MICROS).contains(c))
-        .unwrap_or(0);
+    // The same methods as the execute door: no TRACE, no CONNECT.
+    let method = match crate::proxy::request::parse_method(parts.method.as_str()) {
+        Ok(m) => m,
+        Err(_) => {
+            return ApiError(AppError::new(
+                405,
+                "method_not_allowed",
+                "method not allowed through the gateway",
+            ))
+            .into_response();
+        }
+    };
+    let declared = match parts.headers.get("x-aegis-cost-micros").map(|v| v.to_str().map(str::parse::<i64>)) {
+        None => 0,
+        Some(Ok(Ok(c))) if (0..=app::money::MAX_MICROS).contains(&c) => c,
+        Some(_) => {
+            return ApiError(AppError::new(
+                422,
+                "invalid_request",
+                "x-aegis-cost-micros must be a whole number of micro-units between 0 and 10^15",
+            ))
+            .into_response();
+        }
+    };
     let request = ProxyRequest {
-        method: parts.method.clone(),
+        method,
         url,
         headers,
         body,
@@ -178,14 +240,13 @@ pub async fn gateway(
             for (name, value) in upstream_headers.iter() {
                 headers.append(name.clone(), value.clone());
             }
-            if let Ok(v) = header::HeaderValue::from_str(&result.request_id) {
-                headers.insert(HeaderName::from_static("x-aegis-request-id"), v);
-            }
-            response
+            tagged(response, "x-aegis-request-id", &result.request_id)
         }
         None => {
             let (status, body) = result.to_json();
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), Json(body)).into_response()
+            let response =
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), Json(body)).into_response();
+            tagged(response, "x-aegis-request-id", &result.request_id)
         }
     }
 }

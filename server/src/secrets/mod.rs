@@ -249,8 +249,24 @@ impl SecretService {
         self.get(sponsor_id, id).await
     }
 
+    /// Refused while a connection uses the secret: deleting it would silently send
+    /// that connection's calls upstream without credentials.
     pub async fn delete(&self, sponsor_id: Uuid, id: Uuid) -> Result<(), AppError> {
         self.owned(sponsor_id, id).await?;
+        let users: Vec<String> = entity::connections::Entity::find()
+            .filter(entity::connections::Column::SecretId.eq(id))
+            .all(&self.db)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(AppError::conflict(
+                "secret_in_use",
+                format!("connections use this secret: {}; delete them first", users.join(", ")),
+            ));
+        }
         secrets::Entity::delete_by_id(id).exec(&self.db).await.map_err(internal)?;
         Ok(())
     }

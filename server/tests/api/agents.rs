@@ -183,6 +183,10 @@ async fn pagination_walks_every_agent_once() {
     assert_eq!(seen, ["agent-4", "agent-3", "agent-2", "agent-1", "agent-0"], "newest first, each once");
     let bad = s.get("/api/agents?cursor=garbage", &sponsor.access).await;
     assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_cursor"));
+    let bad = s.get("/api/agents?limit=0", &sponsor.access).await;
+    assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_limit"));
+    let capped = s.get("/api/agents?limit=100000", &sponsor.access).await;
+    assert_eq!(capped.body["items"].as_array().unwrap().len(), 5, "large limits are capped, not refused");
     let bad = s.get("/api/agents?limit=lots", &sponsor.access).await;
     assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_query"));
 }

@@ -47,6 +47,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/audit/export.csv"),
     ("GET", "/api/audit/verify"),
     ("POST", "/api/proxy/execute"),
+    ("ANY", "/api/gw/{connection}"),
     ("ANY", "/api/gw/{connection}/{path}"),
 ];
 

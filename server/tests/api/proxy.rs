@@ -61,6 +61,8 @@ async fn agents_must_authenticate() {
     let s = TestServer::start().await;
     let r = s.post("/api/proxy/execute", None, json!({"method": "GET", "url": "https://example.com"})).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body["request_id"].as_str().unwrap().starts_with("req_"));
+    assert_eq!(r.headers["x-request-id"].to_str().unwrap(), r.body["request_id"].as_str().unwrap());
     assert_eq!((r.body["decision"].as_str(), r.body["stage"].as_str()), (Some("deny"), Some("auth")));
     let r = s
         .post(
@@ -528,6 +530,47 @@ async fn gateway_mode_is_a_transparent_proxy_for_unmodified_sdks() {
     assert_eq!(via_x_api_key.status(), StatusCode::OK);
     let echoed: Value = via_x_api_key.json().await.unwrap();
     assert!(echoed["headers"].get("x-api-key").is_none());
+
+    // The connection's base URL itself; a trailing slash is kept (and the mock has
+    // no such route, so its 404 passes through untouched).
+    let r = s.http.get(s.url("/api/gw/mock")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["path"], "/echo");
+    let r = s.http.get(s.url("/api/gw/mock/")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.headers().contains_key("x-aegis-request-id"), "performed by AEGIS, answered by upstream");
+    let trace = s
+        .http
+        .request(reqwest::Method::TRACE, s.url("/api/gw/mock/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(trace.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let bad_cost = s
+        .http
+        .get(s.url("/api/gw/mock/x"))
+        .bearer_auth(&key)
+        .header("x-aegis-cost-micros", "-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_cost.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Denials carry AEGIS's request id too.
+    let denied = s
+        .http
+        .get(s.url("/api/gw/mock/x"))
+        .bearer_auth(&key)
+        .header("x-aegis-cost-micros", "999999999999")
+        .send()
+        .await
+        .unwrap();
+    assert!(denied.headers().contains_key("x-aegis-request-id"));
+    // The connection's secret cannot be deleted from under it.
+    let sid = s.get("/api/secrets", &sponsor.access).await.body[0]["id"].as_str().unwrap().to_owned();
+    let r =
+        s.send(reqwest::Method::DELETE, &format!("/api/secrets/{sid}"), Some(&sponsor.access), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "secret_in_use"));
 
     let missing = s.http.get(s.url("/api/gw/nope/x")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
