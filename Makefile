@@ -13,7 +13,7 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 TOOLS := $(CURDIR)/target/tools
 export PATH := $(HOME)/.cargo/bin:$(TOOLS)/node_modules/.bin:$(PATH)
 
-.PHONY: help run dev test test-rust test-postgres test-e2e build-debug tools tools-release chromium e2e-deps fmt lint clean-data
+.PHONY: help run dev test test-rust test-postgres test-redis test-e2e build-debug tools tools-release chromium e2e-deps fmt lint clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -24,7 +24,7 @@ run: tools-release ## Build in release mode and serve AEGIS on http://127.0.0.1:
 dev: tools ## Rebuild and reload on every change (cargo leptos watch)
 	cargo leptos watch
 
-test: tools chromium e2e-deps build-debug test-rust test-postgres test-e2e ## Run every test
+test: tools chromium e2e-deps build-debug test-rust test-postgres test-redis test-e2e ## Run every test
 	@echo "make test: all suites passed"
 
 build-debug:
@@ -40,6 +40,15 @@ test-postgres:
 		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p server --test api -p migration -p entity; \
 	else \
 		echo "skipped: PostgreSQL pass (set DATABASE_URL=postgres://… to run it)"; \
+	fi
+
+# The Redis-dependent tests (event fan-out across replicas) when REDIS_URL points at one.
+test-redis:
+	@if [[ "$${REDIS_URL:-}" == redis* ]]; then \
+		echo "Redis pass: event fan-out tests against $${REDIS_URL##*@}"; \
+		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --test api events::; \
+	else \
+		echo "skipped: Redis pass (set REDIS_URL=redis://… to run it)"; \
 	fi
 
 test-e2e: ## Playwright browser tests against the debug build

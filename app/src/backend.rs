@@ -51,6 +51,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<AgentView, AppError>;
     async fn resume_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
     async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
+    async fn agent_trust(&self, sponsor: &SessionUser, id: Uuid) -> Result<TrustView, AppError>;
 
     // --- policies ---
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError>;

@@ -112,7 +112,11 @@ pub struct AgentView {
     pub status: AgentStatus,
     /// Name of the policy that governs this agent.
     pub policy: String,
+    /// 0 to 1000; new agents start at 500.
     pub trust_score: i32,
+    /// The trust tier of `trust_score`: `untrusted` (< 300), `probation` (< 500),
+    /// `standard` (< 700), `trusted` (< 900) or `verified`.
+    pub tier: String,
     pub tags: Vec<String>,
     /// 0 means no limit.
     pub daily_limit_micros: i64,
@@ -124,6 +128,31 @@ pub struct AgentView {
     pub suspended_at: Option<DateTime<Utc>>,
     pub suspended_reason: Option<String>,
     pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/agents/{id}/trust`: an agent's trust score, tier and recent changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct TrustView {
+    pub agent_id: Uuid,
+    /// 0 to 1000.
+    pub score: i32,
+    /// `untrusted`, `probation`, `standard`, `trusted` or `verified`.
+    pub tier: String,
+    /// The latest changes, newest first (at most 100).
+    pub history: Vec<TrustEventView>,
+}
+
+/// One change of an agent's trust score.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct TrustEventView {
+    pub at: DateTime<Utc>,
+    pub delta: i32,
+    pub score_after: i32,
+    /// `success`, `policy_deny`, `egress_block`, `budget_hit`, `breaker_trip`,
+    /// `approval_rejected` or `decay`.
+    pub reason: String,
 }
 
 /// Returned once, when an agent is created: the only time its key is shown.

@@ -18,6 +18,7 @@ use crate::audit::AuditLog;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::connections::ConnectionService;
+use crate::events::EventBus;
 use crate::policies::PolicyService;
 use crate::policies::engine::PolicyEngine;
 use crate::proxy::Pipeline;
@@ -26,6 +27,7 @@ use crate::proxy::upstream::Upstream;
 use crate::secrets::SecretService;
 use crate::secrets::vault::Vault;
 use crate::storage::sha256_hex;
+use crate::trust::TrustService;
 use crate::wallets::WalletService;
 
 pub const ACCESS_COOKIE: &str = "aegis_at";
@@ -45,6 +47,8 @@ pub struct Services {
     pub connections: ConnectionService,
     pub wallets: WalletService,
     pub proxy: Pipeline,
+    pub events: EventBus,
+    pub trust: TrustService,
     recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
 }
 
@@ -61,6 +65,9 @@ impl Services {
         let egress = EgressGuard::new(config.egress.clone());
         let connections = ConnectionService::new(db.clone(), secrets.clone(), egress.clone());
         let wallets = WalletService::new(db.clone());
+        // Redis pub/sub when REDIS_URL is set (its connection task starts here).
+        let events = EventBus::from_config(config.redis_url.as_deref());
+        let trust = TrustService::new(db.clone(), audit.clone());
         let proxy = Pipeline {
             db: db.clone(),
             policies: policies.clone(),
@@ -70,8 +77,10 @@ impl Services {
             secrets: secrets.clone(),
             wallets: wallets.clone(),
             audit: audit.clone(),
+            events: events.clone(),
+            trust: trust.clone(),
         };
-        let agents = AgentService::new(db.clone(), policies.clone(), audit.clone());
+        let agents = AgentService::new(db.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {
             config,
             db,
@@ -83,6 +92,8 @@ impl Services {
             connections,
             wallets,
             proxy,
+            events,
+            trust,
             recent_browser_refreshes: Mutex::default(),
         })
     }
@@ -187,6 +198,10 @@ impl Backend for Services {
 
     async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError> {
         self.agents.delete(sponsor.user_id, id).await
+    }
+
+    async fn agent_trust(&self, sponsor: &SessionUser, id: Uuid) -> Result<TrustView, AppError> {
+        self.trust.view(sponsor.user_id, id).await
     }
 
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {

@@ -9,11 +9,13 @@ pub mod config;
 pub mod connections;
 pub mod data_dir;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod policies;
 pub mod proxy;
 pub mod secrets;
 pub mod storage;
+pub mod trust;
 pub mod wallets;
 
 use std::net::SocketAddr;

@@ -18,6 +18,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
+use crate::events::{self, Event, EventBus};
 use crate::policies::{DEFAULT_POLICY, PolicyService};
 use crate::storage::{internal, now, unique_or_internal};
 
@@ -38,6 +39,7 @@ pub struct AgentService {
     db: DatabaseConnection,
     policies: PolicyService,
     audit: AuditLog,
+    events: EventBus,
 }
 
 struct Validated {
@@ -139,8 +141,13 @@ fn revoked() -> AppError {
 impl AgentService {
     /// Every change is recorded in the audit log in the same transaction as the
     /// change itself: both commit, or neither does.
-    pub fn new(db: DatabaseConnection, policies: PolicyService, audit: AuditLog) -> Self {
-        Self { db, policies, audit }
+    pub fn new(db: DatabaseConnection, policies: PolicyService, audit: AuditLog, events: EventBus) -> Self {
+        Self { db, policies, audit, events }
+    }
+
+    /// Tells the sponsor's dashboards, once the change is committed.
+    fn announce(&self, kind: &str, sponsor_id: Uuid, id: Uuid, data: serde_json::Value, audit_seq: i64) {
+        self.events.publish(Event::new(kind, sponsor_id, Some(id), data).audit_seq(audit_seq));
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewAgent) -> Result<AgentCreated, AppError> {
@@ -199,21 +206,29 @@ impl AgentService {
         .await
         .map_err(internal)?;
         insert_key(txn.conn(), id, &key).await?;
-        txn.append(lifecycle(
-            "agent.created",
+        let appended = txn
+            .append(lifecycle(
+                "agent.created",
+                sponsor_id,
+                id,
+                serde_json::json!({
+                    "name": name,
+                    "policy": policy.name,
+                    "daily_limit_micros": daily,
+                    "monthly_limit_micros": monthly,
+                    "tags": tags,
+                    "key_prefix": api_keys::display_prefix(&key.key_id),
+                }),
+            ))
+            .await?;
+        txn.commit().await?;
+        self.announce(
+            events::AGENT_CREATED,
             sponsor_id,
             id,
-            serde_json::json!({
-                "name": name,
-                "policy": policy.name,
-                "daily_limit_micros": daily,
-                "monthly_limit_micros": monthly,
-                "tags": tags,
-                "key_prefix": api_keys::display_prefix(&key.key_id),
-            }),
-        ))
-        .await?;
-        txn.commit().await?;
+            serde_json::json!({"name": name, "policy": policy.name}),
+            appended.seq,
+        );
         let agent = self.get(sponsor_id, id).await?;
         Ok(AgentCreated { agent, api_key: key.plaintext })
     }
@@ -339,9 +354,17 @@ impl AgentService {
             active.suspended_reason = Set(Some(reason.clone()));
             active.updated_at = Set(at);
             active.update(txn.conn()).await.map_err(internal)?;
-            txn.append(lifecycle("agent.suspended", sponsor_id, id, serde_json::json!({ "reason": reason })))
+            let appended = txn
+                .append(lifecycle("agent.suspended", sponsor_id, id, serde_json::json!({ "reason": reason })))
                 .await?;
             txn.commit().await?;
+            self.announce(
+                events::AGENT_SUSPENDED,
+                sponsor_id,
+                id,
+                serde_json::json!({ "reason": reason }),
+                appended.seq,
+            );
         }
         self.get(sponsor_id, id).await
     }
@@ -357,9 +380,17 @@ impl AgentService {
             active.suspended_reason = Set(None);
             active.updated_at = Set(now());
             active.update(txn.conn()).await.map_err(internal)?;
-            txn.append(lifecycle("agent.resumed", sponsor_id, id, serde_json::json!({ "from": from })))
+            let appended = txn
+                .append(lifecycle("agent.resumed", sponsor_id, id, serde_json::json!({ "from": from })))
                 .await?;
             txn.commit().await?;
+            self.announce(
+                events::AGENT_RESUMED,
+                sponsor_id,
+                id,
+                serde_json::json!({ "from": from }),
+                appended.seq,
+            );
         }
         self.get(sponsor_id, id).await
     }
@@ -377,9 +408,17 @@ impl AgentService {
             active.updated_at = Set(at);
             active.update(txn.conn()).await.map_err(internal)?;
             revoke_keys(txn.conn(), id).await?;
-            txn.append(lifecycle("agent.deleted", sponsor_id, id, serde_json::json!({ "name": name })))
+            let appended = txn
+                .append(lifecycle("agent.deleted", sponsor_id, id, serde_json::json!({ "name": name })))
                 .await?;
             txn.commit().await?;
+            self.announce(
+                events::AGENT_DELETED,
+                sponsor_id,
+                id,
+                serde_json::json!({ "name": name }),
+                appended.seq,
+            );
         }
         self.get(sponsor_id, id).await
     }
@@ -470,6 +509,7 @@ impl AgentService {
                         .unwrap_or_else(|| DEFAULT_POLICY.into()),
                     status: AgentStatus::parse(&a.status).unwrap_or(AgentStatus::Suspended),
                     trust_score: a.trust_score,
+                    tier: crate::trust::tier(a.trust_score).to_owned(),
                     tags: serde_json::from_str(&a.tags).unwrap_or_default(),
                     daily_limit_micros: wallet.map_or(0, |w| w.daily_limit_micros),
                     monthly_limit_micros: wallet.map_or(0, |w| w.monthly_limit_micros),

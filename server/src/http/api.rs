@@ -4,7 +4,7 @@
 use app::backend::Backend;
 use app::model::{
     AgentCreated, AgentPatch, AgentView, AuthResponse, Credentials, KeyRotated, NewAgent, Page, PageRequest,
-    RefreshRequest, Registration, SuspendRequest, UserView,
+    RefreshRequest, Registration, SuspendRequest, TrustView, UserView,
 };
 use axum::Json;
 use axum::extract::State;
@@ -236,6 +236,23 @@ pub async fn delete_agent(
     Ok(Json(s.services.delete_agent(&sponsor, id).await?))
 }
 
+#[utoipa::path(get, path = "/api/agents/{id}/trust", tag = "agents",
+    summary = "An agent's trust score, tier and history",
+    description = "Score 0 to 1000 and its tier (`untrusted` < 300 ≤ `probation` < 500 ≤ `standard` < 700 ≤ `trusted` < 900 ≤ `verified`), with the latest 100 changes, newest first. Also after deletion.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The agent's trust", body = TrustView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+    ))]
+pub async fn agent_trust(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.agent_trust(&sponsor, id).await?))
+}
+
 #[utoipa::path(get, path = "/api/agent/me", tag = "agent",
     summary = "Who am I (for an agent)",
     description = "Proves the agent's key works and shows its standing.",
@@ -250,6 +267,6 @@ pub async fn agent_self(State(s): State<AppState>, Agent(principal): Agent) -> A
     let view = s.services.agents.views(vec![principal.agent]).await?.remove(0);
     Ok(Json(json!({
         "id": view.id, "name": view.name, "status": view.status, "policy": view.policy,
-        "trust_score": view.trust_score, "key_prefix": view.key_prefix,
+        "trust_score": view.trust_score, "tier": view.tier, "key_prefix": view.key_prefix,
     })))
 }

@@ -14,7 +14,7 @@ use crate::backend::{ACCESS_COOKIE, REFRESH_COOKIE};
 
 const PUBLIC_PAGES: &[&str] = &["/login", "/register"];
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

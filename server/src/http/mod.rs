@@ -11,6 +11,7 @@ pub mod extract;
 pub mod openapi;
 pub mod proxy;
 pub mod vault;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/keys", post(api::rotate_agent_key))
         .route("/agents/{id}/suspend", post(api::suspend_agent))
         .route("/agents/{id}/resume", post(api::resume_agent))
+        .route("/agents/{id}/trust", get(api::agent_trust))
         .route("/agent/me", get(api::agent_self))
         .route("/policies", get(vault::list_policies).post(vault::create_policy))
         .route("/policies/{id}", get(vault::get_policy).put(vault::update_policy))
@@ -96,6 +98,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(healthz))
+        .route("/ws", get(ws::events))
         .route("/docs", get(docs::page))
         .merge(dashboard)
         .layer(middleware::from_fn_with_state(state.clone(), attach_client_meta))

@@ -30,6 +30,7 @@ use crate::proxy::Stage;
     info(title = "AEGIS API", description = text::API),
     paths(
         super::healthz,
+        super::ws::events,
         openapi_json,
         super::docs::page,
         super::api::register,
@@ -45,6 +46,7 @@ use crate::proxy::Stage;
         super::api::rotate_agent_key,
         super::api::suspend_agent,
         super::api::resume_agent,
+        super::api::agent_trust,
         super::api::agent_self,
         super::proxy::execute,
         super::proxy::gateway,
@@ -125,6 +127,8 @@ pub struct AgentSelf {
     pub policy: String,
     /// 0 to 1000; the `default` policy allows reads from 300 and writes from 700.
     pub trust_score: i32,
+    /// The tier of `trust_score` (`untrusted`, `probation`, `standard`, `trusted`, `verified`).
+    pub tier: String,
     /// The public part of the current key (`aegis_<key id>`).
     pub key_prefix: Option<String>,
 }
@@ -244,6 +248,10 @@ pub struct PolicyInputAgent {
     /// Trust score, 0 to 1000.
     #[schema(example = 500)]
     pub trust: i32,
+    /// Trust tier: `untrusted` (< 300), `probation` (< 500), `standard` (< 700),
+    /// `trusted` (< 900) or `verified`.
+    #[schema(example = "standard")]
+    pub tier: String,
     pub tags: Vec<String>,
     /// The sponsor's user id.
     pub sponsor: Uuid,

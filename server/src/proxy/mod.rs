@@ -27,10 +27,12 @@ use uuid::Uuid;
 
 use crate::agents::AgentPrincipal;
 use crate::audit::{AuditEntry, AuditLog};
+use crate::events::{self, Event, EventBus};
 use crate::policies::PolicyService;
 use crate::policies::engine::{Decision, PolicyEngine};
 use crate::secrets::SecretService;
 use crate::storage::{canonical_json, now};
+use crate::trust::{TrustEvent, TrustService};
 use crate::wallets::{Reservation, WalletService};
 use egress::EgressGuard;
 use request::ProxyRequest;
@@ -146,6 +148,8 @@ pub struct Pipeline {
     pub wallets: WalletService,
     pub audit: AuditLog,
     pub upstream: Upstream,
+    pub events: EventBus,
+    pub trust: TrustService,
 }
 
 /// What the audit keeps of a request.
@@ -248,7 +252,14 @@ impl Pipeline {
                     duration_us: record.elapsed_micros(),
                     ..trail.entry("proxy.denied", Some(stage), "deny", detail)
                 };
-                return match self.audit.append(entry).await {
+                let appended = self.audit.append(entry).await;
+                if appended.is_ok() {
+                    self.adjust_trust(agent, TrustEvent::for_denial(stage), &request_id).await;
+                }
+                if let Ok(a) = &appended {
+                    self.events.publish(denied_event(agent, stage, &reason, &request_id, &request, trail.host.as_deref(), a.seq));
+                }
+                return match appended {
                     Ok(appended) => ProxyResult {
                         request_id,
                         audit_seq: Some(appended.seq),
@@ -422,7 +433,28 @@ impl Pipeline {
         entry.status = status.map(i32::from);
         entry.cost_micros = cost;
         entry.duration_us = record.elapsed_micros();
-        match self.audit.append(entry).await {
+        let appended = self.audit.append(entry).await;
+        // Trust: a call that reached the upstream and got < 500 is a success; 5xx,
+        // timeouts and unreachable upstreams change nothing; a blocked redirect hop
+        // is an egress block.
+        let trust_event = match (&outcome, status) {
+            (Outcome::Performed { .. }, Some(code)) if code < 500 => Some(TrustEvent::Success),
+            (Outcome::Denied { stage, .. }, _) => TrustEvent::for_denial(*stage),
+            _ => None,
+        };
+        self.adjust_trust(agent, trust_event, &request_id).await;
+        if let (Ok(a), Outcome::Denied { stage, reason, .. }) = (&appended, &outcome) {
+            self.events.publish(denied_event(
+                agent,
+                *stage,
+                reason,
+                &request_id,
+                &request,
+                trail.host.as_deref(),
+                a.seq,
+            ));
+        }
+        match appended {
             Ok(appended) => ProxyResult { request_id, audit_seq: Some(appended.seq), reasons, outcome },
             Err(e) => {
                 // The call happened and its intent is on record; report it, flag the gap.
@@ -431,6 +463,33 @@ impl Pipeline {
             }
         }
     }
+}
+
+impl Pipeline {
+    /// Applies a trust event, if any. Trust is bookkeeping after the fact: a failure
+    /// is logged and never changes the answer. (A tier change is returned by the
+    /// service for the events feed to announce.)
+    async fn adjust_trust(&self, agent: &AgentPrincipal, event: Option<TrustEvent>, request_id: &str) {
+        let Some(event) = event else { return };
+        if let Err(e) = self.trust.record(&agent.agent, event, Some(request_id)).await {
+            tracing::error!(request = %request_id, error = %e.message, "trust update failed");
+        }
+    }
+}
+
+/// The `proxy.denied` event: where and why, never the request's headers or body.
+fn denied_event(
+    agent: &AgentPrincipal,
+    stage: Stage,
+    reason: &str,
+    request_id: &str,
+    request: &ProxyRequest,
+    host: Option<&str>,
+    audit_seq: i64,
+) -> Event {
+    let data = json!({"stage": stage, "reason": reason, "request_id": request_id,
+                      "method": request.method.as_str(), "host": host, "label": request.label});
+    Event::new(events::PROXY_DENIED, agent.agent.sponsor_id, Some(agent.agent.id), data).audit_seq(audit_seq)
 }
 
 fn storage_failure(request_id: String, e: AppError) -> ProxyResult {

@@ -26,6 +26,7 @@ pub fn input(
             "id": agent.id,
             "name": agent.name,
             "trust": agent.trust_score,
+            "tier": crate::trust::tier(agent.trust_score),
             "tags": tags,
             "sponsor": agent.sponsor_id,
         },

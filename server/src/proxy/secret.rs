@@ -49,59 +49,88 @@ fn needles(secret: &UsableSecret) -> Vec<Vec<u8>> {
     out
 }
 
-fn replace_all(haystack: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
+/// Replaces every occurrence of the secret in a byte stream, chunk by chunk, so a
+/// response can be scrubbed while it streams. Bytes that could be the start of a
+/// secret split across chunks are held back until the next chunk decides.
+pub struct Scrubber {
+    needles: Vec<Vec<u8>>,
+    longest: usize,
+    carry: Vec<u8>,
+}
+
+impl Scrubber {
+    pub fn new(secret: &UsableSecret) -> Self {
+        let needles: Vec<Vec<u8>> = needles(secret).into_iter().filter(|n| !n.is_empty()).collect();
+        let longest = needles.iter().map(Vec::len).max().unwrap_or(0);
+        Self { needles, longest, carry: Vec::new() }
     }
-    let mut out = Vec::with_capacity(haystack.len());
-    let mut i = 0;
-    let mut found = false;
-    while i < haystack.len() {
-        if haystack[i..].starts_with(needle) {
-            out.extend_from_slice(REDACTED.as_bytes());
-            i += needle.len();
-            found = true;
-        } else {
-            out.push(haystack[i]);
+
+    fn scan(&mut self, data: Vec<u8>, last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len());
+        let mut i = 0;
+        'outer: while i < data.len() {
+            let rest = &data[i..];
+            for needle in &self.needles {
+                if rest.starts_with(needle) {
+                    out.extend_from_slice(REDACTED.as_bytes());
+                    i += needle.len();
+                    continue 'outer;
+                }
+            }
+            // Near the end, a partial match must wait for the next chunk.
+            if !last && rest.len() < self.longest && self.needles.iter().any(|n| n.starts_with(rest)) {
+                self.carry = rest.to_vec();
+                return out;
+            }
+            out.push(data[i]);
             i += 1;
         }
+        self.carry.clear();
+        out
     }
-    found.then_some(out)
+
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut data = std::mem::take(&mut self.carry);
+        data.extend_from_slice(chunk);
+        self.scan(data, false)
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        let data = std::mem::take(&mut self.carry);
+        self.scan(data, true)
+    }
+
+    /// Scrubs one complete value.
+    pub fn all(secret: &UsableSecret, bytes: &[u8]) -> Vec<u8> {
+        let mut s = Self::new(secret);
+        let mut out = s.push(bytes);
+        out.extend(s.finish());
+        out
+    }
 }
 
 /// Removes every occurrence of the secret from a response's headers and body, in
 /// case an upstream echoes what it received.
 pub fn scrub(secret: &UsableSecret, headers: &mut HeaderMap, body: Bytes) -> Bytes {
-    let needles = needles(secret);
-    let mut body = body;
-    for needle in &needles {
-        if let Some(clean) = replace_all(&body, needle) {
-            body = Bytes::from(clean);
-        }
-    }
+    scrub_headers(secret, headers);
+    Bytes::from(Scrubber::all(secret, &body))
+}
+
+pub fn scrub_headers(secret: &UsableSecret, headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers.keys().cloned().collect();
     for name in names {
         let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-        if !values
-            .iter()
-            .any(|v| needles.iter().any(|n| v.as_bytes().windows(n.len()).any(|w| w == n.as_slice())))
-        {
+        let cleaned: Vec<Vec<u8>> = values.iter().map(|v| Scrubber::all(secret, v.as_bytes())).collect();
+        if cleaned.iter().zip(&values).all(|(c, v)| c.as_slice() == v.as_bytes()) {
             continue;
         }
         headers.remove(&name);
-        for v in values {
-            let mut bytes = v.as_bytes().to_vec();
-            for needle in &needles {
-                if let Some(clean) = replace_all(&bytes, needle) {
-                    bytes = clean;
-                }
-            }
-            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+        for c in cleaned {
+            if let Ok(v) = HeaderValue::from_bytes(&c) {
                 headers.append(name.clone(), v);
             }
         }
     }
-    body
 }
 
 #[cfg(test)]
@@ -146,5 +175,30 @@ mod tests {
         assert_eq!(&body[..], b"a [REDACTED] b [REDACTED] c");
         assert_eq!(headers["x-echo"], "got [REDACTED]");
         assert_eq!(headers["x-other"], "fine");
+    }
+
+    #[test]
+    fn streaming_scrub_catches_secrets_split_across_chunks() {
+        let s = secret("sk-ABCDEF", Injection::QueryParam { query_param: "k".into() });
+        let text = b"start sk-ABCDEF mid sk-ABCsk-ABCDEF end sk-ABC";
+        let whole = Scrubber::all(&s, text);
+        assert_eq!(whole, b"start [REDACTED] mid sk-ABC[REDACTED] end sk-ABC".to_vec());
+        // Every way of cutting the stream into two or three chunks gives the same result.
+        for a in 0..=text.len() {
+            for b in a..=text.len() {
+                let mut sc = Scrubber::new(&s);
+                let mut out = sc.push(&text[..a]);
+                out.extend(sc.push(&text[a..b]));
+                out.extend(sc.push(&text[b..]));
+                out.extend(sc.finish());
+                assert_eq!(out, whole, "cut at {a}/{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_secret_inside_the_marker_is_not_scrubbed_twice() {
+        let s = secret("RED", Injection::QueryParam { query_param: "k".into() });
+        assert_eq!(Scrubber::all(&s, b"RED RED"), b"[REDACTED] [REDACTED]".to_vec());
     }
 }

@@ -49,6 +49,21 @@ impl Default for UpstreamLimits {
     }
 }
 
+pub type BodyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// An answer whose body is still arriving.
+pub struct StreamingResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: BodyStream,
+}
+
+impl std::fmt::Debug for StreamingResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingResponse").field("status", &self.status).finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub struct UpstreamResponse {
     pub status: u16,
@@ -121,8 +136,25 @@ impl Upstream {
         &self.limits
     }
 
-    /// Performs the call. `url` was checked by the egress guard; the client's resolver
-    /// re-checks every address it connects to.
+    async fn send(
+        &self,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        body: Bytes,
+        follow_redirects: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let client = if follow_redirects { &self.following } else { &self.direct };
+        let response =
+            client.request(method, url).headers(headers).body(body).send().await.map_err(classify)?;
+        if response.content_length().is_some_and(|l| l as usize > self.limits.max_response_bytes) {
+            return Err(UpstreamError::TooLarge(self.limits.max_response_bytes));
+        }
+        Ok(response)
+    }
+
+    /// Performs the call and reads the whole answer. `url` was checked by the egress
+    /// guard; the client's resolver re-checks every address it connects to.
     pub async fn call(
         &self,
         method: Method,
@@ -131,34 +163,58 @@ impl Upstream {
         body: Bytes,
         follow_redirects: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let client = if follow_redirects { &self.following } else { &self.direct };
-        let map_err = |e: reqwest::Error| {
-            if let Some(denied) = EgressDenied::find_in(&e) {
-                UpstreamError::Egress(denied.reason.clone())
-            } else if e.is_timeout() {
-                UpstreamError::Timeout
-            } else {
-                UpstreamError::Unreachable(describe(&e))
-            }
-        };
-        let response =
-            client.request(method, url).headers(headers).body(body).send().await.map_err(map_err)?;
+        let response = self.send(method, url, headers, body, follow_redirects).await?;
         let status = response.status().as_u16();
         let headers = strip_hop_by_hop(response.headers().clone());
         let max = self.limits.max_response_bytes;
-        if response.content_length().is_some_and(|l| l as usize > max) {
-            return Err(UpstreamError::TooLarge(max));
-        }
         let mut body = BytesMut::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(map_err)?;
+            let chunk = chunk.map_err(classify)?;
             if body.len() + chunk.len() > max {
                 return Err(UpstreamError::TooLarge(max));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(UpstreamResponse { status, headers, body: body.freeze() })
+    }
+
+    /// Performs the call and hands back the answer as it arrives. The size cap still
+    /// holds: past it the stream ends with an error (the status is already sent).
+    pub async fn call_streaming(
+        &self,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        body: Bytes,
+        follow_redirects: bool,
+    ) -> Result<StreamingResponse, UpstreamError> {
+        let response = self.send(method, url, headers, body, follow_redirects).await?;
+        let status = response.status().as_u16();
+        let headers = strip_hop_by_hop(response.headers().clone());
+        let max = self.limits.max_response_bytes;
+        let mut seen = 0usize;
+        let body = response.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(|e| std::io::Error::other(classify(e).reason()))?;
+            seen += chunk.len();
+            if seen > max {
+                return Err(std::io::Error::other(UpstreamError::TooLarge(max).reason()));
+            }
+            Ok(chunk)
+        });
+        Ok(StreamingResponse { status, headers, body: Box::pin(body) })
+    }
+}
+
+/// Tells an egress refusal, a time-out and other failures apart, without URLs
+/// (which could carry a query-parameter secret).
+fn classify(e: reqwest::Error) -> UpstreamError {
+    if let Some(denied) = EgressDenied::find_in(&e) {
+        UpstreamError::Egress(denied.reason.clone())
+    } else if e.is_timeout() {
+        UpstreamError::Timeout
+    } else {
+        UpstreamError::Unreachable(describe(&e))
     }
 }
 

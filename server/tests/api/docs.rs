@@ -14,6 +14,7 @@ use crate::support::{TestServer, read};
 /// This test fails until all three agree.
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/ws"),
     ("GET", "/docs"),
     ("GET", "/api/openapi.json"),
     ("POST", "/api/auth/register"),
@@ -29,6 +30,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/agents/{id}/keys"),
     ("POST", "/api/agents/{id}/suspend"),
     ("POST", "/api/agents/{id}/resume"),
+    ("GET", "/api/agents/{id}/trust"),
     ("GET", "/api/agent/me"),
     ("GET", "/api/policies"),
     ("POST", "/api/policies"),

@@ -92,6 +92,24 @@ impl TestServer {
         Self { base: format!("http://{}", running.addr), http, dir, running, pg }
     }
 
+    /// A second server on `other`'s data directory (keys, SQLite file) and database, as
+    /// another replica of the same deployment. `other` keeps ownership of both.
+    pub async fn start_sharing(other: &TestServer, vars: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config = &other.running.services.config;
+        env.insert("AEGIS_DATA_DIR".into(), config.data_dir.display().to_string());
+        if let Some(url) = &config.database_url {
+            env.insert("DATABASE_URL".into(), url.clone());
+        }
+        let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = server::start(config, Some(listener)).await.expect("server starts");
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Self { base: format!("http://{}", running.addr), http, dir, running, pg: None }
+    }
+
     pub fn on_postgres(&self) -> bool {
         self.pg.is_some()
     }

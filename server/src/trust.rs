@@ -1,0 +1,590 @@
+//! The trust engine: every agent has a score from 0 to 1000 (new agents start at
+//! [`BASELINE`], 500) that its behaviour moves, and a tier derived from it.
+//!
+//! [`apply`] is the whole formula, a pure function in integer arithmetic, so the
+//! same history always gives the same score (README, "Trust"):
+//!
+//! 1. **Decay.** For every full 24 hours between the last trust event and now,
+//!    the score moves 10% of its distance toward 500, rounded up (so it always
+//!    arrives): `step = ceil(|500 - score| / 10)`. It is computed at the moment of
+//!    the next event, from that event's time.
+//! 2. **The event.** `success` +2, at most +40 per UTC clock hour (successes beyond
+//!    the cap change nothing); `policy_deny` −25, `egress_block` −40, `budget_hit`
+//!    −15, `breaker_trip` −50, `approval_rejected` −30.
+//! 3. The result is clamped to 0..=1000.
+//!
+//! [`TrustService`] applies it atomically: in one transaction it reads the score,
+//! computes, updates `agents.trust_score` only if it still holds the value read
+//! (retrying on conflict, so concurrent requests never lose an update), writes one
+//! `trust_events` row per non-zero step (`decay`, then the event) and a
+//! `trust.changed` audit record. Nothing is written when the score does not change.
+
+use app::error::AppError;
+use app::model::{TrustEventView, TrustView};
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use entity::{agents, trust_events};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::audit::{AuditEntry, AuditLog, canonical_json};
+use crate::proxy::Stage;
+use crate::storage::{internal, now};
+
+pub const MIN_SCORE: i32 = 0;
+pub const MAX_SCORE: i32 = 1000;
+/// Where new agents start and where idle agents drift back to.
+pub const BASELINE: i32 = crate::agents::INITIAL_TRUST;
+/// Gain per successful call.
+pub const SUCCESS_GAIN: i32 = 2;
+/// Most that successes can add within one UTC clock hour.
+pub const HOURLY_SUCCESS_CAP: i32 = 40;
+/// Each full idle period moves the score `1 / DECAY_DIVISOR` of the way to the baseline.
+pub const DECAY_DIVISOR: i32 = 10;
+pub const DECAY_PERIOD_SECS: i64 = 24 * 60 * 60;
+/// History entries returned by `GET /api/agents/{id}/trust`.
+pub const HISTORY_LIMIT: u64 = 100;
+/// Attempts of the guarded update before giving up.
+const MAX_ATTEMPTS: usize = 8;
+
+/// What moves trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrustEvent {
+    /// An allowed call that reached the upstream and got a status below 500.
+    Success,
+    PolicyDeny,
+    EgressBlock,
+    BudgetHit,
+    BreakerTrip,
+    ApprovalRejected,
+}
+
+impl TrustEvent {
+    pub const ALL: [TrustEvent; 6] = [
+        TrustEvent::Success,
+        TrustEvent::PolicyDeny,
+        TrustEvent::EgressBlock,
+        TrustEvent::BudgetHit,
+        TrustEvent::BreakerTrip,
+        TrustEvent::ApprovalRejected,
+    ];
+
+    /// The change this event makes (before the hourly cap and the bounds).
+    pub fn delta(self) -> i32 {
+        match self {
+            TrustEvent::Success => SUCCESS_GAIN,
+            TrustEvent::PolicyDeny => -25,
+            TrustEvent::EgressBlock => -40,
+            TrustEvent::BudgetHit => -15,
+            TrustEvent::BreakerTrip => -50,
+            TrustEvent::ApprovalRejected => -30,
+        }
+    }
+
+    /// The `reason` stored in `trust_events` and shown in the history.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TrustEvent::Success => "success",
+            TrustEvent::PolicyDeny => "policy_deny",
+            TrustEvent::EgressBlock => "egress_block",
+            TrustEvent::BudgetHit => "budget_hit",
+            TrustEvent::BreakerTrip => "breaker_trip",
+            TrustEvent::ApprovalRejected => "approval_rejected",
+        }
+    }
+
+    /// The event a proxy denial at `stage` counts as. Only policy, egress and budget
+    /// denials move trust for now: a breaker denial is the consequence of a
+    /// suspension (not new behaviour), secret denials are usually a sponsor's
+    /// configuration, and unauthenticated calls belong to no agent.
+    pub fn for_denial(stage: Stage) -> Option<Self> {
+        match stage {
+            Stage::Policy => Some(TrustEvent::PolicyDeny),
+            Stage::Egress => Some(TrustEvent::EgressBlock),
+            Stage::Budget => Some(TrustEvent::BudgetHit),
+            _ => None,
+        }
+    }
+}
+
+/// Trust tiers: untrusted < 300 ≤ probation < 500 ≤ standard < 700 ≤ trusted < 900 ≤ verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Untrusted,
+    Probation,
+    Standard,
+    Trusted,
+    Verified,
+}
+
+impl Tier {
+    pub fn of(score: i32) -> Self {
+        match score {
+            ..300 => Tier::Untrusted,
+            300..500 => Tier::Probation,
+            500..700 => Tier::Standard,
+            700..900 => Tier::Trusted,
+            _ => Tier::Verified,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Untrusted => "untrusted",
+            Tier::Probation => "probation",
+            Tier::Standard => "standard",
+            Tier::Trusted => "trusted",
+            Tier::Verified => "verified",
+        }
+    }
+}
+
+/// The tier name of a score.
+pub fn tier(score: i32) -> &'static str {
+    Tier::of(score).as_str()
+}
+
+/// Everything the formula needs to know about the past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustState {
+    pub score: i32,
+    /// Time of the last trust change (the agent's creation before the first).
+    pub last_event_at: DateTime<Utc>,
+    /// What successes have already added in the UTC clock hour of `now`.
+    pub gained_this_hour: i32,
+}
+
+/// One application of the formula.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Full idle periods since the last event.
+    pub idle_days: i64,
+    /// The decay toward the baseline (0 when none).
+    pub decay: i32,
+    /// What the event itself changed, after the cap and the bounds.
+    pub event_delta: i32,
+    pub score: i32,
+}
+
+impl Applied {
+    pub fn total(&self) -> i32 {
+        self.decay + self.event_delta
+    }
+}
+
+/// The start of the UTC clock hour holding `at`: the window of the success cap.
+pub fn hour_start(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(Duration::hours(1)).unwrap_or(at)
+}
+
+/// The score after `days` full idle periods.
+pub fn decayed(mut score: i32, days: i64) -> i32 {
+    for _ in 0..days {
+        let distance = BASELINE - score;
+        if distance == 0 {
+            break;
+        }
+        let step = (distance.abs() + DECAY_DIVISOR - 1) / DECAY_DIVISOR;
+        score += step * distance.signum();
+    }
+    score
+}
+
+/// The formula: decay for the idle time, then the event, within the bounds.
+pub fn apply(state: TrustState, event: TrustEvent, now: DateTime<Utc>) -> Applied {
+    let idle_secs = (now - state.last_event_at).num_seconds().max(0);
+    let idle_days = idle_secs / DECAY_PERIOD_SECS;
+    let before = state.score.clamp(MIN_SCORE, MAX_SCORE);
+    let after_decay = decayed(before, idle_days);
+    let wanted = match event {
+        TrustEvent::Success => SUCCESS_GAIN.min(HOURLY_SUCCESS_CAP - state.gained_this_hour).max(0),
+        other => other.delta(),
+    };
+    let score = (after_decay + wanted).clamp(MIN_SCORE, MAX_SCORE);
+    Applied { idle_days, decay: after_decay - before, event_delta: score - after_decay, score }
+}
+
+/// A replayable history: folds events in order, keeping the state [`apply`] needs
+/// the way [`TrustService`] derives it from the stored rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    pub state: TrustState,
+    hour: DateTime<Utc>,
+}
+
+impl Replay {
+    pub fn new(score: i32, created_at: DateTime<Utc>) -> Self {
+        Self {
+            state: TrustState { score, last_event_at: created_at, gained_this_hour: 0 },
+            hour: hour_start(created_at),
+        }
+    }
+
+    pub fn event(&mut self, event: TrustEvent, at: DateTime<Utc>) -> Applied {
+        if hour_start(at) != self.hour {
+            self.hour = hour_start(at);
+            self.state.gained_this_hour = 0;
+        }
+        let applied = apply(self.state, event, at);
+        if applied.total() != 0 {
+            self.state.score = applied.score;
+            self.state.last_event_at = at;
+            if event == TrustEvent::Success {
+                self.state.gained_this_hour += applied.event_delta;
+            }
+        }
+        applied
+    }
+}
+
+/// A change that crossed a tier boundary, for whoever wants to announce it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierChange {
+    pub from: Tier,
+    pub to: Tier,
+}
+
+/// What a recorded event did to the score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustChange {
+    pub before: i32,
+    pub after: i32,
+    pub audit_seq: i64,
+    pub tier_change: Option<TierChange>,
+}
+
+#[derive(Clone)]
+pub struct TrustService {
+    db: sea_orm::DatabaseConnection,
+    audit: AuditLog,
+}
+
+impl TrustService {
+    pub fn new(db: sea_orm::DatabaseConnection, audit: AuditLog) -> Self {
+        Self { db, audit }
+    }
+
+    /// Applies `event` to the agent's score now. `Ok(None)` when the score does not
+    /// change (nothing is written then).
+    pub async fn record(
+        &self,
+        agent: &agents::Model,
+        event: TrustEvent,
+        request_id: Option<&str>,
+    ) -> Result<Option<TrustChange>, AppError> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(done) = self.attempt(agent, event, request_id).await? {
+                return Ok(done);
+            }
+        }
+        tracing::error!(agent = %agent.id, "trust update kept conflicting; giving up");
+        Err(AppError::internal())
+    }
+
+    /// One guarded attempt: `Ok(None)` when another request changed the score
+    /// between the read and the update (then nothing was written; try again).
+    async fn attempt(
+        &self,
+        agent: &agents::Model,
+        event: TrustEvent,
+        request_id: Option<&str>,
+    ) -> Result<Option<Option<TrustChange>>, AppError> {
+        let mut txn = self.audit.begin().await?;
+        let db = txn.conn();
+        // Take the agent's row lock first (PostgreSQL; SQLite's `BEGIN IMMEDIATE`
+        // already serialises writers), so concurrent events for one agent queue
+        // here instead of failing the guarded update below again and again.
+        agents::Entity::update_many()
+            .col_expr(agents::Column::TrustScore, Expr::col(agents::Column::TrustScore))
+            .filter(agents::Column::Id.eq(agent.id))
+            .exec(db)
+            .await
+            .map_err(internal)?;
+        let at = now();
+        let Some(score) = agents::Entity::find_by_id(agent.id)
+            .select_only()
+            .column(agents::Column::TrustScore)
+            .into_tuple::<i32>()
+            .one(db)
+            .await
+            .map_err(internal)?
+        else {
+            return Ok(Some(None));
+        };
+        let last_event_at: Option<DateTime<Utc>> = trust_events::Entity::find()
+            .select_only()
+            .column(trust_events::Column::At)
+            .filter(trust_events::Column::AgentId.eq(agent.id))
+            .order_by_desc(trust_events::Column::At)
+            .limit(1)
+            .into_tuple()
+            .one(db)
+            .await
+            .map_err(internal)?;
+        let gained: Vec<i32> = trust_events::Entity::find()
+            .select_only()
+            .column(trust_events::Column::Delta)
+            .filter(trust_events::Column::AgentId.eq(agent.id))
+            .filter(trust_events::Column::Reason.eq(TrustEvent::Success.reason()))
+            .filter(trust_events::Column::At.gte(hour_start(at)))
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(internal)?;
+        let state = TrustState {
+            score,
+            last_event_at: last_event_at.unwrap_or(agent.created_at),
+            gained_this_hour: gained.iter().sum(),
+        };
+        let applied = apply(state, event, at);
+        if applied.total() == 0 {
+            return Ok(Some(None));
+        }
+        // Guarded by the value read: a concurrent change makes this touch no row.
+        let updated = agents::Entity::update_many()
+            .col_expr(agents::Column::TrustScore, Expr::value(applied.score))
+            .filter(agents::Column::Id.eq(agent.id))
+            .filter(agents::Column::TrustScore.eq(score))
+            .exec(db)
+            .await
+            .map_err(internal)?;
+        if updated.rows_affected != 1 {
+            return Ok(None);
+        }
+        let (from, to) = (Tier::of(score), Tier::of(applied.score));
+        let appended = txn
+            .append(AuditEntry {
+                sponsor_id: Some(agent.sponsor_id),
+                agent_id: Some(agent.id),
+                request_id: request_id.map(str::to_owned),
+                kind: "trust.changed".into(),
+                detail: Some(canonical_json(&json!({
+                    "reason": event.reason(),
+                    "delta": applied.total(),
+                    "event_delta": applied.event_delta,
+                    "decay": applied.decay,
+                    "idle_days": applied.idle_days,
+                    "previous_score": score,
+                    "score": applied.score,
+                    "previous_tier": from.as_str(),
+                    "tier": to.as_str(),
+                }))),
+                ..AuditEntry::default()
+            })
+            .await?;
+        let mut running = score;
+        for (reason, delta) in [("decay", applied.decay), (event.reason(), applied.event_delta)] {
+            if delta == 0 {
+                continue;
+            }
+            running += delta;
+            insert_event(txn.conn(), agent.id, at, delta, running, reason, appended.seq).await?;
+        }
+        txn.commit().await?;
+        let tier_change = (from != to).then_some(TierChange { from, to });
+        if let Some(change) = tier_change {
+            tracing::info!(agent = %agent.id, from = change.from.as_str(), to = change.to.as_str(), "trust tier changed");
+        }
+        Ok(Some(Some(TrustChange {
+            before: score,
+            after: applied.score,
+            audit_seq: appended.seq,
+            tier_change,
+        })))
+    }
+
+    /// The score, tier and latest history of one of the sponsor's agents.
+    pub async fn view(&self, sponsor_id: Uuid, agent_id: Uuid) -> Result<TrustView, AppError> {
+        let agent = agents::Entity::find_by_id(agent_id)
+            .filter(agents::Column::SponsorId.eq(sponsor_id))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| AppError::not_found("agent"))?;
+        let history = trust_events::Entity::find()
+            .filter(trust_events::Column::AgentId.eq(agent_id))
+            .order_by_desc(trust_events::Column::At)
+            .order_by_desc(trust_events::Column::Id)
+            .limit(HISTORY_LIMIT)
+            .all(&self.db)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|e| TrustEventView {
+                at: e.at,
+                delta: e.delta,
+                score_after: e.score_after,
+                reason: e.reason,
+            })
+            .collect();
+        Ok(TrustView {
+            agent_id,
+            score: agent.trust_score,
+            tier: tier(agent.trust_score).to_owned(),
+            history,
+        })
+    }
+}
+
+async fn insert_event(
+    db: &impl ConnectionTrait,
+    agent_id: Uuid,
+    at: DateTime<Utc>,
+    delta: i32,
+    score_after: i32,
+    reason: &str,
+    audit_seq: i64,
+) -> Result<(), AppError> {
+    trust_events::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        agent_id: Set(agent_id),
+        at: Set(at),
+        delta: Set(delta),
+        score_after: Set(score_after),
+        reason: Set(reason.to_owned()),
+        audit_seq: Set(Some(audit_seq)),
+    }
+    .insert(db)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap()
+    }
+
+    fn state(score: i32) -> TrustState {
+        TrustState { score, last_event_at: t0(), gained_this_hour: 0 }
+    }
+
+    #[test]
+    fn each_event_has_its_delta() {
+        let table = [
+            (TrustEvent::Success, 502),
+            (TrustEvent::PolicyDeny, 475),
+            (TrustEvent::EgressBlock, 460),
+            (TrustEvent::BudgetHit, 485),
+            (TrustEvent::BreakerTrip, 450),
+            (TrustEvent::ApprovalRejected, 470),
+        ];
+        for (event, expected) in table {
+            let a = apply(state(500), event, t0());
+            assert_eq!((a.score, a.decay, a.event_delta), (expected, 0, expected - 500), "{event:?}");
+        }
+        assert_eq!(TrustEvent::ALL.len(), table.len());
+    }
+
+    #[test]
+    fn successes_are_capped_per_clock_hour() {
+        let s = TrustState { gained_this_hour: 38, ..state(600) };
+        assert_eq!(apply(s, TrustEvent::Success, t0()).score, 602);
+        let s = TrustState { gained_this_hour: 39, ..state(600) };
+        assert_eq!(apply(s, TrustEvent::Success, t0()).score, 601);
+        let s = TrustState { gained_this_hour: 40, ..state(600) };
+        assert_eq!(apply(s, TrustEvent::Success, t0()).total(), 0);
+        // Penalties are never capped.
+        let s = TrustState { gained_this_hour: 40, ..state(600) };
+        assert_eq!(apply(s, TrustEvent::PolicyDeny, t0()).score, 575);
+
+        // A replay: 25 successes in one hour add 40; the next hour adds again.
+        let mut r = Replay::new(500, t0());
+        for i in 0..25 {
+            r.event(TrustEvent::Success, t0() + Duration::seconds(i));
+        }
+        assert_eq!(r.state.score, 540);
+        r.event(TrustEvent::Success, t0() + Duration::minutes(61));
+        assert_eq!(r.state.score, 542);
+    }
+
+    #[test]
+    fn scores_stay_within_bounds() {
+        assert_eq!(apply(state(1000), TrustEvent::Success, t0()).total(), 0);
+        assert_eq!(apply(state(999), TrustEvent::Success, t0()).score, 1000);
+        assert_eq!(apply(state(10), TrustEvent::BreakerTrip, t0()).score, 0);
+        assert_eq!(apply(state(0), TrustEvent::EgressBlock, t0()).total(), 0);
+        let mut r = Replay::new(500, t0());
+        for i in 0..100 {
+            r.event(TrustEvent::BreakerTrip, t0() + Duration::seconds(i));
+        }
+        assert_eq!(r.state.score, 0);
+    }
+
+    #[test]
+    fn idle_days_decay_toward_the_baseline() {
+        // (start, idle days, score after decay)
+        let table = [
+            (800, 0, 800),
+            (800, 1, 770),
+            (800, 2, 743),
+            (800, 10, 602),
+            (200, 1, 230),
+            (200, 2, 257),
+            (200, 10, 398),
+            (1000, 1, 950),
+            (0, 10, 329),
+            (505, 1, 504),
+            (505, 10, 500),
+            (800, 10_000, 500),
+        ];
+        for (start, days, expected) in table {
+            assert_eq!(decayed(start, days), expected, "{start} after {days} days");
+        }
+        // Through `apply`: only full 24-hour periods count, measured at the event.
+        let s = state(800);
+        let a = apply(s, TrustEvent::PolicyDeny, t0() + Duration::hours(47));
+        assert_eq!((a.idle_days, a.decay, a.event_delta, a.score), (1, -30, -25, 745));
+        let a = apply(s, TrustEvent::Success, t0() + Duration::days(2));
+        assert_eq!((a.idle_days, a.decay, a.score), (2, -57, 745));
+        let a = apply(s, TrustEvent::Success, t0() + Duration::hours(23));
+        assert_eq!((a.idle_days, a.score), (0, 802));
+        // A clock that went backwards decays nothing.
+        assert_eq!(apply(s, TrustEvent::Success, t0() - Duration::days(3)).decay, 0);
+    }
+
+    #[test]
+    fn tiers() {
+        let table = [
+            (0, "untrusted"),
+            (299, "untrusted"),
+            (300, "probation"),
+            (499, "probation"),
+            (500, "standard"),
+            (699, "standard"),
+            (700, "trusted"),
+            (899, "trusted"),
+            (900, "verified"),
+            (1000, "verified"),
+        ];
+        for (score, name) in table {
+            assert_eq!(tier(score), name, "{score}");
+        }
+    }
+
+    #[test]
+    fn replaying_a_history_is_deterministic() {
+        let history: Vec<(TrustEvent, DateTime<Utc>)> = (0..500i64)
+            .map(|i| {
+                let event = TrustEvent::ALL[((i * 7 + i / 3) % 11).min(5) as usize];
+                let event = if i % 3 == 0 { event } else { TrustEvent::Success };
+                (event, t0() + Duration::minutes(i * i % 4000 + i * 17))
+            })
+            .collect();
+        let run = || {
+            let mut r = Replay::new(BASELINE, t0());
+            let steps: Vec<Applied> = history.iter().map(|(e, at)| r.event(*e, *at)).collect();
+            (r.state, steps)
+        };
+        let (first, second) = (run(), run());
+        assert_eq!(first, second);
+        assert!((MIN_SCORE..=MAX_SCORE).contains(&first.0.score));
+    }
+}

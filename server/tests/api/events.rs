@@ -1,0 +1,330 @@
+//! Real-time events over `GET /ws`: real WebSocket clients on loopback.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::{Sponsor, TestServer};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const REDIS_VAR: &str = "AEGIS_TEST_REDIS_URL";
+
+async fn connect(s: &TestServer, query: &str) -> Ws {
+    let url = format!("ws://{}/ws?{query}", s.running.addr);
+    let (ws, response) = tokio_tungstenite::connect_async(url).await.expect("WebSocket upgrade");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+async fn listen(s: &TestServer, sponsor: &Sponsor) -> Ws {
+    connect(s, &format!("token={}", sponsor.access)).await
+}
+
+/// The next event, skipping heartbeats; fails after 10 s.
+async fn next_event(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("socket open")
+            .expect("socket healthy");
+        if let Message::Text(text) = message {
+            let v: Value = serde_json::from_str(&text).expect("JSON text frame");
+            if v["type"] != "heartbeat" {
+                return v;
+            }
+        }
+    }
+}
+
+/// Asserts nothing but heartbeats arrives for a while.
+async fn assert_quiet(ws: &mut Ws, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
+    while let Ok(message) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Some(Ok(Message::Text(text))) = message {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], "heartbeat", "{what}: unexpected {v}");
+        }
+    }
+}
+
+async fn create_agent(s: &TestServer, sponsor: &Sponsor, name: &str) -> (String, String) {
+    let (agent, key) = s.agent(sponsor, name).await;
+    (agent["id"].as_str().unwrap().to_owned(), key)
+}
+
+#[tokio::test]
+async fn sponsors_receive_their_own_events_only() {
+    let s = TestServer::start().await;
+    let a = s.sponsor("ev-a").await;
+    let b = s.sponsor("ev-b").await;
+    let mut wa = listen(&s, &a).await;
+    let mut wb = listen(&s, &b).await;
+
+    let (id, key) = create_agent(&s, &a, "watched").await;
+    let created = next_event(&mut wa).await;
+    assert_eq!(created["type"], "agent.created", "{created}");
+    assert_eq!(created["sponsor_id"], a.id.as_str());
+    assert_eq!(created["agent_id"], id.as_str());
+    assert_eq!(created["data"]["name"], "watched");
+    assert!(created["link"]["audit_seq"].is_i64(), "{created}");
+    assert!(created["id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
+    assert!(chrono::DateTime::parse_from_rfc3339(created["time"].as_str().unwrap()).is_ok());
+    let text = created.to_string();
+    assert!(!text.contains(&key) && !text.contains("api_key"), "the key leaked: {text}");
+
+    s.post(&format!("/api/agents/{id}/suspend"), Some(&a.access), json!({"reason": "odd"})).await;
+    let suspended = next_event(&mut wa).await;
+    assert_eq!(
+        (suspended["type"].as_str(), suspended["data"]["reason"].as_str()),
+        (Some("agent.suspended"), Some("odd"))
+    );
+
+    // A suspended agent's call is denied by the breaker, and announced.
+    let r = s
+        .post("/api/proxy/execute", Some(&key), json!({"method": "GET", "url": "https://example.com/"}))
+        .await;
+    assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("breaker")), "{}", r.text);
+    let denied = next_event(&mut wa).await;
+    assert_eq!(denied["type"], "proxy.denied", "{denied}");
+    assert_eq!(denied["agent_id"], id.as_str());
+    assert_eq!(denied["data"]["stage"], "breaker");
+    assert!(denied["data"]["reason"].as_str().unwrap().contains("odd"));
+    assert_eq!(denied["link"]["audit_seq"], r.body["audit_seq"]);
+    assert_eq!(denied["data"]["request_id"], r.body["request_id"]);
+    assert!(!denied.to_string().contains(&key));
+
+    s.post(&format!("/api/agents/{id}/resume"), Some(&a.access), json!({})).await;
+    assert_eq!(next_event(&mut wa).await["type"], "agent.resumed");
+    let r = s.send(reqwest::Method::DELETE, &format!("/api/agents/{id}"), Some(&a.access), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(next_event(&mut wa).await["type"], "agent.deleted");
+
+    // B, listening all along, saw none of it; its own agent it does see.
+    let (b_agent, _) = create_agent(&s, &b, "other").await;
+    let first = next_event(&mut wb).await;
+    assert_eq!(
+        (first["type"].as_str(), first["agent_id"].as_str()),
+        (Some("agent.created"), Some(b_agent.as_str()))
+    );
+    assert_eq!(first["sponsor_id"], b.id.as_str());
+    assert_quiet(&mut wb, "sponsor B").await;
+    assert_quiet(&mut wa, "sponsor A").await;
+
+    // Pings are answered.
+    wa.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match wa.next().await {
+                Some(Ok(Message::Pong(p))) => break p,
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong");
+    assert_eq!(&pong[..], b"are you there");
+}
+
+#[tokio::test]
+async fn since_replays_what_a_reconnecting_dashboard_missed() {
+    let s = TestServer::start().await;
+    let a = s.sponsor("ev-since").await;
+    let mut ws = listen(&s, &a).await;
+    create_agent(&s, &a, "first").await;
+    let seen = next_event(&mut ws).await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+
+    // Missed while away.
+    let (second, _) = create_agent(&s, &a, "second").await;
+    s.post(&format!("/api/agents/{second}/suspend"), Some(&a.access), json!({})).await;
+
+    let mut ws = connect(&s, &format!("token={}&since={}", a.access, seen["id"].as_str().unwrap())).await;
+    let replayed = next_event(&mut ws).await;
+    assert_eq!(
+        (replayed["type"].as_str(), replayed["agent_id"].as_str()),
+        (Some("agent.created"), Some(second.as_str()))
+    );
+    let replayed2 = next_event(&mut ws).await;
+    assert_eq!(replayed2["type"], "agent.suspended");
+    assert!(replayed2["id"].as_str().unwrap() > replayed["id"].as_str().unwrap(), "ids are time-ordered");
+    assert_quiet(&mut ws, "after the replay").await;
+    // And live events follow the replay.
+    s.post(&format!("/api/agents/{second}/resume"), Some(&a.access), json!({})).await;
+    assert_eq!(next_event(&mut ws).await["type"], "agent.resumed");
+
+    // Without `since`, nothing old is replayed.
+    let mut fresh = listen(&s, &a).await;
+    assert_quiet(&mut fresh, "no since").await;
+}
+
+#[tokio::test]
+async fn sockets_without_a_valid_token_are_refused() {
+    let s = TestServer::start().await;
+    let a = s.sponsor("ev-auth").await;
+    for query in ["", "token=", "token=not-a-jwt"] {
+        let url = format!("ws://{}/ws?{query}", s.running.addr);
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{query}");
+                let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or(b"")).unwrap();
+                assert_eq!(body["error"]["code"], "unauthorized", "{query}");
+            }
+            other => panic!("{query:?}: expected a refused upgrade, got {other:?}"),
+        }
+    }
+    // A signed-out session's token stops working at once.
+    let other = s.sponsor("ev-auth-out").await;
+    let r = s.post("/api/auth/logout", Some(&other.access), json!({})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let url = format!("ws://{}/ws?token={}", s.running.addr, other.access);
+    assert!(matches!(
+        tokio_tungstenite::connect_async(url).await,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == StatusCode::UNAUTHORIZED
+    ));
+
+    // Plain HTTP (no upgrade): the same JSON error; with a token, a clear 4xx.
+    let r = crate::support::read(s.http.get(s.url("/ws")).send().await.unwrap()).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let r = s.get("/ws", &a.access).await;
+    assert!(r.status.is_client_error(), "{} {}", r.status, r.text);
+    assert_eq!(r.code(), "websocket_required");
+    let r = s.get("/ws?since=yesterday", &a.access).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid_query"));
+
+    // The dashboard's cookie works from its own origin, not from another site.
+    let cookie_request = |origin: &str| {
+        let mut req = format!("ws://{}/ws", s.running.addr).into_client_request().unwrap();
+        req.headers_mut().insert("cookie", format!("aegis_at={}", a.access).parse().unwrap());
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    let own = format!("http://{}", s.running.addr);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(cookie_request(&own)).await.expect("same-origin cookie");
+    create_agent(&s, &a, "via-cookie").await;
+    assert_eq!(next_event(&mut ws).await["type"], "agent.created");
+    match tokio_tungstenite::connect_async(cookie_request("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), StatusCode::FORBIDDEN),
+        other => panic!("cross-site cookie socket accepted: {other:?}"),
+    }
+}
+
+/// Waits (up to 30 s: the reconnect back-off) until the server's Redis fan-out reports `want`.
+async fn redis_state(s: &TestServer, want: bool) {
+    for _ in 0..600 {
+        if s.running.services.events.redis_connected() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("Redis fan-out never became connected={want}");
+}
+
+#[tokio::test]
+async fn events_cross_replicas_through_redis() {
+    let Ok(redis_url) = std::env::var(REDIS_VAR).map(|v| v.trim().to_owned()) else {
+        println!(
+            "skipped: {REDIS_VAR} not set (set it to e.g. redis://127.0.0.1:6379 to run the Redis test)"
+        );
+        return;
+    };
+    if redis_url.is_empty() {
+        println!(
+            "skipped: {REDIS_VAR} is empty (set it to e.g. redis://127.0.0.1:6379 to run the Redis test)"
+        );
+        return;
+    }
+    let vars = [("REDIS_URL", redis_url.as_str())];
+    let one = TestServer::start_with(&vars).await;
+    let two = TestServer::start_sharing(&one, &vars).await;
+    redis_state(&one, true).await;
+    redis_state(&two, true).await;
+
+    let a = one.sponsor("ev-redis").await;
+    let mut on_two = listen(&two, &a).await;
+    let (id, _) = create_agent(&one, &a, "made-on-one").await;
+    let e = next_event(&mut on_two).await;
+    assert_eq!((e["type"].as_str(), e["agent_id"].as_str()), (Some("agent.created"), Some(id.as_str())));
+    assert_quiet(&mut on_two, "one event, delivered once").await;
+    drop(on_two);
+
+    // Replica two's buffer holds replica one's events, so `since` works there too.
+    one.post(&format!("/api/agents/{id}/suspend"), Some(&a.access), json!({})).await;
+    let mut replay = connect(&two, &format!("token={}&since={}", a.access, e["id"].as_str().unwrap())).await;
+    assert_eq!(next_event(&mut replay).await["type"], "agent.suspended");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_leaves_events_in_process() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let s = TestServer::start_with(&[("REDIS_URL", url.as_str())]).await;
+    redis_state(&s, false).await;
+    let a = s.sponsor("ev-noredis").await;
+    let mut ws = listen(&s, &a).await;
+    let (id, _) = create_agent(&s, &a, "still-heard").await;
+    let e = next_event(&mut ws).await;
+    assert_eq!((e["type"].as_str(), e["agent_id"].as_str()), (Some("agent.created"), Some(id.as_str())));
+    assert_eq!(s.running.services.events.redis_connected(), Some(false));
+}
+
+/// A throw-away `redis-server` on `port`, stopped when dropped.
+fn redis_server(port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server")
+}
+
+#[tokio::test]
+async fn fan_out_resumes_when_redis_comes_back() {
+    if std::env::var(REDIS_VAR).is_err() {
+        println!("skipped: {REDIS_VAR} not set (this test also needs redis-server on PATH)");
+        return;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let vars = [("REDIS_URL", url.as_str())];
+    // Both replicas start while Redis is down, and serve anyway.
+    let one = TestServer::start_with(&vars).await;
+    let two = TestServer::start_sharing(&one, &vars).await;
+    redis_state(&one, false).await;
+    let a = one.sponsor("ev-outage").await;
+    let mut on_one = listen(&one, &a).await;
+    create_agent(&one, &a, "during-outage").await;
+    assert_eq!(next_event(&mut on_one).await["type"], "agent.created");
+
+    // Redis arrives: both replicas connect on their own and fan out across.
+    let mut redis = redis_server(port);
+    redis_state(&one, true).await;
+    redis_state(&two, true).await;
+    let mut on_two = listen(&two, &a).await;
+    let (id, _) = create_agent(&one, &a, "after-recovery").await;
+    let e = next_event(&mut on_two).await;
+    assert_eq!((e["type"].as_str(), e["agent_id"].as_str()), (Some("agent.created"), Some(id.as_str())));
+    assert_eq!(next_event(&mut on_one).await["agent_id"], id.as_str());
+
+    // Redis goes away again: local delivery carries on.
+    redis.kill().await.unwrap();
+    redis_state(&one, false).await;
+    one.post(&format!("/api/agents/{id}/suspend"), Some(&a.access), json!({})).await;
+    assert_eq!(next_event(&mut on_one).await["type"], "agent.suspended");
+}
