@@ -37,7 +37,8 @@ test-rust: ## Unit, migration and API integration tests (SQLite)
 test-postgres:
 	@if [[ "$${DATABASE_URL:-}" == postgres* ]]; then \
 		echo "PostgreSQL pass: API integration and migration tests against $${DATABASE_URL%%@*}@…"; \
-		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p server --test api -p migration -p entity; \
+		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p server --test api && \
+		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p migration -p entity; \
 	else \
 		echo "skipped: PostgreSQL pass (set DATABASE_URL=postgres://… to run it)"; \
 	fi
