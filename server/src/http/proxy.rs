@@ -2,7 +2,7 @@
 
 use app::error::AppError;
 use axum::Json;
-use axum::body::{Body, to_bytes};
+use axum::body::to_bytes;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, StatusCode, header};
@@ -226,15 +226,16 @@ async fn forward(
         idempotency_key: None,
         label: Some(format!("gateway.{}", conn.name)),
         follow_redirects: false,
+        stream_response: true,
         origin: Origin::Gateway { connection: conn.name.clone() },
     };
     let mut result = match services.proxy.run(&principal, request).await {
         Ok(r) => r,
         Err(e) => return ApiError(e).into_response(),
     };
-    match proxy::body_and_headers(&mut result) {
+    match proxy::take_answer(&mut result) {
         Some((status, upstream_headers, body)) => {
-            let mut response = Response::new(Body::from(body));
+            let mut response = Response::new(body);
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             let headers: &mut HeaderMap = response.headers_mut();
             for (name, value) in upstream_headers.iter() {

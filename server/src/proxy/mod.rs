@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use app::error::AppError;
-use bytes::Bytes;
 use http::HeaderMap;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -36,7 +35,7 @@ use crate::trust::{TrustEvent, TrustService};
 use crate::wallets::{Reservation, WalletService};
 use egress::EgressGuard;
 use request::ProxyRequest;
-use upstream::{Upstream, UpstreamError, UpstreamResponse};
+use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -106,10 +105,26 @@ impl DecisionRecord {
     }
 }
 
+/// What the upstream answered: read whole (execute), or still arriving (gateway).
+#[derive(Debug)]
+pub enum Answer {
+    Whole(UpstreamResponse),
+    Streaming(StreamingResponse),
+}
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Whole(r) => r.status,
+            Answer::Streaming(r) => r.status,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Outcome {
     Performed {
-        upstream: UpstreamResponse,
+        upstream: Answer,
         cost_micros: i64,
     },
     Denied {
@@ -377,27 +392,45 @@ impl Pipeline {
         }
         record.note("intent", "recorded");
 
-        // Perform.
-        let called = self
-            .upstream
-            .call(request.method.clone(), url, headers, request.body.clone(), request.follow_redirects)
-            .await;
-        let called = called.map(|mut r| {
-            if let Some(s) = &secret {
-                r.body = secret::scrub(s, &mut r.headers, std::mem::take(&mut r.body));
-            }
-            r
-        });
+        // Perform. Gateway answers stream through; execute answers are read whole.
+        let called = if request.stream_response {
+            self.upstream
+                .call_streaming(
+                    request.method.clone(),
+                    url,
+                    headers,
+                    request.body.clone(),
+                    request.follow_redirects,
+                )
+                .await
+                .map(|mut r| {
+                    if let Some(s) = &secret {
+                        secret::scrub_headers(s, &mut r.headers);
+                        r.body = secret::scrub_stream(r.body, secret::Scrubber::new(s));
+                    }
+                    Answer::Streaming(r)
+                })
+        } else {
+            self.upstream
+                .call(request.method.clone(), url, headers, request.body.clone(), request.follow_redirects)
+                .await
+                .map(|mut r| {
+                    if let Some(s) = &secret {
+                        r.body = secret::scrub(s, &mut r.headers, std::mem::take(&mut r.body));
+                    }
+                    Answer::Whole(r)
+                })
+        };
         drop(secret);
 
         // Settle and write the outcome.
         let (outcome, kind_decision, status, cost) = match called {
             Ok(response) => {
-                record.note("upstream", format!("status {}", response.status));
+                let status = response.status();
+                record.note("upstream", format!("status {status}"));
                 if let Err(e) = self.wallets.settle(&request_id, estimate).await {
                     tracing::error!(request = %request_id, error = %e.message, "settlement failed; the hold expires");
                 }
-                let status = response.status;
                 (
                     Outcome::Performed { upstream: response, cost_micros: estimate },
                     "allow",
@@ -516,20 +549,28 @@ impl ProxyResult {
                 (*status, body)
             }
             Outcome::Performed { upstream, cost_micros } => {
+                let (status, headers_in) = match upstream {
+                    Answer::Whole(r) => (r.status, &r.headers),
+                    Answer::Streaming(r) => (r.status, &r.headers),
+                };
                 let mut headers = serde_json::Map::new();
-                for (name, value) in &upstream.headers {
+                for (name, value) in headers_in {
                     if let Ok(v) = value.to_str() {
                         headers.insert(name.as_str().to_owned(), json!(v));
                     }
                 }
-                let mut up = json!({"status": upstream.status, "headers": headers});
-                match std::str::from_utf8(&upstream.body) {
-                    Ok(text) => up["body"] = json!(text),
-                    Err(_) => {
-                        use base64::Engine;
-                        up["body_base64"] =
-                            json!(base64::engine::general_purpose::STANDARD.encode(&upstream.body));
-                    }
+                let mut up = json!({"status": status, "headers": headers});
+                match upstream {
+                    // Only gateway answers stream, and they never become JSON.
+                    Answer::Streaming(_) => up["streamed"] = json!(true),
+                    Answer::Whole(r) => match std::str::from_utf8(&r.body) {
+                        Ok(text) => up["body"] = json!(text),
+                        Err(_) => {
+                            use base64::Engine;
+                            up["body_base64"] =
+                                json!(base64::engine::general_purpose::STANDARD.encode(&r.body));
+                        }
+                    },
                 }
                 (
                     200,
@@ -557,11 +598,19 @@ impl ProxyResult {
 }
 
 /// Used by gateway mode, which answers with the upstream's own status and headers.
-pub fn body_and_headers(result: &mut ProxyResult) -> Option<(u16, HeaderMap, Bytes)> {
-    match &mut result.outcome {
-        Outcome::Performed { upstream, .. } => {
-            Some((upstream.status, std::mem::take(&mut upstream.headers), std::mem::take(&mut upstream.body)))
+pub fn take_answer(result: &mut ProxyResult) -> Option<(u16, HeaderMap, axum::body::Body)> {
+    let Outcome::Performed { upstream, .. } = &mut result.outcome else {
+        return None;
+    };
+    match upstream {
+        Answer::Whole(r) => Some((
+            r.status,
+            std::mem::take(&mut r.headers),
+            axum::body::Body::from(std::mem::take(&mut r.body)),
+        )),
+        Answer::Streaming(r) => {
+            let body = std::mem::replace(&mut r.body, Box::pin(futures::stream::empty()));
+            Some((r.status, std::mem::take(&mut r.headers), axum::body::Body::from_stream(body)))
         }
-        _ => None,
     }
 }

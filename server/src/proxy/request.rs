@@ -78,6 +78,8 @@ pub struct ProxyRequest {
     pub idempotency_key: Option<String>,
     pub label: Option<String>,
     pub follow_redirects: bool,
+    /// Hand the upstream's body back as it arrives (gateway mode) instead of whole.
+    pub stream_response: bool,
     pub origin: Origin,
 }
 
@@ -152,6 +154,7 @@ impl ExecuteRequest {
             idempotency_key,
             label,
             follow_redirects: self.follow_redirects,
+            stream_response: false,
             origin: Origin::Execute,
         })
     }

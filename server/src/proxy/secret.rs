@@ -53,15 +53,16 @@ fn needles(secret: &UsableSecret) -> Vec<Vec<u8>> {
 /// response can be scrubbed while it streams. Bytes that could be the start of a
 /// secret split across chunks are held back until the next chunk decides.
 pub struct Scrubber {
-    needles: Vec<Vec<u8>>,
+    needles: Vec<zeroize::Zeroizing<Vec<u8>>>,
     longest: usize,
     carry: Vec<u8>,
 }
 
 impl Scrubber {
     pub fn new(secret: &UsableSecret) -> Self {
-        let needles: Vec<Vec<u8>> = needles(secret).into_iter().filter(|n| !n.is_empty()).collect();
-        let longest = needles.iter().map(Vec::len).max().unwrap_or(0);
+        let needles: Vec<zeroize::Zeroizing<Vec<u8>>> =
+            needles(secret).into_iter().filter(|n| !n.is_empty()).map(zeroize::Zeroizing::new).collect();
+        let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
         Self { needles, longest, carry: Vec::new() }
     }
 
@@ -71,7 +72,7 @@ impl Scrubber {
         'outer: while i < data.len() {
             let rest = &data[i..];
             for needle in &self.needles {
-                if rest.starts_with(needle) {
+                if rest.starts_with(needle.as_slice()) {
                     out.extend_from_slice(REDACTED.as_bytes());
                     i += needle.len();
                     continue 'outer;
@@ -107,6 +108,25 @@ impl Scrubber {
         out.extend(s.finish());
         out
     }
+}
+
+/// Scrubs a body while it streams.
+pub fn scrub_stream(body: super::upstream::BodyStream, scrubber: Scrubber) -> super::upstream::BodyStream {
+    use futures::StreamExt;
+    Box::pin(futures::stream::unfold((body, Some(scrubber)), |(mut body, mut scrubber)| async move {
+        let active = scrubber.as_mut()?;
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                let clean = Bytes::from(active.push(&chunk));
+                Some((Ok(clean), (body, scrubber)))
+            }
+            Some(Err(e)) => Some((Err(e), (body, None))),
+            None => {
+                let tail = Bytes::from(scrubber.take()?.finish());
+                Some((Ok(tail), (body, None)))
+            }
+        }
+    }))
 }
 
 /// Removes every occurrence of the secret from a response's headers and body, in

@@ -9,6 +9,7 @@ use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 pub struct MockUpstream {
@@ -36,6 +37,18 @@ async fn leak(headers: HeaderMap, uri: Uri) -> Response {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let query = uri.query().unwrap_or("").to_owned();
     ([("x-echo-auth", auth.clone())], format!("you sent: {auth} / {query}")).into_response()
+}
+
+/// Streams a first line, then (later, in two pieces) the credential it received.
+async fn stream_auth(headers: HeaderMap) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let (a, b) = auth.split_at(auth.len() / 2);
+    let pieces = vec![(0u64, "first\n".to_owned()), (700, a.to_owned()), (100, format!("{b}\n"))];
+    let stream = futures::stream::iter(pieces).then(|(wait, text)| async move {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        Ok::<_, std::io::Error>(Bytes::from(text))
+    });
+    axum::body::Body::from_stream(stream).into_response()
 }
 
 async fn status(Path(code): Path<u16>) -> Response {
@@ -66,6 +79,7 @@ impl MockUpstream {
             .route("/echo", any(echo))
             .route("/echo/{*rest}", any(echo))
             .route("/leak", any(leak))
+            .route("/stream-auth", get(stream_auth))
             .route("/status/{code}", any(status))
             .route("/slow", get(slow))
             .route("/big", get(big))

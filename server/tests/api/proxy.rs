@@ -572,6 +572,33 @@ async fn gateway_mode_is_a_transparent_proxy_for_unmodified_sdks() {
         s.send(reqwest::Method::DELETE, &format!("/api/secrets/{sid}"), Some(&sponsor.access), None).await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "secret_in_use"));
 
+    // Answers stream through as they arrive, scrubbed even where the secret is split
+    // across chunks. (The mock's base URL is /echo, so reach /stream-auth through a
+    // second connection.)
+    let c2 = s
+        .post(
+            "/api/connections",
+            Some(&sponsor.access),
+            json!({"name": "root", "base_url": mock.url(""), "secret": "mockkey"}),
+        )
+        .await;
+    assert_eq!(c2.status, StatusCode::CREATED, "{}", c2.text);
+    let started = std::time::Instant::now();
+    let mut resp = s.http.get(s.url("/api/gw/root/stream-auth")).bearer_auth(&key).send().await.unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    let first_after = started.elapsed();
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(&first[..], b"first\n");
+    assert!(
+        first_after < std::time::Duration::from_millis(600),
+        "first chunk after {first_after:?}: not streamed"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(700));
+    assert_eq!(String::from_utf8(rest).unwrap(), "Bearer [REDACTED]\n");
+
     let missing = s.http.get(s.url("/api/gw/nope/x")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let anonymous = s.http.get(s.url("/api/gw/mock/x")).send().await.unwrap();
