@@ -49,7 +49,7 @@ impl Default for UpstreamLimits {
     }
 }
 
-pub type BodyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+pub type BodyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
 /// An answer whose body is still arriving.
 pub struct StreamingResponse {
@@ -79,6 +79,14 @@ pub enum UpstreamError {
     TooLarge(usize),
     Unreachable(String),
 }
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason())
+    }
+}
+
+impl std::error::Error for UpstreamError {}
 
 impl UpstreamError {
     pub fn reason(&self) -> String {
@@ -163,18 +171,11 @@ impl Upstream {
         body: Bytes,
         follow_redirects: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let response = self.send(method, url, headers, body, follow_redirects).await?;
-        let status = response.status().as_u16();
-        let headers = strip_hop_by_hop(response.headers().clone());
-        let max = self.limits.max_response_bytes;
+        let StreamingResponse { status, headers, body: mut stream } =
+            self.call_streaming(method, url, headers, body, follow_redirects).await?;
         let mut body = BytesMut::new();
-        let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(classify)?;
-            if body.len() + chunk.len() > max {
-                return Err(UpstreamError::TooLarge(max));
-            }
-            body.extend_from_slice(&chunk);
+            body.extend_from_slice(&chunk?);
         }
         Ok(UpstreamResponse { status, headers, body: body.freeze() })
     }
@@ -195,10 +196,10 @@ impl Upstream {
         let max = self.limits.max_response_bytes;
         let mut seen = 0usize;
         let body = response.bytes_stream().map(move |chunk| {
-            let chunk = chunk.map_err(|e| std::io::Error::other(classify(e).reason()))?;
+            let chunk = chunk.map_err(classify)?;
             seen += chunk.len();
             if seen > max {
-                return Err(std::io::Error::other(UpstreamError::TooLarge(max).reason()));
+                return Err(UpstreamError::TooLarge(max));
             }
             Ok(chunk)
         });
