@@ -38,13 +38,7 @@ impl ConnectionService {
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
-        let name = input.name.trim().to_owned();
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !name_ok {
-            return Err(AppError::validation("connection name must be 1 to 64 of A-Z a-z 0-9 _ - ."));
-        }
+        let name = crate::storage::identifier(&input.name, "connection name")?;
         let base = input.base_url.trim().trim_end_matches('/').to_owned();
         let target = self
             .egress

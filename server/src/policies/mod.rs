@@ -151,14 +151,7 @@ fn validate_source(source: &str) -> Result<(), AppError> {
 }
 
 fn validate_policy_name(name: &str) -> Result<String, AppError> {
-    let name = name.trim();
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if !ok {
-        return Err(AppError::validation("policy name must be 1 to 64 of A-Z a-z 0-9 _ - ."));
-    }
-    Ok(name.to_owned())
+    crate::storage::identifier(name, "policy name")
 }
 
 impl PolicyService {

@@ -62,14 +62,7 @@ pub struct SecretService {
 }
 
 fn validate_name(name: &str) -> Result<String, AppError> {
-    let name = name.trim();
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if !ok {
-        return Err(AppError::validation("secret name must be 1 to 64 of A-Z a-z 0-9 _ - ."));
-    }
-    Ok(name.to_owned())
+    crate::storage::identifier(name, "secret name")
 }
 
 fn validate_value(value: &str) -> Result<(), AppError> {
@@ -115,13 +108,8 @@ fn validate_injection(inject: &Injection) -> Result<Injection, AppError> {
             Ok(Injection::Header { header, format: format.clone() })
         }
         Injection::QueryParam { query_param } => {
-            let ok = !query_param.is_empty()
-                && query_param.len() <= 64
-                && query_param.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !ok {
-                return Err(AppError::validation("inject.query_param must be 1 to 64 of A-Z a-z 0-9 _ - ."));
-            }
-            Ok(Injection::QueryParam { query_param: query_param.clone() })
+            let query_param = crate::storage::identifier(query_param, "inject.query_param")?;
+            Ok(Injection::QueryParam { query_param })
         }
     }
 }
