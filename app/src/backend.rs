@@ -52,6 +52,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn resume_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
     async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
     async fn agent_trust(&self, sponsor: &SessionUser, id: Uuid) -> Result<TrustView, AppError>;
+    async fn agent_wallet(&self, sponsor: &SessionUser, id: Uuid) -> Result<WalletView, AppError>;
+    async fn update_agent_wallet(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        update: WalletUpdate,
+    ) -> Result<WalletView, AppError>;
 
     // --- policies ---
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError>;

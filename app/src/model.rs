@@ -376,3 +376,31 @@ pub struct PolicyUpdate {
     #[serde(default)]
     pub description: Option<String>,
 }
+
+/// An agent's wallet: limits, what is spent and held, and when the windows reset.
+/// Money is in micro-units; a limit of 0 means no limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct WalletView {
+    pub agent_id: Uuid,
+    pub daily_limit_micros: i64,
+    pub monthly_limit_micros: i64,
+    pub daily_spent_micros: i64,
+    pub monthly_spent_micros: i64,
+    /// Held for calls in flight.
+    pub reserved_micros: i64,
+    pub timezone: String,
+    pub daily_resets_at: DateTime<Utc>,
+    pub monthly_resets_at: DateTime<Utc>,
+}
+
+/// New limits; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WalletUpdate {
+    #[serde(default)]
+    pub daily_limit_micros: Option<i64>,
+    #[serde(default)]
+    pub monthly_limit_micros: Option<i64>,
+}

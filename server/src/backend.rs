@@ -204,6 +204,28 @@ impl Backend for Services {
         self.trust.view(sponsor.user_id, id).await
     }
 
+    async fn agent_wallet(&self, sponsor: &SessionUser, id: Uuid) -> Result<WalletView, AppError> {
+        // Ownership first: another sponsor's agent is "not found".
+        self.agents.get(sponsor.user_id, id).await?;
+        self.wallets.view(id).await
+    }
+
+    /// Limits are agent settings: the same validation and audit record as `PATCH`.
+    async fn update_agent_wallet(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        update: WalletUpdate,
+    ) -> Result<WalletView, AppError> {
+        let patch = AgentPatch {
+            daily_limit_micros: update.daily_limit_micros,
+            monthly_limit_micros: update.monthly_limit_micros,
+            ..AgentPatch::default()
+        };
+        self.agents.update(sponsor.user_id, id, patch).await?;
+        self.wallets.view(id).await
+    }
+
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {
         self.policies.list(sponsor).await
     }

@@ -43,6 +43,17 @@ pub fn windows(at: DateTime<Utc>) -> (String, String) {
     (at.format("%Y-%m-%d").to_string(), at.format("%Y-%m").to_string())
 }
 
+/// When the current day and month windows (UTC) end.
+pub fn next_resets(at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    use chrono::{Datelike, NaiveDate, TimeZone};
+    let today = at.date_naive();
+    let tomorrow = today.succ_opt().unwrap_or(today);
+    let (y, m) = if today.month() == 12 { (today.year() + 1, 1) } else { (today.year(), today.month() + 1) };
+    let next_month = NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(tomorrow);
+    let midnight = |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default());
+    (midnight(tomorrow), midnight(next_month))
+}
+
 /// Zeroes the spend of windows that have ended. Idempotent and safe to race.
 async fn roll_windows(db: &impl ConnectionTrait, agent_id: Uuid, at: DateTime<Utc>) -> Result<(), AppError> {
     let (day, month) = windows(at);
@@ -220,7 +231,45 @@ impl WalletService {
         Ok(released)
     }
 
+    /// The wallet as sponsors see it, with the current windows rolled over first so
+    /// yesterday's spend never shows as today's.
+    pub async fn view(&self, agent_id: Uuid) -> Result<app::model::WalletView, AppError> {
+        let at = now();
+        roll_windows(&self.db, agent_id, at).await?;
+        let w = self.get(agent_id).await?.ok_or_else(|| AppError::not_found("wallet"))?;
+        let (daily_resets_at, monthly_resets_at) = next_resets(at);
+        Ok(app::model::WalletView {
+            agent_id,
+            daily_limit_micros: w.daily_limit_micros,
+            monthly_limit_micros: w.monthly_limit_micros,
+            daily_spent_micros: w.daily_spent_micros,
+            monthly_spent_micros: w.monthly_spent_micros,
+            reserved_micros: w.reserved_micros,
+            timezone: w.timezone,
+            daily_resets_at,
+            monthly_resets_at,
+        })
+    }
+
     pub async fn get(&self, agent_id: Uuid) -> Result<Option<wallets::Model>, AppError> {
         wallets::Entity::find_by_id(agent_id).one(&self.db).await.map_err(internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn windows_reset_at_the_next_utc_midnight_and_month_start() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
+        let (day, month) = next_resets(at);
+        assert_eq!(day, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+        assert_eq!(month, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+        let (day, month) = next_resets(Utc.with_ymd_and_hms(2028, 2, 28, 12, 0, 0).unwrap());
+        assert_eq!(day, Utc.with_ymd_and_hms(2028, 2, 29, 0, 0, 0).unwrap());
+        assert_eq!(month, Utc.with_ymd_and_hms(2028, 3, 1, 0, 0, 0).unwrap());
+        assert_eq!(windows(at), ("2026-12-31".to_owned(), "2026-12".to_owned()));
     }
 }

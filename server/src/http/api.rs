@@ -4,7 +4,7 @@
 use app::backend::Backend;
 use app::model::{
     AgentCreated, AgentPatch, AgentView, AuthResponse, Credentials, KeyRotated, NewAgent, Page, PageRequest,
-    RefreshRequest, Registration, SuspendRequest, TrustView, UserView,
+    RefreshRequest, Registration, SuspendRequest, TrustView, UserView, WalletUpdate, WalletView,
 };
 use axum::Json;
 use axum::extract::State;
@@ -251,6 +251,44 @@ pub async fn agent_trust(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.agent_trust(&sponsor, id).await?))
+}
+
+#[utoipa::path(get, path = "/api/agents/{id}/wallet", tag = "agents",
+    summary = "An agent's wallet",
+    description = "Limits (0 = none), spend in the current UTC day and month windows, what is held for calls in flight, and when the windows reset. Money in micro-units.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The wallet", body = WalletView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+    ))]
+pub async fn agent_wallet(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.agent_wallet(&sponsor, id).await?))
+}
+
+#[utoipa::path(put, path = "/api/agents/{id}/wallet", tag = "agents",
+    summary = "Set an agent's limits",
+    description = "Absent fields stay as they are. Every change is audited (`agent.updated`). Lowering a limit below what is spent denies further calls at stage `budget` until the window resets.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    request_body = WalletUpdate,
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The wallet after the change", body = WalletView),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+        (status = 409, description = "`agent_revoked`: the agent was deleted", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a limit outside 0..=10^15", body = ErrorBody),
+    ))]
+pub async fn update_agent_wallet(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(update): ApiJson<WalletUpdate>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.update_agent_wallet(&sponsor, id, update).await?))
 }
 
 #[utoipa::path(get, path = "/api/agent/me", tag = "agent",

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/suspend", post(api::suspend_agent))
         .route("/agents/{id}/resume", post(api::resume_agent))
         .route("/agents/{id}/trust", get(api::agent_trust))
+        .route("/agents/{id}/wallet", get(api::agent_wallet).put(api::update_agent_wallet))
         .route("/agent/me", get(api::agent_self))
         .route("/policies", get(vault::list_policies).post(vault::create_policy))
         .route("/policies/{id}", get(vault::get_policy).put(vault::update_policy))

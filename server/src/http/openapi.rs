@@ -47,6 +47,8 @@ use crate::proxy::Stage;
         super::api::suspend_agent,
         super::api::resume_agent,
         super::api::agent_trust,
+        super::api::agent_wallet,
+        super::api::update_agent_wallet,
         super::api::agent_self,
         super::proxy::execute,
         super::proxy::gateway,

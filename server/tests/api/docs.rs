@@ -31,6 +31,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/agents/{id}/suspend"),
     ("POST", "/api/agents/{id}/resume"),
     ("GET", "/api/agents/{id}/trust"),
+    ("GET", "/api/agents/{id}/wallet"),
+    ("PUT", "/api/agents/{id}/wallet"),
     ("GET", "/api/agent/me"),
     ("GET", "/api/policies"),
     ("POST", "/api/policies"),
