@@ -60,6 +60,28 @@ pub trait Backend: Send + Sync + 'static {
         update: WalletUpdate,
     ) -> Result<WalletView, AppError>;
 
+    // --- approvals ---
+    async fn list_approvals(
+        &self,
+        sponsor: &SessionUser,
+        query: ApprovalQuery,
+    ) -> Result<Page<ApprovalView>, AppError>;
+    async fn get_approval(&self, sponsor: &SessionUser, id: Uuid) -> Result<ApprovalView, AppError>;
+    /// Approves and performs the parked request (exactly once); returns the
+    /// approval with the outcome.
+    async fn approve(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        input: ApproveRequest,
+    ) -> Result<ApprovalView, AppError>;
+    async fn reject(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        input: RejectRequest,
+    ) -> Result<ApprovalView, AppError>;
+
     // --- policies ---
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError>;
     async fn get_policy(&self, sponsor: &SessionUser, id: Uuid) -> Result<PolicyView, AppError>;

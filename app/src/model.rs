@@ -404,3 +404,166 @@ pub struct WalletUpdate {
     #[serde(default)]
     pub monthly_limit_micros: Option<i64>,
 }
+
+/// Where an approval stands. `approved` with no `outcome` yet means the call is
+/// being performed right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Rejected => "rejected",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(ApprovalStatus::Pending),
+            "approved" => Some(ApprovalStatus::Approved),
+            "rejected" => Some(ApprovalStatus::Rejected),
+            "expired" => Some(ApprovalStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A request held for a sponsor's decision, as the sponsor sees it. Header values
+/// and the body are not shown: only what identifies the call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApprovalView {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub agent_name: String,
+    pub status: ApprovalStatus,
+    pub method: String,
+    pub url: String,
+    /// Names of the headers the agent sent (values are never shown).
+    pub header_names: Vec<String>,
+    /// The start of the body when it is text (at most 2 KiB), else null.
+    pub body_preview: Option<String>,
+    pub body_bytes: u64,
+    pub action_label: Option<String>,
+    /// Name of the vault secret the call will use.
+    pub secret_name: Option<String>,
+    pub cost_micros: i64,
+    /// Why the policy asked for approval.
+    pub policy_reasons: Vec<String>,
+    pub trust_at_request: i32,
+    /// SHA-256 of the exact request; the performed call is checked against it.
+    pub request_hash: String,
+    pub request_id: String,
+    pub created_at: DateTime<Utc>,
+    /// `null`: it never expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decided_by: Option<Uuid>,
+    pub decision_reason: Option<String>,
+    /// What happened when the approved call was performed (the execute answer).
+    pub outcome: Option<ApprovalOutcome>,
+    pub grant: Option<GrantView>,
+}
+
+/// The answer AEGIS gave when it performed an approved request: the same body an
+/// immediate `POST /api/proxy/execute` would have returned, and its HTTP status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApprovalOutcome {
+    pub status: u16,
+    #[cfg_attr(feature = "ssr", schema(value_type = Object))]
+    pub body: serde_json::Value,
+    pub audit_seq: Option<i64>,
+}
+
+/// A standing grant given with an approval: more actions like this one (same
+/// method and host) without asking again, within bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct GrantView {
+    pub max_actions: i32,
+    pub used_actions: i32,
+    pub until: DateTime<Utc>,
+    pub max_micros: Option<i64>,
+    pub spent_micros: i64,
+}
+
+/// `GET /api/approvals` filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalQuery {
+    /// `pending`, `approved`, `rejected` or `expired`; all when absent.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<Uuid>,
+    /// Page size: 1 to 200; 50 when absent.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// `POST /api/approvals/{id}/approve`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// An optional note kept in the audit log.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Also allow up to `max_actions` more calls with the same method and host for
+    /// `minutes`, spending at most `max_micros` in total (no cap when absent).
+    #[serde(default)]
+    pub grant: Option<GrantRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// 1 to 1000.
+    pub max_actions: i32,
+    /// 1 to 1440.
+    pub minutes: i32,
+    #[serde(default)]
+    pub max_micros: Option<i64>,
+}
+
+/// `POST /api/approvals/{id}/reject`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    /// Shown to the agent and kept in the audit log (at most 500 characters).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /api/proxy/approvals/{id}`: what the agent that asked may see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AgentApprovalView {
+    pub approval_id: Uuid,
+    pub status: ApprovalStatus,
+    pub request_id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub decided_at: Option<DateTime<Utc>>,
+    /// The sponsor's reason, for a rejection.
+    pub reason: Option<String>,
+    /// Present once an approved request was performed.
+    pub outcome: Option<ApprovalOutcome>,
+}

@@ -12,6 +12,7 @@ pub mod agents;
 pub mod approvals;
 pub mod audit_checkpoints;
 pub mod audit_events;
+pub mod breakers;
 pub mod connections;
 pub mod idempotency_records;
 pub mod ledger_entries;

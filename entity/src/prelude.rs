@@ -5,6 +5,7 @@ pub use super::agents::Entity as Agents;
 pub use super::approvals::Entity as Approvals;
 pub use super::audit_checkpoints::Entity as AuditCheckpoints;
 pub use super::audit_events::Entity as AuditEvents;
+pub use super::breakers::Entity as Breakers;
 pub use super::connections::Entity as Connections;
 pub use super::idempotency_records::Entity as IdempotencyRecords;
 pub use super::ledger_entries::Entity as LedgerEntries;

@@ -14,6 +14,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_initial;
 mod m20261126_000002_audit_guards;
+mod m20261127_000003_breakers;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_initial::Migration),
             Box::new(m20261126_000002_audit_guards::Migration),
+            Box::new(m20261127_000003_breakers::Migration),
         ]
     }
 }

@@ -7,7 +7,7 @@ use migration::{Migrator, MigratorTrait, SchemaManager};
 
 /// Every table the initial migration must create. Kept independent of the
 /// migration's own list on purpose.
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "users",
     "refresh_families",
     "refresh_tokens",
@@ -25,20 +25,22 @@ const TABLES: [&str; 17] = [
     "audit_checkpoints",
     "trust_events",
     "idempotency_records",
+    "breakers",
 ];
 
 /// A sample of named indexes, one per kind (plain, composite, unique, raw SQL).
-const INDEXES: [(&str, &str); 6] = [
+const INDEXES: [(&str, &str); 7] = [
     ("agents", "ux_agents_sponsor_name_live"),
     ("agents", "ix_agents_sponsor_id_created_at"),
     ("policy_versions", "ux_policy_versions_policy_id_version"),
     ("secrets", "ux_secrets_sponsor_id_name"),
     ("ledger_entries", "ix_ledger_entries_status_expires_at"),
     ("audit_events", "ix_audit_events_kind_seq"),
+    ("approvals", "ix_approvals_status_expires_at"),
 ];
 
-/// How many migrations there are (the initial schema, the audit guards).
-const MIGRATIONS: usize = 2;
+/// How many migrations there are (the initial schema, the audit guards, breakers).
+const MIGRATIONS: usize = 3;
 
 async fn assert_tables(db: &DatabaseConnection, present: bool) {
     let manager = SchemaManager::new(db);

@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::agents::AgentService;
+use crate::approvals::ApprovalService;
 use crate::audit::AuditLog;
 use crate::auth::AuthService;
 use crate::config::Config;
@@ -22,6 +23,8 @@ use crate::events::EventBus;
 use crate::policies::PolicyService;
 use crate::policies::engine::PolicyEngine;
 use crate::proxy::Pipeline;
+use crate::proxy::breaker::BreakerService;
+use crate::proxy::breaker::windows::Resilient;
 use crate::proxy::egress::EgressGuard;
 use crate::proxy::upstream::Upstream;
 use crate::secrets::SecretService;
@@ -49,6 +52,7 @@ pub struct Services {
     pub proxy: Pipeline,
     pub events: EventBus,
     pub trust: TrustService,
+    pub approvals: ApprovalService,
     recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
 }
 
@@ -61,13 +65,29 @@ impl Services {
         vault: Vault,
     ) -> Arc<Self> {
         let policies = PolicyService::new(db.clone());
-        let secrets = SecretService::new(db.clone(), vault);
+        let secrets = SecretService::new(db.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());
         let connections = ConnectionService::new(db.clone(), secrets.clone(), egress.clone());
         let wallets = WalletService::new(db.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).
         let events = EventBus::from_config(config.redis_url.as_deref());
-        let trust = TrustService::new(db.clone(), audit.clone());
+        let trust = TrustService::new(db.clone(), audit.clone(), events.clone());
+        let approvals = ApprovalService::new(
+            db.clone(),
+            audit.clone(),
+            events.clone(),
+            vault.clone(),
+            trust.clone(),
+            config.approval_ttl,
+        );
+        let breaker = BreakerService::new(
+            db.clone(),
+            audit.clone(),
+            events.clone(),
+            trust.clone(),
+            Arc::new(Resilient::new(config.redis_url.as_deref())),
+            config.breaker.clone(),
+        );
         let proxy = Pipeline {
             db: db.clone(),
             policies: policies.clone(),
@@ -79,6 +99,8 @@ impl Services {
             audit: audit.clone(),
             events: events.clone(),
             trust: trust.clone(),
+            approvals: approvals.clone(),
+            breaker,
         };
         let agents = AgentService::new(db.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {
@@ -94,6 +116,7 @@ impl Services {
             proxy,
             events,
             trust,
+            approvals,
             recent_browser_refreshes: Mutex::default(),
         })
     }
@@ -224,6 +247,41 @@ impl Backend for Services {
         };
         self.agents.update(sponsor.user_id, id, patch).await?;
         self.wallets.view(id).await
+    }
+
+    async fn list_approvals(
+        &self,
+        sponsor: &SessionUser,
+        query: ApprovalQuery,
+    ) -> Result<Page<ApprovalView>, AppError> {
+        self.approvals.list(sponsor.user_id, query).await
+    }
+
+    async fn get_approval(&self, sponsor: &SessionUser, id: Uuid) -> Result<ApprovalView, AppError> {
+        self.approvals.get(sponsor.user_id, id).await
+    }
+
+    async fn approve(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        input: ApproveRequest,
+    ) -> Result<ApprovalView, AppError> {
+        let claimed = self.approvals.approve(sponsor.user_id, sponsor.user_id, id, input).await?;
+        let agent = self.agents.principal(claimed.approval.agent_id).await?;
+        let result = self.proxy.run_approved(&agent, claimed.request, claimed.request_id, id).await;
+        let (status, body) = result.to_json();
+        self.approvals.record_outcome(id, status, &body, result.audit_seq).await;
+        self.approvals.get(sponsor.user_id, id).await
+    }
+
+    async fn reject(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        input: RejectRequest,
+    ) -> Result<ApprovalView, AppError> {
+        self.approvals.reject(sponsor.user_id, sponsor.user_id, id, input).await
     }
 
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {

@@ -50,6 +50,9 @@ pub struct Config {
     /// Largest request body an agent may send through the proxy.
     pub proxy_max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// How long a parked request waits for its sponsor (`None`: until decided).
+    pub approval_ttl: Option<Duration>,
+    pub breaker: crate::proxy::breaker::BreakerConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -103,6 +106,14 @@ impl Config {
                 Some("0" | "false" | "no" | "off") => Ok(false),
                 Some(v) => Err(ConfigError { var: k, reason: format!("expected true or false, got {v:?}") }),
             }
+        };
+
+        let percent = |k: &'static str, default: u64| -> Result<u64, ConfigError> {
+            let v = number(k, default)?;
+            if v > 100 {
+                return Err(ConfigError { var: k, reason: "expected a percentage, 0 to 100".into() });
+            }
+            Ok(v)
         };
 
         let site_addr = parse("LEPTOS_SITE_ADDR", "127.0.0.1:3000")?;
@@ -195,6 +206,24 @@ impl Config {
             },
             proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
             log_format,
+            approval_ttl: match number("AEGIS_APPROVAL_TTL_SECS", 15 * 60)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            breaker: crate::proxy::breaker::BreakerConfig {
+                window: Duration::from_secs(number("AEGIS_BREAKER_WINDOW_SECS", 60)?.max(1)),
+                min_samples: number("AEGIS_BREAKER_MIN_SAMPLES", 10)?.max(1),
+                denial_rate_pct: percent("AEGIS_BREAKER_DENIAL_RATE_PCT", 50)?,
+                error_rate_pct: percent("AEGIS_BREAKER_ERROR_RATE_PCT", 50)?,
+                burst: number("AEGIS_BREAKER_BURST", 600)?,
+                spend_micros: number("AEGIS_BREAKER_SPEND_MICROS", 100_000_000)?,
+                new_hosts: number("AEGIS_BREAKER_NEW_HOSTS", 10)?,
+                cooldown: Duration::from_secs(number("AEGIS_BREAKER_COOLDOWN_SECS", 30)?.max(1)),
+                cooldown_max: Duration::from_secs(number("AEGIS_BREAKER_COOLDOWN_MAX_SECS", 3600)?.max(1)),
+                probes: number("AEGIS_BREAKER_PROBES", 3)?.clamp(1, 100) as i32,
+                fleet_max_pct: percent("AEGIS_BREAKER_FLEET_MAX_PCT", 50)?,
+                fleet_min_agents: number("AEGIS_BREAKER_FLEET_MIN_AGENTS", 4)?,
+            },
         })
     }
 }
@@ -232,6 +261,8 @@ mod tests {
             ("AEGIS_PUBLIC_URL", "ftp://x"),
             ("AEGIS_EGRESS_ALLOW", "not a cidr/99"),
             ("AEGIS_EGRESS_PORTS", "http"),
+            ("AEGIS_BREAKER_DENIAL_RATE_PCT", "150"),
+            ("AEGIS_APPROVAL_TTL_SECS", "soon"),
         ] {
             let err = with(&[(var, value)]).err().unwrap_or_else(|| panic!("{var}={value} accepted"));
             assert_eq!(err.var, var);

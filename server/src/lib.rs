@@ -2,6 +2,7 @@
 //! `main.rs` is only the command line; tests start servers through [`start`].
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod backend;
@@ -124,13 +125,23 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     Ok(Running { addr, services, task })
 }
 
-/// Releases budget holds whose calls never reported back (a crash mid-call), so
-/// a dead request cannot block an agent's wallet for ever.
+/// Background upkeep: expires approvals nobody decided in time (every few
+/// seconds, so agents and dashboards learn promptly), and releases budget holds
+/// whose calls never reported back (a crash mid-call), so a dead request cannot
+/// block an agent's wallet for ever.
 fn spawn_janitor(services: Arc<Services>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
+            ticks += 1;
+            if let Err(e) = services.approvals.expire_due(None).await {
+                tracing::error!(error = %e.message, "could not expire approvals");
+            }
+            if ticks % 12 != 1 {
+                continue;
+            }
             match services.wallets.release_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(released = n, "released expired budget holds"),

@@ -260,11 +260,12 @@ pub struct TrustChange {
 pub struct TrustService {
     db: sea_orm::DatabaseConnection,
     audit: AuditLog,
+    events: crate::events::EventBus,
 }
 
 impl TrustService {
-    pub fn new(db: sea_orm::DatabaseConnection, audit: AuditLog) -> Self {
-        Self { db, audit }
+    pub fn new(db: sea_orm::DatabaseConnection, audit: AuditLog, events: crate::events::EventBus) -> Self {
+        Self { db, audit, events }
     }
 
     /// Applies `event` to the agent's score now. `Ok(None)` when the score does not
@@ -387,6 +388,16 @@ impl TrustService {
         let tier_change = (from != to).then_some(TierChange { from, to });
         if let Some(change) = tier_change {
             tracing::info!(agent = %agent.id, from = change.from.as_str(), to = change.to.as_str(), "trust tier changed");
+            self.events.publish(
+                crate::events::Event::new(
+                    crate::events::TRUST_TIER_CHANGED,
+                    agent.sponsor_id,
+                    Some(agent.id),
+                    json!({"from": change.from.as_str(), "to": change.to.as_str(), "score": applied.score,
+                           "reason": event.reason()}),
+                )
+                .audit_seq(appended.seq),
+            );
         }
         Ok(Some(Some(TrustChange {
             before: score,

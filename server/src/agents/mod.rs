@@ -354,6 +354,8 @@ impl AgentService {
             active.suspended_reason = Set(Some(reason.clone()));
             active.updated_at = Set(at);
             active.update(txn.conn()).await.map_err(internal)?;
+            // A sponsor's suspension stays until the sponsor lifts it: no half-open.
+            crate::proxy::breaker::close_by_sponsor(txn.conn(), id).await?;
             let appended = txn
                 .append(lifecycle("agent.suspended", sponsor_id, id, serde_json::json!({ "reason": reason })))
                 .await?;
@@ -380,10 +382,25 @@ impl AgentService {
             active.suspended_reason = Set(None);
             active.updated_at = Set(now());
             active.update(txn.conn()).await.map_err(internal)?;
+            let breaker_reset = crate::proxy::breaker::close_by_sponsor(txn.conn(), id).await?;
             let appended = txn
-                .append(lifecycle("agent.resumed", sponsor_id, id, serde_json::json!({ "from": from })))
+                .append(lifecycle(
+                    "agent.resumed",
+                    sponsor_id,
+                    id,
+                    serde_json::json!({ "from": from, "breaker_reset": breaker_reset }),
+                ))
                 .await?;
             txn.commit().await?;
+            if breaker_reset {
+                self.announce(
+                    events::BREAKER_RESET,
+                    sponsor_id,
+                    id,
+                    serde_json::json!({ "by": "sponsor" }),
+                    appended.seq,
+                );
+            }
             self.announce(
                 events::AGENT_RESUMED,
                 sponsor_id,
@@ -421,6 +438,18 @@ impl AgentService {
             );
         }
         self.get(sponsor_id, id).await
+    }
+
+    /// The agent as the pipeline sees it, for work done on its behalf later (an
+    /// approved request). A deleted agent is still found: the breaker stage
+    /// refuses it.
+    pub async fn principal(&self, id: Uuid) -> Result<AgentPrincipal, AppError> {
+        let agent = agents::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| AppError::not_found("agent"))?;
+        Ok(AgentPrincipal { agent, key_id: String::new() })
     }
 
     /// Finds the agent a presented API key belongs to. Unknown, malformed, revoked and

@@ -27,6 +27,8 @@ pub struct AuditQuery {
     pub kind: Option<String>,
     /// `allow`, `deny` or `error`.
     pub decision: Option<String>,
+    /// Only the records of one proxy request (its `request_id`, e.g. `req_…`).
+    pub request_id: Option<String>,
     /// Inclusive start, RFC 3339 (e.g. `2026-01-31T12:00:00Z`).
     #[param(format = DateTime)]
     pub from: Option<String>,
@@ -47,6 +49,7 @@ pub struct AuditFilter {
     pub agent_id: Option<Uuid>,
     pub kind: Option<String>,
     pub decision: Option<String>,
+    pub request_id: Option<String>,
     /// Inclusive.
     pub from: Option<DateTime<Utc>>,
     /// Exclusive.
@@ -127,6 +130,7 @@ impl AuditQuery {
                 agent_id,
                 kind: text("kind", &self.kind)?,
                 decision: text("decision", &self.decision)?,
+                request_id: text("request_id", &self.request_id)?,
                 from,
                 to,
                 before_seq,
@@ -148,6 +152,9 @@ impl AuditFilter {
         }
         if let Some(decision) = &self.decision {
             q = q.filter(C::Decision.eq(decision.as_str()));
+        }
+        if let Some(request_id) = &self.request_id {
+            q = q.filter(C::RequestId.eq(request_id.as_str()));
         }
         if let Some(from) = self.from {
             q = q.filter(C::At.gte(from));

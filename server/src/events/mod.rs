@@ -36,10 +36,19 @@ pub const AGENT_SUSPENDED: &str = "agent.suspended";
 pub const AGENT_RESUMED: &str = "agent.resumed";
 pub const AGENT_DELETED: &str = "agent.deleted";
 pub const PROXY_DENIED: &str = "proxy.denied";
-// Reserved for features that are not built yet.
 pub const APPROVAL_REQUESTED: &str = "approval.requested";
+/// Approved or rejected by the sponsor (`data.status`).
+pub const APPROVAL_RESOLVED: &str = "approval.resolved";
+pub const APPROVAL_EXPIRED: &str = "approval.expired";
 pub const BREAKER_TRIPPED: &str = "breaker.tripped";
+/// The breaker closed again (half-open probes passed, or the sponsor resumed).
+pub const BREAKER_RESET: &str = "breaker.reset";
+/// A trip the fleet guard held back: too many of the sponsor's agents already tripped.
+pub const BREAKER_HELD: &str = "breaker.held";
+/// Spend crossed the wallet's alert threshold (once per day/month window).
 pub const BUDGET_ALERT: &str = "budget.alert";
+/// A call was refused because a limit is reached.
+pub const BUDGET_EXHAUSTED: &str = "budget.exhausted";
 pub const TRUST_TIER_CHANGED: &str = "trust.tier_changed";
 
 /// At most this many recent events are kept per sponsor for `since` replays.

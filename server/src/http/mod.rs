@@ -3,6 +3,7 @@
 //! (`/api/openapi.json`, `/docs`).
 
 pub mod api;
+pub mod approvals;
 pub mod audit;
 pub mod browser;
 pub mod docs;
@@ -67,6 +68,11 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(audit::list))
         .route("/audit/export.csv", get(audit::export_csv))
         .route("/audit/verify", get(audit::verify))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", get(approvals::get))
+        .route("/approvals/{id}/approve", post(approvals::approve))
+        .route("/approvals/{id}/reject", post(approvals::reject))
+        .route("/proxy/approvals/{id}", get(approvals::poll))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))

@@ -1,8 +1,9 @@
 //! The execution proxy: one ordered pipeline of stages, each in its own module.
 //!
 //! authenticate (HTTP extractor) → [`breaker`] → [`policy`] → [`egress`] →
-//! [`secret`] → budget ([`crate::wallets`]) → write intent (audit) → perform
-//! ([`upstream`]) → settle → write outcome (audit) → respond.
+//! [`secret`] → approval ([`crate::approvals`]: park the request, or use a grant) →
+//! budget ([`crate::wallets`]) → write intent (audit) → perform ([`upstream`]) →
+//! settle → write outcome (audit) → respond; then the breaker counts the call.
 //!
 //! Every stage records what it decided, and how long it took, into one
 //! [`DecisionRecord`] that is kept with the audit record.
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::agents::AgentPrincipal;
+use crate::approvals::ApprovalService;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::events::{self, Event, EventBus};
 use crate::policies::PolicyService;
@@ -33,6 +35,8 @@ use crate::secrets::SecretService;
 use crate::storage::{canonical_json, now};
 use crate::trust::{TrustEvent, TrustService};
 use crate::wallets::{Reservation, WalletService};
+use breaker::windows::{Kind, Observation};
+use breaker::{Admission, BreakerService};
 use egress::EgressGuard;
 use request::ProxyRequest;
 use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
@@ -137,6 +141,11 @@ pub enum Outcome {
         reason: String,
         status: u16,
     },
+    /// Parked for the sponsor's approval.
+    Pending {
+        approval_id: Uuid,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// An idempotency key seen before: the first answer, unchanged.
     Replayed {
         status: u16,
@@ -165,6 +174,8 @@ pub struct Pipeline {
     pub upstream: Upstream,
     pub events: EventBus,
     pub trust: TrustService,
+    pub approvals: ApprovalService,
+    pub breaker: BreakerService,
 }
 
 /// What the audit keeps of a request.
@@ -208,7 +219,7 @@ impl Pipeline {
         let request_id = format!("req_{}", Uuid::now_v7().simple());
         let request_hash = request.request_hash();
         let Some(key) = request.idempotency_key.clone() else {
-            return Ok(self.stages(agent, request, request_id, request_hash).await);
+            return Ok(self.stages(agent, request, request_id, request_hash, None).await);
         };
         match idempotency::claim(&self.db, agent.agent.id, &key, &request_id, &request_hash).await? {
             idempotency::Claim::Claimed => {}
@@ -221,7 +232,7 @@ impl Pipeline {
                 });
             }
         }
-        let result = self.stages(agent, request, request_id, request_hash).await;
+        let result = self.stages(agent, request, request_id, request_hash, None).await;
         if matches!(result.outcome, Outcome::Failed { stage: Stage::Storage, .. }) {
             // Nothing happened: let the agent retry with the same key.
             idempotency::abandon(&self.db, agent.agent.id, &key).await;
@@ -234,12 +245,28 @@ impl Pipeline {
         Ok(result)
     }
 
+    /// Performs a request its sponsor approved, under its original request id. Every
+    /// stage runs again (a suspended agent, a changed policy that now denies, an
+    /// exhausted budget still stop it); only the policy's `require_approval` is
+    /// answered by the approval.
+    pub async fn run_approved(
+        &self,
+        agent: &AgentPrincipal,
+        request: ProxyRequest,
+        request_id: String,
+        approval_id: Uuid,
+    ) -> ProxyResult {
+        let request_hash = request.request_hash();
+        self.stages(agent, request, request_id, request_hash, Some(approval_id)).await
+    }
+
     async fn stages(
         &self,
         agent: &AgentPrincipal,
         request: ProxyRequest,
         request_id: String,
         request_hash: String,
+        approved: Option<Uuid>,
     ) -> ProxyResult {
         let mut record = DecisionRecord::new();
         let mut trail = Trail {
@@ -255,6 +282,7 @@ impl Pipeline {
         let mut reasons: Vec<String> = Vec::new();
         // The policy's own verdict, kept so `aegis replay` can check it later.
         let mut policy_verdict = Value::Null;
+        let mut admission = Admission::Closed;
 
         // Everything below either returns through `deny`, which audits the denial,
         // or reaches the upstream call with an intent on record.
@@ -270,6 +298,10 @@ impl Pipeline {
                 let appended = self.audit.append(entry).await;
                 if appended.is_ok() {
                     self.adjust_trust(agent, TrustEvent::for_denial(stage), &request_id).await;
+                }
+                if stage != Stage::Breaker {
+                    let obs = Observation { request_id: request_id.clone(), kind: Kind::Denied, spend_micros: 0, host: None };
+                    self.breaker.observe(&agent.agent, obs, admission).await;
                 }
                 if let Ok(a) = &appended {
                     self.events.publish(denied_event(agent, stage, &reason, &request_id, &request, trail.host.as_deref(), a.seq));
@@ -287,10 +319,21 @@ impl Pipeline {
         }
 
         // Stage: breaker.
-        if let Err(reason) = breaker::check(&agent.agent) {
-            deny!(Stage::Breaker, reason, json!({}));
+        match self.breaker.admit(&agent.agent).await {
+            Ok(Ok(a)) => admission = a,
+            Ok(Err(reason)) => deny!(Stage::Breaker, reason, json!({})),
+            Err(e) => return storage_failure(request_id, e),
         }
-        record.note("breaker", "pass");
+        record.note("breaker", if admission == Admission::Probe { "probe" } else { "pass" });
+        // Everything that returns without a verdict from here gives a probe back.
+        macro_rules! undecided {
+            ($result:expr) => {{
+                if admission == Admission::Probe {
+                    self.breaker.return_probe(&agent.agent).await;
+                }
+                return $result;
+            }};
+        }
 
         // The target must at least parse before policy can look at it.
         let parsed = match url::Url::parse(&request.url) {
@@ -305,11 +348,11 @@ impl Pipeline {
         let at = now();
         let wallet = match self.wallets.get(agent.agent.id).await {
             Ok(w) => w,
-            Err(e) => return storage_failure(request_id, e),
+            Err(e) => undecided!(storage_failure(request_id, e)),
         };
         let version = match self.policies.source_for(agent.agent.policy_id).await {
             Ok(v) => v,
-            Err(e) => return storage_failure(request_id, e),
+            Err(e) => undecided!(storage_failure(request_id, e)),
         };
         let input = policy::input(&agent.agent, &request, &parsed, estimate, wallet.as_ref(), at);
         let evaluation = self.engine.evaluate(&version.source, &input);
@@ -317,6 +360,7 @@ impl Pipeline {
         trail.policy_input = Some(canonical_json(&input));
         reasons = evaluation.reasons.clone();
         policy_verdict = json!({"decision": evaluation.decision, "reasons": evaluation.reasons, "error": evaluation.error});
+        let mut needs_approval = false;
         match evaluation.decision {
             Decision::Allow => record.note("policy", "allow"),
             Decision::Deny => {
@@ -327,14 +371,13 @@ impl Pipeline {
                     .unwrap_or_else(|| "denied by policy".into());
                 deny!(Stage::Policy, reason, json!({}))
             }
-            Decision::RequireApproval => deny!(
-                Stage::Approval,
-                format!(
-                    "policy requires a sponsor's approval ({}); approvals are not available yet",
-                    if reasons.is_empty() { "no reason given".to_owned() } else { reasons.join("; ") }
-                ),
-                json!({})
-            ),
+            Decision::RequireApproval => match approved {
+                Some(id) => record.note("policy", format!("require_approval: approved ({id})")),
+                None => {
+                    needs_approval = true;
+                    record.note("policy", "require_approval")
+                }
+            },
         }
 
         // Stage: egress.
@@ -357,7 +400,7 @@ impl Pipeline {
                 match self.secrets.usable(agent.agent.sponsor_id, agent.agent.id, name, &target.host).await {
                     Ok(Ok(s)) => Some(s),
                     Ok(Err(denied)) => deny!(Stage::Secret, denied.0, json!({})),
-                    Err(e) => return storage_failure(request_id, e),
+                    Err(e) => undecided!(storage_failure(request_id, e)),
                 }
             }
         };
@@ -368,15 +411,62 @@ impl Pipeline {
         }
         record.note("secret", if secret.is_some() { "injected" } else { "none" });
 
+        // Stage: approval. Checked after egress and secret, so a sponsor is only
+        // ever asked about calls that could actually be performed.
+        let mut grant = None;
+        if needs_approval {
+            let host = trail.host.clone().unwrap_or_default();
+            match self.approvals.use_grant(agent.agent.id, request.method.as_str(), &host, estimate).await {
+                Ok(Some(id)) => {
+                    grant = Some(id);
+                    record.note("approval", format!("grant {id}"));
+                }
+                Ok(None) => {
+                    record.note("approval", "parked");
+                    let detail = json!({"reasons": reasons, "stages": record.stages, "label": request.label,
+                                        "estimate_micros": estimate, "policy": policy_verdict});
+                    let entry = AuditEntry {
+                        cost_micros: estimate,
+                        duration_us: record.elapsed_micros(),
+                        ..trail.entry("approval.requested", Some(Stage::Approval), "pending", detail)
+                    };
+                    drop(secret);
+                    let parked = self
+                        .approvals
+                        .park(&agent.agent, &request, &request_id, estimate, &reasons, entry)
+                        .await;
+                    undecided!(match parked {
+                        Ok(p) => ProxyResult {
+                            request_id,
+                            audit_seq: Some(p.audit_seq),
+                            reasons,
+                            outcome: Outcome::Pending {
+                                approval_id: p.approval_id,
+                                expires_at: p.expires_at
+                            },
+                        },
+                        Err(e) => storage_failure(request_id, e),
+                    });
+                }
+                Err(e) => undecided!(storage_failure(request_id, e)),
+            }
+        }
+
         // Stage: budget.
         match self.wallets.reserve(agent.agent.id, &request_id, estimate).await {
             Ok(Reservation::Held) => record.note("budget", format!("reserved {estimate}")),
-            Ok(Reservation::Refused { daily_remaining_micros, monthly_remaining_micros }) => deny!(
-                Stage::Budget,
-                "budget exceeded".to_owned(),
-                json!({"daily_remaining_micros": daily_remaining_micros, "monthly_remaining_micros": monthly_remaining_micros, "cost_micros": estimate})
-            ),
-            Err(e) => return storage_failure(request_id, e),
+            Ok(Reservation::Refused { daily_remaining_micros, monthly_remaining_micros }) => {
+                let remaining = json!({"daily_remaining_micros": daily_remaining_micros, "monthly_remaining_micros": monthly_remaining_micros, "cost_micros": estimate});
+                self.events.publish(Event::new(
+                    events::BUDGET_EXHAUSTED,
+                    agent.agent.sponsor_id,
+                    Some(agent.agent.id),
+                    json!({"request_id": request_id, "daily_remaining_micros": daily_remaining_micros,
+                           "monthly_remaining_micros": monthly_remaining_micros, "cost_micros": estimate}),
+                ));
+                deny!(Stage::Budget, "budget exceeded".to_owned(), remaining)
+            }
+            Err(e) => undecided!(storage_failure(request_id, e)),
         }
 
         // Write intent: durable before anything leaves AEGIS.
@@ -384,11 +474,12 @@ impl Pipeline {
             "proxy.intent",
             None,
             "allow",
-            json!({"reasons": reasons, "stages": record.stages, "label": request.label, "estimate_micros": estimate, "policy": policy_verdict}),
+            json!({"reasons": reasons, "stages": record.stages, "label": request.label, "estimate_micros": estimate,
+                   "policy": policy_verdict, "approval_id": approved, "grant_id": grant}),
         );
         if let Err(e) = self.audit.append(AuditEntry { cost_micros: estimate, ..intent }).await {
             let _ = self.wallets.release(&request_id).await;
-            return storage_failure(request_id, e);
+            undecided!(storage_failure(request_id, e));
         }
         record.note("intent", "recorded");
 
@@ -476,6 +567,16 @@ impl Pipeline {
             _ => None,
         };
         self.adjust_trust(agent, trust_event, &request_id).await;
+        let kind = match (&outcome, status) {
+            (Outcome::Performed { .. }, Some(code)) if code < 500 => Kind::Ok,
+            (Outcome::Denied { .. }, _) => Kind::Denied,
+            _ => Kind::UpstreamError,
+        };
+        let performed_host =
+            matches!(outcome, Outcome::Performed { .. }).then(|| trail.host.clone()).flatten();
+        let obs =
+            Observation { request_id: request_id.clone(), kind, spend_micros: cost, host: performed_host };
+        self.breaker.observe(&agent.agent, obs, admission).await;
         if let (Ok(a), Outcome::Denied { stage, reason, .. }) = (&appended, &outcome) {
             self.events.publish(denied_event(
                 agent,
@@ -578,6 +679,12 @@ impl ProxyResult {
                            "reasons": self.reasons, "cost_micros": cost_micros, "upstream": up}),
                 )
             }
+            Outcome::Pending { approval_id, expires_at } => (
+                202,
+                json!({"request_id": self.request_id, "audit_seq": self.audit_seq, "decision": "pending_approval",
+                       "stage": Stage::Approval, "reasons": self.reasons, "approval_id": approval_id,
+                       "expires_at": expires_at, "poll_url": format!("/api/proxy/approvals/{approval_id}")}),
+            ),
             Outcome::Denied { stage, reason, extra } => {
                 let mut body = json!({"request_id": self.request_id, "audit_seq": self.audit_seq, "decision": "deny",
                                       "stage": stage, "reason": reason, "reasons": self.reasons});

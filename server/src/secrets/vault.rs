@@ -23,8 +23,8 @@ pub enum VaultError {
     Undecryptable,
 }
 
-fn aad(secret_id: Uuid) -> Vec<u8> {
-    format!("aegis-secret:v1:{secret_id}").into_bytes()
+fn aad(secret_id: Uuid) -> String {
+    format!("aegis-secret:v1:{secret_id}")
 }
 
 impl Vault {
@@ -34,13 +34,32 @@ impl Vault {
 
     /// Returns (nonce, ciphertext-with-tag).
     pub fn seal(&self, secret_id: Uuid, plaintext: &str) -> (Vec<u8>, Vec<u8>) {
+        self.seal_bytes(&aad(secret_id), plaintext.as_bytes())
+    }
+
+    /// Seals arbitrary bytes bound to `context` (e.g. `aegis-approval:v1:<id>`).
+    /// Returns (nonce, ciphertext-with-tag).
+    pub fn seal_bytes(&self, context: &str, plaintext: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
             .cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext.as_bytes(), aad: &aad(secret_id) })
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: context.as_bytes() })
             .expect("AES-GCM encryption of a bounded input cannot fail");
         (nonce.to_vec(), ciphertext)
+    }
+
+    pub fn open_bytes(
+        &self,
+        context: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| VaultError::Undecryptable)?;
+        self.cipher
+            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: context.as_bytes() })
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Undecryptable)
     }
 
     pub fn open(
@@ -49,12 +68,7 @@ impl Vault {
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<String>, VaultError> {
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| VaultError::Undecryptable)?;
-        let plain = self
-            .cipher
-            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: &aad(secret_id) })
-            .map_err(|_| VaultError::Undecryptable)?;
-        let plain = Zeroizing::new(plain);
+        let plain = self.open_bytes(&aad(secret_id), nonce, ciphertext)?;
         String::from_utf8(plain.to_vec()).map(Zeroizing::new).map_err(|_| VaultError::Undecryptable)
     }
 }

@@ -1,8 +1,10 @@
 //! API integration tests: real servers on loopback ports, real HTTP, real databases.
 
 mod agents;
+mod approvals;
 mod audit;
 mod auth;
+mod breaker;
 mod browser;
 mod budget;
 mod docs;

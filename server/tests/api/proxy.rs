@@ -77,8 +77,9 @@ async fn agents_must_authenticate() {
 #[tokio::test]
 async fn egress_guard_blocks_internal_targets() {
     let mock = MockUpstream::start().await;
-    // No allow list: loopback is off limits like any internal address.
-    let s = TestServer::start().await;
+    // No allow list: loopback is off limits like any internal address. (The denial
+    // storm below would trip the breaker; that is tested in breaker.rs.)
+    let s = TestServer::start_with(&[("AEGIS_BREAKER_DENIAL_RATE_PCT", "0")]).await;
     let sponsor = s.sponsor("e").await;
     let (_, key) = permissive_agent(&s, &sponsor, "bot").await;
     for url in [
@@ -118,7 +119,12 @@ async fn policies_decide_and_bad_policies_are_refused() {
     assert_eq!(r.body["decision"], "allow", "{}", r.text);
     // ...writes by a standard-trust agent wait for approval...
     let r = execute(&s, &key, json!({"method": "DELETE", "url": mock.url("/echo")})).await;
-    assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("approval")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["decision"].as_str()),
+        (StatusCode::ACCEPTED, Some("pending_approval")),
+        "{}",
+        r.text
+    );
     // ...and so do expensive reads.
     let r =
         execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 2_000_000})).await;
@@ -479,7 +485,8 @@ async fn slow_huge_and_redirecting_upstreams_are_bounded() {
 #[tokio::test]
 async fn gateway_mode_is_a_transparent_proxy_for_unmodified_sdks() {
     let mock = MockUpstream::start().await;
-    let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
+    // Costs below are deliberately huge; the spend-velocity detector is not under test.
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK, ("AEGIS_BREAKER_SPEND_MICROS", "0")]).await;
     let sponsor = s.sponsor("gw").await;
     let (agent, key) = permissive_agent(&s, &sponsor, "sdk-bot").await;
     let id = agent["id"].as_str().unwrap();
