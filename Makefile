@@ -37,7 +37,9 @@ test-rust: ## Unit, migration and API integration tests (SQLite)
 test-postgres:
 	@if [[ "$${DATABASE_URL:-}" == postgres* ]]; then \
 		echo "PostgreSQL pass: API integration and migration tests against $${DATABASE_URL%%@*}@…"; \
-		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p server --test api && \
+		echo "(with REDIS_URL set this includes the two-process multi-replica test)"; \
+		env $${REDIS_URL:+AEGIS_TEST_REDIS_URL="$$REDIS_URL"} AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" \
+			cargo test -p server --test api && \
 		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p migration -p entity; \
 	else \
 		echo "skipped: PostgreSQL pass (set DATABASE_URL=postgres://… to run it)"; \
@@ -46,8 +48,9 @@ test-postgres:
 # The Redis-dependent tests (event fan-out across replicas) when REDIS_URL points at one.
 test-redis:
 	@if [[ "$${REDIS_URL:-}" == redis* ]]; then \
-		echo "Redis pass: event fan-out tests against $${REDIS_URL##*@}"; \
-		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --test api events::; \
+		echo "Redis pass: event fan-out and breaker-window tests against $${REDIS_URL##*@}"; \
+		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --lib breaker::windows && \
+		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --test api -- events:: breaker::; \
 	else \
 		echo "skipped: Redis pass (set REDIS_URL=redis://… to run it)"; \
 	fi

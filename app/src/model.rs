@@ -389,7 +389,10 @@ pub struct WalletView {
     pub monthly_spent_micros: i64,
     /// Held for calls in flight.
     pub reserved_micros: i64,
+    /// IANA time zone of the day and month windows.
     pub timezone: String,
+    /// Percentage of a limit at which one `budget.alert` event is sent per window.
+    pub alert_threshold_pct: Option<i32>,
     pub daily_resets_at: DateTime<Utc>,
     pub monthly_resets_at: DateTime<Utc>,
 }
@@ -403,6 +406,14 @@ pub struct WalletUpdate {
     pub daily_limit_micros: Option<i64>,
     #[serde(default)]
     pub monthly_limit_micros: Option<i64>,
+    /// IANA time zone (e.g. `Europe/Paris`) whose calendar days and months the
+    /// windows follow.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// 1 to 100: alert once per window when spend reaches this share of a limit;
+    /// 0 turns alerts off.
+    #[serde(default)]
+    pub alert_threshold_pct: Option<i32>,
 }
 
 /// Where an approval stands. `approved` with no `outcome` yet means the call is

@@ -68,9 +68,9 @@ impl Services {
         let secrets = SecretService::new(db.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());
         let connections = ConnectionService::new(db.clone(), secrets.clone(), egress.clone());
-        let wallets = WalletService::new(db.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).
         let events = EventBus::from_config(config.redis_url.as_deref());
+        let wallets = WalletService::new(db.clone(), events.clone());
         let trust = TrustService::new(db.clone(), audit.clone(), events.clone());
         let approvals = ApprovalService::new(
             db.clone(),
@@ -240,12 +240,7 @@ impl Backend for Services {
         id: Uuid,
         update: WalletUpdate,
     ) -> Result<WalletView, AppError> {
-        let patch = AgentPatch {
-            daily_limit_micros: update.daily_limit_micros,
-            monthly_limit_micros: update.monthly_limit_micros,
-            ..AgentPatch::default()
-        };
-        self.agents.update(sponsor.user_id, id, patch).await?;
+        self.agents.update_wallet(sponsor.user_id, id, update).await?;
         self.wallets.view(id).await
     }
 

@@ -25,6 +25,8 @@ pub struct Config {
     /// `None` means the SQLite file `aegis.db` in the data directory.
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// PostgreSQL pool size (default [`crate::db::DEFAULT_PG_POOL`]).
+    pub db_max_connections: Option<u32>,
     /// Hex-encoded keys given explicitly instead of the generated files.
     pub jwt_secret: Option<String>,
     pub master_key: Option<String>,
@@ -175,6 +177,10 @@ impl Config {
             data_dir: PathBuf::from(parse("AEGIS_DATA_DIR", "./data")?),
             database_url,
             redis_url,
+            db_max_connections: match var("AEGIS_DB_MAX_CONNECTIONS") {
+                None => None,
+                Some(_) => Some(number("AEGIS_DB_MAX_CONNECTIONS", 0)?.clamp(2, 1000) as u32),
+            },
             jwt_secret: var("AEGIS_JWT_SECRET"),
             master_key: var("AEGIS_MASTER_KEY"),
             audit_signing_key: var("AEGIS_AUDIT_SIGNING_KEY"),

@@ -16,12 +16,23 @@ pub fn resolve_url(database_url: Option<&str>, data_dir: &Path) -> String {
     }
 }
 
+/// PostgreSQL connections per process unless `AEGIS_DB_MAX_CONNECTIONS` says
+/// otherwise. Several replicas share the server's `max_connections` (100 by
+/// default), so each keeps a modest pool.
+pub const DEFAULT_PG_POOL: u32 = 16;
+
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, None).await
+}
+
+pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10));
+        // Under a burst, requests queue for a connection rather than fail; beyond this
+        // they are refused (503, stage storage) with nothing performed.
+        .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         options.max_connections(8).min_connections(1).map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
@@ -32,7 +43,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .busy_timeout(Duration::from_secs(10))
         });
     } else {
-        options.max_connections(32).min_connections(1);
+        options.max_connections(max_connections.unwrap_or(DEFAULT_PG_POOL).max(2)).min_connections(1);
     }
     Database::connect(options).await
 }

@@ -58,7 +58,7 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
 
     let url = db::resolve_url(config.database_url.as_deref(), data.path());
     let db_error = |source| StartError::Database { url: config::redact_url(&url), source };
-    let db = db::connect(&url).await.map_err(db_error)?;
+    let db = db::connect_with(&url, config.db_max_connections).await.map_err(db_error)?;
     db::migrate(&db).await.map_err(db_error)?;
 
     let throttle = LoginThrottle::new(

@@ -88,3 +88,18 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
     write(value, &mut out);
     out
 }
+
+/// A transaction that writes: on SQLite it takes the write lock at `BEGIN`
+/// (IMMEDIATE), so a transaction that reads first cannot fail with "database is
+/// locked" when it later writes after another writer committed.
+pub async fn begin_write(db: &sea_orm::DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, AppError> {
+    use sea_orm::{DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    let options = match db.get_database_backend() {
+        DbBackend::Sqlite => TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        },
+        _ => TransactionOptions::default(),
+    };
+    db.begin_with_options(options).await.map_err(internal)
+}

@@ -5,20 +5,27 @@
 //! in one process or many sharing a database — can never overspend; there is no
 //! read-check-write. After the call the reservation is settled at the actual cost,
 //! or released. Settlement is idempotent per request id.
+//!
+//! Windows are calendar days and months in the wallet's time zone (IANA name,
+//! default UTC). A wallet may set an alert threshold (a percentage of each limit):
+//! the first settlement that crosses it in a window emits one `budget.alert` event,
+//! claimed with a conditional UPDATE so replicas never announce it twice.
 
 use std::time::Duration;
 
 use app::error::AppError;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use entity::{ledger_entries, wallets};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    Set, TransactionTrait,
+    QuerySelect, Set,
 };
 use uuid::Uuid;
 
-use crate::storage::{internal, now};
+use crate::events::{self, Event, EventBus};
+use crate::storage::{begin_write, internal, now};
 
 /// A hold left behind by a crash is released after this long.
 pub const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
@@ -36,27 +43,58 @@ pub enum Reservation {
 #[derive(Clone)]
 pub struct WalletService {
     db: DatabaseConnection,
+    events: EventBus,
 }
 
-/// The calendar windows (UTC) spend is counted in.
-pub fn windows(at: DateTime<Utc>) -> (String, String) {
-    (at.format("%Y-%m-%d").to_string(), at.format("%Y-%m").to_string())
+/// An IANA time zone name (`Europe/Paris`), or a 422 naming the field.
+pub fn parse_timezone(name: &str) -> Result<Tz, AppError> {
+    name.trim().parse::<Tz>().map_err(|_| {
+        AppError::new(
+            422,
+            "invalid_timezone",
+            format!("{name:?} is not an IANA time zone such as Europe/Paris"),
+        )
+    })
 }
 
-/// When the current day and month windows (UTC) end.
-pub fn next_resets(at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+/// A stored zone; an unreadable one (never written by AEGIS) counts as UTC.
+fn zone(name: &str) -> Tz {
+    name.parse().unwrap_or(Tz::UTC)
+}
+
+/// The calendar windows spend is counted in, in `tz`.
+pub fn windows(at: DateTime<Utc>, tz: Tz) -> (String, String) {
+    let local = at.with_timezone(&tz);
+    (local.format("%Y-%m-%d").to_string(), local.format("%Y-%m").to_string())
+}
+
+/// When the current day and month windows of `tz` end, as instants.
+pub fn next_resets(at: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
     use chrono::{Datelike, NaiveDate, TimeZone};
-    let today = at.date_naive();
+    let today = at.with_timezone(&tz).date_naive();
     let tomorrow = today.succ_opt().unwrap_or(today);
     let (y, m) = if today.month() == 12 { (today.year() + 1, 1) } else { (today.year(), today.month() + 1) };
     let next_month = NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(tomorrow);
-    let midnight = |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default());
-    (midnight(tomorrow), midnight(next_month))
+    // Local midnight; where a DST change skips it, the first instant of that day.
+    let start = |d: NaiveDate| {
+        (0..24)
+            .find_map(|h| tz.from_local_datetime(&d.and_hms_opt(h, 0, 0)?).earliest())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(at)
+    };
+    (start(tomorrow), start(next_month))
 }
 
 /// Zeroes the spend of windows that have ended. Idempotent and safe to race.
 async fn roll_windows(db: &impl ConnectionTrait, agent_id: Uuid, at: DateTime<Utc>) -> Result<(), AppError> {
-    let (day, month) = windows(at);
+    let tz: Option<String> = wallets::Entity::find_by_id(agent_id)
+        .select_only()
+        .column(wallets::Column::Timezone)
+        .into_tuple()
+        .one(db)
+        .await
+        .map_err(internal)?;
+    let (day, month) = windows(at, zone(tz.as_deref().unwrap_or("UTC")));
     wallets::Entity::update_many()
         .col_expr(wallets::Column::DailySpentMicros, Expr::value(0i64))
         .col_expr(wallets::Column::DayWindow, Expr::value(day.clone()))
@@ -76,6 +114,59 @@ async fn roll_windows(db: &impl ConnectionTrait, agent_id: Uuid, at: DateTime<Ut
     Ok(())
 }
 
+/// A threshold crossed for the first time in a window.
+struct Alert {
+    window: &'static str,
+    period: String,
+    spent_micros: i64,
+    limit_micros: i64,
+    threshold_pct: i32,
+}
+
+/// Claims the day and month alerts a settlement crossed (once per window).
+async fn claim_alerts(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<Vec<Alert>, AppError> {
+    let Some(w) = wallets::Entity::find_by_id(agent_id).one(db).await.map_err(internal)? else {
+        return Ok(Vec::new());
+    };
+    let Some(pct) = w.alert_threshold_pct.filter(|p| *p > 0) else { return Ok(Vec::new()) };
+    let crossed =
+        |spent: i64, limit: i64| limit > 0 && i128::from(spent) * 100 >= i128::from(limit) * i128::from(pct);
+    let mut alerts = Vec::new();
+    for (window, spent, limit, period, sent_col) in [
+        ("daily", w.daily_spent_micros, w.daily_limit_micros, &w.day_window, wallets::Column::AlertSentDay),
+        (
+            "monthly",
+            w.monthly_spent_micros,
+            w.monthly_limit_micros,
+            &w.month_window,
+            wallets::Column::AlertSentMonth,
+        ),
+    ] {
+        if !crossed(spent, limit) {
+            continue;
+        }
+        let claimed = wallets::Entity::update_many()
+            .col_expr(sent_col, Expr::value(period.clone()))
+            .filter(wallets::Column::AgentId.eq(agent_id))
+            .filter(Condition::any().add(sent_col.is_null()).add(sent_col.ne(period.clone())))
+            .exec(db)
+            .await
+            .map_err(internal)?
+            .rows_affected
+            == 1;
+        if claimed {
+            alerts.push(Alert {
+                window,
+                period: period.clone(),
+                spent_micros: spent,
+                limit_micros: limit,
+                threshold_pct: pct,
+            });
+        }
+    }
+    Ok(alerts)
+}
+
 /// `limit = 0 OR spent + reserved + amount <= limit`
 fn within(limit: wallets::Column, spent: wallets::Column, amount: i64) -> Condition {
     Condition::any().add(Expr::col(limit).eq(0i64)).add(
@@ -84,8 +175,8 @@ fn within(limit: wallets::Column, spent: wallets::Column, amount: i64) -> Condit
 }
 
 impl WalletService {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, events: EventBus) -> Self {
+        Self { db, events }
     }
 
     /// Atomically holds `amount` for `request_id` if both limits allow it.
@@ -96,7 +187,7 @@ impl WalletService {
         amount: i64,
     ) -> Result<Reservation, AppError> {
         let at = now();
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = begin_write(&self.db).await?;
         roll_windows(&txn, agent_id, at).await?;
         let held = wallets::Entity::update_many()
             .col_expr(wallets::Column::ReservedMicros, Expr::col(wallets::Column::ReservedMicros).add(amount))
@@ -134,7 +225,14 @@ impl WalletService {
                 },
             });
         }
-        let (day, month) = windows(at);
+        let tz = wallets::Entity::find_by_id(agent_id)
+            .select_only()
+            .column(wallets::Column::Timezone)
+            .into_tuple::<String>()
+            .one(&txn)
+            .await
+            .map_err(internal)?;
+        let (day, month) = windows(at, zone(tz.as_deref().unwrap_or("UTC")));
         ledger_entries::ActiveModel {
             id: Set(Uuid::now_v7()),
             agent_id: Set(agent_id),
@@ -168,7 +266,7 @@ impl WalletService {
 
     async fn resolve(&self, request_id: &str, status: &str, actual: Option<i64>) -> Result<bool, AppError> {
         let at = now();
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = begin_write(&self.db).await?;
         let claimed = ledger_entries::Entity::update_many()
             .col_expr(ledger_entries::Column::Status, Expr::value(status))
             .col_expr(ledger_entries::Column::SettledMicros, Expr::value(actual))
@@ -210,8 +308,40 @@ impl WalletService {
             .exec(&txn)
             .await
             .map_err(internal)?;
+        let alerts = if charged > 0 { claim_alerts(&txn, entry.agent_id).await? } else { Vec::new() };
         txn.commit().await.map_err(internal)?;
+        self.announce_alerts(entry.agent_id, alerts).await;
         Ok(true)
+    }
+
+    async fn announce_alerts(&self, agent_id: Uuid, alerts: Vec<Alert>) {
+        if alerts.is_empty() {
+            return;
+        }
+        let sponsor: Option<Uuid> = match entity::agents::Entity::find_by_id(agent_id)
+            .select_only()
+            .column(entity::agents::Column::SponsorId)
+            .into_tuple()
+            .one(&self.db)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(agent = %agent_id, error = %e, "could not announce a budget alert");
+                return;
+            }
+        };
+        let Some(sponsor) = sponsor else { return };
+        for a in alerts {
+            tracing::warn!(agent = %agent_id, window = a.window, spent = a.spent_micros, limit = a.limit_micros, "budget alert");
+            self.events.publish(Event::new(
+                events::BUDGET_ALERT,
+                sponsor,
+                Some(agent_id),
+                serde_json::json!({"window": a.window, "period": a.period, "spent_micros": a.spent_micros,
+                                   "limit_micros": a.limit_micros, "threshold_pct": a.threshold_pct}),
+            ));
+        }
     }
 
     /// Releases holds whose call never reported back (a crash mid-call).
@@ -237,7 +367,7 @@ impl WalletService {
         let at = now();
         roll_windows(&self.db, agent_id, at).await?;
         let w = self.get(agent_id).await?.ok_or_else(|| AppError::not_found("wallet"))?;
-        let (daily_resets_at, monthly_resets_at) = next_resets(at);
+        let (daily_resets_at, monthly_resets_at) = next_resets(at, zone(&w.timezone));
         Ok(app::model::WalletView {
             agent_id,
             daily_limit_micros: w.daily_limit_micros,
@@ -245,6 +375,7 @@ impl WalletService {
             daily_spent_micros: w.daily_spent_micros,
             monthly_spent_micros: w.monthly_spent_micros,
             reserved_micros: w.reserved_micros,
+            alert_threshold_pct: w.alert_threshold_pct,
             timezone: w.timezone,
             daily_resets_at,
             monthly_resets_at,
@@ -264,12 +395,32 @@ mod tests {
     #[test]
     fn windows_reset_at_the_next_utc_midnight_and_month_start() {
         let at = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
-        let (day, month) = next_resets(at);
+        let (day, month) = next_resets(at, Tz::UTC);
         assert_eq!(day, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
         assert_eq!(month, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
-        let (day, month) = next_resets(Utc.with_ymd_and_hms(2028, 2, 28, 12, 0, 0).unwrap());
+        let (day, month) = next_resets(Utc.with_ymd_and_hms(2028, 2, 28, 12, 0, 0).unwrap(), Tz::UTC);
         assert_eq!(day, Utc.with_ymd_and_hms(2028, 2, 29, 0, 0, 0).unwrap());
         assert_eq!(month, Utc.with_ymd_and_hms(2028, 3, 1, 0, 0, 0).unwrap());
-        assert_eq!(windows(at), ("2026-12-31".to_owned(), "2026-12".to_owned()));
+        assert_eq!(windows(at, Tz::UTC), ("2026-12-31".to_owned(), "2026-12".to_owned()));
+    }
+
+    #[test]
+    fn windows_follow_the_wallets_time_zone() {
+        let tokyo: Tz = parse_timezone("Asia/Tokyo").unwrap();
+        // 2026-12-31 20:00 UTC is already 2027-01-01 05:00 in Tokyo.
+        let at = Utc.with_ymd_and_hms(2026, 12, 31, 20, 0, 0).unwrap();
+        assert_eq!(windows(at, tokyo), ("2027-01-01".to_owned(), "2027-01".to_owned()));
+        let (day, month) = next_resets(at, tokyo);
+        assert_eq!(day, Utc.with_ymd_and_hms(2027, 1, 1, 15, 0, 0).unwrap(), "Tokyo midnight is 15:00 UTC");
+        assert_eq!(month, Utc.with_ymd_and_hms(2027, 1, 31, 15, 0, 0).unwrap());
+        // New York, the night clocks go forward (2026-03-08): midnight still exists, 24 h later is 23 h.
+        let ny: Tz = parse_timezone("America/New_York").unwrap();
+        let (day, _) = next_resets(Utc.with_ymd_and_hms(2026, 3, 8, 12, 0, 0).unwrap(), ny);
+        assert_eq!(day, Utc.with_ymd_and_hms(2026, 3, 9, 4, 0, 0).unwrap(), "EDT midnight is 04:00 UTC");
+        // Santiago skips midnight on its DST day (2026-09-06): the day starts at 01:00.
+        let scl: Tz = parse_timezone("America/Santiago").unwrap();
+        let (day, _) = next_resets(Utc.with_ymd_and_hms(2026, 9, 5, 12, 0, 0).unwrap(), scl);
+        assert_eq!(day.with_timezone(&scl).format("%Y-%m-%d %H:%M").to_string(), "2026-09-06 01:00");
+        assert_eq!(parse_timezone("Mars/Olympus").unwrap_err().code, "invalid_timezone");
     }
 }

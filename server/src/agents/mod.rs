@@ -7,7 +7,9 @@ pub mod api_keys;
 use std::collections::HashMap;
 
 use app::error::AppError;
-use app::model::{AgentCreated, AgentPatch, AgentStatus, AgentView, KeyRotated, NewAgent, Page, PageRequest};
+use app::model::{
+    AgentCreated, AgentPatch, AgentStatus, AgentView, KeyRotated, NewAgent, Page, PageRequest, WalletUpdate,
+};
 use app::money::MAX_MICROS;
 use entity::{agent_keys, agents, policies, wallets};
 use sea_orm::sea_query::Expr;
@@ -186,7 +188,7 @@ impl AgentService {
         .insert(txn.conn())
         .await
         .map_err(|e| unique_or_internal(e, name_taken()))?;
-        let (day_window, month_window) = crate::wallets::windows(at);
+        let (day_window, month_window) = crate::wallets::windows(at, chrono_tz::Tz::UTC);
         wallets::ActiveModel {
             agent_id: Set(id),
             daily_limit_micros: Set(daily),
@@ -299,22 +301,46 @@ impl AgentService {
         }
         active.updated_at = Set(now());
         active.update(txn.conn()).await.map_err(|e| unique_or_internal(e, name_taken()))?;
-        if v.daily.is_some() || v.monthly.is_some() {
-            let mut update = wallets::Entity::update_many().filter(wallets::Column::AgentId.eq(id));
-            if let Some(daily) = v.daily {
-                update = update.col_expr(wallets::Column::DailyLimitMicros, Expr::value(daily));
-                changes.insert("daily_limit_micros".into(), daily.into());
-            }
-            if let Some(monthly) = v.monthly {
-                update = update.col_expr(wallets::Column::MonthlyLimitMicros, Expr::value(monthly));
-                changes.insert("monthly_limit_micros".into(), monthly.into());
-            }
-            update.exec(txn.conn()).await.map_err(internal)?;
-        }
+        let wallet = WalletUpdate {
+            daily_limit_micros: v.daily,
+            monthly_limit_micros: v.monthly,
+            ..WalletUpdate::default()
+        };
+        apply_wallet_update(txn.conn(), id, &wallet, &mut changes).await?;
         txn.append(lifecycle("agent.updated", sponsor_id, id, serde_json::json!({ "changed": changes })))
             .await?;
         txn.commit().await?;
         self.get(sponsor_id, id).await
+    }
+
+    /// Changes an agent's wallet settings: limits, time zone, alert threshold.
+    /// Audited as `agent.updated` with what changed.
+    pub async fn update_wallet(
+        &self,
+        sponsor_id: Uuid,
+        id: Uuid,
+        update: WalletUpdate,
+    ) -> Result<(), AppError> {
+        let v = validate(None, None, None, update.daily_limit_micros, update.monthly_limit_micros)?;
+        let timezone = match update.timezone.as_deref() {
+            Some(tz) => Some(crate::wallets::parse_timezone(tz)?.name().to_owned()),
+            None => None,
+        };
+        if update.alert_threshold_pct.is_some_and(|p| !(0..=100).contains(&p)) {
+            return Err(AppError::validation("alert_threshold_pct must be 0 (off) to 100"));
+        }
+        self.live(sponsor_id, id).await?;
+        let update =
+            WalletUpdate { daily_limit_micros: v.daily, monthly_limit_micros: v.monthly, timezone, ..update };
+        let mut changes = serde_json::Map::new();
+        let mut txn = self.audit.begin().await?;
+        apply_wallet_update(txn.conn(), id, &update, &mut changes).await?;
+        if !changes.is_empty() {
+            txn.append(lifecycle("agent.updated", sponsor_id, id, serde_json::json!({ "changed": changes })))
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Issues a new key and revokes every earlier one in the same transaction.
@@ -584,6 +610,38 @@ async fn revoke_keys(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<(), Ap
         .exec(db)
         .await
         .map_err(internal)?;
+    Ok(())
+}
+
+/// Writes the wallet fields present in `update` (already validated) and notes
+/// each in `changes`. A new time zone starts new windows at the next call.
+async fn apply_wallet_update(
+    db: &impl sea_orm::ConnectionTrait,
+    id: Uuid,
+    update: &WalletUpdate,
+    changes: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), AppError> {
+    let mut stmt = wallets::Entity::update_many().filter(wallets::Column::AgentId.eq(id));
+    if let Some(daily) = update.daily_limit_micros {
+        stmt = stmt.col_expr(wallets::Column::DailyLimitMicros, Expr::value(daily));
+        changes.insert("daily_limit_micros".into(), daily.into());
+    }
+    if let Some(monthly) = update.monthly_limit_micros {
+        stmt = stmt.col_expr(wallets::Column::MonthlyLimitMicros, Expr::value(monthly));
+        changes.insert("monthly_limit_micros".into(), monthly.into());
+    }
+    if let Some(tz) = &update.timezone {
+        stmt = stmt.col_expr(wallets::Column::Timezone, Expr::value(tz.clone()));
+        changes.insert("timezone".into(), tz.clone().into());
+    }
+    if let Some(pct) = update.alert_threshold_pct {
+        let pct = (pct > 0).then_some(pct);
+        stmt = stmt.col_expr(wallets::Column::AlertThresholdPct, Expr::value(pct));
+        changes.insert("alert_threshold_pct".into(), pct.into());
+    }
+    if !changes.is_empty() {
+        stmt.exec(db).await.map_err(internal)?;
+    }
     Ok(())
 }
 

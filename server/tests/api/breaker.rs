@@ -133,3 +133,45 @@ async fn the_fleet_guard_never_lets_trips_suspend_most_agents() {
     let held = s.get("/api/audit?kind=breaker.held", &sponsor.access).await;
     assert_eq!(held.body["items"].as_array().unwrap().len(), 1, "announced once per window: {}", held.text);
 }
+
+/// With Redis shared, a replica's detectors see the other replica's calls: two
+/// denials on each of two replicas trip the breaker (4 samples, 100% denied).
+#[tokio::test]
+async fn detectors_see_the_whole_fleet_through_redis() {
+    let (Ok(_), Ok(redis)) =
+        (std::env::var("AEGIS_TEST_DATABASE_URL"), std::env::var("AEGIS_TEST_REDIS_URL"))
+    else {
+        eprintln!(
+            "SKIPPED detectors_see_the_whole_fleet_through_redis: needs AEGIS_TEST_DATABASE_URL and AEGIS_TEST_REDIS_URL"
+        );
+        return;
+    };
+    let vars = [("AEGIS_BREAKER_MIN_SAMPLES", "4"), ("REDIS_URL", redis.as_str())];
+    let a = TestServer::start_with(&vars).await;
+    let b = TestServer::start_sharing(&a, &vars).await;
+    let sponsor = a.sponsor("shared").await;
+    let (id, key) = permissive(&a, &sponsor, "split").await;
+    for s in [&a, &b, &a] {
+        assert_eq!(blocked(s, &key).await.body["stage"], "egress");
+    }
+    assert_eq!(status(&a, &sponsor, &id).await.0, "active", "3 samples: not yet");
+    blocked(&b, &key).await;
+    let (state, reason) = status(&a, &sponsor, &id).await;
+    assert_eq!(state, "suspended", "the 4th denial, on the other replica, completes the window");
+    assert!(reason.contains("4 of 4"), "{reason}");
+}
+
+/// Redis unreachable from the start: AEGIS serves, and detectors run on local state.
+#[tokio::test]
+async fn without_redis_the_breaker_runs_on_local_state() {
+    // Nothing listens on port 1.
+    let s =
+        TestServer::start_with(&[("AEGIS_BREAKER_MIN_SAMPLES", "4"), ("REDIS_URL", "redis://127.0.0.1:1")])
+            .await;
+    let sponsor = s.sponsor("offline").await;
+    let (id, key) = permissive(&s, &sponsor, "local").await;
+    for _ in 0..4 {
+        assert_eq!(blocked(&s, &key).await.body["stage"], "egress");
+    }
+    assert_eq!(status(&s, &sponsor, &id).await.0, "suspended");
+}

@@ -122,3 +122,142 @@ async fn wallets_show_spend_and_limits_can_change() {
         .await;
     assert_eq!(r.status, reqwest::StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn windows_follow_the_wallets_time_zone_and_alerts_fire_once_per_window() {
+    let mock = crate::mock::MockUpstream::start().await;
+    let s = TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32")]).await;
+    let sponsor = s.sponsor("tz").await;
+    let mut feed = s.running.services.events.subscribe(sponsor.id.parse().unwrap(), None);
+    let r = s
+        .post(
+            "/api/agents",
+            Some(&sponsor.access),
+            json!({"name": "tokyo", "policy": "permissive", "daily_limit_micros": 1_000_000}),
+        )
+        .await;
+    let (id, key) =
+        (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned());
+    let path = format!("/api/agents/{id}/wallet");
+    let put =
+        |body: serde_json::Value| s.send(reqwest::Method::PUT, &path, Some(&sponsor.access), Some(body));
+
+    assert_eq!(put(json!({"timezone": "Mars/Olympus"})).await.code(), "invalid_timezone");
+    assert_eq!(
+        put(json!({"alert_threshold_pct": 101})).await.status,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let w = put(json!({"timezone": "Asia/Tokyo", "alert_threshold_pct": 50})).await;
+    assert_eq!(
+        (w.body["timezone"].as_str(), w.body["alert_threshold_pct"].as_i64()),
+        (Some("Asia/Tokyo"), Some(50))
+    );
+    let resets: chrono::DateTime<chrono::Utc> = w.body["daily_resets_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(resets.format("%H:%M").to_string(), "15:00", "Tokyo midnight is 15:00 UTC");
+    let month: chrono::DateTime<chrono::Utc> = w.body["monthly_resets_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(month.format("%H:%M").to_string(), "15:00");
+    let audit = s.get("/api/audit?kind=agent.updated", &sponsor.access).await;
+    assert!(audit.text.contains("Asia/Tokyo"), "audited: {}", audit.text);
+
+    // 300k, 600k (crosses 50%: one alert), 900k (no second alert this window).
+    for _ in 0..3 {
+        let r = s
+            .post(
+                "/api/proxy/execute",
+                Some(&key),
+                json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 300_000}),
+            )
+            .await;
+        assert_eq!(r.body["decision"], "allow", "{}", r.text);
+    }
+    let r = s
+        .post(
+            "/api/proxy/execute",
+            Some(&key),
+            json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 300_000}),
+        )
+        .await;
+    assert_eq!(r.body["stage"], "budget");
+    let mut alerts = Vec::new();
+    let mut exhausted = 0;
+    while let Ok(Some(e)) = tokio::time::timeout(std::time::Duration::from_millis(300), feed.next()).await {
+        match e.kind.as_str() {
+            "budget.alert" => alerts.push(e.data),
+            "budget.exhausted" => exhausted += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (alerts[0]["window"].as_str(), alerts[0]["spent_micros"].as_i64()),
+        (Some("daily"), Some(600_000))
+    );
+    assert_eq!(exhausted, 1);
+}
+
+/// The required case, over real HTTP through the whole pipeline:
+/// 1,000 concurrent calls of 100,000 against a 5,000,000 daily limit.
+#[tokio::test]
+async fn a_thousand_concurrent_calls_admit_exactly_fifty() {
+    let mock = crate::mock::MockUpstream::start().await;
+    let s = TestServer::start_with(&[
+        ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32"),
+        // 950 budget denials in a second would (rightly) trip the breaker; not under test here.
+        ("AEGIS_BREAKER_DENIAL_RATE_PCT", "0"),
+        ("AEGIS_BREAKER_BURST", "0"),
+    ])
+    .await;
+    let sponsor = s.sponsor("crowd").await;
+    let r = s
+        .post(
+            "/api/agents",
+            Some(&sponsor.access),
+            json!({"name": "crowd", "policy": "permissive", "daily_limit_micros": 5_000_000}),
+        )
+        .await;
+    let (id, key) =
+        (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned());
+    let (allowed, budget_denied) =
+        fire(std::slice::from_ref(&s.base), &key, &mock.url("/counted"), 1000).await;
+    assert_eq!((allowed, budget_denied), (50, 950));
+    assert_eq!(mock.hits(), 50, "exactly 50 calls reached the upstream");
+    let w = s.get(&format!("/api/agents/{id}/wallet"), &sponsor.access).await;
+    assert_eq!(
+        (w.body["daily_spent_micros"].as_i64(), w.body["reserved_micros"].as_i64()),
+        (Some(5_000_000), Some(0))
+    );
+    assert_eq!(s.get("/api/audit/verify", &sponsor.access).await.body["valid"], true);
+}
+
+/// Sends `n` concurrent execute calls of 100,000 micro-units, spread over the
+/// servers at `bases`; returns (allowed, denied at stage budget). Anything else
+/// fails the test.
+pub async fn fire(bases: &[String], key: &str, url: &str, n: usize) -> (usize, usize) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let target = format!("{}/api/proxy/execute", bases[i % bases.len()]);
+            let (client, key, url) = (client.clone(), key.to_owned(), url.to_owned());
+            tokio::spawn(async move {
+                let r = client
+                    .post(target)
+                    .bearer_auth(key)
+                    .json(&json!({"method": "GET", "url": url, "cost_micros": 100_000}))
+                    .send()
+                    .await
+                    .unwrap();
+                crate::support::read(r).await
+            })
+        })
+        .collect();
+    let (mut allowed, mut denied) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match (r.body["decision"].as_str(), r.body["stage"].as_str()) {
+            (Some("allow"), _) => allowed += 1,
+            (Some("deny"), Some("budget")) => denied += 1,
+            _ => panic!("unexpected answer {} {}", r.status, r.text),
+        }
+    }
+    (allowed, denied)
+}

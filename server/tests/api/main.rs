@@ -13,5 +13,6 @@ mod events;
 mod lifecycle;
 mod mock;
 mod proxy;
+mod replicas;
 mod support;
 mod trust;
