@@ -55,6 +55,8 @@ pub struct Config {
     /// How long a parked request waits for its sponsor (`None`: until decided).
     pub approval_ttl: Option<Duration>,
     pub breaker: crate::proxy::breaker::BreakerConfig,
+    /// How often `/ws` sends a heartbeat and re-checks the socket's session.
+    pub ws_heartbeat: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -212,6 +214,7 @@ impl Config {
             },
             proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
             log_format,
+            ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),
             approval_ttl: match number("AEGIS_APPROVAL_TTL_SECS", 15 * 60)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),

@@ -148,6 +148,29 @@ pub enum ExecuteDecision {
     Allow,
     Deny,
     Error,
+    PendingApproval,
+}
+
+/// `202`: the policy asked for a human. The exact request is parked until the
+/// sponsor approves (AEGIS then performs it once), rejects, or lets it expire.
+#[derive(ToSchema)]
+pub struct ExecutePending {
+    /// `pending_approval`.
+    pub decision: ExecuteDecision,
+    /// `approval`.
+    pub stage: Stage,
+    pub request_id: String,
+    /// Seq of the `approval.requested` audit record.
+    pub audit_seq: Option<i64>,
+    /// Why the policy asked.
+    pub reasons: Vec<String>,
+    pub approval_id: Uuid,
+    /// `null`: it never expires.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `GET` it with the agent's key (`?wait=30` to long-poll) for the status and,
+    /// once approved and performed, the outcome.
+    #[schema(example = "/api/proxy/approvals/0193d2c1-a7f0-7c3e-8b4a-6f0e2d1c9b8a")]
+    pub poll_url: String,
 }
 
 /// `200` from `POST /api/proxy/execute`: the call was allowed and performed.
@@ -190,8 +213,8 @@ pub struct UpstreamAnswer {
 pub struct ExecuteDenied {
     /// `deny`.
     pub decision: ExecuteDecision,
-    /// Where it was denied: `auth` (401), or `breaker`, `policy`, `approval`,
-    /// `egress`, `secret`, `budget` (403).
+    /// Where it was denied: `auth` (401), or `breaker`, `policy`, `egress`,
+    /// `secret`, `budget` (403).
     pub stage: Stage,
     /// Why, for people.
     pub reason: String,
@@ -483,13 +506,15 @@ out; pass `next_cursor` back as `cursor` until it is `null`.";
 
     pub const EXECUTE: &str = "\
 The agent describes the call; AEGIS decides, injects the named vault `secret`, performs it and \
-records it. Stages in order: `breaker` (a suspended agent does nothing), `policy` (the agent's Rego \
-policy on the `PolicyInput` document), `egress` (SSRF guard: http/https, ports 80/443, globally \
-routable addresses only, redirects only with `follow_redirects`, each hop re-checked), `secret` \
-(granted to this agent and allowed for the host), `budget` (reserve the cost). The intent is \
-written to the audit log before the upstream call.
+records it. Stages in order: `breaker` (a suspended agent does nothing; a tripped breaker lets \
+probe calls through after its cool-down), `policy` (the agent's Rego policy on the `PolicyInput` \
+document), `egress` (SSRF guard: http/https, ports 80/443, globally routable addresses only, \
+redirects only with `follow_redirects`, each hop re-checked), `secret` (granted to this agent and \
+allowed for the host), `approval` (a `require_approval` decision parks the exact request for the \
+sponsor and answers `202` with a `poll_url`, unless a grant covers it), `budget` (reserve the \
+cost). The intent is written to the audit log before the upstream call.
 
-Every pipeline answer carries `decision` (`allow`, `deny` or `error`), `request_id` (also in \
+Every pipeline answer carries `decision` (`allow`, `deny`, `error` or `pending_approval`), `request_id` (also in \
 `x-request-id`) and `audit_seq` (the audit record written); a denial or failure adds `stage` (where \
 it stopped) and `reason`; an allowed call adds `upstream` (its status, headers and body). Errors in \
 the request itself (bad JSON, bad fields, misused idempotency key) use the `ErrorBody` envelope.

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Agent, ApiJson};
-use super::openapi::{ErrorBody, ExecuteAllowed, ExecuteDenied, ExecuteFailed};
+use super::openapi::{ErrorBody, ExecuteAllowed, ExecuteDenied, ExecuteFailed, ExecutePending};
 use crate::proxy::request::{ExecuteRequest, Origin, ProxyRequest};
 use crate::proxy::{self, upstream};
 
@@ -55,9 +55,11 @@ fn tagged(mut response: Response, name: &'static str, request_id: &str) -> Respo
     responses(
         (status = 200, description = "`decision: allow`: the call was performed; `upstream` holds its answer (an upstream 4xx/5xx is still a 200 from AEGIS). A replayed idempotency key adds `replayed: true`.",
             body = ExecuteAllowed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
+        (status = 202, description = "`decision: pending_approval`: parked for the sponsor; poll `poll_url`. Nothing was sent upstream yet.",
+            body = ExecutePending, headers(("x-request-id" = String, description = "Same as `request_id`"))),
         (status = 401, description = "`decision: deny`, `stage: auth`: no key, or an unknown or revoked key (`error.code` is `unauthorized` or `invalid_api_key`). Nothing is audited.",
             body = ExecuteDenied, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "`decision: deny` at `stage` `breaker`, `policy`, `approval`, `egress`, `secret` or `budget`; audited, nothing was sent upstream. Budget denials add `daily_remaining_micros`, `monthly_remaining_micros` and `cost_micros`.",
+        (status = 403, description = "`decision: deny` at `stage` `breaker`, `policy`, `egress`, `secret` or `budget`; audited, nothing was sent upstream. Budget denials add `daily_remaining_micros`, `monthly_remaining_micros` and `cost_micros`.",
             body = ExecuteDenied, headers(("x-request-id" = String, description = "Same as `request_id`"))),
         (status = 409, description = "`idempotency_in_progress`: a request with this `idempotency_key` is still running", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the decoded body is larger than the proxy's limit", body = ErrorBody),
@@ -115,6 +117,7 @@ const GATEWAY_DROP: &[&str] =
             headers(("x-aegis-request-id" = String, description = "AEGIS's request id, for the audit log"))),
         (status = 401, description = "`decision: deny`, `stage: auth`: no key, or an unknown or revoked key",
             body = ExecuteDenied, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 202, description = "`decision: pending_approval` (as for execute): parked for the sponsor", body = ExecutePending),
         (status = 403, description = "`decision: deny` at a pipeline stage (as for execute)", body = ExecuteDenied),
         (status = 404, description = "`not_found`: no connection with this name", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is larger than the proxy's limit", body = ErrorBody),

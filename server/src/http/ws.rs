@@ -29,8 +29,6 @@ use super::extract::ApiQuery;
 use crate::backend::ACCESS_COOKIE;
 use crate::events::Subscription;
 
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
-
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
@@ -102,7 +100,8 @@ pub async fn events(
     // Subscribed before the handshake completes: nothing published after the client
     // sees `101` is missed.
     let subscription = services.events.subscribe(session.user_id, since.as_deref());
-    Ok(upgrade.on_upgrade(move |socket| serve(socket, subscription)).into_response())
+    let services = services.clone();
+    Ok(upgrade.on_upgrade(move |socket| serve(socket, subscription, services, token)).into_response())
 }
 
 /// The upgrade (if the request is one) and the headers, for authenticating first.
@@ -121,15 +120,37 @@ impl FromRequestParts<AppState> for Upgrade {
     }
 }
 
-async fn serve(mut socket: WebSocket, mut subscription: Subscription) {
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+/// Close code for a socket whose session ended (signed out, revoked or expired);
+/// the client reconnects with a fresh token and `since` to miss nothing.
+pub const CLOSE_SESSION_ENDED: u16 = 4401;
+
+async fn serve(
+    mut socket: WebSocket,
+    mut subscription: Subscription,
+    services: std::sync::Arc<crate::backend::Services>,
+    token: String,
+) {
+    let every = services.config.ws_heartbeat;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         let text = tokio::select! {
             event = subscription.next() => match event {
                 Some(e) => serde_json::to_string(&e).unwrap_or_default(),
                 None => break,
             },
-            _ = heartbeat.tick() => json!({"type": "heartbeat", "time": chrono::Utc::now()}).to_string(),
+            _ = heartbeat.tick() => {
+                // An open socket is not a session of its own: once the token has
+                // expired or the session was signed out or revoked, it closes.
+                if services.auth.authenticate(&token).await.is_err() {
+                    let frame = axum::extract::ws::CloseFrame {
+                        code: CLOSE_SESSION_ENDED,
+                        reason: "session ended; reconnect with a fresh token".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+                json!({"type": "heartbeat", "time": chrono::Utc::now()}).to_string()
+            }
             incoming = socket.recv() => match incoming {
                 // Pings are answered by the WebSocket layer as it reads.
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,

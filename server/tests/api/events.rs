@@ -328,3 +328,25 @@ async fn fan_out_resumes_when_redis_comes_back() {
     one.post(&format!("/api/agents/{id}/suspend"), Some(&a.access), json!({})).await;
     assert_eq!(next_event(&mut on_one).await["type"], "agent.suspended");
 }
+
+/// An open socket does not outlive its session: signing out closes it (code 4401)
+/// at the next heartbeat.
+#[tokio::test]
+async fn signing_out_closes_open_sockets() {
+    let s = TestServer::start_with(&[("AEGIS_WS_HEARTBEAT_SECS", "1")]).await;
+    let sponsor = s.sponsor("leaver").await;
+    let mut ws = listen(&s, &sponsor).await;
+    let r = s.post("/api/auth/logout", Some(&sponsor.access), json!({})).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("closed within 5 s") {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 4401);
+                break;
+            }
+            Some(Ok(Message::Text(t))) => assert!(t.contains("heartbeat"), "no events after sign-out: {t}"),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
