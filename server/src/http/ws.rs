@@ -11,8 +11,6 @@
 //! `?since=<event id>` the buffered events after that id come first. Client pings are
 //! answered with pongs; anything else the client sends is ignored.
 
-use std::time::Duration;
-
 use app::error::AppError;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
