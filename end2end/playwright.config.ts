@@ -45,6 +45,8 @@ export default defineConfig({
       LEPTOS_SITE_ROOT: `${__dirname}/../target/site`,
       DATABASE_URL: "",
       REDIS_URL: "",
+      // The tests' mock upstreams listen on loopback.
+      AEGIS_EGRESS_ALLOW: "127.0.0.1/32",
       RUST_LOG: "warn",
     },
   },

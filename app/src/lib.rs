@@ -4,6 +4,7 @@
 #[cfg(feature = "ssr")]
 pub mod backend;
 pub mod error;
+pub mod live;
 pub mod model;
 pub mod money;
 mod pages;
@@ -51,6 +52,7 @@ pub fn App() -> impl IntoView {
                 <ParentRoute path=path!("") view=pages::layout::SignedIn ssr=SsrMode::Async>
                     <Route path=path!("") view=pages::overview::OverviewPage ssr=SsrMode::Async/>
                     <Route path=path!("agents") view=pages::agents::AgentsPage ssr=SsrMode::Async/>
+                    <Route path=path!("approvals") view=pages::approvals::ApprovalsPage ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

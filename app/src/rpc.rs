@@ -247,6 +247,58 @@ pub async fn set_agent_state(id: Uuid, state: String) -> Result<AgentView, AppEr
     .await
 }
 
+/// A page of the approvals queue; `status` blank or absent means all.
+#[server(prefix = "/rpc", endpoint = "list_approvals")]
+pub async fn list_approvals(
+    status: Option<String>,
+    cursor: Option<String>,
+) -> Result<Page<ApprovalView>, AppError> {
+    use ssr::*;
+    respond(async {
+        let query = ApprovalQuery {
+            status: status.filter(|s| !s.is_empty() && s != "all"),
+            agent_id: None,
+            limit: Some(20),
+            cursor,
+        };
+        backend()?.list_approvals(&sponsor()?, query).await
+    })
+    .await
+}
+
+/// How many approvals wait (at most 100 are counted: "100+" beyond).
+#[server(prefix = "/rpc", endpoint = "pending_approvals")]
+pub async fn pending_approvals() -> Result<(usize, bool), AppError> {
+    use ssr::*;
+    respond(async {
+        let query =
+            ApprovalQuery { status: Some("pending".into()), agent_id: None, limit: Some(100), cursor: None };
+        let page = backend()?.list_approvals(&sponsor()?, query).await?;
+        Ok((page.items.len(), page.next_cursor.is_some()))
+    })
+    .await
+}
+
+/// Approve (AEGIS then performs the stored request once) or reject.
+#[server(prefix = "/rpc", endpoint = "decide_approval")]
+pub async fn decide_approval(
+    id: Uuid,
+    decision: String,
+    reason: Option<String>,
+) -> Result<ApprovalView, AppError> {
+    use ssr::*;
+    respond(async {
+        let (backend, sponsor) = (backend()?, sponsor()?);
+        let reason = reason.filter(|r| !r.trim().is_empty());
+        match decision.as_str() {
+            "approve" => backend.approve(&sponsor, id, ApproveRequest { reason, grant: None }).await,
+            "reject" => backend.reject(&sponsor, id, RejectRequest { reason }).await,
+            _ => Err(AppError::bad_request("invalid_request", "decision must be approve or reject")),
+        }
+    })
+    .await
+}
+
 #[cfg(any(feature = "ssr", test))]
 fn parse_limit(label: &str, text: Option<String>) -> Result<Option<i64>, AppError> {
     match text.as_deref().map(str::trim) {

@@ -4,12 +4,23 @@
 use leptos::prelude::*;
 use leptos_router::components::{A, Outlet};
 
-use crate::rpc::{Logout, current_user};
+use crate::live::Live;
+use crate::rpc::{Logout, current_user, pending_approvals};
 
 #[component]
 pub fn SignedIn() -> impl IntoView {
     let user = Resource::new(|| (), |_| current_user());
     let logout = ServerAction::<Logout>::new();
+    let live = Live::new();
+    provide_context(live);
+    // Effects run in the browser only: one socket for the whole app.
+    Effect::new(move |started: Option<()>| {
+        if started.is_none() {
+            #[cfg(feature = "hydrate")]
+            crate::live::connect(live);
+        }
+    });
+    let pending = Resource::new(move || live.tick.get(), |_| pending_approvals());
     view! {
         <div class="frame">
             <header class="topbar">
@@ -17,7 +28,24 @@ pub fn SignedIn() -> impl IntoView {
                 <nav class="nav" aria-label="Main">
                     <A href="/" exact=true>"Overview"</A>
                     <A href="/agents">"Agents"</A>
+                    <A href="/approvals">
+                        "Approvals"
+                        <Transition fallback=|| ()>
+                            {move || Suspend::new(async move {
+                                pending.await.ok().filter(|(n, _)| *n > 0).map(|(n, more)| view! {
+                                    <span class="count" id="pending-count" aria-label="pending approvals">
+                                        {if more { format!("{n}+") } else { n.to_string() }}
+                                    </span>
+                                })
+                            })}
+                        </Transition>
+                    </A>
                 </nav>
+                <span class="live" data-live=move || if live.connected.get() { "on" } else { "off" }
+                    title=move || if live.connected.get() { "Live updates on" } else { "Live updates reconnecting" }>
+                    <span class="dot" aria-hidden="true"></span>
+                    <span class="sr-only">"Live updates"</span>
+                </span>
                 <div class="account">
                     <Transition fallback=|| ()>
                         {move || Suspend::new(async move {
@@ -34,6 +62,27 @@ pub fn SignedIn() -> impl IntoView {
             <main class="content">
                 <Outlet/>
             </main>
+            <Toasts live/>
+        </div>
+    }
+}
+
+/// Risky moments, impossible to miss: a polite live region, newest last.
+#[component]
+fn Toasts(live: Live) -> impl IntoView {
+    view! {
+        <div class="toasts" role="status" aria-live="polite" id="toasts">
+            <For each=move || live.toasts.get() key=|t| t.id let:toast>
+                <div class=format!("toast {}", toast.tone)>
+                    <div class="toast-text">
+                        <strong>{toast.title.clone()}</strong>
+                        <span>{toast.detail.clone()}</span>
+                    </div>
+                    {toast.href.clone().map(|href| view! { <a class="button small" href=href>"Open"</a> })}
+                    <button type="button" class="button ghost small" aria-label="Dismiss"
+                        on:click=move |_| live.dismiss(toast.id)>"×"</button>
+                </div>
+            </For>
         </div>
     }
 }

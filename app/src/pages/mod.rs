@@ -1,4 +1,5 @@
 pub mod agents;
+pub mod approvals;
 pub mod auth;
 pub mod layout;
 pub mod overview;

@@ -1,0 +1,85 @@
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { expect, test, type Page } from "@playwright/test";
+
+const password = "correct horse battery 9";
+
+async function shot(page: Page, name: string) {
+  await page.screenshot({ path: `screenshots/${name}.png`, fullPage: true });
+}
+
+/** A local upstream that records what reached it. */
+async function mockUpstream(): Promise<{ url: string; seen: string[]; server: Server }> {
+  const seen: string[] = [];
+  const server = createServer((req: IncomingMessage, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ ok: true, method: req.method }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, seen, server };
+}
+
+test("a call needing approval appears live, is approved, and the agent gets the result", async ({ page }) => {
+  const errors: string[] = [];
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  page.on("pageerror", (e) => errors.push(e.message));
+  const upstream = await mockUpstream();
+  const email = `approver-${Date.now()}@example.com`;
+
+  // Sponsor and agent through the API (the default policy: a standard-trust agent's writes wait for a human).
+  const reg = await page.request.post("/api/auth/register", { data: { email, password, name: "Grace Approver" } });
+  expect(reg.status()).toBe(201);
+  const token = (await reg.json()).access_token;
+  const created = await page.request.post("/api/agents", {
+    headers: { Authorization: `Bearer ${token}` },
+    data: { name: "deploy-bot" },
+  });
+  const apiKey = (await created.json()).api_key;
+
+  await page.goto("/login?next=/approvals");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(/\/approvals$/);
+  await expect(page.locator("#approvals-empty")).toBeVisible();
+  await page.waitForFunction(() => document.querySelector("body[data-hydrated]") !== null);
+  await expect(page.locator('[data-live="on"]')).toHaveCount(1);
+  await shot(page, "10-approvals-empty");
+
+  // The agent asks; the queue shows it without a reload.
+  const asked = await page.request.post("/api/proxy/execute", {
+    headers: { Authorization: `Bearer ${apiKey}` },
+    data: { method: "DELETE", url: `${upstream.url}/releases/42`, headers: { "x-trace": "secret-trace-value" }, action: "releases.delete" },
+  });
+  expect(asked.status()).toBe(202);
+  const pending = await asked.json();
+  expect(pending.decision).toBe("pending_approval");
+  const card = page.locator(`[data-approval="${pending.approval_id}"]`);
+  await expect(card).toBeVisible();
+  await expect(card).toContainText("deploy-bot");
+  await expect(card).toContainText(`DELETE`);
+  await expect(card).toContainText("x-trace");
+  await expect(card).not.toContainText("secret-trace-value");
+  await expect(page.locator("#toasts")).toContainText("Approval needed");
+  await expect(page.locator("#pending-count")).toHaveText("1");
+  expect(upstream.seen).toEqual([]);
+  await shot(page, "11-approval-live");
+
+  // Approve: AEGIS performs the stored request once; the agent's poll sees the result.
+  await card.getByRole("button", { name: "Approve" }).click();
+  await expect(page.locator("#approvals-empty")).toBeVisible();
+  const polled = await page.request.get(`${pending.poll_url}?wait=10`, { headers: { Authorization: `Bearer ${apiKey}` } });
+  const result = await polled.json();
+  expect(result.status).toBe("approved");
+  expect(result.outcome.body.upstream.status).toBe(200);
+  expect(upstream.seen).toEqual(["DELETE /releases/42"]);
+
+  await page.getByRole("link", { name: "Approved" }).click();
+  await expect(page.locator(`[data-approval="${pending.approval_id}"]`)).toContainText("upstream answered 200");
+  await shot(page, "12-approval-history");
+
+  upstream.server.close();
+  expect(errors).toEqual([]);
+});
