@@ -49,7 +49,7 @@ test-postgres:
 test-redis:
 	@if [[ "$${REDIS_URL:-}" == redis* ]]; then \
 		echo "Redis pass: event fan-out and breaker-window tests against $${REDIS_URL##*@}"; \
-		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --lib breaker::windows && \
+		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --lib -- breaker::windows auth::throttle && \
 		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --test api -- events:: breaker::; \
 	else \
 		echo "skipped: Redis pass (set REDIS_URL=redis://… to run it)"; \

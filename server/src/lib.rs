@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod policies;
 pub mod proxy;
+pub mod redis_link;
 pub mod secrets;
 pub mod storage;
 pub mod trust;
@@ -26,7 +27,7 @@ use leptos::config::{Env, LeptosOptions};
 use tokio::net::TcpListener;
 
 use crate::auth::AuthService;
-use crate::auth::throttle::{LoginThrottle, MemoryCounter};
+use crate::auth::throttle::{LoginThrottle, SharedCounter};
 use crate::auth::tokens::AccessTokens;
 use crate::backend::Services;
 use crate::config::Config;
@@ -62,7 +63,7 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
     db::migrate(&db).await.map_err(db_error)?;
 
     let throttle = LoginThrottle::new(
-        Arc::new(MemoryCounter::default()),
+        Arc::new(SharedCounter::new(config.redis_url.as_deref())),
         config.login_max_failures,
         config.login_max_per_ip,
         config.login_window,

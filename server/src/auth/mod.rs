@@ -83,7 +83,7 @@ impl AuthService {
         let name = clean_name(&input.name)?;
         password::check_policy(&input.password)?;
         // Registration costs a hash too, so it shares the per-address budget.
-        self.throttle.admit("", client.ip.as_deref())?;
+        self.throttle.admit("", client.ip.as_deref()).await?;
         let hash = self.passwords.hash(&input.password).await?;
         let at = now();
         let user = users::ActiveModel {
@@ -109,7 +109,7 @@ impl AuthService {
     pub async fn login(&self, input: Credentials, client: ClientMeta) -> Result<AuthResponse, AppError> {
         // A malformed email is just a failed sign-in: no hint about what exists.
         let email = normalise_email(&input.email).unwrap_or_else(|_| input.email.trim().to_lowercase());
-        self.throttle.admit(&email, client.ip.as_deref())?;
+        self.throttle.admit(&email, client.ip.as_deref()).await?;
         let user = users::Entity::find()
             .filter(users::Column::Email.eq(&email))
             .one(&self.db)
@@ -120,11 +120,11 @@ impl AuthService {
             && self.passwords.verify(&input.password, stored).await;
         match user {
             Some(user) if matched && user.disabled_at.is_none() => {
-                self.throttle.succeeded(&email);
+                self.throttle.succeeded(&email).await;
                 self.start_session(&user, &client).await
             }
             _ => {
-                self.throttle.failed(&email);
+                self.throttle.failed(&email).await;
                 Err(invalid_credentials())
             }
         }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::redis_link::RedisLink;
+
 /// What one finished call counts as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -145,45 +147,16 @@ impl Windows for MemoryWindows {
 /// Redis: a sorted set of recent calls per agent (score: milliseconds) and a set
 /// of the hosts it has called. Members encode `kind|spend|new_host|request_id`.
 pub struct RedisWindows {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    link: RedisLink,
 }
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl RedisWindows {
     pub fn new(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        Ok(Self { client, conn: tokio::sync::Mutex::new(None) })
-    }
-
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        *slot = Some(c.clone());
-        Ok(c)
+        Ok(Self { link: RedisLink::new(url, "breaker windows")? })
     }
 
     async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
-        let mut c = self.connection().await?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<T>(&mut c)).await {
-            Ok(Ok(v)) => Ok(v),
-            failed => {
-                // Drop the connection so the next call reconnects.
-                *self.conn.lock().await = None;
-                Err(match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "command timed out".into(),
-                })
-            }
-        }
+        self.link.run(pipe).await
     }
 }
 
@@ -237,17 +210,11 @@ impl Windows for RedisWindows {
     }
 }
 
-/// Redis first; memory while Redis is unreachable.
+/// Redis first; memory while Redis is unreachable (see [`RedisLink`]).
 pub struct Resilient {
     redis: Option<RedisWindows>,
     memory: MemoryWindows,
-    down: std::sync::atomic::AtomicBool,
-    /// While Redis is down, it is tried again at most once a second, so a
-    /// black-holed Redis costs one request a timeout, not every request.
-    retry_at: Mutex<Option<Instant>>,
 }
-
-const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 impl Resilient {
     pub fn new(redis_url: Option<&str>) -> Self {
@@ -258,22 +225,7 @@ impl Resilient {
                 None
             }
         });
-        Self { redis, memory: MemoryWindows::default(), down: Default::default(), retry_at: Mutex::new(None) }
-    }
-
-    fn note(&self, result: &Result<Stats, String>) {
-        use std::sync::atomic::Ordering;
-        match result {
-            Err(e) if !self.down.swap(true, Ordering::Relaxed) => tracing::error!(
-                error = %e,
-                "REDIS UNAVAILABLE: breaker detectors fall back to this replica's local traffic \
-                 (budgets are unaffected: they live in the database)"
-            ),
-            Ok(_) if self.down.swap(false, Ordering::Relaxed) => {
-                tracing::warn!("Redis is back: breaker detectors see the whole fleet again")
-            }
-            _ => {}
-        }
+        Self { redis, memory: MemoryWindows::default() }
     }
 }
 
@@ -282,20 +234,11 @@ impl Windows for Resilient {
     async fn observe(&self, agent: Uuid, obs: &Observation, window: Duration) -> Result<Stats, String> {
         let local = self.memory.observe_now(agent, obs, window);
         let Some(redis) = &self.redis else { return Ok(local) };
-        {
-            let mut retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
-            match *retry_at {
-                Some(at) if Instant::now() < at => return Ok(local),
-                _ => *retry_at = None,
-            }
-        }
-        let shared = redis.observe(agent, obs, window).await;
-        if shared.is_err() {
-            *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + RETRY_EVERY);
-        }
-        self.note(&shared);
         // Local traffic is part of the fleet's, so the larger view wins.
-        Ok(shared.map(|s| if s.total >= local.total { s } else { local.clone() }).unwrap_or(local))
+        Ok(match redis.observe(agent, obs, window).await {
+            Ok(shared) if shared.total >= local.total => shared,
+            _ => local,
+        })
     }
 
     async fn clear(&self, agent: Uuid) -> Result<(), String> {
