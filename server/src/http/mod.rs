@@ -1,5 +1,5 @@
 //! HTTP surface: the JSON API under `/api`, the dashboard (pages and `/rpc` server
-//! functions) everywhere else, `/healthz`, and the API's documentation
+//! functions) everywhere else, `/healthz`, `/readyz`, and the API's documentation
 //! (`/api/openapi.json`, `/docs`).
 
 pub mod api;
@@ -25,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http::StatusCode;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/ws", get(ws::events))
         .route("/docs", get(docs::page))
         .merge(dashboard)
@@ -121,6 +123,24 @@ pub fn router(state: AppState) -> Router {
     responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    summary = "Readiness",
+    description = "Ready to serve: the database answers a query and every migration is applied. \
+Unlike `/healthz` (the process is alive), a `503` here means: send no traffic to this instance for now.",
+    responses(
+        (status = 200, description = "`{\"status\":\"ready\"}`", body = Object),
+        (status = 503, description = "`{\"status\":\"not_ready\",\"reason\":\"…\"}`: the database is unavailable or migrations are pending", body = Object),
+    ))]
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    match crate::db::check_ready(&s.services.db).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": reason})))
+                .into_response()
+        }
+    }
 }
 
 /// Records where each request came from, once, for every handler that needs it.

@@ -14,6 +14,7 @@ use crate::support::{TestServer, read};
 /// This test fails until all three agree.
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/ws"),
     ("GET", "/docs"),
     ("GET", "/api/openapi.json"),
