@@ -1,6 +1,6 @@
 //! HTTP surface: the JSON API under `/api`, the dashboard (pages and `/rpc` server
-//! functions) everywhere else, `/healthz`, `/readyz`, and the API's documentation
-//! (`/api/openapi.json`, `/docs`).
+//! functions) everywhere else, `/healthz`, `/readyz`, `/metrics`, and the API's
+//! documentation (`/api/openapi.json`, `/docs`).
 
 pub mod api;
 pub mod approvals;
@@ -25,15 +25,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode, header};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::backend::Services;
 use error::ApiError;
+use openapi::ErrorBody;
 
 #[derive(Clone, FromRef)]
 pub struct AppState {
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api", api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/ws", get(ws::events))
         .route("/docs", get(docs::page))
         .merge(dashboard)
@@ -141,6 +144,32 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    summary = "Prometheus metrics",
+    description = "The Prometheus text format (0.0.4). Public unless `AEGIS_METRICS_TOKEN` is set; \
+then send `Authorization: Bearer <token>`.",
+    responses(
+        (status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "`unauthorized`: `AEGIS_METRICS_TOKEN` is set and the request lacks it", body = ErrorBody),
+    ))]
+pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &s.services.config.metrics_token
+        && !token_matches(extract::bearer(&headers), expected)
+    {
+        return ApiError(AppError::unauthorized("send the metrics token as Authorization: Bearer <token>"))
+            .into_response();
+    }
+    let body = s.services.metrics.render(&s.services.db).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// Constant time, and over digests so not even the token's length leaks.
+fn token_matches(given: Option<&str>, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let Some(given) = given else { return false };
+    Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())).into()
 }
 
 /// Records where each request came from, once, for every handler that needs it.

@@ -19,8 +19,9 @@ use crate::proxy::{self, upstream};
 /// always read `decision` and `stage`.
 /// Unauthenticated callers are not written to the audit log (anyone could flood
 /// it), so `audit_seq` is null; the request id still identifies the attempt in logs.
-fn auth_denied(e: ApiError) -> Response {
+fn auth_denied(s: &AppState, e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.0.status).unwrap_or(StatusCode::UNAUTHORIZED);
+    s.services.metrics.proxy_request("deny", "auth");
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
     tracing::info!(request = %request_id, code = %e.0.code, "agent authentication failed");
     let body = json!({
@@ -78,7 +79,7 @@ pub async fn execute(
 ) -> Response {
     let Agent(principal) = match agent {
         Ok(a) => a,
-        Err(e) => return auth_denied(e),
+        Err(e) => return auth_denied(&s, e),
     };
     let ApiJson(input) = match body {
         Ok(b) => b,
@@ -166,7 +167,7 @@ async fn forward(
 ) -> Response {
     let Agent(principal) = match agent {
         Ok(a) => a,
-        Err(e) => return auth_denied(e),
+        Err(e) => return auth_denied(&s, e),
     };
     let services = &s.services;
     let found = match services.connections.by_name(principal.agent.sponsor_id, &connection).await {

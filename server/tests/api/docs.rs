@@ -15,6 +15,7 @@ use crate::support::{TestServer, read};
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/ws"),
     ("GET", "/docs"),
     ("GET", "/api/openapi.json"),
