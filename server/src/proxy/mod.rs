@@ -179,6 +179,11 @@ pub struct Pipeline {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// A fresh request id, `req_` + a UUIDv7: made by AEGIS, never taken from the client.
+pub fn new_request_id() -> String {
+    format!("req_{}", Uuid::now_v7().simple())
+}
+
 /// What the audit keeps of a request.
 struct Trail<'a> {
     agent: &'a AgentPrincipal,
@@ -213,11 +218,16 @@ impl Trail<'_> {
 }
 
 impl Pipeline {
-    /// Runs one request through every stage. Never performs an upstream call unless
-    /// the intent is durably in the audit log first. `Err` only for a misused
-    /// idempotency key (answered like any other API error).
-    pub async fn run(&self, agent: &AgentPrincipal, request: ProxyRequest) -> Result<ProxyResult, AppError> {
-        let request_id = format!("req_{}", Uuid::now_v7().simple());
+    /// Runs one request through every stage under `request_id` (from
+    /// [`new_request_id`]). Never performs an upstream call unless the intent is
+    /// durably in the audit log first. `Err` only for a misused idempotency key
+    /// (answered like any other API error).
+    pub async fn run(
+        &self,
+        request_id: String,
+        agent: &AgentPrincipal,
+        request: ProxyRequest,
+    ) -> Result<ProxyResult, AppError> {
         let request_hash = request.request_hash();
         let Some(key) = request.idempotency_key.clone() else {
             return Ok(self.stages(agent, request, request_id, request_hash, None).await);
