@@ -20,6 +20,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::connections::ConnectionService;
 use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::policies::PolicyService;
 use crate::policies::engine::PolicyEngine;
 use crate::proxy::Pipeline;
@@ -53,6 +54,7 @@ pub struct Services {
     pub events: EventBus,
     pub trust: TrustService,
     pub approvals: ApprovalService,
+    pub metrics: Arc<Metrics>,
     recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
 }
 
@@ -64,6 +66,8 @@ impl Services {
         audit: AuditLog,
         vault: Vault,
     ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let audit = audit.with_metrics(metrics.clone());
         let policies = PolicyService::new(db.clone());
         let secrets = SecretService::new(db.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());
@@ -87,6 +91,7 @@ impl Services {
             trust.clone(),
             Arc::new(Resilient::new(config.redis_url.as_deref())),
             config.breaker.clone(),
+            metrics.clone(),
         );
         let proxy = Pipeline {
             db: db.clone(),
@@ -101,6 +106,7 @@ impl Services {
             trust: trust.clone(),
             approvals: approvals.clone(),
             breaker,
+            metrics: metrics.clone(),
         };
         let agents = AgentService::new(db.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {
@@ -117,6 +123,7 @@ impl Services {
             events,
             trust,
             approvals,
+            metrics,
             recent_browser_refreshes: Mutex::default(),
         })
     }

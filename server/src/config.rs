@@ -57,6 +57,8 @@ pub struct Config {
     pub breaker: crate::proxy::breaker::BreakerConfig,
     /// How often `/ws` sends a heartbeat and re-checks the socket's session.
     pub ws_heartbeat: Duration,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -174,6 +176,17 @@ impl Config {
             });
         }
 
+        // It travels in an Authorization header, so it must be a valid bearer token.
+        let metrics_token = var("AEGIS_METRICS_TOKEN").map(|t| t.trim().to_owned());
+        if let Some(t) = &metrics_token
+            && !t.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ConfigError {
+                var: "AEGIS_METRICS_TOKEN",
+                reason: "expected visible ASCII characters without spaces".into(),
+            });
+        }
+
         Ok(Config {
             site_addr,
             data_dir: PathBuf::from(parse("AEGIS_DATA_DIR", "./data")?),
@@ -214,6 +227,7 @@ impl Config {
             },
             proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
             log_format,
+            metrics_token,
             ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),
             approval_ttl: match number("AEGIS_APPROVAL_TTL_SECS", 15 * 60)? {
                 0 => None,
@@ -272,6 +286,7 @@ mod tests {
             ("AEGIS_EGRESS_PORTS", "http"),
             ("AEGIS_BREAKER_DENIAL_RATE_PCT", "150"),
             ("AEGIS_APPROVAL_TTL_SECS", "soon"),
+            ("AEGIS_METRICS_TOKEN", "two words"),
         ] {
             let err = with(&[(var, value)]).err().unwrap_or_else(|| panic!("{var}={value} accepted"));
             assert_eq!(err.var, var);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 
 /// The URL AEGIS uses: `DATABASE_URL`, or the SQLite file in the data directory.
 pub fn resolve_url(database_url: Option<&str>, data_dir: &Path) -> String {
@@ -50,4 +50,31 @@ pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Dat
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
+}
+
+/// How long a readiness check may take before the database counts as unavailable.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether this process can serve: the database answers a query and every migration
+/// this binary knows is applied. `Err` is a short reason for the probe's answer; the
+/// database's own error (which may name hosts) goes to the log only.
+pub async fn check_ready(db: &DatabaseConnection) -> Result<(), String> {
+    let check = async {
+        if let Err(e) = db.execute_unprepared("SELECT 1").await {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            return Err("database unavailable".to_owned());
+        }
+        // Read-only: a readiness probe must never create the migrations table.
+        match Migrator::get_pending_migrations_read_only(db).await {
+            Ok(pending) if pending.is_empty() => Ok(()),
+            Ok(pending) => Err(format!("database migrations pending: {}", pending.len())),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: cannot read the migration status");
+                Err("cannot read the migration status".to_owned())
+            }
+        }
+    };
+    tokio::time::timeout(READY_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err("database check timed out".into()))
 }

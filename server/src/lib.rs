@@ -12,6 +12,7 @@ pub mod data_dir;
 pub mod db;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod policies;
 pub mod proxy;
 pub mod redis_link;

@@ -15,7 +15,8 @@
 //! `seq` is the primary key, so a stale head could only ever fail an insert,
 //! never fork the chain.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use app::error::AppError;
 use entity::{audit_checkpoints, audit_events};
@@ -41,6 +42,8 @@ pub(super) struct ChainState {
     pub signer: CheckpointSigner,
     pub checkpoint_every: u64,
     pub sqlite_lock: Arc<Mutex<()>>,
+    /// Set by the server; the command-line tools append without metrics.
+    pub metrics: OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// A transaction that may append audit records together with other changes:
@@ -54,9 +57,12 @@ pub struct AuditTxn {
     state: Arc<ChainState>,
     locked: bool,
     appended: Vec<Appended>,
+    /// Before the chain lock is asked for, so lock contention shows in the metric.
+    started: Instant,
 }
 
 pub(super) async fn begin(state: Arc<ChainState>) -> Result<AuditTxn, AppError> {
+    let started = Instant::now();
     let backend = state.db.get_database_backend();
     let (guard, options) = match backend {
         DbBackend::Sqlite => (
@@ -78,6 +84,7 @@ pub(super) async fn begin(state: Arc<ChainState>) -> Result<AuditTxn, AppError> 
         state,
         locked: backend != DbBackend::Postgres,
         appended: Vec::new(),
+        started,
     })
 }
 
@@ -164,6 +171,11 @@ impl AuditTxn {
     /// Commits the changes and the records; they are durable when this returns.
     pub async fn commit(self) -> Result<Vec<Appended>, AppError> {
         self.txn.commit().await.map_err(internal)?;
+        if !self.appended.is_empty()
+            && let Some(m) = self.state.metrics.get()
+        {
+            m.audit_appended(self.started.elapsed());
+        }
         Ok(self.appended)
     }
 }

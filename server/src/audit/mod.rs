@@ -92,9 +92,22 @@ impl AuditLog {
     /// it (0: only on demand).
     pub fn new(db: DatabaseConnection, signer: CheckpointSigner, checkpoint_every: u64) -> Self {
         Self {
-            state: Arc::new(chain::ChainState { db, signer, checkpoint_every, sqlite_lock: Arc::default() }),
+            state: Arc::new(chain::ChainState {
+                db,
+                signer,
+                checkpoint_every,
+                sqlite_lock: Arc::default(),
+                metrics: Default::default(),
+            }),
             chunk: DEFAULT_CHUNK,
         }
+    }
+
+    /// Times every committed append into `metrics` (`aegis_audit_append_duration_seconds`),
+    /// for this log and all its clones. The first call wins.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let _ = self.state.metrics.set(metrics);
+        self
     }
 
     /// Rows per query for verification and export (tests use small chunks).

@@ -1,6 +1,6 @@
 //! HTTP surface: the JSON API under `/api`, the dashboard (pages and `/rpc` server
-//! functions) everywhere else, `/healthz`, and the API's documentation
-//! (`/api/openapi.json`, `/docs`).
+//! functions) everywhere else, `/healthz`, `/readyz`, `/metrics`, and the API's
+//! documentation (`/api/openapi.json`, `/docs`).
 
 pub mod api;
 pub mod approvals;
@@ -16,6 +16,7 @@ pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use app::backend::SharedBackend;
 use app::error::AppError;
@@ -25,14 +26,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
 
 use crate::backend::Services;
 use error::ApiError;
+use openapi::ErrorBody;
 
 #[derive(Clone, FromRef)]
 pub struct AppState {
@@ -105,6 +110,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/ws", get(ws::events))
         .route("/docs", get(docs::page))
         .merge(dashboard)
@@ -113,6 +120,8 @@ pub fn router(state: AppState) -> Router {
             tracing::error!("request handler panicked");
             ApiError(AppError::internal()).into_response()
         }))
+        // Outermost, so every answer (a caught panic's included) carries an id.
+        .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
 
@@ -121,6 +130,105 @@ pub fn router(state: AppState) -> Router {
     responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    summary = "Readiness",
+    description = "Ready to serve: the database answers a query and every migration is applied. \
+Unlike `/healthz` (the process is alive), a `503` here means: send no traffic to this instance for now.",
+    responses(
+        (status = 200, description = "`{\"status\":\"ready\"}`", body = Object),
+        (status = 503, description = "`{\"status\":\"not_ready\",\"reason\":\"…\"}`: the database is unavailable or migrations are pending", body = Object),
+    ))]
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    match crate::db::check_ready(&s.services.db).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": reason})))
+                .into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    summary = "Prometheus metrics",
+    description = "The Prometheus text format (0.0.4). Public unless `AEGIS_METRICS_TOKEN` is set; \
+then send `Authorization: Bearer <token>`.",
+    responses(
+        (status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "`unauthorized`: `AEGIS_METRICS_TOKEN` is set and the request lacks it", body = ErrorBody),
+    ))]
+pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &s.services.config.metrics_token
+        && !token_matches(extract::bearer(&headers), expected)
+    {
+        return ApiError(AppError::unauthorized("send the metrics token as Authorization: Bearer <token>"))
+            .into_response();
+    }
+    let body = s.services.metrics.render(&s.services.db).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// Constant time, and over digests so not even the token's length leaks.
+fn token_matches(given: Option<&str>, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let Some(given) = given else { return false };
+    Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())).into()
+}
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// This HTTP request's id (`req_…`), made by [`request_context`]. The proxy runs
+/// its pipeline under it, so logs, the answer and the audit record share one id.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id of `extensions`' request; a fresh one if the middleware did not run.
+    pub fn of(extensions: &http::Extensions) -> String {
+        extensions.get::<RequestId>().map_or_else(crate::proxy::new_request_id, |r| r.0.clone())
+    }
+}
+
+/// Gives every request an id and a tracing span (id, method, path, status), and
+/// every answer an `x-request-id`. A client's own `x-request-id` is never used as
+/// ours (agents could forge audit ids); it is only logged, as `client_request_id`.
+/// An `x-request-id` already on the answer is kept: an idempotent replay's original
+/// id, or a gateway upstream's own (AEGIS's is then in `x-aegis-request-id`).
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = crate::proxy::new_request_id();
+    let client_id: Option<String> = req
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().filter(char::is_ascii_graphic).take(128).collect());
+    // The path only: query strings can carry tokens (`/ws?token=`).
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %path,
+        client_request_id = tracing::field::Empty, status = tracing::field::Empty);
+    if let Some(c) = &client_id {
+        span.record("client_request_id", c.as_str());
+    }
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    if !response.headers().contains_key(X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(&id)
+    {
+        response.headers_mut().insert(HeaderName::from_static(X_REQUEST_ID), v);
+    }
+    let latency_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        // Probes and scrapes arrive every few seconds; they only clutter the info log.
+        if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            tracing::debug!(status, latency_ms, "request");
+        } else {
+            tracing::info!(status, latency_ms, "request");
+        }
+    });
+    response
 }
 
 /// Records where each request came from, once, for every handler that needs it.

@@ -30,6 +30,8 @@ use crate::proxy::Stage;
     info(title = "AEGIS API", description = text::API),
     paths(
         super::healthz,
+        super::readyz,
+        super::metrics,
         super::ws::events,
         openapi_json,
         super::docs::page,
@@ -87,7 +89,7 @@ use crate::proxy::Stage;
         (name = "connections", description = "Named upstreams for gateway mode."),
         (name = "approvals", description = "Requests a policy marked `require_approval`, parked until you approve (AEGIS then performs exactly the stored request, once), reject, or let them expire."),
         (name = "audit", description = "The hash-chained audit log: read, export, verify, replay."),
-        (name = "meta", description = "Health and this documentation. Public."),
+        (name = "meta", description = "Health, readiness, metrics and this documentation. Public (metrics can require a token)."),
     )
 )]
 pub struct ApiDoc;

@@ -3,15 +3,15 @@
 use app::error::AppError;
 use axum::Json;
 use axum::body::to_bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, StatusCode, header};
 use serde_json::json;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{Agent, ApiJson};
 use super::openapi::{ErrorBody, ExecuteAllowed, ExecuteDenied, ExecuteFailed, ExecutePending};
+use super::{AppState, RequestId};
 use crate::proxy::request::{ExecuteRequest, Origin, ProxyRequest};
 use crate::proxy::{self, upstream};
 
@@ -19,9 +19,9 @@ use crate::proxy::{self, upstream};
 /// always read `decision` and `stage`.
 /// Unauthenticated callers are not written to the audit log (anyone could flood
 /// it), so `audit_seq` is null; the request id still identifies the attempt in logs.
-fn auth_denied(e: ApiError) -> Response {
+fn auth_denied(s: &AppState, request_id: String, e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.0.status).unwrap_or(StatusCode::UNAUTHORIZED);
-    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    s.services.metrics.proxy_request("deny", "auth");
     tracing::info!(request = %request_id, code = %e.0.code, "agent authentication failed");
     let body = json!({
         "request_id": request_id, "audit_seq": null,
@@ -73,12 +73,14 @@ fn tagged(mut response: Response, name: &'static str, request_id: &str) -> Respo
     ))]
 pub async fn execute(
     State(s): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     agent: Result<Agent, ApiError>,
     body: Result<ApiJson<ExecuteRequest>, ApiError>,
 ) -> Response {
+    let request_id = request_id.map_or_else(crate::proxy::new_request_id, |Extension(id)| id.0);
     let Agent(principal) = match agent {
         Ok(a) => a,
-        Err(e) => return auth_denied(e),
+        Err(e) => return auth_denied(&s, request_id, e),
     };
     let ApiJson(input) = match body {
         Ok(b) => b,
@@ -88,7 +90,7 @@ pub async fn execute(
         Ok(r) => r,
         Err(e) => return ApiError(e).into_response(),
     };
-    match s.services.proxy.run(&principal, request).await {
+    match s.services.proxy.run(request_id, &principal, request).await {
         Ok(result) => {
             let (status, body) = result.to_json();
             let response =
@@ -164,9 +166,10 @@ async fn forward(
     suffix: String,
     request: Request,
 ) -> Response {
+    let request_id = RequestId::of(request.extensions());
     let Agent(principal) = match agent {
         Ok(a) => a,
-        Err(e) => return auth_denied(e),
+        Err(e) => return auth_denied(&s, request_id, e),
     };
     let services = &s.services;
     let found = match services.connections.by_name(principal.agent.sponsor_id, &connection).await {
@@ -232,7 +235,7 @@ async fn forward(
         stream_response: true,
         origin: Origin::Gateway { connection: conn.name.clone() },
     };
-    let mut result = match services.proxy.run(&principal, request).await {
+    let mut result = match services.proxy.run(request_id, &principal, request).await {
         Ok(r) => r,
         Err(e) => return ApiError(e).into_response(),
     };

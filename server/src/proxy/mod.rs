@@ -176,6 +176,12 @@ pub struct Pipeline {
     pub trust: TrustService,
     pub approvals: ApprovalService,
     pub breaker: BreakerService,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// A fresh request id, `req_` + a UUIDv7: made by AEGIS, never taken from the client.
+pub fn new_request_id() -> String {
+    format!("req_{}", Uuid::now_v7().simple())
 }
 
 /// What the audit keeps of a request.
@@ -212,11 +218,16 @@ impl Trail<'_> {
 }
 
 impl Pipeline {
-    /// Runs one request through every stage. Never performs an upstream call unless
-    /// the intent is durably in the audit log first. `Err` only for a misused
-    /// idempotency key (answered like any other API error).
-    pub async fn run(&self, agent: &AgentPrincipal, request: ProxyRequest) -> Result<ProxyResult, AppError> {
-        let request_id = format!("req_{}", Uuid::now_v7().simple());
+    /// Runs one request through every stage under `request_id` (from
+    /// [`new_request_id`]). Never performs an upstream call unless the intent is
+    /// durably in the audit log first. `Err` only for a misused idempotency key
+    /// (answered like any other API error).
+    pub async fn run(
+        &self,
+        request_id: String,
+        agent: &AgentPrincipal,
+        request: ProxyRequest,
+    ) -> Result<ProxyResult, AppError> {
         let request_hash = request.request_hash();
         let Some(key) = request.idempotency_key.clone() else {
             return Ok(self.stages(agent, request, request_id, request_hash, None).await);
@@ -260,6 +271,7 @@ impl Pipeline {
         self.stages(agent, request, request_id, request_hash, Some(approval_id)).await
     }
 
+    /// The stages, then the metrics, fed from the decision record's own timings.
     async fn stages(
         &self,
         agent: &AgentPrincipal,
@@ -269,6 +281,25 @@ impl Pipeline {
         approved: Option<Uuid>,
     ) -> ProxyResult {
         let mut record = DecisionRecord::new();
+        let result = self.run_stages(&mut record, agent, request, request_id, request_hash, approved).await;
+        let (decision, stage) = result.decision_and_stage();
+        self.metrics.proxy_request(decision, stage);
+        for s in &record.stages {
+            self.metrics.stage(s.stage, s.micros);
+        }
+        self.metrics.request_duration(record.elapsed_micros().max(0) as u64);
+        result
+    }
+
+    async fn run_stages(
+        &self,
+        record: &mut DecisionRecord,
+        agent: &AgentPrincipal,
+        request: ProxyRequest,
+        request_id: String,
+        request_hash: String,
+        approved: Option<Uuid>,
+    ) -> ProxyResult {
         let mut trail = Trail {
             agent,
             request: &request,
@@ -519,8 +550,12 @@ impl Pipeline {
             Ok(response) => {
                 let status = response.status();
                 record.note("upstream", format!("status {status}"));
-                if let Err(e) = self.wallets.settle(&request_id, estimate).await {
-                    tracing::error!(request = %request_id, error = %e.message, "settlement failed; the hold expires");
+                match self.wallets.settle(&request_id, estimate).await {
+                    Ok(true) => self.metrics.settled(estimate),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(request = %request_id, error = %e.message, "settlement failed; the hold expires")
+                    }
                 }
                 (
                     Outcome::Performed { upstream: response, cost_micros: estimate },
@@ -641,6 +676,18 @@ fn storage_failure(request_id: String, e: AppError) -> ProxyResult {
 }
 
 impl ProxyResult {
+    /// The metrics' labels: the answer's `decision`, and its `stage` (`none` if it has none).
+    pub fn decision_and_stage(&self) -> (&'static str, &'static str) {
+        match &self.outcome {
+            Outcome::Performed { .. } => ("allow", "none"),
+            Outcome::Pending { .. } => ("pending_approval", Stage::Approval.as_str()),
+            Outcome::Denied { stage, .. } => ("deny", stage.as_str()),
+            Outcome::Failed { stage, .. } => ("error", stage.as_str()),
+            // Not a decision: the first answer, counted when it was made.
+            Outcome::Replayed { .. } => ("replayed", "none"),
+        }
+    }
+
     /// The `POST /api/proxy/execute` answer: HTTP status and JSON body.
     pub fn to_json(&self) -> (u16, Value) {
         match &self.outcome {

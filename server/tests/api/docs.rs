@@ -14,6 +14,8 @@ use crate::support::{TestServer, read};
 /// This test fails until all three agree.
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/ws"),
     ("GET", "/docs"),
     ("GET", "/api/openapi.json"),

@@ -12,6 +12,7 @@ mod errors;
 mod events;
 mod lifecycle;
 mod mock;
+mod observability;
 mod proxy;
 mod replicas;
 mod support;

@@ -148,6 +148,7 @@ pub struct BreakerService {
     pub config: BreakerConfig,
     /// When each agent's last held trip was announced (one per window).
     held: Arc<Mutex<HashMap<Uuid, Instant>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl BreakerService {
@@ -158,8 +159,9 @@ impl BreakerService {
         trust: TrustService,
         windows: Arc<dyn Windows>,
         config: BreakerConfig,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        Self { db, audit, events, trust, windows, config, held: Arc::default() }
+        Self { db, audit, events, trust, windows, config, held: Arc::default(), metrics }
     }
 
     /// Whether `agent` may act now: `Ok(Err(reason))` when it may not.
@@ -379,6 +381,7 @@ impl BreakerService {
         let detail = json!({"reason": reason, "trips": trips, "open_until": until, "from_probe": from_probe});
         let appended = txn.append(self.entry(agent, "breaker.tripped", "deny", &detail)).await?;
         txn.commit().await?;
+        self.metrics.breaker_tripped();
         tracing::warn!(agent = %agent.id, reason = %reason, trips, "circuit breaker tripped");
         if let Err(e) = self.windows.clear(agent.id).await {
             tracing::warn!(agent = %agent.id, error = %e, "could not clear the breaker window");
