@@ -82,6 +82,14 @@ pub trait Backend: Send + Sync + 'static {
         input: RejectRequest,
     ) -> Result<ApprovalView, AppError>;
 
+    // --- audit ---
+    async fn list_audit(
+        &self,
+        sponsor: &SessionUser,
+        query: AuditQuery,
+    ) -> Result<Page<AuditRecord>, AppError>;
+    async fn verify_audit(&self, sponsor: &SessionUser) -> Result<ChainVerdict, AppError>;
+
     // --- policies ---
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError>;
     async fn get_policy(&self, sponsor: &SessionUser, id: Uuid) -> Result<PolicyView, AppError>;

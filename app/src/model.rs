@@ -578,3 +578,67 @@ pub struct AgentApprovalView {
     /// Present once an approved request was performed.
     pub outcome: Option<ApprovalOutcome>,
 }
+
+/// Query parameters as sent; everything is text so each bad value gets its own code.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+pub struct AuditQuery {
+    /// Only this agent's records (an agent id).
+    #[cfg_attr(feature = "ssr", param(format = Uuid))]
+    pub agent: Option<String>,
+    /// Record kind, e.g. `proxy.intent`, `proxy.outcome`, `proxy.denied`, `agent.created`.
+    pub kind: Option<String>,
+    /// `allow`, `deny` or `error`.
+    pub decision: Option<String>,
+    /// Only the records of one proxy request (its `request_id`, e.g. `req_…`).
+    pub request_id: Option<String>,
+    /// Inclusive start, RFC 3339 (e.g. `2026-01-31T12:00:00Z`).
+    #[cfg_attr(feature = "ssr", param(format = DateTime))]
+    pub from: Option<String>,
+    /// Exclusive end, RFC 3339.
+    #[cfg_attr(feature = "ssr", param(format = DateTime))]
+    pub to: Option<String>,
+    /// Page size, 1 to 200 (larger values are capped); 50 when absent.
+    #[cfg_attr(feature = "ssr", param(value_type = Option<u64>, minimum = 1))]
+    pub limit: Option<String>,
+    /// `next_cursor` from the previous page (a seq).
+    pub cursor: Option<String>,
+}
+
+/// One record as the API shows it: every stored field, so anyone can recompute
+/// its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub sponsor_id: Option<Uuid>,
+    pub agent_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub kind: String,
+    pub stage: Option<String>,
+    pub decision: Option<String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub status: Option<i32>,
+    pub cost_micros: i64,
+    pub duration_us: i64,
+    pub request_hash: Option<String>,
+    pub policy_hash: Option<String>,
+    pub policy_input: Option<String>,
+    pub detail: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The verdict of verifying the whole audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainVerdict {
+    pub valid: bool,
+    /// Records that verified.
+    pub checked: u64,
+    pub first_bad_seq: Option<i64>,
+    pub reason: Option<String>,
+}

@@ -299,6 +299,22 @@ pub async fn decide_approval(
     .await
 }
 
+/// A page of the audit log, filtered like `GET /api/audit`.
+#[server(prefix = "/rpc", endpoint = "list_audit")]
+pub async fn list_audit(query: AuditQuery) -> Result<Page<AuditRecord>, AppError> {
+    use ssr::*;
+    respond(async {
+        backend()?.list_audit(&sponsor()?, AuditQuery { limit: Some("25".into()), ..query }).await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "verify_audit")]
+pub async fn verify_audit() -> Result<ChainVerdict, AppError> {
+    use ssr::*;
+    respond(async { backend()?.verify_audit(&sponsor()?).await }).await
+}
+
 #[cfg(any(feature = "ssr", test))]
 fn parse_limit(label: &str, text: Option<String>) -> Result<Option<i64>, AppError> {
     match text.as_deref().map(str::trim) {

@@ -80,6 +80,28 @@ test("a call needing approval appears live, is approved, and the agent gets the 
   await expect(page.locator(`[data-approval="${pending.approval_id}"]`)).toContainText("upstream answered 200");
   await shot(page, "12-approval-history");
 
+  // The audit tells the story under one request id, the chain verifies, and the CSV carries the hashes.
+  await page.getByRole("link", { name: "Audit" }).click();
+  await expect(page).toHaveURL(/\/audit$/);
+  await page.getByLabel("Request id").fill(pending.request_id);
+  await page.getByRole("button", { name: "Filter" }).click();
+  await expect(page).toHaveURL(new RegExp(`request_id=${pending.request_id}`));
+  const table = page.locator("#audit-table");
+  for (const kind of ["approval.requested", "approval.approved", "proxy.intent", "proxy.outcome"]) {
+    await expect(table).toContainText(kind);
+  }
+  await page.waitForFunction(() => document.querySelector("body[data-hydrated]") !== null);
+  await page.getByRole("button", { name: "Verify chain" }).click();
+  await expect(page.locator("#verify-result")).toContainText("valid");
+  await shot(page, "13-audit");
+  const [download] = await Promise.all([page.waitForEvent("download"), page.locator("#audit-csv").click()]);
+  const csv = await (await import("node:fs/promises")).readFile(await download.path(), "utf8");
+  const [header, ...rows] = csv.trim().split("\n");
+  expect(header).toContain("prev_hash");
+  expect(header).toContain("hash");
+  expect(rows.length).toBeGreaterThanOrEqual(4);
+  expect(csv).toContain(pending.request_id);
+
   upstream.server.close();
   expect(errors).toEqual([]);
 });

@@ -286,6 +286,25 @@ impl Backend for Services {
         self.approvals.reject(sponsor.user_id, sponsor.user_id, id, input).await
     }
 
+    async fn list_audit(
+        &self,
+        sponsor: &SessionUser,
+        query: AuditQuery,
+    ) -> Result<Page<AuditRecord>, AppError> {
+        let (filter, limit) = crate::audit::query::parse_query(&query, sponsor.user_id)?;
+        self.audit.list(&filter, limit).await
+    }
+
+    async fn verify_audit(&self, _sponsor: &SessionUser) -> Result<ChainVerdict, AppError> {
+        let report = self.audit.verify(None).await?;
+        Ok(ChainVerdict {
+            valid: report.valid,
+            checked: report.checked,
+            first_bad_seq: report.first_bad_seq,
+            reason: report.reason,
+        })
+    }
+
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {
         self.policies.list(sponsor).await
     }

@@ -1,5 +1,6 @@
 pub mod agents;
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod layout;
 pub mod overview;

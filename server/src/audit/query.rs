@@ -3,11 +3,11 @@
 
 use app::error::AppError;
 use app::model::Page;
+pub use app::model::{AuditQuery, AuditRecord};
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::audit_events;
 use futures::Stream;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AuditLog;
@@ -15,32 +15,6 @@ use crate::storage::internal;
 
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 200;
-
-/// Query parameters as sent; everything is text so each bad value gets its own code.
-#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// Only this agent's records (an agent id).
-    #[param(format = Uuid)]
-    pub agent: Option<String>,
-    /// Record kind, e.g. `proxy.intent`, `proxy.outcome`, `proxy.denied`, `agent.created`.
-    pub kind: Option<String>,
-    /// `allow`, `deny` or `error`.
-    pub decision: Option<String>,
-    /// Only the records of one proxy request (its `request_id`, e.g. `req_…`).
-    pub request_id: Option<String>,
-    /// Inclusive start, RFC 3339 (e.g. `2026-01-31T12:00:00Z`).
-    #[param(format = DateTime)]
-    pub from: Option<String>,
-    /// Exclusive end, RFC 3339.
-    #[param(format = DateTime)]
-    pub to: Option<String>,
-    /// Page size, 1 to 200 (larger values are capped); 50 when absent.
-    #[param(value_type = Option<u64>, minimum = 1)]
-    pub limit: Option<String>,
-    /// `next_cursor` from the previous page (a seq).
-    pub cursor: Option<String>,
-}
 
 /// A validated filter, always scoped to one sponsor.
 #[derive(Debug, Clone)]
@@ -90,54 +64,52 @@ fn text(name: &str, v: &Option<String>) -> Result<Option<String>, AppError> {
         .transpose()
 }
 
-impl AuditQuery {
-    /// The filter for `sponsor_id` and the page size; any bad value is a 400.
-    pub fn parse(&self, sponsor_id: Uuid) -> Result<(AuditFilter, u64), AppError> {
-        let agent_id = present(&self.agent)
-            .map(|s| {
-                s.parse::<Uuid>()
-                    .map_err(|_| AppError::bad_request("invalid_agent", "agent must be an agent id (a UUID)"))
-            })
-            .transpose()?;
-        let from = time("from", &self.from)?;
-        let to = time("to", &self.to)?;
-        if let (Some(f), Some(t)) = (from, to)
-            && f > t
-        {
-            return Err(AppError::bad_request("invalid_range", "from must not be later than to"));
-        }
-        let limit = match present(&self.limit) {
-            None => DEFAULT_PAGE,
-            Some(s) => match s.parse::<u64>() {
-                Ok(n) if n >= 1 => n.min(MAX_PAGE),
-                _ => {
-                    return Err(AppError::bad_request(
-                        "invalid_limit",
-                        format!("limit must be a whole number from 1 to {MAX_PAGE}"),
-                    ));
-                }
-            },
-        };
-        let before_seq = present(&self.cursor)
-            .map(|s| match s.parse::<i64>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(AppError::bad_request("invalid_cursor", "cursor is not one this API returned")),
-            })
-            .transpose()?;
-        Ok((
-            AuditFilter {
-                sponsor_id,
-                agent_id,
-                kind: text("kind", &self.kind)?,
-                decision: text("decision", &self.decision)?,
-                request_id: text("request_id", &self.request_id)?,
-                from,
-                to,
-                before_seq,
-            },
-            limit,
-        ))
+/// The filter for `sponsor_id` and the page size; any bad value is a 400.
+pub fn parse_query(q: &AuditQuery, sponsor_id: Uuid) -> Result<(AuditFilter, u64), AppError> {
+    let agent_id = present(&q.agent)
+        .map(|s| {
+            s.parse::<Uuid>()
+                .map_err(|_| AppError::bad_request("invalid_agent", "agent must be an agent id (a UUID)"))
+        })
+        .transpose()?;
+    let from = time("from", &q.from)?;
+    let to = time("to", &q.to)?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(AppError::bad_request("invalid_range", "from must not be later than to"));
     }
+    let limit = match present(&q.limit) {
+        None => DEFAULT_PAGE,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n >= 1 => n.min(MAX_PAGE),
+            _ => {
+                return Err(AppError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {MAX_PAGE}"),
+                ));
+            }
+        },
+    };
+    let before_seq = present(&q.cursor)
+        .map(|s| match s.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(AppError::bad_request("invalid_cursor", "cursor is not one this API returned")),
+        })
+        .transpose()?;
+    Ok((
+        AuditFilter {
+            sponsor_id,
+            agent_id,
+            kind: text("kind", &q.kind)?,
+            decision: text("decision", &q.decision)?,
+            request_id: text("request_id", &q.request_id)?,
+            from,
+            to,
+            before_seq,
+        },
+        limit,
+    ))
 }
 
 impl AuditFilter {
@@ -169,36 +141,10 @@ impl AuditFilter {
     }
 }
 
-/// One record as the API shows it: every stored field, so anyone can recompute
-/// its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditRecord {
-    pub seq: i64,
-    pub id: Uuid,
-    pub at: DateTime<Utc>,
-    pub sponsor_id: Option<Uuid>,
-    pub agent_id: Option<Uuid>,
-    pub request_id: Option<String>,
-    pub kind: String,
-    pub stage: Option<String>,
-    pub decision: Option<String>,
-    pub method: Option<String>,
-    pub host: Option<String>,
-    pub path: Option<String>,
-    pub status: Option<i32>,
-    pub cost_micros: i64,
-    pub duration_us: i64,
-    pub request_hash: Option<String>,
-    pub policy_hash: Option<String>,
-    pub policy_input: Option<String>,
-    pub detail: Option<String>,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-impl From<audit_events::Model> for AuditRecord {
-    fn from(m: audit_events::Model) -> Self {
-        Self {
+/// The API's view of a stored record (every field).
+pub fn to_record(m: audit_events::Model) -> AuditRecord {
+    {
+        AuditRecord {
             seq: m.seq,
             id: m.id,
             at: m.at,
@@ -306,7 +252,7 @@ impl AuditLog {
         } else {
             None
         };
-        Ok(Page { items: rows.into_iter().map(AuditRecord::from).collect(), next_cursor })
+        Ok(Page { items: rows.into_iter().map(to_record).collect(), next_cursor })
     }
 
     /// The CSV export as a stream of chunks: the header and the first chunk are
@@ -360,7 +306,7 @@ mod tests {
                 _ => unreachable!(),
             }
         }
-        query.parse(Uuid::nil())
+        parse_query(&query, Uuid::nil())
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Audit endpoints: list, CSV export, verify. A sponsor sees only records whose
 //! `sponsor_id` is theirs; verification covers the whole chain.
 
+use app::backend::Backend;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -29,8 +30,7 @@ pub async fn list(
     Sponsor(sponsor): Sponsor,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let (filter, limit) = query.parse(sponsor.user_id)?;
-    Ok(Json(s.services.audit.list(&filter, limit).await?))
+    Ok(Json(s.services.list_audit(&sponsor, query).await?))
 }
 
 #[utoipa::path(get, path = "/api/audit/export.csv", tag = "audit",
@@ -48,7 +48,30 @@ pub async fn export_csv(
     Sponsor(sponsor): Sponsor,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<Response> {
-    let (filter, _) = query.parse(sponsor.user_id)?;
+    csv_response(&s, &sponsor, &query).await
+}
+
+/// The dashboard's "Download CSV": the same export, authenticated by the session
+/// cookie (the browser middleware put the sponsor in the request).
+pub async fn export_csv_for_browser(
+    State(s): State<AppState>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+    request: axum::extract::Request,
+) -> ApiResult<Response> {
+    let sponsor = request
+        .extensions()
+        .get::<app::model::SessionUser>()
+        .cloned()
+        .ok_or_else(|| app::error::AppError::unauthorized("sign in first"))?;
+    csv_response(&s, &sponsor, &query).await
+}
+
+async fn csv_response(
+    s: &AppState,
+    sponsor: &app::model::SessionUser,
+    query: &AuditQuery,
+) -> ApiResult<Response> {
+    let (filter, _) = crate::audit::query::parse_query(query, sponsor.user_id)?;
     let stream = s.services.audit.export_csv(filter).await?;
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();

@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let options = state.leptos_options.clone();
     let dashboard = Router::new()
+        .route("/audit/export.csv", get(audit::export_csv_for_browser))
         .leptos_routes_with_context(
             &state,
             routes,
