@@ -105,3 +105,45 @@ test("a call needing approval appears live, is approved, and the agent gets the 
   upstream.server.close();
   expect(errors).toEqual([]);
 });
+
+test("a breaker trip shows a toast, the agent shows suspended, and resume brings it back", async ({ page }) => {
+  const errors: string[] = [];
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  page.on("pageerror", (e) => errors.push(e.message));
+  const email = `breaker-${Date.now()}@example.com`;
+  const reg = await page.request.post("/api/auth/register", { data: { email, password, name: "Breaker Watcher" } });
+  const token = (await reg.json()).access_token;
+  const created = await page.request.post("/api/agents", {
+    headers: { Authorization: `Bearer ${token}` },
+    data: { name: "stormy-bot", policy: "permissive" },
+  });
+  const apiKey = (await created.json()).api_key;
+
+  await page.goto("/login?next=/agents");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(/\/agents$/);
+  await page.waitForFunction(() => document.querySelector("body[data-hydrated]") !== null);
+  await expect(page.locator('[data-live="on"]')).toHaveCount(1);
+  const row = page.locator('#agents-table tr[data-agent="stormy-bot"]');
+  await expect(row).toContainText("active");
+
+  // Ten calls to a private address: every one denied at egress; the denial-rate detector trips.
+  for (let i = 0; i < 10; i++) {
+    const r = await page.request.post("/api/proxy/execute", {
+      headers: { Authorization: `Bearer ${apiKey}` },
+      data: { method: "GET", url: "http://10.1.2.3/" },
+    });
+    expect(r.status()).toBe(403);
+  }
+  await expect(page.locator("#toasts")).toContainText("Circuit breaker tripped");
+  await expect(row).toContainText("suspended");
+  await shot(page, "14-breaker-tripped");
+
+  await row.getByRole("button", { name: "Resume" }).click();
+  await expect(row).toContainText("active");
+  const me = await page.request.get("/api/agent/me", { headers: { Authorization: `Bearer ${apiKey}` } });
+  expect((await me.json()).status).toBe("active");
+  expect(errors).toEqual([]);
+});

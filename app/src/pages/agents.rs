@@ -15,9 +15,10 @@ pub fn AgentsPage() -> impl IntoView {
     let create = ServerAction::<CreateAgent>::new();
     let set_state = ServerAction::<SetAgentState>::new();
     let cursor = move || use_query_map().read().get("cursor");
+    let tick = crate::live::Live::get().map(|l| l.tick);
     let agents = Resource::new(
-        move || (cursor(), create.version().get(), set_state.version().get()),
-        |(cursor, _, _)| list_agents(cursor),
+        move || (cursor(), create.version().get(), set_state.version().get(), tick.map(|t| t.get())),
+        |(cursor, _, _, _)| list_agents(cursor),
     );
     view! {
         <Title text="Agents"/>
