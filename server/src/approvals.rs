@@ -445,28 +445,15 @@ impl ApprovalService {
         }
         let at = now();
         let until = grant.as_ref().map(|g| at + chrono::Duration::minutes(i64::from(g.minutes)));
-        let mut txn = self.audit.begin().await?;
-        let won = approvals::Entity::update_many()
-            .col_expr(approvals::Column::Status, Expr::value(ApprovalStatus::Approved.as_str()))
-            .col_expr(approvals::Column::DecidedAt, Expr::value(at))
-            .col_expr(approvals::Column::DecidedBy, Expr::value(approver))
-            .col_expr(approvals::Column::DecisionReason, Expr::value(reason.clone()))
+        let txn = self.audit.begin().await?;
+        let update = decided(ApprovalStatus::Approved, at, approver, reason.clone())
             .col_expr(approvals::Column::GrantMaxActions, Expr::value(grant.as_ref().map(|g| g.max_actions)))
             .col_expr(approvals::Column::GrantUntil, Expr::value(until))
             .col_expr(
                 approvals::Column::GrantMaxMicros,
                 Expr::value(grant.as_ref().and_then(|g| g.max_micros)),
-            )
-            .filter(pending_and_live(id, at))
-            .exec(txn.conn())
-            .await
-            .map_err(internal)?
-            .rows_affected
-            == 1;
-        if !won {
-            drop(txn);
-            return Err(self.not_pending(sponsor_id, id).await);
-        }
+            );
+        let mut txn = self.claim(txn, update, sponsor_id, id, at).await?;
         let detail = json!({"approval_id": id, "approver": approver, "reason": reason,
                             "waited_ms": (at - row.created_at).num_milliseconds(),
                             "grant": grant.as_ref().map(|g| json!({"max_actions": g.max_actions, "until": until, "max_micros": g.max_micros}))});
@@ -502,22 +489,9 @@ impl ApprovalService {
         let row = self.owned(sponsor_id, id).await?;
         let parked = self.open(&row)?;
         let at = now();
-        let mut txn = self.audit.begin().await?;
-        let won = approvals::Entity::update_many()
-            .col_expr(approvals::Column::Status, Expr::value(ApprovalStatus::Rejected.as_str()))
-            .col_expr(approvals::Column::DecidedAt, Expr::value(at))
-            .col_expr(approvals::Column::DecidedBy, Expr::value(approver))
-            .col_expr(approvals::Column::DecisionReason, Expr::value(reason.clone()))
-            .filter(pending_and_live(id, at))
-            .exec(txn.conn())
-            .await
-            .map_err(internal)?
-            .rows_affected
-            == 1;
-        if !won {
-            drop(txn);
-            return Err(self.not_pending(sponsor_id, id).await);
-        }
+        let txn = self.audit.begin().await?;
+        let update = decided(ApprovalStatus::Rejected, at, approver, reason.clone());
+        let mut txn = self.claim(txn, update, sponsor_id, id, at).await?;
         let detail = json!({"approval_id": id, "approver": approver, "reason": reason,
                             "waited_ms": (at - row.created_at).num_milliseconds()});
         let appended = txn.append(decision_entry(&row, &parked, "approval.rejected", "deny", detail)).await?;
@@ -530,6 +504,27 @@ impl ApprovalService {
             tracing::error!(approval = %id, error = %e.message, "trust update after a rejection failed");
         }
         self.get(sponsor_id, id).await
+    }
+
+    /// Applies a decision in `txn` if the approval is still pending and live, and
+    /// hands the transaction back; otherwise ends it first (finding out why may
+    /// expire the approval, which writes) and says why not.
+    async fn claim(
+        &self,
+        txn: crate::audit::AuditTxn,
+        update: sea_orm::UpdateMany<approvals::Entity>,
+        sponsor_id: Uuid,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<crate::audit::AuditTxn, AppError> {
+        let won =
+            update.filter(pending_and_live(id, at)).exec(txn.conn()).await.map_err(internal)?.rows_affected
+                == 1;
+        if won {
+            return Ok(txn);
+        }
+        drop(txn);
+        Err(self.not_pending(sponsor_id, id).await)
     }
 
     /// Why a decision did not apply: it was already decided or has expired.
@@ -684,6 +679,20 @@ impl ApprovalService {
             grant,
         })
     }
+}
+
+/// The columns every sponsor decision sets.
+fn decided(
+    status: ApprovalStatus,
+    at: DateTime<Utc>,
+    approver: Uuid,
+    reason: Option<String>,
+) -> sea_orm::UpdateMany<approvals::Entity> {
+    approvals::Entity::update_many()
+        .col_expr(approvals::Column::Status, Expr::value(status.as_str()))
+        .col_expr(approvals::Column::DecidedAt, Expr::value(at))
+        .col_expr(approvals::Column::DecidedBy, Expr::value(approver))
+        .col_expr(approvals::Column::DecisionReason, Expr::value(reason))
 }
 
 /// `id` is still pending and (if it expires) not yet expired at `at`.

@@ -53,15 +53,7 @@ async fn wallets_show_spend_and_limits_can_change() {
     let mock = crate::mock::MockUpstream::start().await;
     let s = TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32")]).await;
     let sponsor = s.sponsor("wallet").await;
-    let r = s
-        .post(
-            "/api/agents",
-            Some(&sponsor.access),
-            json!({"name": "w", "policy": "permissive", "daily_limit_micros": 1_000_000}),
-        )
-        .await;
-    let (id, key) =
-        (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned());
+    let (id, key) = limited_agent(&s, &sponsor, "w", 1_000_000).await;
     let path = format!("/api/agents/{id}/wallet");
 
     let w = s.get(&path, &sponsor.access).await;
@@ -129,15 +121,7 @@ async fn windows_follow_the_wallets_time_zone_and_alerts_fire_once_per_window() 
     let s = TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32")]).await;
     let sponsor = s.sponsor("tz").await;
     let mut feed = s.running.services.events.subscribe(sponsor.id.parse().unwrap(), None);
-    let r = s
-        .post(
-            "/api/agents",
-            Some(&sponsor.access),
-            json!({"name": "tokyo", "policy": "permissive", "daily_limit_micros": 1_000_000}),
-        )
-        .await;
-    let (id, key) =
-        (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned());
+    let (id, key) = limited_agent(&s, &sponsor, "tokyo", 1_000_000).await;
     let path = format!("/api/agents/{id}/wallet");
     let put =
         |body: serde_json::Value| s.send(reqwest::Method::PUT, &path, Some(&sponsor.access), Some(body));
@@ -208,15 +192,7 @@ async fn a_thousand_concurrent_calls_admit_exactly_fifty() {
     ])
     .await;
     let sponsor = s.sponsor("crowd").await;
-    let r = s
-        .post(
-            "/api/agents",
-            Some(&sponsor.access),
-            json!({"name": "crowd", "policy": "permissive", "daily_limit_micros": 5_000_000}),
-        )
-        .await;
-    let (id, key) =
-        (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned());
+    let (id, key) = limited_agent(&s, &sponsor, "crowd", 5_000_000).await;
     let (allowed, budget_denied) =
         fire(std::slice::from_ref(&s.base), &key, &mock.url("/counted"), 1000).await;
     assert_eq!((allowed, budget_denied), (50, 950));
@@ -260,4 +236,22 @@ pub async fn fire(bases: &[String], key: &str, url: &str, n: usize) -> (usize, u
         }
     }
     (allowed, denied)
+}
+
+/// An agent under the `permissive` policy with a daily limit; (id, key).
+async fn limited_agent(
+    s: &TestServer,
+    sponsor: &crate::support::Sponsor,
+    name: &str,
+    daily: i64,
+) -> (String, String) {
+    let r = s
+        .post(
+            "/api/agents",
+            Some(&sponsor.access),
+            json!({"name": name, "policy": "permissive", "daily_limit_micros": daily}),
+        )
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.text);
+    (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned())
 }
