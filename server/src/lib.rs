@@ -127,22 +127,18 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     Ok(Running { addr, services, task })
 }
 
-/// Background upkeep: expires approvals nobody decided in time (every few
-/// seconds, so agents and dashboards learn promptly), and releases budget holds
-/// whose calls never reported back (a crash mid-call), so a dead request cannot
-/// block an agent's wallet for ever.
+/// Background upkeep, every `AEGIS_JANITOR_INTERVAL_SECS` (5 s): expires approvals
+/// nobody decided in time (so agents and dashboards learn promptly), and releases
+/// budget holds whose calls never reported back (a crash mid-call) once they pass
+/// their expiry, so a dead request cannot block an agent's wallet for ever.
 fn spawn_janitor(services: Arc<Services>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        let mut ticks: u64 = 0;
+        let mut tick = tokio::time::interval(services.config.janitor_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            ticks += 1;
             if let Err(e) = services.approvals.expire_due(None).await {
                 tracing::error!(error = %e.message, "could not expire approvals");
-            }
-            if ticks % 12 != 1 {
-                continue;
             }
             match services.wallets.release_expired().await {
                 Ok(0) => {}
