@@ -74,7 +74,7 @@ impl Services {
         let connections = ConnectionService::new(db.clone(), secrets.clone(), egress.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).
         let events = EventBus::from_config(config.redis_url.as_deref());
-        let wallets = WalletService::new(db.clone(), events.clone());
+        let wallets = WalletService::new(db.clone(), events.clone(), config.reservation_ttl);
         let trust = TrustService::new(db.clone(), audit.clone(), events.clone());
         let approvals = ApprovalService::new(
             db.clone(),

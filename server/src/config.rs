@@ -59,6 +59,12 @@ pub struct Config {
     pub ws_heartbeat: Duration,
     /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// A budget hold whose call never reported back (a crash) is released after this long.
+    pub reservation_ttl: Duration,
+    /// How often the janitor expires approvals and releases expired budget holds.
+    pub janitor_interval: Duration,
+    /// How long a graceful shutdown waits for in-flight requests before giving up on them.
+    pub shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -228,6 +234,11 @@ impl Config {
             proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
             log_format,
             metrics_token,
+            reservation_ttl: Duration::from_secs(
+                number("AEGIS_RESERVATION_TTL_SECS", crate::wallets::RESERVATION_TTL.as_secs())?.max(1),
+            ),
+            janitor_interval: Duration::from_secs(number("AEGIS_JANITOR_INTERVAL_SECS", 5)?.clamp(1, 3600)),
+            shutdown_grace: Duration::from_secs(number("AEGIS_SHUTDOWN_GRACE_SECS", 30)?),
             ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),
             approval_ttl: match number("AEGIS_APPROVAL_TTL_SECS", 15 * 60)? {
                 0 => None,

@@ -112,10 +112,29 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let app = http::router(http::AppState { leptos_options, services: services.clone() });
     spawn_janitor(services.clone());
     let audit = services.audit.clone();
+    let grace = services.config.shutdown_grace;
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await {
-            tracing::error!(error = %e, "server stopped with an error");
+        // On a signal the listener closes at once; in-flight requests get `grace` to finish.
+        let (stopping, mut stop) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown_signal().await;
+            let _ = stopping.send(true);
+        };
+        let serve = axum::serve(listener, service).with_graceful_shutdown(signal);
+        let deadline = async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serve.into_future() => {
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "server stopped with an error");
+                }
+            }
+            _ = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the shutdown grace; dropped");
+            }
         }
         // A signed checkpoint of the final head, so truncation after shutdown shows.
         match tokio::time::timeout(std::time::Duration::from_secs(30), audit.checkpoint()).await {
@@ -127,22 +146,18 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     Ok(Running { addr, services, task })
 }
 
-/// Background upkeep: expires approvals nobody decided in time (every few
-/// seconds, so agents and dashboards learn promptly), and releases budget holds
-/// whose calls never reported back (a crash mid-call), so a dead request cannot
-/// block an agent's wallet for ever.
+/// Background upkeep, every `AEGIS_JANITOR_INTERVAL_SECS` (5 s): expires approvals
+/// nobody decided in time (so agents and dashboards learn promptly), and releases
+/// budget holds whose calls never reported back (a crash mid-call) once they pass
+/// their expiry, so a dead request cannot block an agent's wallet for ever.
 fn spawn_janitor(services: Arc<Services>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        let mut ticks: u64 = 0;
+        let mut tick = tokio::time::interval(services.config.janitor_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            ticks += 1;
             if let Err(e) = services.approvals.expire_due(None).await {
                 tracing::error!(error = %e.message, "could not expire approvals");
-            }
-            if ticks % 12 != 1 {
-                continue;
             }
             match services.wallets.release_expired().await {
                 Ok(0) => {}

@@ -27,7 +27,8 @@ use uuid::Uuid;
 use crate::events::{self, Event, EventBus};
 use crate::storage::{begin_write, internal, now};
 
-/// A hold left behind by a crash is released after this long.
+/// A hold left behind by a crash is released after this long, unless configured
+/// otherwise (`AEGIS_RESERVATION_TTL_SECS`).
 pub const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,7 @@ pub enum Reservation {
 pub struct WalletService {
     db: DatabaseConnection,
     events: EventBus,
+    reservation_ttl: Duration,
 }
 
 /// An IANA time zone name (`Europe/Paris`), or a 422 naming the field.
@@ -175,8 +177,9 @@ fn within(limit: wallets::Column, spent: wallets::Column, amount: i64) -> Condit
 }
 
 impl WalletService {
-    pub fn new(db: DatabaseConnection, events: EventBus) -> Self {
-        Self { db, events }
+    /// `reservation_ttl`: how long a hold may stay unresolved before the janitor releases it.
+    pub fn new(db: DatabaseConnection, events: EventBus, reservation_ttl: Duration) -> Self {
+        Self { db, events, reservation_ttl }
     }
 
     /// Atomically holds `amount` for `request_id` if both limits allow it.
@@ -243,7 +246,7 @@ impl WalletService {
             day_window: Set(day),
             month_window: Set(month),
             created_at: Set(at),
-            expires_at: Set(at + chrono::Duration::from_std(RESERVATION_TTL).unwrap_or_default()),
+            expires_at: Set(at + chrono::Duration::from_std(self.reservation_ttl).unwrap_or_default()),
             resolved_at: Set(None),
         }
         .insert(&txn)

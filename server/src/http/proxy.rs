@@ -20,6 +20,15 @@ use crate::proxy::{self, upstream};
 /// Unauthenticated callers are not written to the audit log (anyone could flood
 /// it), so `audit_seq` is null; the request id still identifies the attempt in logs.
 fn auth_denied(s: &AppState, request_id: String, e: ApiError) -> Response {
+    if e.0.status >= 500 {
+        // The key could not be looked up (storage unavailable): not a denial, and nothing was performed.
+        s.services.metrics.proxy_request("error", "storage");
+        let body = json!({
+            "request_id": request_id, "audit_seq": null, "decision": "error", "stage": "storage",
+            "reason": "storage unavailable; nothing was performed",
+        });
+        return with_request_id((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(), &request_id);
+    }
     let status = StatusCode::from_u16(e.0.status).unwrap_or(StatusCode::UNAUTHORIZED);
     s.services.metrics.proxy_request("deny", "auth");
     tracing::info!(request = %request_id, code = %e.0.code, "agent authentication failed");

@@ -232,7 +232,14 @@ impl Pipeline {
         let Some(key) = request.idempotency_key.clone() else {
             return Ok(self.stages(agent, request, request_id, request_hash, None).await);
         };
-        match idempotency::claim(&self.db, agent.agent.id, &key, &request_id, &request_hash).await? {
+        let claimed = idempotency::claim(&self.db, agent.agent.id, &key, &request_id, &request_hash).await;
+        let claim = match claimed {
+            Ok(c) => c,
+            // The key could not be claimed or read (storage unavailable): nothing happened.
+            Err(e) if e.status >= 500 => return Ok(storage_failure(request_id, e)),
+            Err(e) => return Err(e),
+        };
+        match claim {
             idempotency::Claim::Claimed => {}
             idempotency::Claim::Replay { status, body } => {
                 return Ok(ProxyResult {

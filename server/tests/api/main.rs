@@ -10,6 +10,8 @@ mod budget;
 mod docs;
 mod errors;
 mod events;
+mod faults;
+mod fuzz;
 mod lifecycle;
 mod mock;
 mod observability;

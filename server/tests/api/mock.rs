@@ -16,6 +16,7 @@ pub struct MockUpstream {
     pub base: String,
     pub port: u16,
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    slowish_hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<Value> {
@@ -75,6 +76,7 @@ async fn redirect(Query(q): Query<std::collections::HashMap<String, String>>) ->
 impl MockUpstream {
     pub async fn start() -> Self {
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slowish_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let app = axum::Router::new()
             .route("/echo", any(echo))
             .route("/echo/{*rest}", any(echo))
@@ -85,6 +87,18 @@ impl MockUpstream {
             .route("/big", get(big))
             .route("/binary", get(binary))
             .route("/redirect", get(redirect))
+            .route(
+                "/slowish",
+                any({
+                    // Counted on arrival, answered after `ms` (default 200) milliseconds.
+                    let hits = slowish_hits.clone();
+                    move |Query(q): Query<std::collections::HashMap<String, u64>>| async move {
+                        let n = hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(200))).await;
+                        Json(json!({"hit": n}))
+                    }
+                }),
+            )
             .route(
                 "/counted",
                 any({
@@ -100,7 +114,12 @@ impl MockUpstream {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { base: format!("http://127.0.0.1:{port}"), port, hits }
+        Self { base: format!("http://127.0.0.1:{port}"), port, hits, slowish_hits }
+    }
+
+    /// How many calls `/slowish` has received (counted on arrival, before it answers).
+    pub fn slowish_hits(&self) -> usize {
+        self.slowish_hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many times `/counted` was called.
