@@ -299,12 +299,28 @@ pub async fn decide_approval(
     .await
 }
 
-/// A page of the audit log, filtered like `GET /api/audit`.
+/// A page of the audit log, filtered like `GET /api/audit`. (Flat arguments: an
+/// all-empty filter still posts a well-formed body.)
 #[server(prefix = "/rpc", endpoint = "list_audit")]
-pub async fn list_audit(query: AuditQuery) -> Result<Page<AuditRecord>, AppError> {
+pub async fn list_audit(
+    agent: Option<String>,
+    kind: Option<String>,
+    decision: Option<String>,
+    request_id: Option<String>,
+    cursor: Option<String>,
+) -> Result<Page<AuditRecord>, AppError> {
     use ssr::*;
     respond(async {
-        backend()?.list_audit(&sponsor()?, AuditQuery { limit: Some("25".into()), ..query }).await
+        let query = AuditQuery {
+            agent,
+            kind,
+            decision,
+            request_id,
+            cursor,
+            limit: Some("25".into()),
+            ..AuditQuery::default()
+        };
+        backend()?.list_audit(&sponsor()?, query).await
     })
     .await
 }

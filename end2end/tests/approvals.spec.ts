@@ -25,6 +25,9 @@ test("a call needing approval appears live, is approved, and the agent gets the 
   const errors: string[] = [];
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
   page.on("pageerror", (e) => errors.push(e.message));
+  page.on("response", async (r) => {
+    if (r.status() >= 500) errors.push(`${r.status()} ${r.request().method()} ${r.url()} ${r.request().postData() ?? ""} ${await r.text().catch(() => "")}`);
+  });
   const upstream = await mockUpstream();
   const email = `approver-${Date.now()}@example.com`;
 

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The hydrate entry point: the browser side of the dashboard.
 
 #[wasm_bindgen::prelude::wasm_bindgen]

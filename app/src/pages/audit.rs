@@ -43,7 +43,10 @@ pub fn AuditPage() -> impl IntoView {
             .join("&")
     };
     let tick = Live::get().map(|l| l.tick);
-    let records = Resource::new(move || (filter(), tick.map(|t| t.get())), |(f, _)| list_audit(f));
+    let records = Resource::new(
+        move || (filter(), tick.map(|t| t.get())),
+        |(f, _)| list_audit(f.agent, f.kind, f.decision, f.request_id, f.cursor),
+    );
     let verify = ServerAction::<VerifyAudit>::new();
     view! {
         <Title text="Audit"/>
