@@ -35,3 +35,9 @@ needs_approval if input.action.cost_micros > 1000000
 reasons contains "agent trust below 300" if input.agent.trust < 300
 
 reasons contains "cost above 1.00 needs approval" if needs_approval
+
+reasons contains "writes need approval below trust 700" if {
+	not input.action.method in {"GET", "HEAD"}
+	input.agent.trust >= 300
+	input.agent.trust < 700
+}
