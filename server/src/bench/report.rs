@@ -122,6 +122,10 @@ impl Report {
         for t in self.targets.iter().filter(|t| t.target != "direct") {
             for run in &t.fixed {
                 let Some(base) = direct.fixed.iter().find(|d| d.rate == run.rate) else { continue };
+                // Without a single success there is no latency to compare.
+                if run.ok == 0 || base.ok == 0 {
+                    continue;
+                }
                 self.added_latency.push(Added {
                     target: t.target.clone(),
                     rate: run.rate.unwrap_or(0.0),
@@ -270,7 +274,7 @@ pub fn render(r: &Report) -> String {
         }
         for x in &r.throughput_ratio {
             let _ =
-                writeln!(out, "{:<10} saturation throughput = {:.2} x direct", x.target, x.throughput_ratio);
+                writeln!(out, "{:<10} saturation throughput = {:.4} x direct", x.target, x.throughput_ratio);
         }
     }
     for t in &r.stages {
