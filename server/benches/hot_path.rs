@@ -67,7 +67,7 @@ fn storage(c: &mut Criterion) {
         .expect("registration");
         let user = services.auth.register(registration, Default::default()).await.expect("register");
         let new_agent = serde_json::from_value(
-            json!({"name": "bench", "policy": "permissive", "daily_limit_micros": 1i64 << 50}),
+            json!({"name": "bench", "policy": "permissive", "daily_limit_micros": 1_000_000_000_000i64}),
         )
         .expect("new agent");
         let agent = services.agents.create(user.user.id, new_agent).await.expect("agent");
