@@ -6,6 +6,7 @@ pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod connections;
 pub mod data_dir;

@@ -39,6 +39,46 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Measure the latency and throughput AEGIS adds, against an in-process mock
+    /// upstream (and an in-process AEGIS unless --target is given).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Fixed arrival rates to run, requests per second.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000,2000")]
+    rates: Vec<f64>,
+    /// Measured time of each run (after the warm-up), e.g. 5s or 500ms.
+    #[arg(long, default_value = "5s", value_parser = server::bench::parse_duration)]
+    duration: std::time::Duration,
+    #[arg(long, default_value = "1s", value_parser = server::bench::parse_duration)]
+    warmup: std::time::Duration,
+    /// Workers of the saturation (closed-loop) run.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Measured time of the saturation run (default: --duration).
+    #[arg(long, value_parser = server::bench::parse_duration)]
+    saturation: Option<std::time::Duration>,
+    /// Requests in flight at most; past it, scheduled requests are dropped and counted.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Run AEGIS on PostgreSQL: a throw-away database is created on this server and dropped.
+    #[arg(long)]
+    database_url: Option<String>,
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Bench an already running AEGIS (http://host:port); it must allow egress to 127.0.0.1.
+    #[arg(long)]
+    target: Option<String>,
+    /// Also run the execute target under each storage configuration available.
+    #[arg(long)]
+    variants: bool,
+    #[arg(long, default_value_t = 1000.0)]
+    variant_rate: f64,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +121,7 @@ async fn main() -> std::process::ExitCode {
     let default_filter = match command {
         Command::Serve | Command::Migrate => "info,sqlx=warn,sea_orm=warn",
         Command::VerifyAudit { .. } | Command::Audit { .. } | Command::Replay { .. } => "warn",
+        Command::Bench(_) => "warn,sqlx=error,sea_orm=error",
     };
     init_logging(config.log_format, default_filter);
     let result = match command {
@@ -90,6 +131,7 @@ async fn main() -> std::process::ExitCode {
             return verify_audit(config, checkpoint.as_deref()).await;
         }
         Command::Replay { seq } => return replay(config, seq).await,
+        Command::Bench(args) => return bench(args).await,
         Command::Audit { command: AuditCommand::Checkpoint { out } } => {
             return audit_checkpoint(config, &out).await;
         }
@@ -100,6 +142,33 @@ async fn main() -> std::process::ExitCode {
             eprintln!("aegis: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn bench(args: BenchArgs) -> ExitCode {
+    let opts = server::bench::Options {
+        rates: args.rates,
+        duration: args.duration,
+        warmup: args.warmup,
+        concurrency: args.concurrency,
+        saturation: args.saturation.unwrap_or(args.duration),
+        max_in_flight: args.max_in_flight,
+        database_url: args.database_url,
+        redis_url: args.redis_url,
+        target: args.target,
+        variants: args.variants,
+        variant_rate: args.variant_rate,
+    };
+    match server::bench::run(&opts).await {
+        Ok(report) if args.json => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", server::bench::report::render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => error(format!("bench: {e}")),
     }
 }
 

@@ -4,6 +4,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod auth;
+mod bench;
 mod breaker;
 mod browser;
 mod budget;

@@ -1,0 +1,486 @@
+//! `aegis bench`: measures what AEGIS adds to a call (issue #6).
+//!
+//! Starts a mock upstream and (unless `target` is given) an AEGIS instance in this
+//! process, sets up a sponsor, agents, a secret and a gateway connection over the
+//! public API, then drives three targets — `direct` (the mock itself), `execute`
+//! and `gateway` — at fixed rates (open loop) and to saturation (closed loop), and
+//! reads the per-stage timings back from the audit log.
+
+pub mod load;
+pub mod report;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use load::Target;
+use report::{Report, Settings, StageAccumulator, StageTable, TargetReport, VariantRow};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub rates: Vec<f64>,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Workers of the saturation (closed-loop) run.
+    pub concurrency: usize,
+    pub saturation: Duration,
+    pub max_in_flight: usize,
+    /// A PostgreSQL server to run against (a throw-away database is made on it).
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    /// An already running AEGIS (`http://host:port`) instead of an in-process one.
+    pub target: Option<String>,
+    pub variants: bool,
+    pub variant_rate: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rates: vec![200.0, 1000.0, 2000.0],
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            concurrency: 64,
+            saturation: Duration::from_secs(5),
+            max_in_flight: 4096,
+            database_url: None,
+            redis_url: None,
+            target: None,
+            variants: false,
+            variant_rate: 1000.0,
+        }
+    }
+}
+
+/// `5s`, `500ms` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("expected a duration like 5s or 500ms, got {s:?}")),
+    }
+}
+
+/// The mock upstream: a small JSON body for any path under `/ok`.
+struct Mock {
+    base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mock {
+    async fn start() -> Result<Self, String> {
+        async fn ok() -> axum::Json<Value> {
+            axum::Json(json!({"ok": true, "items": [1, 2, 3], "note": "aegis bench mock"}))
+        }
+        let app = axum::Router::new()
+            .route("/ok", axum::routing::any(ok))
+            .route("/ok/{*rest}", axum::routing::any(ok));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("mock upstream: cannot listen: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| format!("mock upstream: {e}"))?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { base: format!("http://{addr}"), task })
+    }
+}
+
+/// The AEGIS being measured: in this process (with its own data directory and,
+/// on PostgreSQL, its own database), or one running elsewhere.
+struct Instance {
+    base: String,
+    running: Option<crate::Running>,
+    dir: Option<PathBuf>,
+    /// (admin URL, database name) of the throw-away PostgreSQL database.
+    pg: Option<(String, String)>,
+}
+
+impl Instance {
+    async fn start(database_url: Option<&str>, redis_url: Option<&str>) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("aegis-bench-{}", uuid::Uuid::new_v4().simple()));
+        let mut instance = Instance { base: String::new(), running: None, dir: Some(dir.clone()), pg: None };
+        let mut vars: HashMap<&str, String> = HashMap::from([
+            ("AEGIS_DATA_DIR", dir.display().to_string()),
+            ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32".to_owned()),
+            // The breaker would (rightly) trip on a benchmark's burst of calls.
+            ("AEGIS_BREAKER_DENIAL_RATE_PCT", "0".to_owned()),
+            ("AEGIS_BREAKER_BURST", "0".to_owned()),
+            ("AEGIS_BREAKER_SPEND_MICROS", "0".to_owned()),
+            ("AEGIS_BREAKER_NEW_HOSTS", "0".to_owned()),
+        ]);
+        if let Some(admin) = database_url {
+            let name = format!("aegis_bench_{}", uuid::Uuid::new_v4().simple());
+            let url = create_database(admin, &name).await?;
+            instance.pg = Some((admin.to_owned(), name));
+            vars.insert("DATABASE_URL", url);
+        }
+        if let Some(r) = redis_url {
+            vars.insert("REDIS_URL", r.to_owned());
+        }
+        let config = Config::from_lookup(|k| vars.get(k).cloned()).map_err(|e| e.to_string());
+        let started = match config {
+            Ok(config) => {
+                let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .await
+                    .map_err(|e| format!("cannot listen: {e}"));
+                match listener {
+                    Ok(l) => crate::start(config, Some(l)).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(running) => {
+                instance.base = format!("http://{}", running.addr);
+                instance.running = Some(running);
+                Ok(instance)
+            }
+            Err(e) => {
+                instance.stop().await;
+                Err(format!("cannot start AEGIS: {e}"))
+            }
+        }
+    }
+
+    fn remote(base: &str) -> Self {
+        Instance { base: base.trim_end_matches('/').to_owned(), running: None, dir: None, pg: None }
+    }
+
+    async fn stop(self) {
+        if let Some(running) = self.running {
+            running.task.abort();
+            let _ = running.task.await;
+            running.services.db.clone().close().await.ok();
+        }
+        if let Some((admin, name)) = self.pg {
+            drop_database(&admin, &name).await;
+        }
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+async fn create_database(admin: &str, name: &str) -> Result<String, String> {
+    use sea_orm::ConnectionTrait;
+    let mut url = url::Url::parse(admin).map_err(|e| format!("--database-url: {e}"))?;
+    let conn = sea_orm::Database::connect(admin)
+        .await
+        .map_err(|e| format!("PostgreSQL {}: {e}", crate::config::redact_url(admin)))?;
+    conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .map_err(|e| format!("cannot create database {name}: {e}"))?;
+    let _ = conn.close().await;
+    url.set_path(name);
+    Ok(url.to_string())
+}
+
+async fn drop_database(admin: &str, name: &str) {
+    use sea_orm::ConnectionTrait;
+    match sea_orm::Database::connect(admin).await {
+        Ok(conn) => {
+            if let Err(e) =
+                conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await
+            {
+                eprintln!("aegis bench: could not drop database {name}: {e}");
+            }
+            let _ = conn.close().await;
+        }
+        Err(e) => eprintln!("aegis bench: could not drop database {name}: {e}"),
+    }
+}
+
+/// What the set-up made: the sponsor's token and one agent per AEGIS target, so
+/// each target's audit records can be read back separately.
+struct Setup {
+    token: String,
+    execute: (String, String),
+    gateway: (String, String),
+}
+
+const SECRET: &str = "bench-mock";
+const CONNECTION: &str = "benchmock";
+
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Result<Value, String> {
+    let mut rb = client.post(url).json(&body);
+    if let Some(t) = token {
+        rb = rb.bearer_auth(t);
+    }
+    let resp = rb.send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| format!("POST {url}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("POST {url}: {status}: {text}"));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("POST {url}: bad JSON: {e}"))
+}
+
+fn field(v: &Value, pointer: &str) -> Result<String, String> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no {pointer} in {v}"))
+}
+
+async fn setup(client: &reqwest::Client, base: &str, mock: &str) -> Result<Setup, String> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let email = format!("bench-{run}@example.com");
+    let r = call(
+        client,
+        &format!("{base}/api/auth/register"),
+        None,
+        json!({"email": email, "password": format!("bench {run} horse"), "name": "aegis bench"}),
+    )
+    .await?;
+    let token = field(&r, "/access_token")?;
+    let mut agents = Vec::new();
+    for target in ["execute", "gateway"] {
+        let r = call(
+            client,
+            &format!("{base}/api/agents"),
+            Some(&token),
+            json!({"name": format!("bench-{target}-{}", &run[..8]), "policy": "permissive",
+                   "daily_limit_micros": 1_000_000_000_000i64}),
+        )
+        .await?;
+        agents.push((field(&r, "/agent/id")?, field(&r, "/api_key")?));
+    }
+    call(
+        client,
+        &format!("{base}/api/secrets"),
+        Some(&token),
+        json!({"name": SECRET, "value": format!("bench-secret-{run}"), "allowed_hosts": ["127.0.0.1"],
+               "inject": {"header": "authorization", "format": "Bearer {secret}"},
+               "agents": [agents[0].0, agents[1].0]}),
+    )
+    .await?;
+    call(
+        client,
+        &format!("{base}/api/connections"),
+        Some(&token),
+        json!({"name": CONNECTION, "base_url": format!("{mock}/ok"), "secret": SECRET}),
+    )
+    .await?;
+    let gateway = agents.pop().unwrap_or_default();
+    let execute = agents.pop().unwrap_or_default();
+    Ok(Setup { token, execute, gateway })
+}
+
+fn targets(base: &str, mock: &str, s: &Setup) -> Vec<Target> {
+    let execute_body = json!({"method": "GET", "url": format!("{mock}/ok/v1/items"), "secret": SECRET});
+    vec![
+        Target {
+            name: "direct".into(),
+            method: Method::GET,
+            url: format!("{mock}/ok/v1/items"),
+            bearer: None,
+            body: None,
+        },
+        Target {
+            name: "execute".into(),
+            method: Method::POST,
+            url: format!("{base}/api/proxy/execute"),
+            bearer: Some(s.execute.1.clone()),
+            body: Some(execute_body.to_string().into()),
+        },
+        Target {
+            name: "gateway".into(),
+            method: Method::GET,
+            url: format!("{base}/api/gw/{CONNECTION}/v1/items"),
+            bearer: Some(s.gateway.1.clone()),
+            body: None,
+        },
+    ]
+}
+
+/// Reads the agent's `proxy.outcome` records back (newest first, at most `cap`).
+async fn stage_table(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    agent: &str,
+    target: &str,
+    cap: usize,
+) -> Result<StageTable, String> {
+    let mut acc = StageAccumulator::default();
+    let (mut cursor, mut read) = (None::<String>, 0usize);
+    loop {
+        let mut url = format!("{base}/api/audit?agent={agent}&kind=proxy.outcome&limit=200");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let resp = client.get(&url).bearer_auth(token).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let status = resp.status();
+        let page: Value = resp.json().await.map_err(|e| format!("GET {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("GET {url}: {status}: {page}"));
+        }
+        for item in page["items"].as_array().into_iter().flatten() {
+            acc.add(item);
+            read += 1;
+        }
+        cursor = match &page["next_cursor"] {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        if cursor.is_none() || read >= cap {
+            break;
+        }
+    }
+    Ok(acc.finish(target))
+}
+
+fn client() -> Result<reqwest::Client, String> {
+    // No proxy from the environment: every request must go straight to loopback.
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// The whole benchmark; progress goes to stderr.
+pub async fn run(opts: &Options) -> Result<Report, String> {
+    let mock = Mock::start().await?;
+    let result = run_with_mock(opts, &mock.base).await;
+    mock.task.abort();
+    result
+}
+
+async fn run_with_mock(opts: &Options, mock: &str) -> Result<Report, String> {
+    let client = client()?;
+    let instance = match &opts.target {
+        Some(t) => Instance::remote(t),
+        None => Instance::start(opts.database_url.as_deref(), opts.redis_url.as_deref()).await?,
+    };
+    let measured = measure(opts, &client, &instance.base, mock).await;
+    instance.stop().await;
+    let (targets, stages) = measured?;
+    let mut report = Report {
+        machine: report::Machine::describe(),
+        settings: Settings {
+            rates: opts.rates.clone(),
+            duration_s: opts.duration.as_secs_f64(),
+            warmup_s: opts.warmup.as_secs_f64(),
+            concurrency: opts.concurrency,
+            max_in_flight: opts.max_in_flight,
+            database: match (&opts.target, &opts.database_url) {
+                (Some(_), _) => "remote".into(),
+                (None, Some(_)) => "postgres".into(),
+                (None, None) => "sqlite".into(),
+            },
+            redis: opts.target.is_none() && opts.redis_url.is_some(),
+            aegis: opts.target.clone().unwrap_or_else(|| "in-process".into()),
+        },
+        targets,
+        added_latency: Vec::new(),
+        throughput_ratio: Vec::new(),
+        stages,
+        variants: Vec::new(),
+    };
+    report.compare();
+    if opts.variants {
+        if opts.target.is_some() {
+            eprintln!("aegis bench: --variants needs the in-process AEGIS; skipped with --target");
+        } else {
+            report.variants = variants(opts, &client, mock).await?;
+        }
+    }
+    Ok(report)
+}
+
+async fn measure(
+    opts: &Options,
+    client: &reqwest::Client,
+    base: &str,
+    mock: &str,
+) -> Result<(Vec<TargetReport>, Vec<StageTable>), String> {
+    let s = setup(client, base, mock).await?;
+    let mut reports = Vec::new();
+    for t in targets(base, mock, &s) {
+        let mut fixed = Vec::new();
+        for &rate in &opts.rates {
+            eprintln!("aegis bench: {} at {rate} req/s", t.name);
+            fixed.push(
+                load::open_loop(client, &t, rate, opts.warmup, opts.duration, opts.max_in_flight).await,
+            );
+        }
+        eprintln!("aegis bench: {} saturation with {} workers", t.name, opts.concurrency);
+        let saturation = load::closed_loop(client, &t, opts.concurrency, opts.warmup, opts.saturation).await;
+        reports.push(TargetReport { target: t.name, fixed, saturation });
+    }
+    let mut stages = Vec::new();
+    for (target, (agent, _)) in [("execute", &s.execute), ("gateway", &s.gateway)] {
+        stages.push(stage_table(client, base, &s.token, agent, target, 100_000).await?);
+    }
+    Ok((reports, stages))
+}
+
+/// The execute target under each available storage configuration, one row each.
+async fn variants(opts: &Options, client: &reqwest::Client, mock: &str) -> Result<Vec<VariantRow>, String> {
+    let mut list: Vec<(&str, String, Option<&str>, Option<&str>)> =
+        vec![("sqlite", "SQLite (WAL) in a temp dir, no Redis".into(), None, None)];
+    if let Some(r) = opts.redis_url.as_deref() {
+        list.push(("sqlite+redis", "SQLite, Redis for shared state and events".into(), None, Some(r)));
+    }
+    if let Some(db) = opts.database_url.as_deref() {
+        list.push(("postgres", "PostgreSQL (throw-away database), no Redis".into(), Some(db), None));
+        if let Some(r) = opts.redis_url.as_deref() {
+            list.push(("postgres+redis", "PostgreSQL and Redis".into(), Some(db), Some(r)));
+        }
+    }
+    let mut rows = Vec::new();
+    for (name, description, db, redis) in list {
+        eprintln!("aegis bench: variant {name}");
+        let instance = Instance::start(db, redis).await?;
+        let row = async {
+            let s = setup(client, &instance.base, mock).await?;
+            let t = targets(&instance.base, mock, &s).swap_remove(1);
+            let fixed = load::open_loop(
+                client,
+                &t,
+                opts.variant_rate,
+                opts.warmup,
+                opts.duration,
+                opts.max_in_flight,
+            )
+            .await;
+            let saturation =
+                load::closed_loop(client, &t, opts.concurrency, opts.warmup, opts.saturation).await;
+            let table =
+                stage_table(client, &instance.base, &s.token, &s.execute.0, "execute", 100_000).await?;
+            let policy_share_pct = table.stages.iter().find(|r| r.stage == "policy").map(|r| r.share_pct);
+            Ok::<_, String>(VariantRow {
+                variant: name.to_owned(),
+                description: format!("{description}; open loop at {} req/s", opts.variant_rate),
+                fixed,
+                saturation,
+                policy_share_pct,
+            })
+        }
+        .await;
+        instance.stop().await;
+        rows.push(row?);
+    }
+    Ok(rows)
+}

@@ -1,0 +1,325 @@
+//! The report: every number in one serialisable value, the per-stage breakdown read
+//! back from the audit log, and the human-readable tables.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::load::{Latency, RunResult};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: Option<String>,
+    pub os: String,
+    pub arch: String,
+    /// `release` or `debug`: a debug build is several times slower.
+    pub build: &'static str,
+}
+
+impl Machine {
+    pub fn describe() -> Self {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        });
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            os: std::env::consts::OS.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+            build: if cfg!(debug_assertions) { "debug" } else { "release" },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub rates: Vec<f64>,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub concurrency: usize,
+    pub max_in_flight: usize,
+    /// `sqlite`, `postgres` or `remote` (an already running AEGIS).
+    pub database: String,
+    pub redis: bool,
+    pub aegis: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    /// `direct`, `execute` or `gateway`.
+    pub target: String,
+    pub fixed: Vec<RunResult>,
+    pub saturation: RunResult,
+}
+
+/// AEGIS minus direct at the same rate (negative means noise won).
+#[derive(Debug, Clone, Serialize)]
+pub struct Added {
+    pub target: String,
+    pub rate: f64,
+    pub added_p50_us: i64,
+    pub added_p99_us: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub target: String,
+    /// AEGIS saturation throughput / direct saturation throughput.
+    pub throughput_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRow {
+    pub stage: String,
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Share of the mean total (`duration_us`) of the records.
+    pub share_pct: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTable {
+    pub target: String,
+    /// `proxy.outcome` records read (every run of the target, warm-ups included).
+    pub records: u64,
+    pub stages: Vec<StageRow>,
+    /// The pipeline's own total per request (`duration_us` of the record).
+    pub total: StageRow,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantRow {
+    pub variant: String,
+    pub description: String,
+    pub fixed: RunResult,
+    pub saturation: RunResult,
+    pub policy_share_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub targets: Vec<TargetReport>,
+    pub added_latency: Vec<Added>,
+    pub throughput_ratio: Vec<Ratio>,
+    pub stages: Vec<StageTable>,
+    pub variants: Vec<VariantRow>,
+}
+
+impl Report {
+    /// Added latency and throughput ratio of each AEGIS target against `direct`.
+    pub fn compare(&mut self) {
+        let Some(direct) = self.targets.iter().find(|t| t.target == "direct").cloned() else { return };
+        for t in self.targets.iter().filter(|t| t.target != "direct") {
+            for run in &t.fixed {
+                let Some(base) = direct.fixed.iter().find(|d| d.rate == run.rate) else { continue };
+                // Without a single success there is no latency to compare.
+                if run.ok == 0 || base.ok == 0 {
+                    continue;
+                }
+                self.added_latency.push(Added {
+                    target: t.target.clone(),
+                    rate: run.rate.unwrap_or(0.0),
+                    added_p50_us: run.latency.p50_us as i64 - base.latency.p50_us as i64,
+                    added_p99_us: run.latency.p99_us as i64 - base.latency.p99_us as i64,
+                });
+            }
+            let d = direct.saturation.throughput_rps;
+            self.throughput_ratio.push(Ratio {
+                target: t.target.clone(),
+                throughput_ratio: if d > 0.0 { t.saturation.throughput_rps / d } else { 0.0 },
+            });
+        }
+    }
+}
+
+/// Collects per-stage timings from `proxy.outcome` records (their `detail.stages`).
+#[derive(Default)]
+pub struct StageAccumulator {
+    stages: BTreeMap<String, (usize, Vec<u64>)>,
+    totals: Vec<u64>,
+}
+
+fn row(stage: &str, mut v: Vec<u64>, total_mean: f64) -> StageRow {
+    v.sort_unstable();
+    let pick = |q: f64| v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0);
+    let mean = if v.is_empty() { 0.0 } else { v.iter().sum::<u64>() as f64 / v.len() as f64 };
+    StageRow {
+        stage: stage.to_owned(),
+        count: v.len() as u64,
+        mean_us: mean,
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        share_pct: if total_mean > 0.0 { 100.0 * mean / total_mean } else { 0.0 },
+    }
+}
+
+impl StageAccumulator {
+    /// Adds one audit record as the API returns it.
+    pub fn add(&mut self, record: &Value) {
+        let detail: Option<Value> = record["detail"].as_str().and_then(|d| serde_json::from_str(d).ok());
+        let Some(stages) = detail.as_ref().and_then(|d| d["stages"].as_array()) else { return };
+        for s in stages {
+            if let (Some(name), Some(us)) = (s["stage"].as_str(), s["micros"].as_u64()) {
+                let next = self.stages.len();
+                self.stages.entry(name.to_owned()).or_insert((next, Vec::new())).1.push(us);
+            }
+        }
+        if let Some(us) = record["duration_us"].as_u64() {
+            self.totals.push(us);
+        }
+    }
+
+    pub fn finish(self, target: &str) -> StageTable {
+        let total = row("total", self.totals, 0.0);
+        let mut stages: Vec<(usize, String, Vec<u64>)> =
+            self.stages.into_iter().map(|(name, (order, v))| (order, name, v)).collect();
+        // Pipeline order, as first seen.
+        stages.sort_by_key(|(order, ..)| *order);
+        StageTable {
+            target: target.to_owned(),
+            records: total.count,
+            stages: stages.into_iter().map(|(_, name, v)| row(&name, v, total.mean_us)).collect(),
+            total: StageRow { share_pct: 100.0, ..total },
+        }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+fn latency_cells(l: &Latency) -> String {
+    format!("{:>9} {:>9} {:>9} {:>9}", ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.max_us))
+}
+
+fn run_line(label: &str, r: &RunResult) -> String {
+    format!(
+        "{label:<10} {:>9} {} {:>10.1} {:>7} {:>7}\n",
+        r.rate.map_or_else(|| format!("c={}", r.concurrency.unwrap_or(0)), |v| format!("{v:.0}")),
+        latency_cells(&r.latency),
+        r.throughput_rps,
+        r.errors,
+        r.dropped
+    )
+}
+
+/// The human-readable form.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        out,
+        "machine: {} CPUs ({}), {}/{}, {} build",
+        m.cpus,
+        m.cpu_model.as_deref().unwrap_or("unknown model"),
+        m.os,
+        m.arch,
+        m.build
+    );
+    let s = &r.settings;
+    let _ = writeln!(
+        out,
+        "aegis: {} ({}{}); {:.1} s per run after {:.1} s warm-up; saturation with {} workers; \
+         at most {} in flight\n",
+        s.aegis,
+        s.database,
+        if s.redis { " + redis" } else { "" },
+        s.duration_s,
+        s.warmup_s,
+        s.concurrency,
+        s.max_in_flight
+    );
+    let _ = writeln!(
+        out,
+        "Latency (ms, from the scheduled send time; open loop at fixed rates, closed loop = saturation)"
+    );
+    let header = format!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7}\n",
+        "target", "rate/s", "p50", "p90", "p99", "max", "achieved/s", "errors", "dropped"
+    );
+    out.push_str(&header);
+    for t in &r.targets {
+        for run in &t.fixed {
+            out.push_str(&run_line(&t.target, run));
+        }
+        out.push_str(&run_line(&t.target, &t.saturation));
+    }
+    for t in &r.targets {
+        for e in t.fixed.iter().chain([&t.saturation]).flat_map(|x| &x.error_samples) {
+            let _ = writeln!(out, "  {} error: {e}", t.target);
+        }
+    }
+    if !r.added_latency.is_empty() {
+        let _ = writeln!(out, "\nAdded by AEGIS (AEGIS minus direct at the same rate, ms)");
+        let _ = writeln!(out, "{:<10} {:>9} {:>10} {:>10}", "target", "rate/s", "added p50", "added p99");
+        for a in &r.added_latency {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>9.0} {:>10.3} {:>10.3}",
+                a.target,
+                a.rate,
+                a.added_p50_us as f64 / 1000.0,
+                a.added_p99_us as f64 / 1000.0
+            );
+        }
+        for x in &r.throughput_ratio {
+            let _ =
+                writeln!(out, "{:<10} saturation throughput = {:.4} x direct", x.target, x.throughput_ratio);
+        }
+    }
+    for t in &r.stages {
+        let _ = writeln!(
+            out,
+            "\nWhere the time goes: {} ({} proxy.outcome records, µs; `total` is the record's duration_us)",
+            t.target, t.records
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>8} {:>9} {:>8} {:>8} {:>7}",
+            "stage", "count", "mean", "p50", "p99", "share"
+        );
+        for s in t.stages.iter().chain([&t.total]) {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>8} {:>9.1} {:>8} {:>8} {:>6.1}%",
+                s.stage, s.count, s.mean_us, s.p50_us, s.p99_us, s.share_pct
+            );
+        }
+    }
+    if !r.variants.is_empty() {
+        let _ = writeln!(out, "\nVariants (execute target; policy is always evaluated, its share shown)");
+        let _ = writeln!(
+            out,
+            "{:<16} {:>7} {:>9} {:>9} {:>10} {:>7} {:>12} {:>8}",
+            "variant", "rate/s", "p50 ms", "p99 ms", "achieved/s", "errors", "saturation/s", "policy%"
+        );
+        for v in &r.variants {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>7.0} {:>9} {:>9} {:>10.1} {:>7} {:>12.1} {:>7.1}%",
+                v.variant,
+                v.fixed.rate.unwrap_or(0.0),
+                ms(v.fixed.latency.p50_us),
+                ms(v.fixed.latency.p99_us),
+                v.fixed.throughput_rps,
+                v.fixed.errors + v.saturation.errors,
+                v.saturation.throughput_rps,
+                v.policy_share_pct.unwrap_or(0.0)
+            );
+        }
+        for v in &r.variants {
+            let _ = writeln!(out, "  {}: {}", v.variant, v.description);
+        }
+    }
+    out
+}
