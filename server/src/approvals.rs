@@ -254,7 +254,7 @@ impl ApprovalService {
         detail["expires_at"] = json!(expires_at);
         let appended = txn.append(AuditEntry { detail: Some(canonical_json(&detail)), ..entry }).await?;
         txn.commit().await?;
-        let mut event = Event::new(
+        let event = Event::new(
             events::APPROVAL_REQUESTED,
             agent.sponsor_id,
             Some(agent.id),
@@ -262,8 +262,8 @@ impl ApprovalService {
                    "host": host_of(&request.url), "label": request.label, "cost_micros": estimate_micros,
                    "reasons": reasons, "expires_at": expires_at}),
         )
-        .audit_seq(appended.seq);
-        event.link.approval_id = Some(id);
+        .audit_seq(appended.seq)
+        .approval(id);
         self.events.publish(event);
         Ok(Parked { approval_id: id, expires_at, audit_seq: appended.seq })
     }
@@ -573,14 +573,14 @@ impl ApprovalService {
             let appended =
                 txn.append(decision_entry(&row, &parked, "approval.expired", "deny", detail)).await?;
             txn.commit().await?;
-            let mut event = Event::new(
+            let event = Event::new(
                 events::APPROVAL_EXPIRED,
                 row.sponsor_id,
                 Some(row.agent_id),
                 json!({"approval_id": row.id, "status": "expired"}),
             )
-            .audit_seq(appended.seq);
-            event.link.approval_id = Some(row.id);
+            .audit_seq(appended.seq)
+            .approval(row.id);
             self.events.publish(event);
             expired += 1;
         }
@@ -604,14 +604,14 @@ impl ApprovalService {
         reason: Option<&str>,
         appended: &Appended,
     ) {
-        let mut event = Event::new(
+        let event = Event::new(
             events::APPROVAL_RESOLVED,
             row.sponsor_id,
             Some(row.agent_id),
             json!({"approval_id": row.id, "status": status.as_str(), "reason": reason}),
         )
-        .audit_seq(appended.seq);
-        event.link.approval_id = Some(row.id);
+        .audit_seq(appended.seq)
+        .approval(row.id);
         self.events.publish(event);
     }
 

@@ -87,8 +87,13 @@ pub fn next_resets(at: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) 
     (start(tomorrow), start(next_month))
 }
 
-/// Zeroes the spend of windows that have ended. Idempotent and safe to race.
-async fn roll_windows(db: &impl ConnectionTrait, agent_id: Uuid, at: DateTime<Utc>) -> Result<(), AppError> {
+/// Zeroes the spend of windows that have ended and returns the current (day,
+/// month) windows in the wallet's time zone. Idempotent and safe to race.
+async fn roll_windows(
+    db: &impl ConnectionTrait,
+    agent_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(String, String), AppError> {
     let tz: Option<String> = wallets::Entity::find_by_id(agent_id)
         .select_only()
         .column(wallets::Column::Timezone)
@@ -101,7 +106,7 @@ async fn roll_windows(db: &impl ConnectionTrait, agent_id: Uuid, at: DateTime<Ut
         .col_expr(wallets::Column::DailySpentMicros, Expr::value(0i64))
         .col_expr(wallets::Column::DayWindow, Expr::value(day.clone()))
         .filter(wallets::Column::AgentId.eq(agent_id))
-        .filter(wallets::Column::DayWindow.ne(day))
+        .filter(wallets::Column::DayWindow.ne(day.clone()))
         .exec(db)
         .await
         .map_err(internal)?;
@@ -109,11 +114,11 @@ async fn roll_windows(db: &impl ConnectionTrait, agent_id: Uuid, at: DateTime<Ut
         .col_expr(wallets::Column::MonthlySpentMicros, Expr::value(0i64))
         .col_expr(wallets::Column::MonthWindow, Expr::value(month.clone()))
         .filter(wallets::Column::AgentId.eq(agent_id))
-        .filter(wallets::Column::MonthWindow.ne(month))
+        .filter(wallets::Column::MonthWindow.ne(month.clone()))
         .exec(db)
         .await
         .map_err(internal)?;
-    Ok(())
+    Ok((day, month))
 }
 
 /// A threshold crossed for the first time in a window.
@@ -191,7 +196,7 @@ impl WalletService {
     ) -> Result<Reservation, AppError> {
         let at = now();
         let txn = begin_write(&self.db).await?;
-        roll_windows(&txn, agent_id, at).await?;
+        let (day, month) = roll_windows(&txn, agent_id, at).await?;
         let held = wallets::Entity::update_many()
             .col_expr(wallets::Column::ReservedMicros, Expr::col(wallets::Column::ReservedMicros).add(amount))
             .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
@@ -228,14 +233,6 @@ impl WalletService {
                 },
             });
         }
-        let tz = wallets::Entity::find_by_id(agent_id)
-            .select_only()
-            .column(wallets::Column::Timezone)
-            .into_tuple::<String>()
-            .one(&txn)
-            .await
-            .map_err(internal)?;
-        let (day, month) = windows(at, zone(tz.as_deref().unwrap_or("UTC")));
         ledger_entries::ActiveModel {
             id: Set(Uuid::now_v7()),
             agent_id: Set(agent_id),

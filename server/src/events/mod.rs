@@ -104,6 +104,11 @@ impl Event {
         self.link.audit_seq = Some(seq);
         self
     }
+
+    pub fn approval(mut self, id: Uuid) -> Self {
+        self.link.approval_id = Some(id);
+        self
+    }
 }
 
 /// Carries an event published on this replica to its sponsor's subscribers.
