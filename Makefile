@@ -13,7 +13,7 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 TOOLS := $(CURDIR)/target/tools
 export PATH := $(HOME)/.cargo/bin:$(TOOLS)/node_modules/.bin:$(PATH)
 
-.PHONY: help run dev test test-rust test-postgres test-redis test-e2e build-debug tools tools-release chromium e2e-deps fmt lint clean-data
+.PHONY: help run dev test test-rust test-postgres test-redis test-e2e build-debug tools tools-release chromium nginx e2e-deps fmt lint clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -24,7 +24,7 @@ run: tools-release ## Build in release mode and serve AEGIS on http://127.0.0.1:
 dev: tools ## Rebuild and reload on every change (cargo leptos watch)
 	cargo leptos watch
 
-test: tools chromium e2e-deps build-debug test-rust test-postgres test-redis test-e2e ## Run every test
+test: tools chromium nginx e2e-deps build-debug test-rust test-postgres test-redis test-e2e ## Run every test
 	@echo "make test: all suites passed"
 
 build-debug:
@@ -37,7 +37,7 @@ test-rust: ## Unit, migration and API integration tests (SQLite)
 test-postgres:
 	@if [[ "$${DATABASE_URL:-}" == postgres* ]]; then \
 		echo "PostgreSQL pass: API integration and migration tests against $${DATABASE_URL%%@*}@…"; \
-		echo "(with REDIS_URL set this includes the two-process multi-replica test)"; \
+		echo "(with REDIS_URL set this includes the two-process multi-replica test and, with nginx, the deployment-topology test)"; \
 		env $${REDIS_URL:+AEGIS_TEST_REDIS_URL="$$REDIS_URL"} AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" \
 			cargo test -p server --test api && \
 		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p migration -p entity; \
@@ -70,6 +70,11 @@ chromium: ## Debian's Chromium for the browser tests
 	@command -v chromium >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
 		else echo "Chromium is missing: run 'sudo apt-get install chromium'" >&2; exit 1; fi; }
+
+nginx: ## Debian's nginx for the deployment-topology test (nginx in front of two replicas)
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q nginx-light || { apt-get update -q && apt-get install -y -q nginx-light; }; \
+		else echo "nginx is missing: run 'sudo apt-get install nginx-light'" >&2; exit 1; fi; }
 
 e2e-deps:
 	@[ -d end2end/node_modules/@playwright/test ] || (cd end2end && npm ci --no-audit --no-fund)

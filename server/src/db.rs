@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait,
+};
 
 /// The URL AEGIS uses: `DATABASE_URL`, or the SQLite file in the data directory.
 pub fn resolve_url(database_url: Option<&str>, data_dir: &Path) -> String {
@@ -48,8 +50,23 @@ pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Dat
     Database::connect(options).await
 }
 
+/// Key of the PostgreSQL advisory lock held while migrating ("AEGIS" in ASCII).
+const MIGRATION_LOCK: i64 = 0x41_45_47_49_53;
+
+/// Applies pending migrations. On PostgreSQL, replicas that start together take
+/// turns: one migrates under a transaction-scoped advisory lock while the others
+/// wait for it, then find nothing pending (instead of failing on tables that
+/// appeared under them).
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let lock = db.begin().await?;
+    lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await?;
+    let migrated = Migrator::up(db, None).await;
+    // Committing releases the lock whether or not migrating worked.
+    lock.commit().await?;
+    migrated
 }
 
 /// How long a readiness check may take before the database counts as unavailable.

@@ -19,4 +19,5 @@ mod observability;
 mod proxy;
 mod replicas;
 mod support;
+mod topology;
 mod trust;

@@ -16,32 +16,45 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::mock::MockUpstream;
 use crate::support::{Response, TestServer, read};
 
-struct Replica {
-    base: String,
-    _child: tokio::process::Child,
+pub struct Replica {
+    pub base: String,
+    child: tokio::process::Child,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Replica {
     /// Starts `aegis serve` on the database and data directory of `owner`.
     async fn start(owner: &TestServer, redis: &str, log: &std::path::Path) -> Self {
-        let port = free_port();
         let config = &owner.running.services.config;
+        let data_dir = config.data_dir.display().to_string();
+        Self::spawn(
+            &[
+                ("AEGIS_DATA_DIR", data_dir.as_str()),
+                ("DATABASE_URL", config.database_url.as_deref().expect("PostgreSQL")),
+                ("REDIS_URL", redis),
+                ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32"),
+                // 950 budget denials in a second would trip the breaker; not under test here.
+                ("AEGIS_BREAKER_DENIAL_RATE_PCT", "0"),
+                ("AEGIS_BREAKER_BURST", "0"),
+            ],
+            log,
+        )
+        .await
+    }
+
+    /// Starts `aegis serve` on a free port with exactly `vars` as its environment
+    /// (plus its address and log level), and waits until it answers `/healthz`.
+    pub async fn spawn<V: AsRef<std::ffi::OsStr>>(vars: &[(&str, V)], log: &std::path::Path) -> Self {
+        let port = free_port();
         let log = std::fs::File::create(log).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aegis"))
             .arg("serve")
             .env_clear()
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
-            .env("AEGIS_DATA_DIR", &config.data_dir)
-            .env("DATABASE_URL", config.database_url.as_deref().expect("PostgreSQL"))
-            .env("REDIS_URL", redis)
-            .env("AEGIS_EGRESS_ALLOW", "127.0.0.1/32")
-            // 950 budget denials in a second would trip the breaker; not under test here.
-            .env("AEGIS_BREAKER_DENIAL_RATE_PCT", "0")
-            .env("AEGIS_BREAKER_BURST", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -49,7 +62,7 @@ impl Replica {
             .spawn()
             .expect("start aegis");
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = reqwest::get(format!("{base}/healthz")).await
                 && r.status() == StatusCode::OK
@@ -59,10 +72,26 @@ impl Replica {
             assert!(tokio::time::Instant::now() < deadline, "replica on {port} did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Self { base, _child: child }
+        Self { base, child }
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Response {
+    /// `host:port` it listens on.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill replica");
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Response {
         let mut r = reqwest::Client::new().request(method, format!("{}{path}", self.base)).bearer_auth(token);
         if let Some(b) = body {
             r = r.json(&b);
@@ -70,11 +99,11 @@ impl Replica {
         read(r.send().await.unwrap()).await
     }
 
-    async fn get(&self, path: &str, token: &str) -> Response {
+    pub async fn get(&self, path: &str, token: &str) -> Response {
         self.send(reqwest::Method::GET, path, token, None).await
     }
 
-    async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
         self.send(reqwest::Method::POST, path, token, Some(body)).await
     }
 }

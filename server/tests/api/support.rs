@@ -21,9 +21,27 @@ pub struct TestServer {
 }
 
 /// A throw-away PostgreSQL database, dropped when the test ends (even on panic).
-struct PgDatabase {
+pub struct PgDatabase {
     admin_url: String,
     name: String,
+}
+
+impl PgDatabase {
+    /// A new empty database on the server `AEGIS_TEST_DATABASE_URL` names; `None`
+    /// when it is unset (the test runs on SQLite).
+    pub async fn create() -> Option<Self> {
+        use sea_orm::ConnectionTrait;
+        let admin_url = std::env::var(db_support::PG_URL_VAR).ok()?;
+        let name = format!("aegis_t_{}", uuid::Uuid::new_v4().simple());
+        let admin = sea_orm::Database::connect(&admin_url).await.expect("connect to PostgreSQL");
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create database");
+        admin.close().await.ok();
+        Some(Self { admin_url, name })
+    }
+
+    pub fn url(&self) -> String {
+        db_support::with_database_name(&self.admin_url, &self.name)
+    }
 }
 
 impl Drop for PgDatabase {
@@ -70,21 +88,10 @@ impl TestServer {
         let mut env: HashMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         env.insert("AEGIS_DATA_DIR".into(), dir.path().join("data").display().to_string());
-        let pg = match std::env::var(db_support::PG_URL_VAR) {
-            Ok(admin_url) => {
-                use sea_orm::ConnectionTrait;
-                let name = format!("aegis_t_{}", uuid::Uuid::new_v4().simple());
-                let admin = sea_orm::Database::connect(&admin_url).await.expect("connect to PostgreSQL");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .expect("create database");
-                admin.close().await.ok();
-                env.insert("DATABASE_URL".into(), db_support::with_database_name(&admin_url, &name));
-                Some(PgDatabase { admin_url, name })
-            }
-            Err(_) => None,
-        };
+        let pg = PgDatabase::create().await;
+        if let Some(pg) = &pg {
+            env.insert("DATABASE_URL".into(), pg.url());
+        }
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = server::start(config, Some(listener)).await.expect("server starts");
