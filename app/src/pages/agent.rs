@@ -209,28 +209,39 @@ fn activity_row(r: AuditRecord) -> impl IntoView {
 #[component]
 fn WalletTab(id: Uuid) -> impl IntoView {
     let update = ServerAction::<UpdateWallet>::new();
+    // Changes only when a save succeeds, so a refused form keeps what was typed.
+    let saves = Memo::new(move |prev: Option<&usize>| match update.value().get() {
+        Some(Ok(_)) => update.version().get(),
+        _ => prev.copied().unwrap_or(0),
+    });
     let tick = Live::get().map(|l| l.tick);
-    let wallet =
-        Resource::new(move || (update.version().get(), tick.map(|t| t.get())), move |_| agent_wallet(id));
+    // Spend updates live; the form's values only after a save (not mid-edit).
+    let summary = Resource::new(move || (saves.get(), tick.map(|t| t.get())), move |_| agent_wallet(id));
+    let limits = Resource::new(move || saves.get(), move |_| agent_wallet(id));
     let error = Signal::derive(move || update.value().get().and_then(Result::err));
     let saved = move || matches!(update.value().get(), Some(Ok(_)));
     view! {
         <Transition fallback=|| loading("the wallet")>
             {move || Suspend::new(async move {
-                match wallet.await {
-                    Ok(w) => view! {
-                        <WalletSummary wallet=w.clone()/>
-                        <section class="card" aria-labelledby="limits-heading">
-                            <h2 id="limits-heading">"Limits"</h2>
-                            <WalletForm id wallet=w update/>
-                            <FormError error/>
-                            {move || saved().then(|| view! { <p class="saved" role="status" id="wallet-saved">"Saved."</p> })}
-                        </section>
-                    }.into_any(),
+                match summary.await {
+                    Ok(w) => view! { <WalletSummary wallet=w/> }.into_any(),
                     Err(e) => failed(e),
                 }
             })}
         </Transition>
+        <section class="card" aria-labelledby="limits-heading">
+            <h2 id="limits-heading">"Limits"</h2>
+            <Transition fallback=|| loading("the limits")>
+                {move || Suspend::new(async move {
+                    match limits.await {
+                        Ok(w) => view! { <WalletForm id wallet=w update/> }.into_any(),
+                        Err(e) => failed(e),
+                    }
+                })}
+            </Transition>
+            <FormError error/>
+            {move || saved().then(|| view! { <p class="saved" role="status" id="wallet-saved">"Saved."</p> })}
+        </section>
     }
 }
 
