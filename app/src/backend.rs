@@ -121,4 +121,6 @@ pub trait Backend: Send + Sync + 'static {
         input: NewConnection,
     ) -> Result<ConnectionView, AppError>;
     async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
+    /// The configured public origin (`AEGIS_PUBLIC_URL`), for URLs shown to sponsors.
+    fn public_origin(&self) -> Option<String>;
 }

@@ -54,6 +54,9 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("agents") view=pages::agents::AgentsPage ssr=SsrMode::Async/>
                     <Route path=path!("approvals") view=pages::approvals::ApprovalsPage ssr=SsrMode::Async/>
                     <Route path=path!("audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>
+                    <Route path=path!("agents/:id") view=pages::agent::AgentPage ssr=SsrMode::Async/>
+                    <Route path=path!("secrets") view=pages::secrets::SecretsPage ssr=SsrMode::Async/>
+                    <Route path=path!("connections") view=pages::connections::ConnectionsPage ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

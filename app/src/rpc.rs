@@ -70,6 +70,16 @@ pub(crate) mod ssr {
             .filter(|v| !v.is_empty())
     }
 
+    /// `http://` + the `Host` this request was sent to: the origin a browser used
+    /// when no public URL is configured.
+    pub fn request_origin() -> String {
+        let host = parts()
+            .ok()
+            .and_then(|p| p.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_else(|| "localhost".into());
+        format!("http://{host}")
+    }
+
     /// True for a plain HTML form submission (no WebAssembly running): the browser
     /// will be redirected back to the page instead of receiving the result.
     pub fn is_plain_form_post() -> bool {
@@ -331,6 +341,240 @@ pub async fn verify_audit() -> Result<ChainVerdict, AppError> {
     respond(async { backend()?.verify_audit(&sponsor()?).await }).await
 }
 
+// --- agent detail, vault and connections pages ---
+
+#[server(prefix = "/rpc", endpoint = "get_agent")]
+pub async fn get_agent(id: Uuid) -> Result<AgentView, AppError> {
+    use ssr::*;
+    respond(async { backend()?.get_agent(&sponsor()?, id).await }).await
+}
+
+/// The sponsor's agents for pickers (grant checkboxes, names in lists): one page of
+/// up to 200, the most a page may hold.
+#[server(prefix = "/rpc", endpoint = "agent_choices")]
+pub async fn agent_choices() -> Result<Page<AgentView>, AppError> {
+    use ssr::*;
+    respond(async {
+        backend()?.list_agents(&sponsor()?, PageRequest { limit: Some(200), cursor: None }).await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "agent_wallet")]
+pub async fn agent_wallet(id: Uuid) -> Result<WalletView, AppError> {
+    use ssr::*;
+    respond(async { backend()?.agent_wallet(&sponsor()?, id).await }).await
+}
+
+/// Form-friendly wallet editor: amounts as decimal strings where blank means no
+/// limit, a blank threshold turns alerts off, a blank time zone keeps the current one.
+#[server(prefix = "/rpc", endpoint = "update_wallet")]
+pub async fn update_wallet(
+    id: Uuid,
+    daily_limit: Option<String>,
+    monthly_limit: Option<String>,
+    timezone: Option<String>,
+    alert_threshold_pct: Option<String>,
+) -> Result<WalletView, AppError> {
+    use ssr::*;
+    respond(async {
+        let update = WalletUpdate {
+            daily_limit_micros: Some(parse_limit("daily limit", daily_limit)?.unwrap_or(0)),
+            monthly_limit_micros: Some(parse_limit("monthly limit", monthly_limit)?.unwrap_or(0)),
+            timezone: timezone.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            alert_threshold_pct: Some(parse_percent(alert_threshold_pct)?),
+        };
+        backend()?.update_agent_wallet(&sponsor()?, id, update).await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "agent_trust")]
+pub async fn agent_trust(id: Uuid) -> Result<TrustView, AppError> {
+    use ssr::*;
+    respond(async { backend()?.agent_trust(&sponsor()?, id).await }).await
+}
+
+#[server(prefix = "/rpc", endpoint = "set_agent_policy")]
+pub async fn set_agent_policy(id: Uuid, policy: String) -> Result<AgentView, AppError> {
+    use ssr::*;
+    respond(async {
+        let patch = AgentPatch { policy: Some(policy), ..AgentPatch::default() };
+        backend()?.update_agent(&sponsor()?, id, patch).await
+    })
+    .await
+}
+
+/// Issues a new key (every earlier one stops working). Like `create_agent`, a plain
+/// form post gets the key back once through the flash cookie.
+#[server(prefix = "/rpc", endpoint = "rotate_agent_key")]
+pub async fn rotate_agent_key(id: Uuid) -> Result<KeyRotated, AppError> {
+    use ssr::*;
+    respond(async {
+        let backend = backend()?;
+        let rotated = backend.rotate_agent_key(&sponsor()?, id).await?;
+        if is_plain_form_post() {
+            let flash = format!("{}.{}", rotated.agent_id, rotated.api_key);
+            set_cookies(vec![backend.cookie(NEW_KEY_COOKIE, &flash, "/agents", 120)]);
+        }
+        Ok(rotated)
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "list_secrets")]
+pub async fn list_secrets() -> Result<Vec<SecretView>, AppError> {
+    use ssr::*;
+    respond(async { backend()?.list_secrets(&sponsor()?).await }).await
+}
+
+/// Grants or revokes one agent's use of one secret: the secret's `agents` list with
+/// the agent added or removed, saved through the vault's usual update.
+#[server(prefix = "/rpc", endpoint = "set_secret_grant")]
+pub async fn set_secret_grant(secret: Uuid, agent: Uuid, grant: String) -> Result<SecretView, AppError> {
+    use ssr::*;
+    respond(async {
+        let (backend, sponsor) = (backend()?, sponsor()?);
+        let mut agents = backend.get_secret(&sponsor, secret).await?.agents;
+        match grant.as_str() {
+            "grant" if !agents.contains(&agent) => agents.push(agent),
+            "grant" => {}
+            "revoke" => agents.retain(|a| *a != agent),
+            _ => return Err(AppError::bad_request("invalid_request", "grant must be grant or revoke")),
+        }
+        let update = SecretUpdate { agents: Some(agents), ..SecretUpdate::default() };
+        backend.update_secret(&sponsor, secret, update).await
+    })
+    .await
+}
+
+/// Form-friendly: hosts comma or line separated; a header name (with an optional
+/// format) or a query parameter says how the value is injected; granted agents
+/// arrive as `agents[0]`, `agents[1]`… (a query-string list).
+#[server(prefix = "/rpc", endpoint = "create_secret")]
+pub async fn create_secret(
+    name: String,
+    value: String,
+    allowed_hosts: String,
+    header: Option<String>,
+    format: Option<String>,
+    query_param: Option<String>,
+    agents: Option<Vec<Uuid>>,
+) -> Result<SecretView, AppError> {
+    use ssr::*;
+    respond(async {
+        let inject = injection_from_form(header, format, query_param)?;
+        let input = NewSecret {
+            name,
+            value,
+            allowed_hosts: split_hosts(&allowed_hosts),
+            inject,
+            agents: agents.unwrap_or_default(),
+        };
+        backend()?.create_secret(&sponsor()?, input).await
+    })
+    .await
+}
+
+/// Replaces a secret's value; the old value stops being injected at once.
+#[server(prefix = "/rpc", endpoint = "rotate_secret")]
+pub async fn rotate_secret(id: Uuid, value: String) -> Result<SecretView, AppError> {
+    use ssr::*;
+    respond(async {
+        let update = SecretUpdate { value: Some(value), ..SecretUpdate::default() };
+        backend()?.update_secret(&sponsor()?, id, update).await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "delete_secret")]
+pub async fn delete_secret(id: Uuid) -> Result<(), AppError> {
+    use ssr::*;
+    respond(async { backend()?.delete_secret(&sponsor()?, id).await }).await
+}
+
+/// The sponsor's connections and the origin an SDK should use in front of each
+/// `gateway_path` (the configured public URL, else the address this page came from).
+#[server(prefix = "/rpc", endpoint = "list_connections")]
+pub async fn list_connections() -> Result<(String, Vec<ConnectionView>), AppError> {
+    use ssr::*;
+    respond(async {
+        let backend = backend()?;
+        let connections = backend.list_connections(&sponsor()?).await?;
+        Ok((backend.public_origin().unwrap_or_else(request_origin), connections))
+    })
+    .await
+}
+
+/// Form-friendly: the cost per call as a decimal string, blank meaning free.
+#[server(prefix = "/rpc", endpoint = "create_connection")]
+pub async fn create_connection(
+    name: String,
+    base_url: String,
+    secret: Option<String>,
+    cost: Option<String>,
+) -> Result<ConnectionView, AppError> {
+    use ssr::*;
+    respond(async {
+        let input = NewConnection {
+            name,
+            base_url,
+            secret: secret.filter(|s| !s.trim().is_empty()),
+            cost_micros: parse_limit("cost", cost)?,
+        };
+        backend()?.create_connection(&sponsor()?, input).await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "delete_connection")]
+pub async fn delete_connection(id: Uuid) -> Result<(), AppError> {
+    use ssr::*;
+    respond(async { backend()?.delete_connection(&sponsor()?, id).await }).await
+}
+
+/// "Allowed hosts" as typed: separated by commas or new lines, blanks dropped.
+#[cfg(any(feature = "ssr", test))]
+fn split_hosts(text: &str) -> Vec<String> {
+    text.split([',', '\n']).map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect()
+}
+
+/// A header (blank format: the value alone) or a query parameter, whichever the form
+/// filled; the vault checks the names themselves.
+#[cfg(any(feature = "ssr", test))]
+fn injection_from_form(
+    header: Option<String>,
+    format: Option<String>,
+    query_param: Option<String>,
+) -> Result<Injection, AppError> {
+    let filled = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    match (filled(header), filled(format), filled(query_param)) {
+        (Some(header), format, None) => {
+            Ok(Injection::Header { header, format: format.unwrap_or_else(|| "{secret}".into()) })
+        }
+        (None, None, Some(query_param)) => Ok(Injection::QueryParam { query_param }),
+        (None, None, None) => {
+            Err(AppError::validation("say how to inject it: a header name or a query parameter"))
+        }
+        _ => Err(AppError::validation("inject it as a header or as a query parameter, not both")),
+    }
+}
+
+/// A whole percentage; blank means 0 (alerts off). The range is the wallet's rule.
+#[cfg(any(feature = "ssr", test))]
+fn parse_percent(text: Option<String>) -> Result<i32, AppError> {
+    match text.as_deref().map(str::trim) {
+        None | Some("") => Ok(0),
+        Some(t) => t.trim_end_matches('%').trim().parse().map_err(|_| {
+            AppError::new(
+                422,
+                "invalid_alert_threshold",
+                format!("alert threshold: {t:?} is not a whole percentage"),
+            )
+        }),
+    }
+}
+
 #[cfg(any(feature = "ssr", test))]
 fn parse_limit(label: &str, text: Option<String>) -> Result<Option<i64>, AppError> {
     match text.as_deref().map(str::trim) {
@@ -359,5 +603,41 @@ mod tests {
         assert_eq!(parse_limit("x", Some(" ".into())), Ok(None));
         assert_eq!(parse_limit("x", Some("2.5".into())), Ok(Some(2_500_000)));
         assert_eq!(parse_limit("x", Some("lots".into())).unwrap_err().status, 422);
+    }
+
+    #[test]
+    fn hosts_split_on_commas_and_lines() {
+        assert_eq!(
+            split_hosts(" api.example.com,\n*.example.org\r\n, \n"),
+            ["api.example.com", "*.example.org"]
+        );
+        assert!(split_hosts("  ").is_empty());
+    }
+
+    #[test]
+    fn injection_is_a_header_or_a_query_parameter() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            injection_from_form(some(" Authorization "), some("Bearer {secret}"), some(" ")),
+            Ok(Injection::Header { header: "Authorization".into(), format: "Bearer {secret}".into() })
+        );
+        assert_eq!(
+            injection_from_form(some("X-Key"), None, None),
+            Ok(Injection::Header { header: "X-Key".into(), format: "{secret}".into() })
+        );
+        assert_eq!(
+            injection_from_form(None, some(""), some("api_key")),
+            Ok(Injection::QueryParam { query_param: "api_key".into() })
+        );
+        assert_eq!(injection_from_form(None, None, None).unwrap_err().status, 422);
+        assert_eq!(injection_from_form(some("X-Key"), None, some("api_key")).unwrap_err().status, 422);
+        assert_eq!(injection_from_form(None, some("Bearer {secret}"), some("k")).unwrap_err().status, 422);
+    }
+
+    #[test]
+    fn percent_blank_is_off_and_garbage_is_422() {
+        assert_eq!(parse_percent(None), Ok(0));
+        assert_eq!(parse_percent(Some(" 80% ".into())), Ok(80));
+        assert_eq!(parse_percent(Some("most".into())).unwrap_err().code, "invalid_alert_threshold");
     }
 }

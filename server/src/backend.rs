@@ -366,4 +366,8 @@ impl Backend for Services {
     async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
         self.connections.delete(sponsor.user_id, id).await
     }
+
+    fn public_origin(&self) -> Option<String> {
+        self.config.public_url.clone()
+    }
 }

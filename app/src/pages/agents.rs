@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
 
-use super::FormError;
+use super::{FormError, OneTimeKey};
 use crate::model::{AgentCreated, AgentStatus, AgentView};
 use crate::money::format_units;
 use crate::rpc::{CreateAgent, SetAgentState, list_agents, list_policies, take_new_key};
@@ -118,16 +118,7 @@ fn CreateAgentForm(create: ServerAction<CreateAgent>) -> impl IntoView {
 /// The one time an agent's key is visible.
 #[component]
 fn NewKey(created: AgentCreated) -> impl IntoView {
-    view! {
-        <div class="new-key" role="status" id="new-key">
-            <p>
-                <strong>{format!("Key for {}", created.agent.name)}</strong>
-                " — copy it now. AEGIS stores only a hash and will never show it again."
-            </p>
-            <input class="key" readonly value=created.api_key aria-label="New agent API key"
-                onfocus="this.select()"/>
-        </div>
-    }
+    view! { <OneTimeKey title=format!("Key for {}", created.agent.name) key=created.api_key/> }
 }
 
 #[component]
@@ -162,7 +153,7 @@ fn AgentTable(agents: Vec<AgentView>, set_state: ServerAction<SetAgentState>) ->
                         view! {
                             <tr data-agent=a.name.clone()>
                                 <td>
-                                    <div class="name">{a.name.clone()}</div>
+                                    <a class="name" href=format!("/agents/{id}")>{a.name.clone()}</a>
                                     <div class="muted small">{a.description.clone().unwrap_or_default()}</div>
                                 </td>
                                 <td><span class=format!("badge {status}")>{status}</span></td>

@@ -1,9 +1,12 @@
+pub mod agent;
 pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod connections;
 pub mod layout;
 pub mod overview;
+pub mod secrets;
 
 use leptos::prelude::*;
 
@@ -34,4 +37,31 @@ pub fn FormError(error: Signal<Option<AppError>>) -> impl IntoView {
             }
         })
     }
+}
+
+/// A value shown exactly once (a new agent key): read-only, selected on focus, with
+/// a copy button (a plain inline handler, so it works before hydration too).
+#[component]
+pub fn OneTimeKey(title: String, key: String) -> impl IntoView {
+    view! {
+        <div class="new-key" role="status" id="new-key">
+            <p>
+                <strong>{title}</strong>
+                " — copy it now. AEGIS stores only a hash and will never show it again."
+            </p>
+            <div class="copy-row">
+                <input class="key" readonly value=key aria-label="New agent API key" onfocus="this.select()"/>
+                <CopyButton/>
+            </div>
+        </div>
+    }
+}
+
+/// Copies the value of the input just before it.
+#[component]
+pub fn CopyButton() -> impl IntoView {
+    const COPY: &str = "var b=this,i=b.previousElementSibling;i.select();\
+        (navigator.clipboard?navigator.clipboard.writeText(i.value):Promise.reject())\
+        .then(function(){b.textContent='Copied'},function(){b.textContent='Press Ctrl+C'})";
+    view! { <button type="button" class="button small copy" onclick=COPY>"Copy"</button> }
 }
