@@ -124,8 +124,8 @@ fn NewKey(created: AgentCreated) -> impl IntoView {
                 <strong>{format!("Key for {}", created.agent.name)}</strong>
                 " — copy it now. AEGIS stores only a hash and will never show it again."
             </p>
-            <input class="key" readonly value=created.api_key aria-label="New agent API key"
-                onfocus="this.select()"/>
+            <label class="sr-only" for="new-agent-key">"New agent API key"</label>
+            <input id="new-agent-key" class="key" readonly value=created.api_key onfocus="this.select()"/>
         </div>
     }
 }
