@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-/// One call at most per tick: two requests per second.
+/// One call per tick: two requests per second.
 pub const TICK: Duration = Duration::from_millis(500);
 
 /// The demo's agents. Each has its own policy and limits (see [`super::setup`]).
