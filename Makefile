@@ -1,7 +1,8 @@
 # AEGIS — the two commands that matter:
 #   make run    build (release) and serve AEGIS at http://127.0.0.1:3000 on SQLite
+#   make demo   the same build, serving a demo sponsor, agents and live simulated traffic
 #   make test   every test: Rust unit + API integration over HTTP, and Playwright in Chromium
-# Both install what is missing first and skip what is already there.
+# Each installs what is missing first and skips what is already there.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -13,13 +14,18 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 TOOLS := $(CURDIR)/target/tools
 export PATH := $(HOME)/.cargo/bin:$(TOOLS)/node_modules/.bin:$(PATH)
 
-.PHONY: help run dev test test-rust test-postgres test-redis test-e2e build-debug tools tools-release chromium nginx e2e-deps fmt lint clean-data
+.PHONY: help run demo dev test test-rust test-postgres test-redis test-e2e build-debug tools tools-release chromium nginx e2e-deps fmt lint clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
 run: tools-release ## Build in release mode and serve AEGIS on http://127.0.0.1:3000 (data in ./data)
 	cargo leptos serve --release
+
+# Arguments for `aegis demo`, e.g. make demo DEMO_ARGS=--fresh
+DEMO_ARGS ?=
+demo: tools-release ## Like run, but `aegis demo`: a demo sponsor (sign-in printed), agents and live traffic (data in ./data-demo)
+	cargo leptos serve --release -- demo $(DEMO_ARGS)
 
 dev: tools ## Rebuild and reload on every change (cargo leptos watch)
 	cargo leptos watch

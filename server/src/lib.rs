@@ -11,6 +11,7 @@ pub mod config;
 pub mod connections;
 pub mod data_dir;
 pub mod db;
+pub mod demo;
 pub mod events;
 pub mod http;
 pub mod metrics;

@@ -42,6 +42,29 @@ enum Command {
     /// Measure the latency and throughput AEGIS adds, against an in-process mock
     /// upstream (and an in-process AEGIS unless --target is given).
     Bench(BenchArgs),
+    /// Start AEGIS with a demo sponsor (sign-in printed), agents, a mock upstream and
+    /// a simulated agent workload, so the dashboard comes alive. Ctrl-C stops it.
+    ///
+    /// The demo always uses SQLite in its own data directory, never ./data:
+    /// DATABASE_URL and AEGIS_DATA_DIR are ignored (use --database-url to override).
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// The demo's data directory (keys, SQLite database, the demo sponsor's sign-in).
+    #[arg(long, default_value = "./data-demo")]
+    data_dir: PathBuf,
+    /// Delete the demo's data directory first and start over (refused for a
+    /// directory the demo did not create).
+    #[arg(long)]
+    fresh: bool,
+    /// Listen address [default: LEPTOS_SITE_ADDR, else 127.0.0.1:3000].
+    #[arg(long)]
+    addr: Option<std::net::SocketAddr>,
+    /// Use this database instead of SQLite in the data directory.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -121,7 +144,7 @@ async fn main() -> std::process::ExitCode {
     let default_filter = match command {
         Command::Serve | Command::Migrate => "info,sqlx=warn,sea_orm=warn",
         Command::VerifyAudit { .. } | Command::Audit { .. } | Command::Replay { .. } => "warn",
-        Command::Bench(_) => "warn,sqlx=error,sea_orm=error",
+        Command::Bench(_) | Command::Demo(_) => "warn,sqlx=error,sea_orm=error",
     };
     init_logging(config.log_format, default_filter);
     let result = match command {
@@ -132,6 +155,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Replay { seq } => return replay(config, seq).await,
         Command::Bench(args) => return bench(args).await,
+        Command::Demo(args) => return demo(config, args).await,
         Command::Audit { command: AuditCommand::Checkpoint { out } } => {
             return audit_checkpoint(config, &out).await;
         }
@@ -169,6 +193,19 @@ async fn bench(args: BenchArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => error(format!("bench: {e}")),
+    }
+}
+
+async fn demo(config: Config, args: DemoArgs) -> ExitCode {
+    let opts = server::demo::Options {
+        data_dir: args.data_dir,
+        fresh: args.fresh,
+        addr: args.addr,
+        database_url: args.database_url,
+    };
+    match server::demo::run(config, opts).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => error(format!("demo: {e}")),
     }
 }
 

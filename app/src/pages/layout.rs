@@ -23,6 +23,7 @@ pub fn SignedIn() -> impl IntoView {
     let pending = Resource::new(move || live.tick.get(), |_| pending_approvals());
     view! {
         <div class="frame">
+            <a class="skip-link" href="#main">"Skip to content"</a>
             <header class="topbar">
                 <a class="brand" href="/"><span class="logo" aria-hidden="true">"◆"</span>" AEGIS"</a>
                 <nav class="nav" aria-label="Main">
@@ -33,9 +34,10 @@ pub fn SignedIn() -> impl IntoView {
                         <Transition fallback=|| ()>
                             {move || Suspend::new(async move {
                                 pending.await.ok().filter(|(n, _)| *n > 0).map(|(n, more)| view! {
-                                    <span class="count" id="pending-count" aria-label="pending approvals">
+                                    <span class="count" id="pending-count">
                                         {if more { format!("{n}+") } else { n.to_string() }}
                                     </span>
+                                    <span class="sr-only">" pending"</span>
                                 })
                             })}
                         </Transition>
@@ -62,7 +64,7 @@ pub fn SignedIn() -> impl IntoView {
                     </ActionForm>
                 </div>
             </header>
-            <main class="content">
+            <main class="content" id="main" tabindex="-1">
                 <Outlet/>
             </main>
             <Toasts live/>

@@ -50,7 +50,8 @@ pub fn OneTimeKey(title: String, key: String) -> impl IntoView {
                 " — copy it now. AEGIS stores only a hash and will never show it again."
             </p>
             <div class="copy-row">
-                <input class="key" readonly value=key aria-label="New agent API key" onfocus="this.select()"/>
+                <label class="sr-only" for="new-agent-key">"New agent API key"</label>
+                <input id="new-agent-key" class="key" readonly value=key onfocus="this.select()"/>
                 <CopyButton/>
             </div>
         </div>

@@ -73,14 +73,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The mock upstream: a small JSON body for any path under `/ok`.
-struct Mock {
-    base: String,
+/// The mock upstream: a small JSON body for any path under `/ok`, on a random
+/// loopback port. `aegis demo` uses it too.
+pub struct Mock {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Mock {
-    async fn start() -> Result<Self, String> {
+    pub async fn start() -> Result<Self, String> {
         async fn ok() -> axum::Json<Value> {
             axum::Json(json!({"ok": true, "items": [1, 2, 3], "note": "aegis bench mock"}))
         }
@@ -94,7 +97,11 @@ impl Mock {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { base: format!("http://{addr}"), task })
+        Ok(Self { base: format!("http://{addr}"), addr, task })
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
     }
 }
 
@@ -363,7 +370,7 @@ fn client() -> Result<reqwest::Client, String> {
 pub async fn run(opts: &Options) -> Result<Report, String> {
     let mock = Mock::start().await?;
     let result = run_with_mock(opts, &mock.base).await;
-    mock.task.abort();
+    mock.stop();
     result
 }
 

@@ -8,6 +8,7 @@ mod bench;
 mod breaker;
 mod browser;
 mod budget;
+mod demo;
 mod docs;
 mod errors;
 mod events;
