@@ -115,12 +115,15 @@ struct Writer {
     counters: Arc<Counters>,
 }
 
+/// The writer task's queue and state, until the first write starts it.
+type Unstarted = (mpsc::UnboundedReceiver<Queued>, Writer);
+
 /// The handle callers queue writes on. Clones share one writer task, started on
 /// first use (inside the runtime).
 #[derive(Clone)]
 pub struct GroupCommit {
     queue: mpsc::UnboundedSender<Queued>,
-    pending: Arc<Mutex<Option<(mpsc::UnboundedReceiver<Queued>, Writer)>>>,
+    pending: Arc<Mutex<Option<Unstarted>>>,
     counters: Arc<Counters>,
 }
 
