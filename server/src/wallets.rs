@@ -94,30 +94,41 @@ async fn roll_windows(
     agent_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<(String, String), AppError> {
-    let tz: Option<String> = wallets::Entity::find_by_id(agent_id)
+    // One read; the conditional UPDATEs run only when a window has actually ended
+    // (rarely: once a day), and stay safe to race when they do.
+    let stored: Option<(String, String, String)> = wallets::Entity::find_by_id(agent_id)
         .select_only()
         .column(wallets::Column::Timezone)
+        .column(wallets::Column::DayWindow)
+        .column(wallets::Column::MonthWindow)
         .into_tuple()
         .one(db)
         .await
         .map_err(internal)?;
-    let (day, month) = windows(at, zone(tz.as_deref().unwrap_or("UTC")));
-    wallets::Entity::update_many()
-        .col_expr(wallets::Column::DailySpentMicros, Expr::value(0i64))
-        .col_expr(wallets::Column::DayWindow, Expr::value(day.clone()))
-        .filter(wallets::Column::AgentId.eq(agent_id))
-        .filter(wallets::Column::DayWindow.ne(day.clone()))
-        .exec(db)
-        .await
-        .map_err(internal)?;
-    wallets::Entity::update_many()
-        .col_expr(wallets::Column::MonthlySpentMicros, Expr::value(0i64))
-        .col_expr(wallets::Column::MonthWindow, Expr::value(month.clone()))
-        .filter(wallets::Column::AgentId.eq(agent_id))
-        .filter(wallets::Column::MonthWindow.ne(month.clone()))
-        .exec(db)
-        .await
-        .map_err(internal)?;
+    let Some((tz, stored_day, stored_month)) = stored else {
+        return Ok(windows(at, Tz::UTC));
+    };
+    let (day, month) = windows(at, zone(&tz));
+    if stored_day != day {
+        wallets::Entity::update_many()
+            .col_expr(wallets::Column::DailySpentMicros, Expr::value(0i64))
+            .col_expr(wallets::Column::DayWindow, Expr::value(day.clone()))
+            .filter(wallets::Column::AgentId.eq(agent_id))
+            .filter(wallets::Column::DayWindow.ne(day.clone()))
+            .exec(db)
+            .await
+            .map_err(internal)?;
+    }
+    if stored_month != month {
+        wallets::Entity::update_many()
+            .col_expr(wallets::Column::MonthlySpentMicros, Expr::value(0i64))
+            .col_expr(wallets::Column::MonthWindow, Expr::value(month.clone()))
+            .filter(wallets::Column::AgentId.eq(agent_id))
+            .filter(wallets::Column::MonthWindow.ne(month.clone()))
+            .exec(db)
+            .await
+            .map_err(internal)?;
+    }
     Ok((day, month))
 }
 
