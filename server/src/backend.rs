@@ -107,6 +107,7 @@ impl Services {
             approvals: approvals.clone(),
             breaker,
             metrics: metrics.clone(),
+            commit: crate::proxy::commit::GroupCommit::new(audit.clone(), wallets.clone(), metrics.clone()),
         };
         let agents = AgentService::new(db.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {

@@ -54,6 +54,8 @@ pub struct Metrics {
     spend_micros: Counter,
     breaker_trips: Counter,
     audit_append_seconds: Histogram,
+    group_commits: Counter,
+    group_commit_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +101,18 @@ impl Metrics {
             "Audit transactions, from taking the chain lock to a durable commit",
             audit_append_seconds.clone(),
         );
+        let group_commits = Counter::default();
+        registry.register(
+            "aegis_group_commits",
+            "Transactions (one fsync each) committed by the proxy's group-commit writer",
+            group_commits.clone(),
+        );
+        let group_commit_writes = Counter::default();
+        registry.register(
+            "aegis_group_commit_writes",
+            "Hot-path writes (hold + intent, settlement + outcome) those transactions carried",
+            group_commit_writes.clone(),
+        );
         Self {
             registry,
             proxy_requests,
@@ -107,6 +121,8 @@ impl Metrics {
             spend_micros,
             breaker_trips,
             audit_append_seconds,
+            group_commits,
+            group_commit_writes,
         }
     }
 
@@ -134,6 +150,12 @@ impl Metrics {
 
     pub fn audit_appended(&self, took: Duration) {
         self.audit_append_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One group commit carrying `writes` hot-path writes.
+    pub fn group_committed(&self, writes: usize) {
+        self.group_commits.inc();
+        self.group_commit_writes.inc_by(writes as u64);
     }
 
     /// The text exposition: the counters and histograms above, then gauges read

@@ -94,31 +94,49 @@ async fn roll_windows(
     agent_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<(String, String), AppError> {
-    let tz: Option<String> = wallets::Entity::find_by_id(agent_id)
+    // One read; the conditional UPDATEs run only when a window has actually ended
+    // (rarely: once a day), and stay safe to race when they do.
+    let stored: Option<(String, String, String)> = wallets::Entity::find_by_id(agent_id)
         .select_only()
         .column(wallets::Column::Timezone)
+        .column(wallets::Column::DayWindow)
+        .column(wallets::Column::MonthWindow)
         .into_tuple()
         .one(db)
         .await
         .map_err(internal)?;
-    let (day, month) = windows(at, zone(tz.as_deref().unwrap_or("UTC")));
-    wallets::Entity::update_many()
-        .col_expr(wallets::Column::DailySpentMicros, Expr::value(0i64))
-        .col_expr(wallets::Column::DayWindow, Expr::value(day.clone()))
-        .filter(wallets::Column::AgentId.eq(agent_id))
-        .filter(wallets::Column::DayWindow.ne(day.clone()))
-        .exec(db)
-        .await
-        .map_err(internal)?;
-    wallets::Entity::update_many()
-        .col_expr(wallets::Column::MonthlySpentMicros, Expr::value(0i64))
-        .col_expr(wallets::Column::MonthWindow, Expr::value(month.clone()))
-        .filter(wallets::Column::AgentId.eq(agent_id))
-        .filter(wallets::Column::MonthWindow.ne(month.clone()))
-        .exec(db)
-        .await
-        .map_err(internal)?;
+    let Some((tz, stored_day, stored_month)) = stored else {
+        return Ok(windows(at, Tz::UTC));
+    };
+    let (day, month) = windows(at, zone(&tz));
+    if stored_day != day {
+        wallets::Entity::update_many()
+            .col_expr(wallets::Column::DailySpentMicros, Expr::value(0i64))
+            .col_expr(wallets::Column::DayWindow, Expr::value(day.clone()))
+            .filter(wallets::Column::AgentId.eq(agent_id))
+            .filter(wallets::Column::DayWindow.ne(day.clone()))
+            .exec(db)
+            .await
+            .map_err(internal)?;
+    }
+    if stored_month != month {
+        wallets::Entity::update_many()
+            .col_expr(wallets::Column::MonthlySpentMicros, Expr::value(0i64))
+            .col_expr(wallets::Column::MonthWindow, Expr::value(month.clone()))
+            .filter(wallets::Column::AgentId.eq(agent_id))
+            .filter(wallets::Column::MonthWindow.ne(month.clone()))
+            .exec(db)
+            .await
+            .map_err(internal)?;
+    }
     Ok((day, month))
+}
+
+/// A hold resolved inside a transaction: the alerts it claimed are announced
+/// ([`WalletService::announce`]) only once that transaction committed.
+pub struct Resolved {
+    agent_id: Uuid,
+    alerts: Vec<Alert>,
 }
 
 /// A threshold crossed for the first time in a window.
@@ -194,23 +212,40 @@ impl WalletService {
         request_id: &str,
         amount: i64,
     ) -> Result<Reservation, AppError> {
-        let at = now();
         let txn = begin_write(&self.db).await?;
-        let (day, month) = roll_windows(&txn, agent_id, at).await?;
+        let reservation = self.reserve_in(&txn, agent_id, request_id, amount).await?;
+        match reservation {
+            Reservation::Held => txn.commit().await.map_err(internal)?,
+            Reservation::Refused { .. } => txn.rollback().await.map_err(internal)?,
+        }
+        Ok(reservation)
+    }
+
+    /// [`Self::reserve`] inside the caller's write transaction, which commits it (the
+    /// proxy's group commit puts the hold and its intent record in one transaction).
+    /// A refusal changes nothing but the idempotent window roll-over.
+    pub async fn reserve_in(
+        &self,
+        db: &impl ConnectionTrait,
+        agent_id: Uuid,
+        request_id: &str,
+        amount: i64,
+    ) -> Result<Reservation, AppError> {
+        let at = now();
+        let (day, month) = roll_windows(db, agent_id, at).await?;
         let held = wallets::Entity::update_many()
             .col_expr(wallets::Column::ReservedMicros, Expr::col(wallets::Column::ReservedMicros).add(amount))
             .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
             .filter(wallets::Column::AgentId.eq(agent_id))
             .filter(within(wallets::Column::DailyLimitMicros, wallets::Column::DailySpentMicros, amount))
             .filter(within(wallets::Column::MonthlyLimitMicros, wallets::Column::MonthlySpentMicros, amount))
-            .exec(&txn)
+            .exec(db)
             .await
             .map_err(internal)?
             .rows_affected
             == 1;
         if !held {
-            let wallet = wallets::Entity::find_by_id(agent_id).one(&txn).await.map_err(internal)?;
-            txn.rollback().await.map_err(internal)?;
+            let wallet = wallets::Entity::find_by_id(agent_id).one(db).await.map_err(internal)?;
             let remaining = |limit: i64, spent: i64, reserved: i64| {
                 (limit > 0).then(|| Ord::max(limit - spent - reserved, 0))
             };
@@ -246,10 +281,9 @@ impl WalletService {
             expires_at: Set(at + chrono::Duration::from_std(self.reservation_ttl).unwrap_or_default()),
             resolved_at: Set(None),
         }
-        .insert(&txn)
+        .insert(db)
         .await
         .map_err(internal)?;
-        txn.commit().await.map_err(internal)?;
         Ok(Reservation::Held)
     }
 
@@ -265,30 +299,48 @@ impl WalletService {
     }
 
     async fn resolve(&self, request_id: &str, status: &str, actual: Option<i64>) -> Result<bool, AppError> {
-        let at = now();
         let txn = begin_write(&self.db).await?;
+        let Some(resolved) = self.resolve_in(&txn, request_id, status, actual).await? else {
+            txn.rollback().await.map_err(internal)?;
+            return Ok(false);
+        };
+        txn.commit().await.map_err(internal)?;
+        self.announce(resolved).await;
+        Ok(true)
+    }
+
+    /// Resolves a hold inside the caller's write transaction: `status` is `settled`
+    /// (charging `actual`), `released` or `expired`. `None` if it was no longer held.
+    /// Hand the result to [`Self::announce`] once the transaction committed.
+    pub async fn resolve_in(
+        &self,
+        db: &impl ConnectionTrait,
+        request_id: &str,
+        status: &str,
+        actual: Option<i64>,
+    ) -> Result<Option<Resolved>, AppError> {
+        let at = now();
         let claimed = ledger_entries::Entity::update_many()
             .col_expr(ledger_entries::Column::Status, Expr::value(status))
             .col_expr(ledger_entries::Column::SettledMicros, Expr::value(actual))
             .col_expr(ledger_entries::Column::ResolvedAt, Expr::value(at))
             .filter(ledger_entries::Column::RequestId.eq(request_id))
             .filter(ledger_entries::Column::Status.eq("held"))
-            .exec(&txn)
+            .exec(db)
             .await
             .map_err(internal)?
             .rows_affected
             == 1;
         if !claimed {
-            txn.rollback().await.map_err(internal)?;
-            return Ok(false);
+            return Ok(None);
         }
         let entry = ledger_entries::Entity::find()
             .filter(ledger_entries::Column::RequestId.eq(request_id))
-            .one(&txn)
+            .one(db)
             .await
             .map_err(internal)?
             .ok_or_else(AppError::internal)?;
-        roll_windows(&txn, entry.agent_id, at).await?;
+        roll_windows(db, entry.agent_id, at).await?;
         let charged = actual.unwrap_or(0);
         wallets::Entity::update_many()
             .col_expr(
@@ -305,13 +357,16 @@ impl WalletService {
             )
             .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
             .filter(wallets::Column::AgentId.eq(entry.agent_id))
-            .exec(&txn)
+            .exec(db)
             .await
             .map_err(internal)?;
-        let alerts = if charged > 0 { claim_alerts(&txn, entry.agent_id).await? } else { Vec::new() };
-        txn.commit().await.map_err(internal)?;
-        self.announce_alerts(entry.agent_id, alerts).await;
-        Ok(true)
+        let alerts = if charged > 0 { claim_alerts(db, entry.agent_id).await? } else { Vec::new() };
+        Ok(Some(Resolved { agent_id: entry.agent_id, alerts }))
+    }
+
+    /// Publishes the budget alerts a committed resolution claimed.
+    pub async fn announce(&self, resolved: Resolved) {
+        self.announce_alerts(resolved.agent_id, resolved.alerts).await;
     }
 
     async fn announce_alerts(&self, agent_id: Uuid, alerts: Vec<Alert>) {

@@ -132,7 +132,12 @@ impl AuditTxn {
             tracing::error!("audit entry without a kind");
             return Err(AppError::internal());
         }
-        let (head_seq, head_hash) = self.head().await?;
+        // The chain lock is held from the first head read until commit, so the
+        // record appended last in this transaction is still the head.
+        let (head_seq, head_hash) = match self.appended.last() {
+            Some(last) => (last.seq, last.hash.clone()),
+            None => self.head().await?,
+        };
         let mut record = audit_events::Model {
             seq: head_seq + 1,
             id: Uuid::now_v7(),

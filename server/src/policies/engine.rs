@@ -131,8 +131,13 @@ impl PolicyEngine {
     /// Evaluates `source` against `input`. Never fails: every problem is a deny with
     /// the problem in `error`.
     pub fn evaluate(&self, source: &str, input: &serde_json::Value) -> Evaluation {
+        self.evaluate_canonical(source, &canonical_json(input))
+    }
+
+    /// [`Self::evaluate`] with the input already in canonical JSON: the proxy keeps
+    /// that text for the audit record too, so it is made once per request.
+    pub fn evaluate_canonical(&self, source: &str, canonical: &str) -> Evaluation {
         let policy_sha256 = sha256_hex(source.as_bytes());
-        let canonical = canonical_json(input);
         let input_sha256 = sha256_hex(canonical.as_bytes());
         let deny = |error: String| Evaluation {
             decision: Decision::Deny,
@@ -146,7 +151,7 @@ impl PolicyEngine {
             Ok(c) => c,
             Err(e) => return deny(format!("policy does not compile: {e}")),
         };
-        let input = match Value::from_json_str(&canonical) {
+        let input = match Value::from_json_str(canonical) {
             Ok(v) => v,
             Err(e) => return deny(format!("policy input: {e}")),
         };

@@ -6,7 +6,8 @@ use app::error::AppError;
 use app::model::{NewPolicy, PolicySummary, PolicyUpdate, PolicyView, SessionUser};
 use entity::{policies, policy_versions};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -37,14 +38,23 @@ pub fn builtin_id(name: &str) -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("aegis.policy.{name}").as_bytes())
 }
 
+/// Policy versions by (policy, version). Versions are append-only and never change,
+/// so an entry never goes stale: a policy update makes a new version, which the
+/// per-call read of the policy's `current_version` finds at once, in every replica.
+type VersionCache = std::sync::RwLock<std::collections::HashMap<(Uuid, i32), policy_versions::Model>>;
+
+/// Versions kept in memory before the cache starts over.
+const VERSION_CACHE_LIMIT: usize = 1024;
+
 #[derive(Clone)]
 pub struct PolicyService {
     db: DatabaseConnection,
+    versions: std::sync::Arc<VersionCache>,
 }
 
 impl PolicyService {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, versions: Default::default() }
     }
 
     /// Makes the stored built-ins match the shipped sources, adding a version when
@@ -270,11 +280,34 @@ impl PolicyService {
     /// or the built-in default when it has none.
     pub async fn source_for(&self, policy_id: Option<Uuid>) -> Result<policy_versions::Model, AppError> {
         let id = policy_id.unwrap_or_else(|| builtin_id(DEFAULT_POLICY));
-        let policy = policies::Entity::find_by_id(id).one(&self.db).await.map_err(internal)?;
-        match policy {
-            Some(p) => self.current_version(&p).await,
-            None => Err(AppError::internal()),
+        let current: Option<i32> = policies::Entity::find_by_id(id)
+            .select_only()
+            .column(policies::Column::CurrentVersion)
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(internal)?;
+        let Some(current) = current else { return Err(AppError::internal()) };
+        let cached = self.versions.read().unwrap_or_else(|e| e.into_inner()).get(&(id, current)).cloned();
+        if let Some(version) = cached {
+            return Ok(version);
         }
+        let version = policy_versions::Entity::find()
+            .filter(policy_versions::Column::PolicyId.eq(id))
+            .filter(policy_versions::Column::Version.eq(current))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                tracing::error!(policy = %id, "policy has no current version");
+                AppError::internal()
+            })?;
+        let mut cache = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERSION_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert((id, current), version.clone());
+        Ok(version)
     }
 
     /// Any stored version by its source digest (for replay).

@@ -2,13 +2,15 @@
 //!
 //! authenticate (HTTP extractor) → [`breaker`] → [`policy`] → [`egress`] →
 //! [`secret`] → approval ([`crate::approvals`]: park the request, or use a grant) →
-//! budget ([`crate::wallets`]) → write intent (audit) → perform ([`upstream`]) →
-//! settle → write outcome (audit) → respond; then the breaker counts the call.
+//! budget ([`crate::wallets`]) + write intent (audit) → perform ([`upstream`]) →
+//! settle + write outcome (audit) → respond; then the breaker counts the call.
+//! Each "+" is one transaction, group-committed with other requests' ([`commit`]).
 //!
 //! Every stage records what it decided, and how long it took, into one
 //! [`DecisionRecord`] that is kept with the audit record.
 
 pub mod breaker;
+pub mod commit;
 pub mod egress;
 pub mod idempotency;
 pub mod policy;
@@ -37,6 +39,7 @@ use crate::trust::{TrustEvent, TrustService};
 use crate::wallets::{Reservation, WalletService};
 use breaker::windows::{Kind, Observation};
 use breaker::{Admission, BreakerService};
+use commit::{GroupCommit, Intent};
 use egress::EgressGuard;
 use request::ProxyRequest;
 use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
@@ -177,6 +180,8 @@ pub struct Pipeline {
     pub approvals: ApprovalService,
     pub breaker: BreakerService,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Holds + intents and settlements + outcomes, many requests per transaction.
+    pub commit: GroupCommit,
 }
 
 /// A fresh request id, `req_` + a UUIDv7: made by AEGIS, never taken from the client.
@@ -393,9 +398,10 @@ impl Pipeline {
             Err(e) => undecided!(storage_failure(request_id, e)),
         };
         let input = policy::input(&agent.agent, &request, &parsed, estimate, wallet.as_ref(), at);
-        let evaluation = self.engine.evaluate(&version.source, &input);
+        let canonical_input = canonical_json(&input);
+        let evaluation = self.engine.evaluate_canonical(&version.source, &canonical_input);
         trail.policy_hash = Some(evaluation.policy_sha256.clone());
-        trail.policy_input = Some(canonical_json(&input));
+        trail.policy_input = Some(canonical_input);
         reasons = evaluation.reasons.clone();
         policy_verdict = json!({"decision": evaluation.decision, "reasons": evaluation.reasons, "error": evaluation.error});
         let mut needs_approval = false;
@@ -490,10 +496,26 @@ impl Pipeline {
             }
         }
 
-        // Stage: budget.
-        match self.wallets.reserve(agent.agent.id, &request_id, estimate).await {
-            Ok(Reservation::Held) => record.note("budget", format!("reserved {estimate}")),
-            Ok(Reservation::Refused { daily_remaining_micros, monthly_remaining_micros }) => {
+        // Stage: budget, and write intent: the hold and the intent record commit
+        // together (group-committed with other requests'), durable before anything
+        // leaves AEGIS.
+        record.note("budget", format!("reserving {estimate}"));
+        let intent = trail.entry(
+            "proxy.intent",
+            None,
+            "allow",
+            json!({"reasons": reasons, "stages": record.stages, "label": request.label, "estimate_micros": estimate,
+                   "policy": policy_verdict, "approval_id": approved, "grant_id": grant}),
+        );
+        let intent = AuditEntry { cost_micros: estimate, ..intent };
+        match self.commit.intent(agent.agent.id, &request_id, estimate, intent).await {
+            Ok(Intent::Recorded(_)) => record.note("intent", format!("reserved {estimate}, recorded")),
+            Ok(Intent::Refused(Reservation::Refused {
+                daily_remaining_micros,
+                monthly_remaining_micros,
+            })) => {
+                // The budget stage answers instead of the optimistic note above.
+                record.stages.pop();
                 let remaining = json!({"daily_remaining_micros": daily_remaining_micros, "monthly_remaining_micros": monthly_remaining_micros, "cost_micros": estimate});
                 self.events.publish(Event::new(
                     events::BUDGET_EXHAUSTED,
@@ -504,22 +526,13 @@ impl Pipeline {
                 ));
                 deny!(Stage::Budget, "budget exceeded".to_owned(), remaining)
             }
+            // `Refused` always carries a refusal; anything else is a bug, refused safely.
+            Ok(Intent::Refused(Reservation::Held)) => {
+                undecided!(storage_failure(request_id, AppError::internal()))
+            }
+            // Rolled back: no hold, no intent, nothing performed.
             Err(e) => undecided!(storage_failure(request_id, e)),
         }
-
-        // Write intent: durable before anything leaves AEGIS.
-        let intent = trail.entry(
-            "proxy.intent",
-            None,
-            "allow",
-            json!({"reasons": reasons, "stages": record.stages, "label": request.label, "estimate_micros": estimate,
-                   "policy": policy_verdict, "approval_id": approved, "grant_id": grant}),
-        );
-        if let Err(e) = self.audit.append(AuditEntry { cost_micros: estimate, ..intent }).await {
-            let _ = self.wallets.release(&request_id).await;
-            undecided!(storage_failure(request_id, e));
-        }
-        record.note("intent", "recorded");
 
         // Perform. Gateway answers stream through; execute answers are read whole.
         let called = if request.stream_response {
@@ -557,13 +570,6 @@ impl Pipeline {
             Ok(response) => {
                 let status = response.status();
                 record.note("upstream", format!("status {status}"));
-                match self.wallets.settle(&request_id, estimate).await {
-                    Ok(true) => self.metrics.settled(estimate),
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(request = %request_id, error = %e.message, "settlement failed; the hold expires")
-                    }
-                }
                 (
                     Outcome::Performed { upstream: response, cost_micros: estimate },
                     "allow",
@@ -573,7 +579,6 @@ impl Pipeline {
             }
             Err(error) => {
                 record.note("upstream", error.reason());
-                let _ = self.wallets.release(&request_id).await;
                 let (stage, status) = match &error {
                     UpstreamError::Egress(_) => (Stage::Egress, 403),
                     UpstreamError::Timeout => (Stage::Upstream, 504),
@@ -599,7 +604,35 @@ impl Pipeline {
         entry.status = status.map(i32::from);
         entry.cost_micros = cost;
         entry.duration_us = record.elapsed_micros();
-        let appended = self.audit.append(entry).await;
+        // Settled at the cost (or released when nothing was performed) together
+        // with the outcome record.
+        let charge = matches!(outcome, Outcome::Performed { .. }).then_some(cost);
+        let appended = match self.commit.outcome(agent.agent.id, &request_id, charge, entry).await {
+            Ok(done) => {
+                if done.resolved
+                    && let Some(charged) = charge
+                {
+                    self.metrics.settled(charged);
+                }
+                Ok(done.appended)
+            }
+            Err(e) => {
+                // The call happened: still try to charge it on its own (a hold left
+                // behind would expire uncharged).
+                let resolved = match charge {
+                    Some(charged) => self.wallets.settle(&request_id, charged).await,
+                    None => self.wallets.release(&request_id).await,
+                };
+                match resolved {
+                    Ok(true) => self.metrics.settled(charge.unwrap_or(0)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(request = %request_id, error = %e.message, "settlement failed; the hold expires")
+                    }
+                }
+                Err(e)
+            }
+        };
         // Trust: a call that reached the upstream and got < 500 is a success; 5xx,
         // timeouts and unreachable upstreams change nothing; a blocked redirect hop
         // is an egress block.

@@ -14,6 +14,7 @@ mod errors;
 mod events;
 mod faults;
 mod fuzz;
+mod group_commit;
 mod lifecycle;
 mod mock;
 mod observability;

@@ -1,0 +1,311 @@
+//! Group commit of the proxy's hot-path writes.
+//!
+//! Every performed call writes twice: before the upstream call, the budget hold
+//! and the `proxy.intent` record; after it, the settlement (or release) and the
+//! `proxy.outcome` record. Each pair is one transaction, so a hold never exists
+//! without its intent. One writer task per process owns these transactions: it
+//! takes whatever writes are queued (up to [`MAX_BATCH`]), applies them all in ONE
+//! transaction — one fsync for the batch — and only then answers each waiter. The
+//! guarantees stay per request: a caller learns its intent is recorded only once
+//! it is durable, and it performs the call only after that.
+//!
+//! Inside a batch, wallet rows are touched first, in agent order, and the audit
+//! records are appended last, in arrival order (the chain's seq/prev_hash order).
+//! On PostgreSQL that keeps one lock order for every batch in every replica — row
+//! locks, then the chain's advisory lock — so batches of two replicas never
+//! deadlock on each other; holds stay exact because each is still the wallet's
+//! conditional UPDATE.
+//!
+//! If any statement of a batch fails, the batch is rolled back and each write is
+//! retried alone, so one bad write fails only itself. A failed COMMIT is not
+//! retried (its outcome is unknown): every waiter gets the error, and nothing is
+//! performed for an intent whose commit failed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use app::error::AppError;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::audit::{Appended, AuditEntry, AuditLog, AuditTxn};
+use crate::metrics::Metrics;
+use crate::wallets::{Reservation, Resolved, WalletService};
+
+/// Most writes in one transaction: bounds how long the chain lock is held.
+pub const MAX_BATCH: usize = 128;
+
+/// The hold and intent of one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Held and recorded, durably.
+    Recorded(Appended),
+    /// Over a limit; nothing was recorded.
+    Refused(Reservation),
+}
+
+/// The settlement and outcome of one request.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Whether this resolved the hold (false: it was already resolved).
+    pub resolved: bool,
+    pub appended: Appended,
+}
+
+/// What the writer has done so far (also exported as metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed: one fsync each.
+    pub commits: u64,
+    /// Writes those transactions carried.
+    pub writes: u64,
+    /// Batches rolled back and retried write by write.
+    pub retried_batches: u64,
+}
+
+#[derive(Clone)]
+enum Write {
+    Intent {
+        agent_id: Uuid,
+        request_id: String,
+        amount: i64,
+        entry: AuditEntry,
+    },
+    /// `charge`: settle at this cost, or release when `None`.
+    Outcome {
+        agent_id: Uuid,
+        request_id: String,
+        charge: Option<i64>,
+        entry: AuditEntry,
+    },
+}
+
+impl Write {
+    fn agent_id(&self) -> Uuid {
+        match self {
+            Write::Intent { agent_id, .. } | Write::Outcome { agent_id, .. } => *agent_id,
+        }
+    }
+}
+
+enum Done {
+    Intent(Intent),
+    Outcome(Outcome),
+}
+
+struct Queued {
+    write: Write,
+    reply: oneshot::Sender<Result<Done, AppError>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    retried_batches: AtomicU64,
+}
+
+/// What the writer task needs; it holds no sender, so it ends when the last
+/// [`GroupCommit`] handle is dropped.
+#[derive(Clone)]
+struct Writer {
+    audit: AuditLog,
+    wallets: WalletService,
+    metrics: Arc<Metrics>,
+    counters: Arc<Counters>,
+}
+
+/// The writer task's queue and state, until the first write starts it.
+type Unstarted = (mpsc::UnboundedReceiver<Queued>, Writer);
+
+/// The handle callers queue writes on. Clones share one writer task, started on
+/// first use (inside the runtime).
+#[derive(Clone)]
+pub struct GroupCommit {
+    queue: mpsc::UnboundedSender<Queued>,
+    pending: Arc<Mutex<Option<Unstarted>>>,
+    counters: Arc<Counters>,
+}
+
+impl GroupCommit {
+    pub fn new(audit: AuditLog, wallets: WalletService, metrics: Arc<Metrics>) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let writer = Writer { audit, wallets, metrics, counters: counters.clone() };
+        Self { queue, pending: Arc::new(Mutex::new(Some((rx, writer)))), counters }
+    }
+
+    /// Holds `amount` for `request_id` and records `entry` (the intent) in the same
+    /// transaction; durable when this returns `Recorded`.
+    pub async fn intent(
+        &self,
+        agent_id: Uuid,
+        request_id: &str,
+        amount: i64,
+        entry: AuditEntry,
+    ) -> Result<Intent, AppError> {
+        let write = Write::Intent { agent_id, request_id: request_id.to_owned(), amount, entry };
+        match self.submit(write).await? {
+            Done::Intent(intent) => Ok(intent),
+            Done::Outcome(_) => Err(AppError::internal()),
+        }
+    }
+
+    /// Settles the hold at `charge` (or releases it, `None`) and records `entry`
+    /// (the outcome) in the same transaction.
+    pub async fn outcome(
+        &self,
+        agent_id: Uuid,
+        request_id: &str,
+        charge: Option<i64>,
+        entry: AuditEntry,
+    ) -> Result<Outcome, AppError> {
+        let write = Write::Outcome { agent_id, request_id: request_id.to_owned(), charge, entry };
+        match self.submit(write).await? {
+            Done::Outcome(outcome) => Ok(outcome),
+            Done::Intent(_) => Err(AppError::internal()),
+        }
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+            retried_batches: self.counters.retried_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn submit(&self, write: Write) -> Result<Done, AppError> {
+        let taken = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((rx, writer)) = taken {
+            tokio::spawn(writer.run(rx));
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send(Queued { write, reply }).is_err() {
+            tracing::error!("the group-commit writer is gone");
+            return Err(AppError::internal());
+        }
+        answer.await.unwrap_or_else(|_| {
+            tracing::error!("the group-commit writer dropped a write");
+            Err(AppError::internal())
+        })
+    }
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        while let Some(first) = rx.recv().await {
+            // Whatever queued up while the previous batch was committing goes next.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Queued>) {
+        let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().map(|q| (q.write, q.reply)).unzip();
+        match self.apply(&writes).await {
+            Ok((txn, applied)) => {
+                let committed = self.finish(txn, writes.len()).await;
+                self.answer(replies, committed.map(|()| applied)).await;
+            }
+            Err(e) if writes.len() == 1 => self.answer(replies, Err(e)).await,
+            Err(_) => {
+                // Rolled back (the transaction was dropped): each write alone, so
+                // only the one that fails is refused.
+                self.counters.retried_batches.fetch_add(1, Ordering::Relaxed);
+                for (write, reply) in writes.into_iter().zip(replies) {
+                    let one = std::slice::from_ref(&write);
+                    let result = match self.apply(one).await {
+                        Ok((txn, applied)) => self.finish(txn, 1).await.map(|()| applied),
+                        Err(e) => Err(e),
+                    };
+                    self.answer(vec![reply], result).await;
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, txn: AuditTxn, writes: usize) -> Result<(), AppError> {
+        txn.commit().await?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        self.metrics.group_committed(writes);
+        Ok(())
+    }
+
+    /// Answers every waiter: with its own result, or with the batch's error. Budget
+    /// alerts claimed by a committed settlement are announced afterwards.
+    async fn answer(
+        &self,
+        replies: Vec<oneshot::Sender<Result<Done, AppError>>>,
+        result: Result<Vec<(Done, Option<Resolved>)>, AppError>,
+    ) {
+        match result {
+            Ok(applied) => {
+                let mut resolved_holds = Vec::new();
+                for (reply, (done, resolved)) in replies.into_iter().zip(applied) {
+                    resolved_holds.extend(resolved);
+                    // A waiter that went away (its client hung up) changes nothing.
+                    let _ = reply.send(Ok(done));
+                }
+                for resolved in resolved_holds {
+                    self.wallets.announce(resolved).await;
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// All of `writes` in one uncommitted transaction: wallet rows first in agent
+    /// order, then the audit records in arrival order.
+    async fn apply(&self, writes: &[Write]) -> Result<(AuditTxn, Vec<(Done, Option<Resolved>)>), AppError> {
+        let mut txn = self.audit.begin().await?;
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by_key(|&i| writes[i].agent_id());
+        let mut wallet_results: Vec<Option<WalletResult>> = (0..writes.len()).map(|_| None).collect();
+        for i in order {
+            let result = match &writes[i] {
+                Write::Intent { agent_id, request_id, amount, .. } => WalletResult::Reserved(
+                    self.wallets.reserve_in(txn.conn(), *agent_id, request_id, *amount).await?,
+                ),
+                Write::Outcome { request_id, charge, .. } => {
+                    let status = if charge.is_some() { "settled" } else { "released" };
+                    WalletResult::Resolved(
+                        self.wallets.resolve_in(txn.conn(), request_id, status, *charge).await?,
+                    )
+                }
+            };
+            wallet_results[i] = Some(result);
+        }
+        let mut applied = Vec::with_capacity(writes.len());
+        for (write, result) in writes.iter().zip(wallet_results) {
+            let (Write::Intent { entry, .. } | Write::Outcome { entry, .. }) = write;
+            applied.push(match result.ok_or_else(AppError::internal)? {
+                WalletResult::Reserved(Reservation::Held) => {
+                    (Done::Intent(Intent::Recorded(txn.append(entry.clone()).await?)), None)
+                }
+                WalletResult::Reserved(refused) => (Done::Intent(Intent::Refused(refused)), None),
+                WalletResult::Resolved(resolved) => {
+                    let appended = txn.append(entry.clone()).await?;
+                    (Done::Outcome(Outcome { resolved: resolved.is_some(), appended }), resolved)
+                }
+            });
+        }
+        Ok((txn, applied))
+    }
+}
+
+enum WalletResult {
+    Reserved(Reservation),
+    Resolved(Option<Resolved>),
+}
