@@ -54,6 +54,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("agents") view=pages::agents::AgentsPage ssr=SsrMode::Async/>
                     <Route path=path!("approvals") view=pages::approvals::ApprovalsPage ssr=SsrMode::Async/>
                     <Route path=path!("audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>
+                    <Route path=path!("policies") view=pages::policies::PoliciesPage ssr=SsrMode::Async/>
+                    <Route path=path!("account") view=pages::account::AccountPage ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

@@ -41,6 +41,8 @@ pub fn SignedIn() -> impl IntoView {
                         </Transition>
                     </A>
                     <A href="/audit">"Audit"</A>
+                    <A href="/policies">"Policies"</A>
+                    <A href="/account">"Account"</A>
                 </nav>
                 <span class="live" data-live=move || if live.connected.get() { "on" } else { "off" }
                     title=move || if live.connected.get() { "Live updates on" } else { "Live updates reconnecting" }>

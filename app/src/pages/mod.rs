@@ -1,9 +1,11 @@
+pub mod account;
 pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod layout;
 pub mod overview;
+pub mod policies;
 
 use leptos::prelude::*;
 
