@@ -192,3 +192,62 @@ async fn dashboard_stats_count_what_agents_did() {
     let r = s.send(Method::GET, "/api/dashboard/stats", None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+/// The pages render on the server with the same numbers (no WebAssembly needed).
+#[tokio::test]
+async fn overview_policies_and_account_pages_render_server_side() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32")]).await;
+    let sponsor = s.sponsor("pages").await;
+    let page = |path: &str| {
+        let path = path.to_owned();
+        let req = s.http.get(s.url(&path)).header("cookie", format!("aegis_at={}", sponsor.access));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            r.text().await.unwrap()
+        }
+    };
+
+    let empty = page("/").await;
+    assert!(empty.contains("No agents yet") && empty.contains("No agent calls in this period."), "{empty}");
+    assert!(!empty.contains("<svg"), "no chart without data");
+
+    let (_, key) = agent_with(&s, &sponsor, json!({"name": "pages-bot"})).await;
+    let r =
+        execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 250_000})).await;
+    assert_eq!(r.body["decision"], "allow", "{}", r.text);
+    let r = execute(&s, &key, json!({"method": "GET", "url": "http://10.0.0.1/"})).await;
+    assert_eq!(r.body["stage"], "egress", "{}", r.text);
+
+    for path in ["/", "/?range=30d"] {
+        let html = page(path).await;
+        for needle in [
+            "id=\"spend-chart\"",
+            "id=\"actions-chart\"",
+            "<title id=\"actions-chart-title\">Actions over time: 1 allowed, 1 denied, 0 errors.</title>",
+            "class=\"bar allow\"",
+            "class=\"bar deny\"",
+            "data-stage=\"egress\"",
+            "$0.25",
+            "id=\"latest-events\"",
+        ] {
+            assert!(html.contains(needle), "{path} lacks {needle}");
+        }
+    }
+    let policies = page("/policies").await;
+    for needle in ["data-policy=\"default\"", "data-policy=\"permissive\"", "playground-form", "pages-bot"] {
+        assert!(policies.contains(needle), "/policies lacks {needle}");
+    }
+    let default = policies_id(&s, &sponsor, "default").await;
+    let builtin = page(&format!("/policies?id={default}")).await;
+    assert!(builtin.contains("read-only") && builtin.contains("writes need approval below trust 700"));
+    let account = page("/account").await;
+    assert!(account.contains("this session") && account.contains("data-current=\"true\""), "{account}");
+}
+
+async fn policies_id(s: &TestServer, sponsor: &Sponsor, name: &str) -> String {
+    let r = s.get("/api/policies", &sponsor.access).await;
+    let list = r.body.as_array().unwrap();
+    list.iter().find(|p| p["name"] == name).unwrap()["id"].as_str().unwrap().to_owned()
+}
