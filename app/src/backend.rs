@@ -123,4 +123,22 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
     /// The configured public origin (`AEGIS_PUBLIC_URL`), for URLs shown to sponsors.
     fn public_origin(&self) -> Option<String>;
+
+    // --- policy playground, sessions and the overview ---
+    /// Evaluates a policy for one of the sponsor's agents and a sample action without
+    /// performing it: nothing is audited, reserved or spent.
+    async fn evaluate_policy(
+        &self,
+        sponsor: &SessionUser,
+        trial: PolicyTrial,
+    ) -> Result<PolicyVerdict, AppError>;
+    /// The sponsor's live sessions, most recently used first.
+    async fn list_sessions(&self, sponsor: &SessionUser) -> Result<Vec<SessionView>, AppError>;
+    /// Ends one of the sponsor's sessions (its refresh token stops working at once).
+    async fn revoke_session(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
+    async fn dashboard_stats(
+        &self,
+        sponsor: &SessionUser,
+        range: StatsRange,
+    ) -> Result<DashboardStats, AppError>;
 }

@@ -642,3 +642,155 @@ pub struct ChainVerdict {
     pub first_bad_seq: Option<i64>,
     pub reason: Option<String>,
 }
+
+/// A dry run of a policy (`POST /api/policies/evaluate`): what the policy stage would
+/// decide for one of your agents and a sample action. Nothing is performed, audited
+/// or spent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTrial {
+    pub agent_id: Uuid,
+    /// The policy to try; the agent's own policy when absent.
+    #[serde(default)]
+    pub policy_id: Option<Uuid>,
+    /// Unsaved Rego to try instead of a stored policy (an edit before saving).
+    #[serde(default)]
+    pub source: Option<String>,
+    #[cfg_attr(feature = "ssr", schema(example = "POST"))]
+    pub method: String,
+    #[cfg_attr(feature = "ssr", schema(example = "https://api.github.com/repos/o/r/issues"))]
+    pub url: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
+}
+
+/// What the policy decided in a dry run, with the input it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct PolicyVerdict {
+    /// `allow`, `deny` or `require_approval`.
+    pub decision: String,
+    pub reasons: Vec<String>,
+    /// Why the engine denied on its own (evaluation error, time-out, bad output).
+    pub error: Option<String>,
+    /// SHA-256 of the source that was evaluated.
+    pub policy_sha256: String,
+    /// The policy input document, as the proxy's policy stage builds it (JSON text).
+    pub input: String,
+}
+
+/// One sign-in session (a refresh-token family).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct SessionView {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// The session this request was made in.
+    pub current: bool,
+}
+
+/// The overview's time range: 24 hourly or 30 daily buckets (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub enum StatsRange {
+    #[default]
+    #[serde(rename = "24h")]
+    Day,
+    #[serde(rename = "30d")]
+    Month,
+}
+
+impl StatsRange {
+    /// `24h` or `30d` (blank means `24h`); anything else is a 422.
+    pub fn parse(text: Option<&str>) -> Result<Self, crate::error::AppError> {
+        match text.map(str::trim) {
+            None | Some("") | Some("24h") => Ok(Self::Day),
+            Some("30d") => Ok(Self::Month),
+            Some(_) => Err(crate::error::AppError::new(422, "invalid_range", "range must be 24h or 30d")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "24h",
+            Self::Month => "30d",
+        }
+    }
+}
+
+/// `GET /api/dashboard/stats` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+pub struct StatsQuery {
+    /// `24h` (hourly buckets, the default) or `30d` (daily buckets).
+    pub range: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct StageCount {
+    pub stage: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct TierCount {
+    pub tier: String,
+    pub count: i64,
+}
+
+/// Spend in the current windows of each agent's wallet, against the summed limits
+/// (agents without a limit add nothing to the limit; see `unlimited_agents`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct SpendSummary {
+    pub today_micros: i64,
+    pub month_micros: i64,
+    pub daily_limit_micros: i64,
+    pub monthly_limit_micros: i64,
+    /// Agents with no daily or no monthly limit.
+    pub unlimited_agents: i64,
+}
+
+/// One bucket of the time series: decided agent calls and what they spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct StatsBucket {
+    pub start: DateTime<Utc>,
+    pub allow: i64,
+    pub deny: i64,
+    pub error: i64,
+    pub spend_micros: i64,
+}
+
+/// The overview's numbers (`GET /api/dashboard/stats`). "Today" is the UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct DashboardStats {
+    pub range: StatsRange,
+    pub generated_at: DateTime<Utc>,
+    /// Agent calls decided today (performed, denied or failed).
+    pub actions_today: i64,
+    /// Today's denials, by the pipeline stage that denied.
+    pub denials_by_stage: Vec<StageCount>,
+    pub spend: SpendSummary,
+    pub pending_approvals: i64,
+    pub active_agents: i64,
+    pub suspended_agents: i64,
+    /// Live agents per trust tier, lowest tier first (every tier listed).
+    pub trust_tiers: Vec<TierCount>,
+    /// Oldest first: 24 hourly or 30 daily buckets ending with the current one.
+    pub series: Vec<StatsBucket>,
+    /// The last 10 audit records, newest first.
+    pub latest: Vec<AuditRecord>,
+}

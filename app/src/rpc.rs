@@ -585,6 +585,109 @@ fn parse_limit(label: &str, text: Option<String>) -> Result<Option<i64>, AppErro
     }
 }
 
+#[server(prefix = "/rpc", endpoint = "get_policy")]
+pub async fn get_policy(id: Uuid) -> Result<PolicyView, AppError> {
+    use ssr::*;
+    respond(async { backend()?.get_policy(&sponsor()?, id).await }).await
+}
+
+/// Creates a policy (no `id`) or saves a new version of one (`id`). The source must
+/// compile; the compiler's message comes back as the error.
+#[server(prefix = "/rpc", endpoint = "save_policy")]
+pub async fn save_policy(
+    id: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    source: String,
+) -> Result<PolicyView, AppError> {
+    use ssr::*;
+    respond(async {
+        let (backend, sponsor) = (backend()?, sponsor()?);
+        let description = description.filter(|d| !d.trim().is_empty());
+        match id.as_deref().map(str::trim).filter(|i| !i.is_empty()) {
+            Some(id) => {
+                let id = id.parse::<Uuid>().map_err(|_| AppError::not_found("policy"))?;
+                backend.update_policy(&sponsor, id, PolicyUpdate { source: Some(source), description }).await
+            }
+            None => {
+                let name = name.unwrap_or_default();
+                let created =
+                    backend.create_policy(&sponsor, NewPolicy { name, description, source }).await?;
+                if is_plain_form_post() {
+                    leptos_axum::redirect(&format!("/policies?id={}", created.id));
+                }
+                Ok(created)
+            }
+        }
+    })
+    .await
+}
+
+/// The playground: a dry run of a policy for an agent and a sample action. `policy`
+/// blank means the agent's own; `cost` is a decimal amount ("0.25").
+#[server(prefix = "/rpc", endpoint = "evaluate_policy")]
+pub async fn evaluate_policy(
+    agent_id: String,
+    policy: Option<String>,
+    method: String,
+    url: String,
+    body: Option<String>,
+    cost: Option<String>,
+) -> Result<PolicyVerdict, AppError> {
+    use ssr::*;
+    respond(async {
+        let agent_id =
+            agent_id.trim().parse::<Uuid>().map_err(|_| AppError::validation("choose one of your agents"))?;
+        let policy_id = match policy.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            Some(p) => Some(p.parse::<Uuid>().map_err(|_| AppError::not_found("policy"))?),
+            None => None,
+        };
+        let trial = PolicyTrial {
+            agent_id,
+            policy_id,
+            method,
+            url,
+            body: body.filter(|b| !b.is_empty()),
+            cost_micros: parse_limit("cost", cost)?,
+            ..PolicyTrial::default()
+        };
+        backend()?.evaluate_policy(&sponsor()?, trial).await
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "list_sessions")]
+pub async fn list_sessions() -> Result<Vec<SessionView>, AppError> {
+    use ssr::*;
+    respond(async { backend()?.list_sessions(&sponsor()?).await }).await
+}
+
+/// Revokes a session; revoking the one in use signs this browser out.
+#[server(prefix = "/rpc", endpoint = "revoke_session")]
+pub async fn revoke_session(id: Uuid) -> Result<(), AppError> {
+    use ssr::*;
+    respond(async {
+        let (backend, sponsor) = (backend()?, sponsor()?);
+        backend.revoke_session(&sponsor, id).await?;
+        if id == sponsor.session_id {
+            set_session_cookies(&backend, None);
+            leptos_axum::redirect("/login");
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[server(prefix = "/rpc", endpoint = "overview_stats")]
+pub async fn overview_stats(range: Option<String>) -> Result<DashboardStats, AppError> {
+    use ssr::*;
+    respond(async {
+        let range = StatsRange::parse(range.as_deref())?;
+        backend()?.dashboard_stats(&sponsor()?, range).await
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,4 +371,30 @@ impl Backend for Services {
     fn public_origin(&self) -> Option<String> {
         self.config.public_url.clone()
     }
+
+    async fn evaluate_policy(
+        &self,
+        sponsor: &SessionUser,
+        trial: PolicyTrial,
+    ) -> Result<PolicyVerdict, AppError> {
+        // Ownership first: another sponsor's agent is "not found".
+        let agent = self.agents.owned(sponsor.user_id, trial.agent_id).await?;
+        self.proxy.dry_run_policy(&agent, trial, self.config.proxy_max_body_bytes).await
+    }
+
+    async fn list_sessions(&self, sponsor: &SessionUser) -> Result<Vec<SessionView>, AppError> {
+        self.auth.sessions(sponsor).await
+    }
+
+    async fn revoke_session(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
+        self.auth.revoke_session(sponsor, id).await
+    }
+
+    async fn dashboard_stats(
+        &self,
+        sponsor: &SessionUser,
+        range: StatsRange,
+    ) -> Result<DashboardStats, AppError> {
+        crate::dashboard::stats(&self.db, &self.audit, sponsor.user_id, range, crate::storage::now()).await
+    }
 }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod connections;
+pub mod dashboard;
 pub mod data_dir;
 pub mod db;
 pub mod demo;

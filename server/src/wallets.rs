@@ -60,7 +60,7 @@ pub fn parse_timezone(name: &str) -> Result<Tz, AppError> {
 }
 
 /// A stored zone; an unreadable one (never written by AEGIS) counts as UTC.
-fn zone(name: &str) -> Tz {
+pub(crate) fn zone(name: &str) -> Tz {
     name.parse().unwrap_or(Tz::UTC)
 }
 

@@ -471,7 +471,7 @@ fn TrustTab(id: Uuid) -> impl IntoView {
 fn TrustHistory(history: Vec<TrustEventView>) -> impl IntoView {
     let svg = trust_chart_svg(&history);
     view! {
-        <div class="chart" inner_html=svg></div>
+        <div class="chart-wrap" inner_html=svg></div>
         <details class="chart-table">
             <summary>"Show as a table"</summary>
             <div class="table-wrap">

@@ -45,6 +45,8 @@ pub fn SignedIn() -> impl IntoView {
                     <A href="/audit">"Audit"</A>
                     <A href="/secrets">"Secrets"</A>
                     <A href="/connections">"Connections"</A>
+                    <A href="/policies">"Policies"</A>
+                    <A href="/account">"Account"</A>
                 </nav>
                 <span class="live" data-live=move || if live.connected.get() { "on" } else { "off" }
                     title=move || if live.connected.get() { "Live updates on" } else { "Live updates reconnecting" }>

@@ -1,3 +1,4 @@
+pub mod account;
 pub mod agent;
 pub mod agents;
 pub mod approvals;
@@ -6,6 +7,7 @@ pub mod auth;
 pub mod connections;
 pub mod layout;
 pub mod overview;
+pub mod policies;
 pub mod secrets;
 
 use leptos::prelude::*;

@@ -503,7 +503,7 @@ impl AgentService {
 
     /// The agent if it belongs to the sponsor; otherwise "not found", whether it
     /// exists for someone else or not at all.
-    async fn owned(&self, sponsor_id: Uuid, id: Uuid) -> Result<agents::Model, AppError> {
+    pub(crate) async fn owned(&self, sponsor_id: Uuid, id: Uuid) -> Result<agents::Model, AppError> {
         agents::Entity::find_by_id(id)
             .filter(agents::Column::SponsorId.eq(sponsor_id))
             .one(&self.db)

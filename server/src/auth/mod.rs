@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::error::AppError;
-use app::model::{AuthResponse, ClientMeta, Credentials, Registration, SessionUser, TokenPair, UserView};
+use app::model::{
+    AuthResponse, ClientMeta, Credentials, Registration, SessionUser, SessionView, TokenPair, UserView,
+};
 use chrono::{DateTime, Utc};
 use entity::{refresh_families, refresh_tokens, users};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -289,6 +292,51 @@ impl AuthService {
             .map_err(internal)?
             .map(|u| view(&u))
             .ok_or_else(|| AppError::unauthorized("account no longer exists"))
+    }
+}
+
+impl AuthService {
+    /// Most sessions a sponsor is shown; older ones still work until they expire.
+    const MAX_LISTED_SESSIONS: u64 = 100;
+
+    /// The sponsor's live sessions (not revoked, not expired), most recently used first.
+    pub async fn sessions(&self, session: &SessionUser) -> Result<Vec<SessionView>, AppError> {
+        let rows = refresh_families::Entity::find()
+            .filter(refresh_families::Column::UserId.eq(session.user_id))
+            .filter(refresh_families::Column::RevokedAt.is_null())
+            .filter(refresh_families::Column::ExpiresAt.gt(now()))
+            .order_by_desc(refresh_families::Column::LastUsedAt)
+            .limit(Self::MAX_LISTED_SESSIONS)
+            .all(&self.db)
+            .await
+            .map_err(internal)?;
+        Ok(rows
+            .into_iter()
+            .map(|f| SessionView {
+                current: f.id == session.session_id,
+                id: f.id,
+                created_at: f.created_at,
+                last_used_at: f.last_used_at,
+                expires_at: f.expires_at,
+                user_agent: f.user_agent,
+                ip: f.ip,
+            })
+            .collect())
+    }
+
+    /// Revokes one of the sponsor's sessions; another sponsor's (or an unknown or
+    /// already ended one) is "not found".
+    pub async fn revoke_session(&self, session: &SessionUser, id: Uuid) -> Result<(), AppError> {
+        let live = refresh_families::Entity::find_by_id(id)
+            .filter(refresh_families::Column::UserId.eq(session.user_id))
+            .filter(refresh_families::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await
+            .map_err(internal)?;
+        if live.is_none() {
+            return Err(AppError::not_found("session"));
+        }
+        self.revoke_family(id, "revoked").await
     }
 }
 

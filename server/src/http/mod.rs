@@ -6,6 +6,7 @@ pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod browser;
+pub mod dashboard;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -78,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route("/approvals/{id}/approve", post(approvals::approve))
         .route("/approvals/{id}/reject", post(approvals::reject))
         .route("/proxy/approvals/{id}", get(approvals::poll))
+        .route("/policies/evaluate", post(dashboard::evaluate_policy))
+        .route("/auth/sessions", get(dashboard::list_sessions))
+        .route("/auth/sessions/{id}", axum::routing::delete(dashboard::revoke_session))
+        .route("/dashboard/stats", get(dashboard::stats))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))

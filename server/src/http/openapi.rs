@@ -76,6 +76,10 @@ use crate::proxy::Stage;
         super::approvals::approve,
         super::approvals::reject,
         super::approvals::poll,
+        super::dashboard::evaluate_policy,
+        super::dashboard::list_sessions,
+        super::dashboard::revoke_session,
+        super::dashboard::stats,
     ),
     components(schemas(ErrorBody, PolicyInput)),
     modifiers(&Security, &CommonErrors),
@@ -89,6 +93,7 @@ use crate::proxy::Stage;
         (name = "connections", description = "Named upstreams for gateway mode."),
         (name = "approvals", description = "Requests a policy marked `require_approval`, parked until you approve (AEGIS then performs exactly the stored request, once), reject, or let them expire."),
         (name = "audit", description = "The hash-chained audit log: read, export, verify, replay."),
+        (name = "dashboard", description = "The numbers behind the dashboard's overview."),
         (name = "meta", description = "Health, readiness, metrics and this documentation. Public (metrics can require a token)."),
     )
 )]

@@ -153,7 +153,7 @@ impl PolicyService {
 
 const MAX_SOURCE_BYTES: usize = 64 * 1024;
 
-fn validate_source(source: &str) -> Result<(), AppError> {
+pub(crate) fn validate_source(source: &str) -> Result<(), AppError> {
     if source.len() > MAX_SOURCE_BYTES {
         return Err(AppError::validation(format!("policy source must be at most {MAX_SOURCE_BYTES} bytes")));
     }

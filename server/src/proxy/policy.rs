@@ -57,3 +57,51 @@ pub fn input(
         },
     })
 }
+
+/// The policy playground: what the policy stage would decide for `agent` and a sample
+/// action, from the same input document the proxy builds. A dry run: nothing is
+/// performed, audited, reserved or spent.
+impl super::Pipeline {
+    pub async fn dry_run_policy(
+        &self,
+        agent: &agents::Model,
+        trial: app::model::PolicyTrial,
+        max_body_bytes: usize,
+    ) -> Result<app::model::PolicyVerdict, app::error::AppError> {
+        let source = match (&trial.source, trial.policy_id) {
+            (Some(source), _) => {
+                crate::policies::validate_source(source)?;
+                source.clone()
+            }
+            (None, Some(id)) => self.policies.get(agent.sponsor_id, id).await?.source,
+            (None, None) => self.policies.source_for(agent.policy_id).await?.source,
+        };
+        let request = super::request::ExecuteRequest {
+            method: trial.method,
+            url: trial.url,
+            headers: trial.headers,
+            body: trial.body,
+            body_base64: None,
+            secret: None,
+            cost_micros: trial.cost_micros,
+            idempotency_key: None,
+            action: None,
+            follow_redirects: false,
+        }
+        .into_proxy_request(max_body_bytes)?;
+        let url = url::Url::parse(&request.url).map_err(|e| {
+            app::error::AppError::new(422, "invalid_request", format!("url is not a valid URL: {e}"))
+        })?;
+        let wallet = self.wallets.get(agent.id).await?;
+        let estimate = request.declared_cost_micros.max(request.minimum_cost_micros);
+        let input = input(agent, &request, &url, estimate, wallet.as_ref(), crate::storage::now());
+        let evaluation = self.engine.evaluate(&source, &input);
+        Ok(app::model::PolicyVerdict {
+            decision: evaluation.decision.as_str().to_owned(),
+            reasons: evaluation.reasons,
+            error: evaluation.error,
+            policy_sha256: evaluation.policy_sha256,
+            input: serde_json::to_string_pretty(&input).unwrap_or_default(),
+        })
+    }
+}

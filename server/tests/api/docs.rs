@@ -60,6 +60,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/proxy/execute"),
     ("ANY", "/api/gw/{connection}"),
     ("ANY", "/api/gw/{connection}/{path}"),
+    ("POST", "/api/policies/evaluate"),
+    ("GET", "/api/auth/sessions"),
+    ("DELETE", "/api/auth/sessions/{id}"),
+    ("GET", "/api/dashboard/stats"),
 ];
 
 const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
