@@ -46,12 +46,13 @@ test("agent detail: a granted secret's call shows in activity, limits persist, r
   const firstKey = await page.getByLabel("New agent API key").inputValue();
   expect(firstKey).toMatch(/^aegis_[0-9a-f]{64}$/);
 
-  // The list links to the agent's page; a new agent has no activity yet.
+  // The list links to the agent's page; a new agent's only activity is its creation.
   await page.locator('#agents-table tr[data-agent="ledger-bot"]').getByRole("link", { name: "ledger-bot" }).click();
   await expect(page).toHaveURL(/\/agents\/[0-9a-f-]{36}$/);
   const agentUrl = page.url();
   await expect(page.locator("#agent-status")).toHaveText("active");
-  await expect(page.locator("#activity-empty")).toBeVisible();
+  await expect(page.locator("#activity-table")).toContainText("agent.created");
+  await expect(page.locator("#activity-table")).not.toContainText("proxy.outcome");
   await shot(page, "20-agent-new");
 
   // The vault: add a secret for 127.0.0.1 granted to the agent. Its value never comes back.
@@ -142,11 +143,11 @@ test("agent detail: a granted secret's call shows in activity, limits persist, r
   await hydrated(page);
   await page.locator(".agent-tabs").getByRole("link", { name: "Policy" }).click();
   await hydrated(page);
-  await page.getByLabel("Policy", { exact: true }).selectOption("permissive");
+  await page.locator("#agent-policy-select").selectOption("permissive");
   await page.getByRole("button", { name: "Save policy" }).click();
   await expect(page.locator(".agent-sub")).toContainText("policy permissive");
   await page.reload();
-  await expect(page.getByLabel("Policy", { exact: true })).toHaveValue("permissive");
+  await expect(page.locator("#agent-policy-select")).toHaveValue("permissive");
   await shot(page, "26-agent-policy");
 
   // Keys: rotation shows the new key once; the old key stops working at once.

@@ -18,7 +18,16 @@ async function hydrated(page: Page) {
 /** The page is no wider than the window. */
 async function fitsTheWindow(page: Page, name: string) {
   const scrollWidth = await page.evaluate(() => document.documentElement.scrollWidth);
-  expect(scrollWidth, `${name} scrolls sideways`).toBeLessThanOrEqual(width);
+  // On failure, name the elements that stick out, outermost first.
+  const wide = await page.evaluate(
+    (w) =>
+      [...document.querySelectorAll("body *")]
+        .filter((e) => e.getBoundingClientRect().right > w + 1)
+        .slice(0, 5)
+        .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${[...e.classList].join(".")}`),
+    width,
+  );
+  expect(scrollWidth, `${name} scrolls sideways: ${wide.join(", ")}`).toBeLessThanOrEqual(width);
 }
 
 /** Every main navigation link is visible inside the window. */
@@ -97,6 +106,10 @@ test("every page fits 375 px, keeps its navigation reachable and shows keyboard 
     ["/agents", "agents"],
     ["/approvals", "approvals"],
     ["/audit", "audit"],
+    ["/policies", "policies"],
+    ["/secrets", "secrets"],
+    ["/connections", "connections"],
+    ["/account", "account"],
   ]) {
     await page.goto(path);
     await hydrated(page);
