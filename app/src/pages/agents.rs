@@ -56,14 +56,7 @@ fn CreateAgentForm(create: ServerAction<CreateAgent>) -> impl IntoView {
     let flashed = Resource::new(|| (), |_| take_new_key());
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
     let created = move || create.value().get().and_then(Result::ok);
-    let form = NodeRef::<leptos::html::Form>::new();
-    Effect::new(move |_| {
-        if matches!(create.value().get(), Some(Ok(_)))
-            && let Some(form) = form.get()
-        {
-            form.reset();
-        }
-    });
+    let form = super::cleared_on_success(create);
     view! {
         <section class="card" aria-labelledby="create-heading">
             <h2 id="create-heading">"New agent"</h2>

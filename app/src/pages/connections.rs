@@ -54,14 +54,7 @@ pub fn ConnectionsPage() -> impl IntoView {
 fn NewConnectionForm(create: ServerAction<CreateConnection>) -> impl IntoView {
     let secrets = Resource::new(|| (), |_| list_secrets());
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
-    let form = NodeRef::<leptos::html::Form>::new();
-    Effect::new(move |_| {
-        if matches!(create.value().get(), Some(Ok(_)))
-            && let Some(form) = form.get()
-        {
-            form.reset();
-        }
-    });
+    let form = super::cleared_on_success(create);
     view! {
         <section class="card" aria-labelledby="new-connection-heading">
             <h2 id="new-connection-heading">"Add a connection"</h2>

@@ -27,6 +27,25 @@ pub fn NotFound() -> impl IntoView {
     }
 }
 
+/// A ref for a form that clears itself once `action` succeeds, so the next entry
+/// starts blank while a refused one stays for correcting. Pass it as `node_ref`.
+pub fn cleared_on_success<S>(action: ServerAction<S>) -> NodeRef<leptos::html::Form>
+where
+    S: leptos::server_fn::ServerFn + Clone + Send + Sync + 'static,
+    S::Output: Clone + Send + Sync + 'static,
+    S::Error: Clone + Send + Sync + 'static,
+{
+    let form = NodeRef::<leptos::html::Form>::new();
+    Effect::new(move |_| {
+        if matches!(action.value().get(), Some(Ok(_)))
+            && let Some(form) = form.get()
+        {
+            form.reset();
+        }
+    });
+    form
+}
+
 /// The error a failed server call produced, shown next to the form that made it.
 #[component]
 pub fn FormError(error: Signal<Option<AppError>>) -> impl IntoView {

@@ -75,14 +75,7 @@ fn NewSecretForm(
 ) -> impl IntoView {
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
     let created = move || create.value().get().and_then(Result::ok);
-    let form = NodeRef::<leptos::html::Form>::new();
-    Effect::new(move |_| {
-        if matches!(create.value().get(), Some(Ok(_)))
-            && let Some(form) = form.get()
-        {
-            form.reset();
-        }
-    });
+    let form = super::cleared_on_success(create);
     view! {
         <section class="card" aria-labelledby="new-secret-heading">
             <h2 id="new-secret-heading">"Add a secret"</h2>
