@@ -129,6 +129,14 @@ test("policies: playground, inline compile errors, sessions and the overview's c
   await expect(page.locator("svg#spend-chart title")).toHaveCount(1);
   await expect(page.locator("svg#actions-chart rect.bar.allow")).toHaveCount(1);
   await expect(page.locator("svg#actions-chart rect.bar.deny")).toHaveCount(1);
+  // The stylesheet reached the charts (an unclosed rule once left them black).
+  const fills = await page.evaluate(() =>
+    ["rect.bar.allow", "rect.bar.deny"].map(
+      (s) => getComputedStyle(document.querySelector(`svg#actions-chart ${s}`)!).fill,
+    ),
+  );
+  expect(new Set(fills).size, `bar colours ${fills}`).toBe(2);
+  expect(fills).not.toContain("rgb(0, 0, 0)");
   await expect(page.locator("#trust-tiers li")).toHaveCount(5);
   await expect(page.locator("#latest-events li").first()).toBeVisible();
   await hydrated(page);
