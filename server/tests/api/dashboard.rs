@@ -74,16 +74,6 @@ async fn sessions_are_listed_and_revoked_sessions_stop_working() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
-async fn agent_with(s: &TestServer, sponsor: &Sponsor, body: Value) -> (String, String) {
-    let r = s.post("/api/agents", Some(&sponsor.access), body).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned())
-}
-
-async fn execute(s: &TestServer, key: &str, body: Value) -> crate::support::Response {
-    s.post("/api/proxy/execute", Some(key), body).await
-}
-
 fn sum(series: &[Value], field: &str) -> i64 {
     series.iter().map(|b| b[field].as_i64().unwrap()).sum()
 }
@@ -101,8 +91,7 @@ async fn dashboard_stats_count_what_agents_did() {
     assert_eq!(r.body["series"].as_array().unwrap().len(), 24);
     assert_eq!(r.body["trust_tiers"].as_array().unwrap().len(), 5);
 
-    let (_, spender) = agent_with(
-        &s,
+    let (_, spender) = s.agent_with(
         &sponsor,
         json!({"name": "spender", "policy": "permissive", "daily_limit_micros": 1_000_000, "monthly_limit_micros": 5_000_000}),
     )
@@ -115,27 +104,27 @@ async fn dashboard_stats_count_what_agents_did() {
         )
         .await;
     assert_eq!(nope.status, StatusCode::CREATED, "{}", nope.text);
-    let (refused_id, refused) = agent_with(&s, &sponsor, json!({"name": "refused", "policy": "nope"})).await;
-    let (_, careful) = agent_with(&s, &sponsor, json!({"name": "careful"})).await; // the default policy
+    let (refused_id, refused) = s.agent_with(&sponsor, json!({"name": "refused", "policy": "nope"})).await;
+    let (_, careful) = s.agent_with(&sponsor, json!({"name": "careful"})).await; // the default policy
 
     for _ in 0..3 {
-        let r =
-            execute(&s, &spender, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 100_000}))
-                .await;
+        let r = s
+            .execute(&spender, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 100_000}))
+            .await;
         assert_eq!(r.body["decision"], "allow", "{}", r.text);
     }
     // Denied by egress, by budget, and by policy; an upstream that cannot be reached.
-    let r = execute(&s, &spender, json!({"method": "GET", "url": "http://10.0.0.1/"})).await;
+    let r = s.execute(&spender, json!({"method": "GET", "url": "http://10.0.0.1/"})).await;
     assert_eq!(r.body["stage"], "egress", "{}", r.text);
-    let r = execute(&s, &spender, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 900_000}))
-        .await;
+    let r =
+        s.execute(&spender, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 900_000})).await;
     assert_eq!(r.body["stage"], "budget", "{}", r.text);
-    let r = execute(&s, &refused, json!({"method": "GET", "url": mock.url("/echo")})).await;
+    let r = s.execute(&refused, json!({"method": "GET", "url": mock.url("/echo")})).await;
     assert_eq!(r.body["stage"], "policy", "{}", r.text);
-    let r = execute(&s, &spender, json!({"method": "GET", "url": "http://127.0.0.1:1/"})).await;
+    let r = s.execute(&spender, json!({"method": "GET", "url": "http://127.0.0.1:1/"})).await;
     assert_eq!(r.body["decision"], "error", "{}", r.text);
     // Waiting for a human: pending, not yet an action.
-    let r = execute(&s, &careful, json!({"method": "DELETE", "url": mock.url("/echo")})).await;
+    let r = s.execute(&careful, json!({"method": "DELETE", "url": mock.url("/echo")})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let r = s.post(&format!("/api/agents/{refused_id}/suspend"), Some(&sponsor.access), json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -213,11 +202,10 @@ async fn overview_policies_and_account_pages_render_server_side() {
     assert!(empty.contains("No agents yet") && empty.contains("No agent calls in this period."), "{empty}");
     assert!(!empty.contains("<svg"), "no chart without data");
 
-    let (_, key) = agent_with(&s, &sponsor, json!({"name": "pages-bot"})).await;
-    let r =
-        execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 250_000})).await;
+    let (_, key) = s.agent_with(&sponsor, json!({"name": "pages-bot"})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 250_000})).await;
     assert_eq!(r.body["decision"], "allow", "{}", r.text);
-    let r = execute(&s, &key, json!({"method": "GET", "url": "http://10.0.0.1/"})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": "http://10.0.0.1/"})).await;
     assert_eq!(r.body["stage"], "egress", "{}", r.text);
 
     for path in ["/", "/?range=30d"] {

@@ -14,10 +14,6 @@ async fn permissive_agent(s: &TestServer, sponsor: &Sponsor, name: &str) -> (Val
     (r.body["agent"].clone(), r.body["api_key"].as_str().unwrap().to_owned())
 }
 
-async fn execute(s: &TestServer, key: &str, body: Value) -> crate::support::Response {
-    s.post("/api/proxy/execute", Some(key), body).await
-}
-
 #[tokio::test]
 async fn allowed_calls_are_performed_with_aegis_headers_only() {
     let mock = MockUpstream::start().await;
@@ -25,7 +21,7 @@ async fn allowed_calls_are_performed_with_aegis_headers_only() {
     let sponsor = s.sponsor("p").await;
     let (_, key) = permissive_agent(&s, &sponsor, "bot").await;
 
-    let r = execute(&s, &key, json!({
+    let r = s.execute(&key, json!({
         "method": "POST", "url": mock.url("/echo/items?page=2"),
         "headers": {"content-type": "application/json", "authorization": "Bearer agent-own", "cookie": "a=b", "x-trace": "t1"},
         "body": "{\"n\":1}", "action": "items.create"
@@ -49,10 +45,10 @@ async fn allowed_calls_are_performed_with_aegis_headers_only() {
     assert!(echoed["headers"]["user-agent"].as_str().unwrap().starts_with("AEGIS/"));
 
     // An upstream error is still a performed call.
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/status/503")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/status/503")})).await;
     assert_eq!((r.status, r.body["upstream"]["status"].as_i64()), (StatusCode::OK, Some(503)));
     // Binary bodies come back as base64.
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/binary")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/binary")})).await;
     assert_eq!(r.body["upstream"]["body_base64"], "AJ+Slv8=");
 }
 
@@ -96,7 +92,7 @@ async fn egress_guard_blocks_internal_targets() {
         "not a url".to_owned(),
         "http://".to_owned(),
     ] {
-        let r = execute(&s, &key, json!({"method": "GET", "url": url})).await;
+        let r = s.execute(&key, json!({"method": "GET", "url": url})).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{url}: {}", r.text);
         assert_eq!(
             (r.body["decision"].as_str(), r.body["stage"].as_str()),
@@ -115,10 +111,10 @@ async fn policies_decide_and_bad_policies_are_refused() {
     let (agent, key) = s.agent(&sponsor, "default-bot").await; // the default policy
 
     // Default policy: reads by agents in good standing pass...
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})).await;
     assert_eq!(r.body["decision"], "allow", "{}", r.text);
     // ...writes by a standard-trust agent wait for approval...
-    let r = execute(&s, &key, json!({"method": "DELETE", "url": mock.url("/echo")})).await;
+    let r = s.execute(&key, json!({"method": "DELETE", "url": mock.url("/echo")})).await;
     assert_eq!(
         (r.status, r.body["decision"].as_str()),
         (StatusCode::ACCEPTED, Some("pending_approval")),
@@ -127,7 +123,7 @@ async fn policies_decide_and_bad_policies_are_refused() {
     );
     // ...and so do expensive reads.
     let r =
-        execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 2_000_000})).await;
+        s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 2_000_000})).await;
     assert_eq!(r.body["stage"], "approval");
 
     let bad = s
@@ -156,11 +152,11 @@ async fn policies_decide_and_bad_policies_are_refused() {
         .await;
     assert_eq!(r.body["policy"], "narrow");
 
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo/no")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo/no")})).await;
     assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("policy")));
     assert_eq!(r.body["reasons"], json!(["only /echo/ok"]));
     let denied_seq = r.body["audit_seq"].as_i64().unwrap();
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo/ok")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo/ok")})).await;
     assert_eq!(r.body["decision"], "allow");
 
     // A new version takes effect at once; built-ins are read-only; others' policies invisible.
@@ -173,7 +169,7 @@ async fn policies_decide_and_bad_policies_are_refused() {
         )
         .await;
     assert_eq!((v2.status, v2.body["version"].as_i64()), (StatusCode::OK, Some(2)), "{}", v2.text);
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo/ok")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo/ok")})).await;
     assert_eq!(r.body["stage"], "policy");
 
     // Replay: the old decision is re-made with the version and input it cited.
@@ -243,7 +239,7 @@ async fn suspended_agents_are_stopped_by_the_breaker() {
     let (agent, key) = permissive_agent(&s, &sponsor, "bot").await;
     let id = agent["id"].as_str().unwrap();
     s.post(&format!("/api/agents/{id}/suspend"), Some(&sponsor.access), json!({"reason": "odd"})).await;
-    let r = execute(&s, &key, json!({"method": "GET", "url": "https://example.com/"})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": "https://example.com/"})).await;
     assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("breaker")));
     assert!(r.body["reason"].as_str().unwrap().contains("odd"));
 }
@@ -276,25 +272,25 @@ async fn secrets_are_injected_just_in_time_and_never_leak() {
     assert_eq!(created.body["agents"], json!([id]));
 
     // Injected (the upstream saw a credential) and scrubbed (the agent never sees it).
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "mock-api"})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "mock-api"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["upstream"]["body"], "you sent: Bearer [REDACTED] / ");
     assert_eq!(r.body["upstream"]["headers"]["x-echo-auth"], "Bearer [REDACTED]");
     assert!(!r.text.contains(value));
     // An agent cannot override the injected header with its own.
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "secret": "mock-api", "headers": {"authorization": "Bearer mine"}})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "secret": "mock-api", "headers": {"authorization": "Bearer mine"}})).await;
     let echoed: Value = serde_json::from_str(r.body["upstream"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(echoed["headers"]["authorization"], "Bearer [REDACTED]");
 
     // Not granted, unknown, wrong host: denied at stage secret.
-    let r = execute(&s, &other_key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "mock-api"}))
-        .await;
+    let r =
+        s.execute(&other_key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "mock-api"})).await;
     assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("secret")));
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "nope"})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "nope"})).await;
     assert_eq!(r.body["stage"], "secret");
     // A public address (no DNS needed here): allowed by egress, but not a host the secret may visit.
-    let r = execute(&s, &key, json!({"method": "GET", "url": "http://93.184.216.34/", "secret": "mock-api"}))
-        .await;
+    let r =
+        s.execute(&key, json!({"method": "GET", "url": "http://93.184.216.34/", "secret": "mock-api"})).await;
     assert_eq!(r.body["stage"], "secret", "{}", r.text);
 
     // Query-parameter injection, granted through an update; rotation takes effect.
@@ -313,12 +309,12 @@ async fn secrets_are_injected_just_in_time_and_never_leak() {
         .await;
     assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
     assert!(updated.body["rotated_at"].is_string());
-    let r = execute(
-        &s,
-        &other_key,
-        json!({"method": "GET", "url": mock.url("/leak?x=1&api_key=forged"), "secret": "q"}),
-    )
-    .await;
+    let r = s
+        .execute(
+            &other_key,
+            json!({"method": "GET", "url": mock.url("/leak?x=1&api_key=forged"), "secret": "q"}),
+        )
+        .await;
     assert_eq!(r.body["upstream"]["body"], "you sent:  / x=1&api_key=[REDACTED]", "{}", r.text);
 
     // The value is nowhere: not in listings, not in the audit log, not in clear in the database.
@@ -373,7 +369,7 @@ async fn secrets_are_injected_just_in_time_and_never_leak() {
     let r =
         s.send(reqwest::Method::DELETE, &format!("/api/secrets/{sid}"), Some(&sponsor.access), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "mock-api"})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/leak"), "secret": "mock-api"})).await;
     assert_eq!(r.body["stage"], "secret", "deleted secrets are gone");
 }
 
@@ -391,31 +387,29 @@ async fn budgets_hold_and_replays_do_not_repeat_calls() {
         .await;
     let key = r.body["api_key"].as_str().unwrap().to_owned();
     for i in 0..2 {
-        let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 100_000}))
-            .await;
+        let r =
+            s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 100_000})).await;
         assert_eq!(r.body["decision"], "allow", "call {i}: {}", r.text);
         assert_eq!(r.body["cost_micros"], 100_000);
     }
-    let r =
-        execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 100_000})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 100_000})).await;
     assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("budget")));
     assert_eq!(r.body["daily_remaining_micros"], 50_000);
-    let r =
-        execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 50_000})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 50_000})).await;
     assert_eq!(r.body["decision"], "allow", "exactly the remainder fits");
 
     // Idempotency: the second request with the key is answered from the record.
     let (_, key2) = permissive_agent(&s, &sponsor, "idem").await;
     let call = json!({"method": "POST", "url": mock.url("/counted"), "idempotency_key": "order-42"});
-    let first = execute(&s, &key2, call.clone()).await;
-    let second = execute(&s, &key2, call.clone()).await;
+    let first = s.execute(&key2, call.clone()).await;
+    let second = s.execute(&key2, call.clone()).await;
     assert_eq!(mock.hits(), 1, "performed once");
     assert_eq!(first.body["request_id"], second.body["request_id"]);
     assert_eq!(first.body["upstream"], second.body["upstream"]);
     assert_eq!(second.body["replayed"], true);
     let mut changed = call.clone();
     changed["body"] = json!("different");
-    let r = execute(&s, &key2, changed).await;
+    let r = s.execute(&key2, changed).await;
     assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
 }
 
@@ -439,27 +433,23 @@ async fn slow_huge_and_redirecting_upstreams_are_bounded() {
     let key = r.body["api_key"].as_str().unwrap().to_owned();
     let agent_id: uuid::Uuid = r.body["agent"]["id"].as_str().unwrap().parse().unwrap();
 
-    let r =
-        execute(&s, &key, json!({"method": "GET", "url": mock.url("/slow"), "cost_micros": 300_000})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/slow"), "cost_micros": 300_000})).await;
     assert_eq!(
         (r.status, r.body["decision"].as_str(), r.body["stage"].as_str()),
         (StatusCode::GATEWAY_TIMEOUT, Some("error"), Some("upstream")),
         "{}",
         r.text
     );
-    let r = execute(
-        &s,
-        &key,
-        json!({"method": "GET", "url": mock.url("/big?bytes=10000"), "cost_micros": 300_000}),
-    )
-    .await;
+    let r = s
+        .execute(&key, json!({"method": "GET", "url": mock.url("/big?bytes=10000"), "cost_micros": 300_000}))
+        .await;
     assert_eq!(
         (r.status, r.body["stage"].as_str()),
         (StatusCode::BAD_GATEWAY, Some("upstream")),
         "{}",
         r.text
     );
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/big?bytes=100")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/big?bytes=100")})).await;
     assert_eq!(r.body["decision"], "allow");
     let wallet = s.running.services.wallets.get(agent_id).await.unwrap().unwrap();
     assert_eq!(
@@ -469,16 +459,16 @@ async fn slow_huge_and_redirecting_upstreams_are_bounded() {
     );
 
     // Redirects: off by default, each hop checked when followed.
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/redirect?to=/echo")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/redirect?to=/echo")})).await;
     assert_eq!(r.body["upstream"]["status"], 307);
-    let r = execute(
-        &s,
-        &key,
-        json!({"method": "GET", "url": mock.url("/redirect?to=/echo/after"), "follow_redirects": true}),
-    )
-    .await;
+    let r = s
+        .execute(
+            &key,
+            json!({"method": "GET", "url": mock.url("/redirect?to=/echo/after"), "follow_redirects": true}),
+        )
+        .await;
     assert_eq!(r.body["upstream"]["status"], 200, "{}", r.text);
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/redirect?to=http://169.254.169.254/latest"), "follow_redirects": true})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/redirect?to=http://169.254.169.254/latest"), "follow_redirects": true})).await;
     assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("egress")), "{}", r.text);
 }
 

@@ -172,6 +172,18 @@ impl TestServer {
         (r.body["agent"].clone(), r.body["api_key"].as_str().unwrap().to_owned())
     }
 
+    /// Creates an agent from a full request body; returns (agent id, api key).
+    pub async fn agent_with(&self, sponsor: &Sponsor, body: Value) -> (String, String) {
+        let r = self.post("/api/agents", Some(&sponsor.access), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned())
+    }
+
+    /// An agent's `POST /api/proxy/execute`.
+    pub async fn execute(&self, key: &str, body: Value) -> Response {
+        self.post("/api/proxy/execute", Some(key), body).await
+    }
+
     pub fn jwt_key(&self) -> Vec<u8> {
         let text = std::fs::read_to_string(self.dir.path().join("data/jwt.key")).unwrap();
         hex::decode(text.trim()).unwrap()

@@ -31,16 +31,6 @@ reasons contains "below standard tier" if {
 reasons contains "forbidden path" if startswith(input.action.path, "/forbidden")
 "#;
 
-async fn agent_with(s: &TestServer, sponsor: &Sponsor, body: Value) -> (String, String) {
-    let r = s.post("/api/agents", Some(&sponsor.access), body).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned())
-}
-
-async fn execute(s: &TestServer, key: &str, body: Value) -> crate::support::Response {
-    s.post("/api/proxy/execute", Some(key), body).await
-}
-
 async fn trust(s: &TestServer, sponsor: &Sponsor, agent: &str) -> Value {
     let r = s.get(&format!("/api/agents/{agent}/trust"), &sponsor.access).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -70,8 +60,7 @@ async fn calls_raise_and_denials_lower_trust_with_a_history() {
     let r = s.post("/api/policies", Some(&sponsor.access), json!({"name": "tiered", "source": TIERED})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let (id, key) =
-        agent_with(&s, &sponsor, json!({"name": "bot", "policy": "tiered", "daily_limit_micros": 1000}))
-            .await;
+        s.agent_with(&sponsor, json!({"name": "bot", "policy": "tiered", "daily_limit_micros": 1000})).await;
 
     let fresh = trust(&s, &sponsor, &id).await;
     assert_eq!((fresh["score"].as_i64(), fresh["tier"].as_str()), (Some(500), Some("standard")));
@@ -80,23 +69,23 @@ async fn calls_raise_and_denials_lower_trust_with_a_history() {
 
     // Three successes: +2 each.
     for _ in 0..3 {
-        let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo")})).await;
+        let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})).await;
         assert_eq!(r.body["decision"], "allow", "{}", r.text);
     }
     // An upstream 5xx and a 4xx: the 5xx changes nothing, the 4xx is a success.
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/status/503")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/status/503")})).await;
     assert_eq!(r.body["upstream"]["status"], 503);
     assert_eq!(trust(&s, &sponsor, &id).await["score"], 506);
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/status/404")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/status/404")})).await;
     assert_eq!(r.body["upstream"]["status"], 404);
     assert_eq!(trust(&s, &sponsor, &id).await["score"], 508);
 
     // Egress block −40, policy deny −25, budget hit −15.
-    let r = execute(&s, &key, json!({"method": "GET", "url": "http://10.0.0.1/x"})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": "http://10.0.0.1/x"})).await;
     assert_eq!(r.body["stage"], "egress", "{}", r.text);
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/forbidden")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/forbidden")})).await;
     assert_eq!(r.body["stage"], "policy", "{}", r.text);
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 5000})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 5000})).await;
     assert_eq!(r.body["stage"], "budget", "{}", r.text);
 
     let view = trust(&s, &sponsor, &id).await;
@@ -129,7 +118,7 @@ async fn calls_raise_and_denials_lower_trust_with_a_history() {
         (agent.body["trust_score"].as_i64(), agent.body["tier"].as_str()),
         (Some(428), Some("probation"))
     );
-    let r = execute(&s, &key, json!({"method": "GET", "url": mock.url("/tiered")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/tiered")})).await;
     assert_eq!(
         (r.body["stage"].as_str(), r.body["reason"].as_str()),
         (Some("policy"), Some("below standard tier"))
@@ -177,9 +166,9 @@ async fn concurrent_successes_lose_no_update_and_respect_the_hourly_cap() {
     let mock = MockUpstream::start().await;
     let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
     let sponsor = s.sponsor("conc").await;
-    let (id, key) = agent_with(&s, &sponsor, json!({"name": "busy", "policy": "permissive"})).await;
+    let (id, key) = s.agent_with(&sponsor, json!({"name": "busy", "policy": "permissive"})).await;
 
-    let calls = (0..20).map(|_| execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo")})));
+    let calls = (0..20).map(|_| s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})));
     for r in futures::future::join_all(calls).await {
         assert_eq!(r.body["decision"], "allow", "{}", r.text);
     }
@@ -194,7 +183,7 @@ async fn concurrent_successes_lose_no_update_and_respect_the_hourly_cap() {
 
     // The 21st success in the same clock hour adds nothing.
     let first: DateTime<Utc> = view["history"][19]["at"].as_str().unwrap().parse().unwrap();
-    execute(&s, &key, json!({"method": "GET", "url": mock.url("/echo")})).await;
+    s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})).await;
     let same_hour =
         Utc::now().with_minute(0).unwrap().with_second(0).unwrap().with_nanosecond(0).unwrap() <= first;
     if same_hour {
