@@ -111,6 +111,15 @@ pub trait Backend: Send + Sync + 'static {
         id: Uuid,
         update: SecretUpdate,
     ) -> Result<SecretView, AppError>;
+    /// Grants (`granted`) or revokes one agent's use of one secret, leaving the
+    /// other grants as they are.
+    async fn set_secret_grant(
+        &self,
+        sponsor: &SessionUser,
+        secret: Uuid,
+        agent: Uuid,
+        granted: bool,
+    ) -> Result<SecretView, AppError>;
     async fn delete_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
 
     // --- connections (gateway mode) ---

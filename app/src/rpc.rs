@@ -428,22 +428,17 @@ pub async fn list_secrets() -> Result<Vec<SecretView>, AppError> {
     respond(async { backend()?.list_secrets(&sponsor()?).await }).await
 }
 
-/// Grants or revokes one agent's use of one secret: the secret's `agents` list with
-/// the agent added or removed, saved through the vault's usual update.
+/// Grants or revokes one agent's use of one secret (the other grants stay).
 #[server(prefix = "/rpc", endpoint = "set_secret_grant")]
 pub async fn set_secret_grant(secret: Uuid, agent: Uuid, grant: String) -> Result<SecretView, AppError> {
     use ssr::*;
     respond(async {
-        let (backend, sponsor) = (backend()?, sponsor()?);
-        let mut agents = backend.get_secret(&sponsor, secret).await?.agents;
-        match grant.as_str() {
-            "grant" if !agents.contains(&agent) => agents.push(agent),
-            "grant" => {}
-            "revoke" => agents.retain(|a| *a != agent),
+        let granted = match grant.as_str() {
+            "grant" => true,
+            "revoke" => false,
             _ => return Err(AppError::bad_request("invalid_request", "grant must be grant or revoke")),
-        }
-        let update = SecretUpdate { agents: Some(agents), ..SecretUpdate::default() };
-        backend.update_secret(&sponsor, secret, update).await
+        };
+        backend()?.set_secret_grant(&sponsor()?, secret, agent, granted).await
     })
     .await
 }

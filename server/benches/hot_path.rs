@@ -12,7 +12,7 @@ use serde_json::json;
 use server::agents::api_keys;
 use server::audit::AuditEntry;
 use server::config::Config;
-use server::policies::engine::PolicyEngine;
+use server::policies::engine::{Compiled, PolicyEngine, compile};
 use server::proxy::egress::EgressGuard;
 
 const DEFAULT_POLICY: &str = include_str!("../../policies/default.rego");
@@ -38,6 +38,18 @@ fn cpu_bound(c: &mut Criterion) {
     assert!(first.error.is_none(), "{first:?}");
     c.bench_function("policy/evaluate default (cached compile)", |b| {
         b.iter(|| engine.evaluate(DEFAULT_POLICY, std::hint::black_box(&input)))
+    });
+
+    // The two engines alone, on the same input value (no hashing, no JSON): what the
+    // RVM saves over the tree-walking interpreter.
+    let compiled = Compiled::new(compile(DEFAULT_POLICY).expect("the default policy compiles"));
+    assert!(compiled.on_vm());
+    let value = regorus::Value::from(input.clone());
+    c.bench_function("policy/default on the RVM (engine only)", |b| {
+        b.iter(|| compiled.eval(std::hint::black_box(value.clone())))
+    });
+    c.bench_function("policy/default on the interpreter (engine only)", |b| {
+        b.iter(|| compiled.eval_on_interpreter(std::hint::black_box(value.clone())))
     });
 
     let guard = EgressGuard::new(Default::default());

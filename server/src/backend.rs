@@ -348,6 +348,16 @@ impl Backend for Services {
         self.secrets.update(sponsor.user_id, id, update).await
     }
 
+    async fn set_secret_grant(
+        &self,
+        sponsor: &SessionUser,
+        secret: Uuid,
+        agent: Uuid,
+        granted: bool,
+    ) -> Result<SecretView, AppError> {
+        self.secrets.set_grant(sponsor.user_id, secret, agent, granted).await
+    }
+
     async fn delete_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
         self.secrets.delete(sponsor.user_id, id).await
     }

@@ -17,7 +17,14 @@
 //! computes, updates `agents.trust_score` only if it still holds the value read
 //! (retrying on conflict, so concurrent requests never lose an update), writes one
 //! `trust_events` row per non-zero step (`decay`, then the event) and a
-//! `trust.changed` audit record. Nothing is written when the score does not change.
+//! `trust.changed` audit record. Nothing is written when the score does not change:
+//! the state is read first without the writer's lock, and an agent that has used up
+//! this hour's success gain is remembered in memory ([`SuccessCap`]), so the
+//! common case on a busy agent — a success that changes nothing — takes no lock
+//! and no transaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use app::error::AppError;
 use app::model::{TrustEventView, TrustView};
@@ -256,16 +263,53 @@ pub struct TrustChange {
     pub tier_change: Option<TierChange>,
 }
 
+/// Agents whose successes can change nothing until the next UTC clock hour.
+///
+/// Exact, not a guess: within one clock hour the success gain only grows (nothing
+/// takes it back), so once it reaches [`HOURLY_SUCCESS_CAP`] every further success
+/// in that hour adds 0 — and decays nothing either, since the last change was a
+/// success in this very hour. No replica can make the fact untrue, so it needs no
+/// invalidation; it simply stops applying when the hour turns.
+#[derive(Clone, Default)]
+pub struct SuccessCap {
+    reached: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
+}
+
+/// Agents remembered at most; past it, entries of earlier hours are dropped.
+const SUCCESS_CAP_LIMIT: usize = 100_000;
+
+impl SuccessCap {
+    /// Whether `agent_id` has used up the success gain of the hour holding `at`.
+    pub fn reached(&self, agent_id: Uuid, at: DateTime<Utc>) -> bool {
+        let reached = self.reached.lock().unwrap_or_else(|e| e.into_inner());
+        reached.get(&agent_id) == Some(&hour_start(at))
+    }
+
+    /// Remembers that `agent_id` used up the success gain of the hour holding `at`.
+    pub fn remember(&self, agent_id: Uuid, at: DateTime<Utc>) {
+        let hour = hour_start(at);
+        let mut reached = self.reached.lock().unwrap_or_else(|e| e.into_inner());
+        if reached.len() >= SUCCESS_CAP_LIMIT {
+            reached.retain(|_, h| *h >= hour);
+            if reached.len() >= SUCCESS_CAP_LIMIT {
+                reached.clear();
+            }
+        }
+        reached.insert(agent_id, hour);
+    }
+}
+
 #[derive(Clone)]
 pub struct TrustService {
     db: sea_orm::DatabaseConnection,
     audit: AuditLog,
     events: crate::events::EventBus,
+    success_cap: SuccessCap,
 }
 
 impl TrustService {
     pub fn new(db: sea_orm::DatabaseConnection, audit: AuditLog, events: crate::events::EventBus) -> Self {
-        Self { db, audit, events }
+        Self { db, audit, events, success_cap: SuccessCap::default() }
     }
 
     /// Applies `event` to the agent's score now. `Ok(None)` when the score does not
@@ -276,6 +320,20 @@ impl TrustService {
         event: TrustEvent,
         request_id: Option<&str>,
     ) -> Result<Option<TrustChange>, AppError> {
+        let at = now();
+        if event == TrustEvent::Success && self.success_cap.reached(agent.id, at) {
+            return Ok(None);
+        }
+        // Read without the writer's lock first: most events on a busy agent change
+        // nothing, and those need no transaction. (A change found here is computed
+        // again under the lock below, from what is current then.)
+        let Some(state) = read_state(&self.db, agent, at).await? else { return Ok(None) };
+        if apply(state, event, at).total() == 0 {
+            if event == TrustEvent::Success && state.gained_this_hour >= HOURLY_SUCCESS_CAP {
+                self.success_cap.remember(agent.id, at);
+            }
+            return Ok(None);
+        }
         for _ in 0..MAX_ATTEMPTS {
             if let Some(done) = self.attempt(agent, event, request_id).await? {
                 return Ok(done);
@@ -305,41 +363,8 @@ impl TrustService {
             .await
             .map_err(internal)?;
         let at = now();
-        let Some(score) = agents::Entity::find_by_id(agent.id)
-            .select_only()
-            .column(agents::Column::TrustScore)
-            .into_tuple::<i32>()
-            .one(db)
-            .await
-            .map_err(internal)?
-        else {
-            return Ok(Some(None));
-        };
-        let last_event_at: Option<DateTime<Utc>> = trust_events::Entity::find()
-            .select_only()
-            .column(trust_events::Column::At)
-            .filter(trust_events::Column::AgentId.eq(agent.id))
-            .order_by_desc(trust_events::Column::At)
-            .limit(1)
-            .into_tuple()
-            .one(db)
-            .await
-            .map_err(internal)?;
-        let gained: Vec<i32> = trust_events::Entity::find()
-            .select_only()
-            .column(trust_events::Column::Delta)
-            .filter(trust_events::Column::AgentId.eq(agent.id))
-            .filter(trust_events::Column::Reason.eq(TrustEvent::Success.reason()))
-            .filter(trust_events::Column::At.gte(hour_start(at)))
-            .into_tuple()
-            .all(db)
-            .await
-            .map_err(internal)?;
-        let state = TrustState {
-            score,
-            last_event_at: last_event_at.unwrap_or(agent.created_at),
-            gained_this_hour: gained.iter().sum(),
-        };
+        let Some(state) = read_state(db, agent, at).await? else { return Ok(Some(None)) };
+        let score = state.score;
         let applied = apply(state, event, at);
         if applied.total() == 0 {
             return Ok(Some(None));
@@ -438,6 +463,50 @@ impl TrustService {
             history,
         })
     }
+}
+
+/// What [`apply`] needs, as stored: the score, the last change, this hour's gain.
+/// `None` when the agent is gone.
+async fn read_state(
+    db: &impl ConnectionTrait,
+    agent: &agents::Model,
+    at: DateTime<Utc>,
+) -> Result<Option<TrustState>, AppError> {
+    let Some(score) = agents::Entity::find_by_id(agent.id)
+        .select_only()
+        .column(agents::Column::TrustScore)
+        .into_tuple::<i32>()
+        .one(db)
+        .await
+        .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    let last_event_at: Option<DateTime<Utc>> = trust_events::Entity::find()
+        .select_only()
+        .column(trust_events::Column::At)
+        .filter(trust_events::Column::AgentId.eq(agent.id))
+        .order_by_desc(trust_events::Column::At)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await
+        .map_err(internal)?;
+    let gained: Vec<i32> = trust_events::Entity::find()
+        .select_only()
+        .column(trust_events::Column::Delta)
+        .filter(trust_events::Column::AgentId.eq(agent.id))
+        .filter(trust_events::Column::Reason.eq(TrustEvent::Success.reason()))
+        .filter(trust_events::Column::At.gte(hour_start(at)))
+        .into_tuple()
+        .all(db)
+        .await
+        .map_err(internal)?;
+    Ok(Some(TrustState {
+        score,
+        last_event_at: last_event_at.unwrap_or(agent.created_at),
+        gained_this_hour: gained.iter().sum(),
+    }))
 }
 
 async fn insert_event(
@@ -559,6 +628,22 @@ mod tests {
         assert_eq!((a.idle_days, a.score), (0, 802));
         // A clock that went backwards decays nothing.
         assert_eq!(apply(s, TrustEvent::Success, t0() - Duration::days(3)).decay, 0);
+    }
+
+    #[test]
+    fn the_success_cap_is_remembered_for_its_clock_hour_only() {
+        let cap = SuccessCap::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(!cap.reached(a, t0()));
+        cap.remember(a, t0() + Duration::minutes(5));
+        assert!(cap.reached(a, t0()), "same clock hour");
+        assert!(cap.reached(a, t0() + Duration::minutes(59)));
+        assert!(!cap.reached(b, t0()), "another agent");
+        assert!(!cap.reached(a, t0() + Duration::minutes(60)), "the next hour gains again");
+        assert!(!cap.reached(a, t0() - Duration::minutes(1)), "an earlier hour is not this one");
+        cap.remember(a, t0() + Duration::minutes(61));
+        assert!(!cap.reached(a, t0()));
+        assert!(cap.reached(a, t0() + Duration::minutes(90)));
     }
 
     #[test]

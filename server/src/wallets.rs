@@ -87,6 +87,28 @@ pub fn next_resets(at: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) 
     (start(tomorrow), start(next_month))
 }
 
+/// The windows already rolled over inside one write transaction, by agent: a
+/// batch of holds and settlements (the proxy's group commit) reads each wallet's
+/// windows once, not once per write. Only valid within that one transaction.
+#[derive(Debug, Default)]
+pub struct RolledWindows(std::collections::HashMap<Uuid, (String, String)>);
+
+impl RolledWindows {
+    async fn roll(
+        &mut self,
+        db: &impl ConnectionTrait,
+        agent_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<(String, String), AppError> {
+        if let Some(done) = self.0.get(&agent_id) {
+            return Ok(done.clone());
+        }
+        let done = roll_windows(db, agent_id, at).await?;
+        self.0.insert(agent_id, done.clone());
+        Ok(done)
+    }
+}
+
 /// Zeroes the spend of windows that have ended and returns the current (day,
 /// month) windows in the wallet's time zone. Idempotent and safe to race.
 async fn roll_windows(
@@ -213,7 +235,8 @@ impl WalletService {
         amount: i64,
     ) -> Result<Reservation, AppError> {
         let txn = begin_write(&self.db).await?;
-        let reservation = self.reserve_in(&txn, agent_id, request_id, amount).await?;
+        let reservation =
+            self.reserve_in(&txn, &mut RolledWindows::default(), agent_id, request_id, amount).await?;
         match reservation {
             Reservation::Held => txn.commit().await.map_err(internal)?,
             Reservation::Refused { .. } => txn.rollback().await.map_err(internal)?,
@@ -227,12 +250,13 @@ impl WalletService {
     pub async fn reserve_in(
         &self,
         db: &impl ConnectionTrait,
+        rolled: &mut RolledWindows,
         agent_id: Uuid,
         request_id: &str,
         amount: i64,
     ) -> Result<Reservation, AppError> {
         let at = now();
-        let (day, month) = roll_windows(db, agent_id, at).await?;
+        let (day, month) = rolled.roll(db, agent_id, at).await?;
         let held = wallets::Entity::update_many()
             .col_expr(wallets::Column::ReservedMicros, Expr::col(wallets::Column::ReservedMicros).add(amount))
             .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
@@ -300,7 +324,9 @@ impl WalletService {
 
     async fn resolve(&self, request_id: &str, status: &str, actual: Option<i64>) -> Result<bool, AppError> {
         let txn = begin_write(&self.db).await?;
-        let Some(resolved) = self.resolve_in(&txn, request_id, status, actual).await? else {
+        let Some(resolved) =
+            self.resolve_in(&txn, &mut RolledWindows::default(), request_id, status, actual).await?
+        else {
             txn.rollback().await.map_err(internal)?;
             return Ok(false);
         };
@@ -315,32 +341,26 @@ impl WalletService {
     pub async fn resolve_in(
         &self,
         db: &impl ConnectionTrait,
+        rolled: &mut RolledWindows,
         request_id: &str,
         status: &str,
         actual: Option<i64>,
     ) -> Result<Option<Resolved>, AppError> {
         let at = now();
+        // Claimed and read back in one statement (RETURNING).
         let claimed = ledger_entries::Entity::update_many()
             .col_expr(ledger_entries::Column::Status, Expr::value(status))
             .col_expr(ledger_entries::Column::SettledMicros, Expr::value(actual))
             .col_expr(ledger_entries::Column::ResolvedAt, Expr::value(at))
             .filter(ledger_entries::Column::RequestId.eq(request_id))
             .filter(ledger_entries::Column::Status.eq("held"))
-            .exec(db)
+            .exec_with_returning(db)
             .await
-            .map_err(internal)?
-            .rows_affected
-            == 1;
-        if !claimed {
+            .map_err(internal)?;
+        let Some(entry) = claimed.into_iter().next() else {
             return Ok(None);
-        }
-        let entry = ledger_entries::Entity::find()
-            .filter(ledger_entries::Column::RequestId.eq(request_id))
-            .one(db)
-            .await
-            .map_err(internal)?
-            .ok_or_else(AppError::internal)?;
-        roll_windows(db, entry.agent_id, at).await?;
+        };
+        rolled.roll(db, entry.agent_id, at).await?;
         let charged = actual.unwrap_or(0);
         wallets::Entity::update_many()
             .col_expr(

@@ -21,9 +21,8 @@ use std::time::Instant;
 use app::error::AppError;
 use entity::{audit_checkpoints, audit_events};
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    IsolationLevel, QueryOrder, QuerySelect, Set, SqliteTransactionMode, Statement, TransactionOptions,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, IsolationLevel,
+    QueryOrder, QuerySelect, Set, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
@@ -35,6 +34,10 @@ use crate::storage::{internal, now};
 
 /// The PostgreSQL advisory-lock key that serialises appends ("AEGISAUD").
 pub const AUDIT_LOCK_KEY: i64 = 0x4145_4749_5341_5544;
+
+/// Most records in one INSERT: 22 columns each stays far below SQLite's (32,766)
+/// and PostgreSQL's (65,535) bound-parameter limits.
+const INSERT_ROWS: usize = 64;
 
 /// Shared by every clone of one `AuditLog`.
 pub(super) struct ChainState {
@@ -57,6 +60,10 @@ pub struct AuditTxn {
     state: Arc<ChainState>,
     locked: bool,
     appended: Vec<Appended>,
+    /// Chained but not yet inserted ([`AuditTxn::hold`]): inserted together, as
+    /// one multi-row INSERT, before the next immediate append or the commit.
+    held: Vec<audit_events::ActiveModel>,
+    held_checkpoints: Vec<Checkpoint>,
     /// Before the chain lock is asked for, so lock contention shows in the metric.
     started: Instant,
 }
@@ -84,6 +91,8 @@ pub(super) async fn begin(state: Arc<ChainState>) -> Result<AuditTxn, AppError> 
         state,
         locked: backend != DbBackend::Postgres,
         appended: Vec::new(),
+        held: Vec::new(),
+        held_checkpoints: Vec::new(),
         started,
     })
 }
@@ -128,6 +137,16 @@ impl AuditTxn {
 
     /// Appends a record; it becomes durable when the transaction commits.
     pub async fn append(&mut self, entry: AuditEntry) -> Result<Appended, AppError> {
+        let appended = self.hold(entry).await?;
+        self.flush().await?;
+        Ok(appended)
+    }
+
+    /// Chains a record (its seq and hash are final) but inserts it only with the
+    /// other held records, before the next [`Self::append`] or at commit: a batch
+    /// of records is one statement. Nothing in the transaction may read the audit
+    /// table for it in between.
+    pub async fn hold(&mut self, entry: AuditEntry) -> Result<Appended, AppError> {
         if entry.kind.trim().is_empty() {
             tracing::error!("audit entry without a kind");
             return Err(AppError::internal());
@@ -163,18 +182,35 @@ impl AuditTxn {
         };
         record.hash = record_hash(&record);
         let appended = Appended { seq: record.seq, hash: record.hash.clone() };
-        audit_events::ActiveModel::from(record).insert(&self.txn).await.map_err(internal)?;
+        self.held.push(audit_events::ActiveModel::from(record));
         let every = self.state.checkpoint_every;
         if every > 0 && (appended.seq as u64).is_multiple_of(every) {
-            let cp = self.state.signer.sign(appended.seq, &appended.hash, now());
-            insert_checkpoint(&self.txn, &cp).await?;
+            self.held_checkpoints.push(self.state.signer.sign(appended.seq, &appended.hash, now()));
         }
         self.appended.push(appended.clone());
         Ok(appended)
     }
 
+    /// Inserts the held records (in chain order), then their checkpoints. Commit
+    /// does it too; calling it first tells a failed insert from a failed commit.
+    pub async fn flush(&mut self) -> Result<(), AppError> {
+        while !self.held.is_empty() {
+            let rest = self.held.split_off(self.held.len().min(INSERT_ROWS));
+            let rows = std::mem::replace(&mut self.held, rest);
+            audit_events::Entity::insert_many(rows)
+                .exec_without_returning(&self.txn)
+                .await
+                .map_err(internal)?;
+        }
+        for cp in std::mem::take(&mut self.held_checkpoints) {
+            insert_checkpoint(&self.txn, &cp).await?;
+        }
+        Ok(())
+    }
+
     /// Commits the changes and the records; they are durable when this returns.
-    pub async fn commit(self) -> Result<Vec<Appended>, AppError> {
+    pub async fn commit(mut self) -> Result<Vec<Appended>, AppError> {
+        self.flush().await?;
         self.txn.commit().await.map_err(internal)?;
         if !self.appended.is_empty()
             && let Some(m) = self.state.metrics.get()

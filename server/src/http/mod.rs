@@ -68,6 +68,10 @@ pub fn router(state: AppState) -> Router {
         .route("/policies/{id}", get(vault::get_policy).put(vault::update_policy))
         .route("/secrets", get(vault::list_secrets).post(vault::create_secret))
         .route("/secrets/{id}", get(vault::get_secret).put(vault::update_secret).delete(vault::delete_secret))
+        .route(
+            "/secrets/{id}/agents/{agent_id}",
+            axum::routing::put(vault::grant_secret).delete(vault::revoke_secret),
+        )
         .route("/connections", get(vault::list_connections).post(vault::create_connection))
         .route("/connections/{id}", axum::routing::delete(vault::delete_connection))
         .route("/audit/{seq}/replay", get(vault::replay_decision))

@@ -63,6 +63,8 @@ use crate::proxy::Stage;
         super::vault::create_secret,
         super::vault::get_secret,
         super::vault::update_secret,
+        super::vault::grant_secret,
+        super::vault::revoke_secret,
         super::vault::delete_secret,
         super::vault::list_connections,
         super::vault::create_connection,

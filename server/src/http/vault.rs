@@ -150,6 +150,41 @@ pub async fn update_secret(
     Ok(Json(s.services.update_secret(&sponsor, id, update).await?))
 }
 
+#[utoipa::path(put, path = "/api/secrets/{id}/agents/{agent_id}", tag = "secrets",
+    summary = "Grant one agent the use of a secret",
+    description = "Idempotent; the secret's other grants stay as they are.",
+    params(("id" = Uuid, Path, description = "Secret id"), ("agent_id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The secret's metadata", body = SecretView),
+        (status = 404, description = "`not_found`: no such secret of yours", body = ErrorBody),
+        (status = 422, description = "`unknown_agent`: not one of your own live agents", body = ErrorBody),
+    ))]
+pub async fn grant_secret(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiPath((id, agent_id)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.set_secret_grant(&sponsor, id, agent_id, true).await?))
+}
+
+#[utoipa::path(delete, path = "/api/secrets/{id}/agents/{agent_id}", tag = "secrets",
+    summary = "Revoke one agent's use of a secret",
+    description = "Idempotent; the agent's next call naming the secret is denied at the secret stage.",
+    params(("id" = Uuid, Path, description = "Secret id"), ("agent_id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The secret's metadata", body = SecretView),
+        (status = 404, description = "`not_found`: no such secret of yours", body = ErrorBody),
+    ))]
+pub async fn revoke_secret(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiPath((id, agent_id)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.set_secret_grant(&sponsor, id, agent_id, false).await?))
+}
+
 #[utoipa::path(delete, path = "/api/secrets/{id}", tag = "secrets",
     summary = "Delete a secret",
     description = "Connections that named it keep working without a secret.",

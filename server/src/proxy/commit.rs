@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::audit::{Appended, AuditEntry, AuditLog, AuditTxn};
 use crate::metrics::Metrics;
-use crate::wallets::{Reservation, Resolved, WalletService};
+use crate::wallets::{Reservation, Resolved, RolledWindows, WalletService};
 
 /// Most writes in one transaction: bounds how long the chain lock is held.
 pub const MAX_BATCH: usize = 128;
@@ -270,18 +270,19 @@ impl Writer {
     /// order, then the audit records in arrival order.
     async fn apply(&self, writes: &[Write]) -> Result<(AuditTxn, Vec<(Done, Option<Resolved>)>), AppError> {
         let mut txn = self.audit.begin().await?;
+        let mut rolled = RolledWindows::default();
         let mut order: Vec<usize> = (0..writes.len()).collect();
         order.sort_by_key(|&i| writes[i].agent_id());
         let mut wallet_results: Vec<Option<WalletResult>> = (0..writes.len()).map(|_| None).collect();
         for i in order {
             let result = match &writes[i] {
                 Write::Intent { agent_id, request_id, amount, .. } => WalletResult::Reserved(
-                    self.wallets.reserve_in(txn.conn(), *agent_id, request_id, *amount).await?,
+                    self.wallets.reserve_in(txn.conn(), &mut rolled, *agent_id, request_id, *amount).await?,
                 ),
                 Write::Outcome { request_id, charge, .. } => {
                     let status = if charge.is_some() { "settled" } else { "released" };
                     WalletResult::Resolved(
-                        self.wallets.resolve_in(txn.conn(), request_id, status, *charge).await?,
+                        self.wallets.resolve_in(txn.conn(), &mut rolled, request_id, status, *charge).await?,
                     )
                 }
             };
@@ -292,15 +293,18 @@ impl Writer {
             let (Write::Intent { entry, .. } | Write::Outcome { entry, .. }) = write;
             applied.push(match result.ok_or_else(AppError::internal)? {
                 WalletResult::Reserved(Reservation::Held) => {
-                    (Done::Intent(Intent::Recorded(txn.append(entry.clone()).await?)), None)
+                    (Done::Intent(Intent::Recorded(txn.hold(entry.clone()).await?)), None)
                 }
                 WalletResult::Reserved(refused) => (Done::Intent(Intent::Refused(refused)), None),
                 WalletResult::Resolved(resolved) => {
-                    let appended = txn.append(entry.clone()).await?;
+                    let appended = txn.hold(entry.clone()).await?;
                     (Done::Outcome(Outcome { resolved: resolved.is_some(), appended }), resolved)
                 }
             });
         }
+        // The batch's records, inserted together; a failure here rolls back and
+        // retries write by write like any other.
+        txn.flush().await?;
         Ok((txn, applied))
     }
 }

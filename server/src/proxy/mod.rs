@@ -389,17 +389,27 @@ impl Pipeline {
         // Stage: policy.
         let estimate = request.declared_cost_micros.max(request.minimum_cost_micros);
         let at = now();
-        let wallet = match self.wallets.get(agent.agent.id).await {
-            Ok(w) => w,
-            Err(e) => undecided!(storage_failure(request_id, e)),
+        // The reads this request needs, at once: each is a round trip to the
+        // database, and none depends on another. The secret is only fetched here
+        // (no side effect); the secret stage below decides whether it may be used.
+        let granted_secret = async {
+            match &request.secret {
+                Some(name) => self.secrets.granted(agent.agent.sponsor_id, agent.agent.id, name).await,
+                None => Ok(None),
+            }
         };
-        let version = match self.policies.source_for(agent.agent.policy_id).await {
-            Ok(v) => v,
-            Err(e) => undecided!(storage_failure(request_id, e)),
+        let (wallet, version, granted_secret) = tokio::join!(
+            self.wallets.get(agent.agent.id),
+            self.policies.source_for(agent.agent.policy_id),
+            granted_secret
+        );
+        let (wallet, version, granted_secret) = match (wallet, version, granted_secret) {
+            (Ok(w), Ok(v), Ok(s)) => (w, v, s),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => undecided!(storage_failure(request_id, e)),
         };
         let input = policy::input(&agent.agent, &request, &parsed, estimate, wallet.as_ref(), at);
         let canonical_input = canonical_json(&input);
-        let evaluation = self.engine.evaluate_canonical(&version.source, &canonical_input);
+        let evaluation = self.engine.evaluate_prepared(&version.source, input, &canonical_input);
         trail.policy_hash = Some(evaluation.policy_sha256.clone());
         trail.policy_input = Some(canonical_input);
         reasons = evaluation.reasons.clone();
@@ -440,13 +450,11 @@ impl Pipeline {
             upstream::outgoing_headers(&request.headers, evaluation.forward_credentials);
         let secret = match &request.secret {
             None => None,
-            Some(name) => {
-                match self.secrets.usable(agent.agent.sponsor_id, agent.agent.id, name, &target.host).await {
-                    Ok(Ok(s)) => Some(s),
-                    Ok(Err(denied)) => deny!(Stage::Secret, denied.0, json!({})),
-                    Err(e) => undecided!(storage_failure(request_id, e)),
-                }
-            }
+            Some(name) => match self.secrets.open(granted_secret.as_ref(), name, &target.host) {
+                Ok(Ok(s)) => Some(s),
+                Ok(Err(denied)) => deny!(Stage::Secret, denied.0, json!({})),
+                Err(e) => undecided!(storage_failure(request_id, e)),
+            },
         };
         if let Some(s) = &secret
             && let Err(reason) = secret::inject(s, &mut headers, &mut url)

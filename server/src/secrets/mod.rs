@@ -237,6 +237,33 @@ impl SecretService {
         self.get(sponsor_id, id).await
     }
 
+    /// Grants (or revokes) one agent's use of one secret: a single row inserted or
+    /// deleted, so simultaneous grants to other agents never undo each other.
+    pub async fn set_grant(
+        &self,
+        sponsor_id: Uuid,
+        id: Uuid,
+        agent_id: Uuid,
+        granted: bool,
+    ) -> Result<SecretView, AppError> {
+        self.owned(sponsor_id, id).await?;
+        if granted {
+            self.own_live_agents(sponsor_id, &[agent_id]).await?;
+            secret_grants::Entity::insert(secret_grants::ActiveModel {
+                secret_id: Set(id),
+                agent_id: Set(agent_id),
+                created_at: Set(now()),
+            })
+            .on_conflict_do_nothing()
+            .exec(&self.db)
+            .await
+            .map_err(internal)?;
+        } else {
+            secret_grants::Entity::delete_by_id((id, agent_id)).exec(&self.db).await.map_err(internal)?;
+        }
+        self.get(sponsor_id, id).await
+    }
+
     /// Refused while a connection uses the secret: deleting it would silently send
     /// that connection's calls upstream without credentials.
     pub async fn delete(&self, sponsor_id: Uuid, id: Uuid) -> Result<(), AppError> {
@@ -259,29 +286,35 @@ impl SecretService {
         Ok(())
     }
 
-    /// The secret `name` decrypted for `agent_id`'s call to `host` — only if the
-    /// secret is the agent's sponsor's, granted to the agent, and allowed for the host.
-    pub async fn usable(
+    /// The sponsor's secret `name` if it is granted to `agent_id`: one query, with
+    /// no side effect, so the proxy fetches it alongside the policy stage's reads.
+    pub async fn granted(
         &self,
         sponsor_id: Uuid,
         agent_id: Uuid,
         name: &str,
-        host: &str,
-    ) -> Result<Result<UsableSecret, SecretDenied>, AppError> {
-        let Some(row) = secrets::Entity::find()
+    ) -> Result<Option<secrets::Model>, AppError> {
+        secrets::Entity::find()
+            .inner_join(secret_grants::Entity)
             .filter(secrets::Column::SponsorId.eq(sponsor_id))
             .filter(secrets::Column::Name.eq(name))
+            .filter(secret_grants::Column::AgentId.eq(agent_id))
             .one(&self.db)
             .await
-            .map_err(internal)?
-        else {
+            .map_err(internal)
+    }
+
+    /// Decrypts a [`Self::granted`] secret for a call to `host`, if the secret may
+    /// go there.
+    pub fn open(
+        &self,
+        granted: Option<&secrets::Model>,
+        name: &str,
+        host: &str,
+    ) -> Result<Result<UsableSecret, SecretDenied>, AppError> {
+        let Some(row) = granted else {
             return Ok(Err(SecretDenied(format!("no secret named {name:?} is granted to this agent"))));
         };
-        let granted =
-            secret_grants::Entity::find_by_id((row.id, agent_id)).one(&self.db).await.map_err(internal)?;
-        if granted.is_none() {
-            return Ok(Err(SecretDenied(format!("no secret named {name:?} is granted to this agent"))));
-        }
         let patterns: Vec<String> = serde_json::from_str(&row.allowed_hosts).unwrap_or_default();
         if !hosts::any_matches(&patterns, host) {
             return Ok(Err(SecretDenied(format!("secret {name:?} may not be sent to {host}"))));
@@ -290,7 +323,7 @@ impl SecretService {
             tracing::error!(secret = %row.id, error = %e, "vault secret could not be decrypted");
             AppError::internal()
         })?;
-        Ok(Ok(UsableSecret { name: row.name.clone(), inject: injection_of(&row), value }))
+        Ok(Ok(UsableSecret { name: row.name.clone(), inject: injection_of(row), value }))
     }
 
     /// Finds a sponsor's secret by name (for connections).

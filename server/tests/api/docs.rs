@@ -45,6 +45,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/secrets/{id}"),
     ("PUT", "/api/secrets/{id}"),
     ("DELETE", "/api/secrets/{id}"),
+    ("PUT", "/api/secrets/{id}/agents/{agent_id}"),
+    ("DELETE", "/api/secrets/{id}/agents/{agent_id}"),
     ("GET", "/api/connections"),
     ("POST", "/api/connections"),
     ("DELETE", "/api/connections/{id}"),

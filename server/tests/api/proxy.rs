@@ -374,6 +374,98 @@ async fn secrets_are_injected_just_in_time_and_never_leak() {
 }
 
 #[tokio::test]
+async fn grants_are_one_row_each_so_simultaneous_grants_all_land() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
+    let sponsor = s.sponsor("grants").await;
+    let mut agents = Vec::new();
+    for i in 0..8 {
+        let (agent, key) = permissive_agent(&s, &sponsor, &format!("bot-{i}")).await;
+        agents.push((agent["id"].as_str().unwrap().to_owned(), key));
+    }
+    let created = secret(
+        &s,
+        &sponsor,
+        json!({"name": "shared", "value": "v-123", "allowed_hosts": ["127.0.0.1"],
+        "inject": {"header": "authorization"}}),
+    )
+    .await;
+    let sid = created.body["id"].as_str().unwrap().to_owned();
+    let grant = |agent: &str| {
+        let path = format!("/api/secrets/{sid}/agents/{agent}");
+        let (s, access) = (&s, &sponsor.access);
+        async move { s.send(reqwest::Method::PUT, &path, Some(access), None).await }
+    };
+
+    // Eight grants at once: a read-modify-write of the list would keep only some.
+    let answers = futures::future::join_all(agents.iter().map(|(id, _)| grant(id))).await;
+    assert!(
+        answers.iter().all(|r| r.status == StatusCode::OK),
+        "{:?}",
+        answers.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    let mut expected: Vec<String> = agents.iter().map(|(id, _)| id.clone()).collect();
+    expected.sort();
+    let view = s.get(&format!("/api/secrets/{sid}"), &sponsor.access).await;
+    assert_eq!(view.body["agents"], json!(expected), "{}", view.text);
+    // Idempotent.
+    assert_eq!(grant(&agents[0].0).await.body["agents"], json!(expected));
+
+    // Revoking one leaves the others; the revoked agent is refused at once.
+    let (gone, gone_key) = &agents[3];
+    let r = s
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/secrets/{sid}/agents/{gone}"),
+            Some(&sponsor.access),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["agents"].as_array().unwrap().len(), 7);
+    let call = json!({"method": "GET", "url": mock.url("/echo"), "secret": "shared"});
+    assert_eq!(s.execute(gone_key, call.clone()).await.body["stage"], "secret");
+    assert_eq!(s.execute(&agents[4].1, call).await.body["decision"], "allow");
+
+    // Someone else's secret or agent: 404 / 422, nothing changes.
+    let stranger = s.sponsor("grants-stranger").await;
+    let (theirs, _) = permissive_agent(&s, &stranger, "theirs").await;
+    let theirs = theirs["id"].as_str().unwrap();
+    let r = s
+        .send(
+            reqwest::Method::PUT,
+            &format!("/api/secrets/{sid}/agents/{}", agents[3].0),
+            Some(&stranger.access),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{}",
+        r.text
+    );
+    let r = grant(theirs).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_agent"))
+    );
+    let r = s
+        .send(
+            reqwest::Method::PUT,
+            &format!("/api/secrets/{sid}/agents/not-a-uuid"),
+            Some(&sponsor.access),
+            None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16() / 100, 4, "{}", r.text);
+    assert_eq!(
+        s.get(&format!("/api/secrets/{sid}"), &sponsor.access).await.body["agents"].as_array().unwrap().len(),
+        7
+    );
+}
+
+#[tokio::test]
 async fn budgets_hold_and_replays_do_not_repeat_calls() {
     let mock = MockUpstream::start().await;
     let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
