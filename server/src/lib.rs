@@ -99,6 +99,17 @@ pub struct Running {
     pub addr: SocketAddr,
     pub services: Arc<Services>,
     pub task: tokio::task::JoinHandle<()>,
+    /// The background upkeep; it stops with `task` (when it ends or is aborted).
+    pub janitor: tokio::task::AbortHandle,
+}
+
+/// Aborts a task when dropped: ties a helper task's life to the task holding it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Builds AEGIS and serves it on `listener` (or on the configured address).
@@ -113,10 +124,14 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let leptos_options = leptos_options(&config);
     let services = build_services(config).await?;
     let app = http::router(http::AppState { leptos_options, services: services.clone() });
-    spawn_janitor(services.clone());
+    let janitor = spawn_janitor(services.clone()).abort_handle();
+    let janitor_guard = AbortOnDrop(janitor.clone());
     let audit = services.audit.clone();
     let grace = services.config.shutdown_grace;
     let task = tokio::spawn(async move {
+        // Upkeep runs exactly as long as serving does (an in-process instance —
+        // the bench's, a test's — may be dropped while its runtime lives on).
+        let _janitor = janitor_guard;
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         // On a signal the listener closes at once; in-flight requests get `grace` to finish.
         let (stopping, mut stop) = tokio::sync::watch::channel(false);
@@ -146,14 +161,14 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             Err(_) => tracing::error!("final audit checkpoint timed out"),
         }
     });
-    Ok(Running { addr, services, task })
+    Ok(Running { addr, services, task, janitor })
 }
 
 /// Background upkeep, every `AEGIS_JANITOR_INTERVAL_SECS` (5 s): expires approvals
 /// nobody decided in time (so agents and dashboards learn promptly), and releases
 /// budget holds whose calls never reported back (a crash mid-call) once they pass
 /// their expiry, so a dead request cannot block an agent's wallet for ever.
-fn spawn_janitor(services: Arc<Services>) {
+fn spawn_janitor(services: Arc<Services>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(services.config.janitor_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -168,7 +183,7 @@ fn spawn_janitor(services: Arc<Services>) {
                 Err(e) => tracing::error!(error = %e.message, "could not release expired budget holds"),
             }
         }
-    });
+    })
 }
 
 async fn shutdown_signal() {

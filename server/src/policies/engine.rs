@@ -5,8 +5,9 @@
 //! else — a compile error, an evaluation error, a time-out, an undefined or unknown
 //! decision — is a deny: the engine fails closed.
 //!
-//! Compiled policies are cached by the SHA-256 of their source, so a changed policy
-//! (a new version) is compiled once on first use and the old one simply ages out.
+//! Compiled policies are cached by their source text (with its SHA-256, computed
+//! once), so a changed policy (a new version) is compiled once on first use and
+//! the old one simply ages out.
 //!
 //! A compiled policy is also compiled to a program for regorus' virtual machine
 //! (RVM), which evaluates the shipped policies about eight times faster than the
@@ -25,7 +26,7 @@ use regorus::rvm::{Program, RegoVM};
 use regorus::{CompiledPolicy, Engine, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{canonical_json, sha256_hex};
+use crate::storage::sha256_hex;
 
 /// Longest a single evaluation may run before it is cut off (and denied). It is
 /// wall-clock time: an ordinary policy takes well under a millisecond, and the
@@ -74,10 +75,9 @@ impl Decision {
 pub struct Evaluation {
     pub decision: Decision,
     pub reasons: Vec<String>,
-    /// SHA-256 of the exact policy source used.
+    /// SHA-256 of the exact policy source used. (The input itself is kept whole
+    /// in the audit record, whose hash covers it.)
     pub policy_sha256: String,
-    /// SHA-256 of the canonical JSON of the input.
-    pub input_sha256: String,
     /// The policy lets the agent's own `Authorization`/`Cookie` headers through
     /// (`forward_credentials := true`); they are dropped otherwise.
     pub forward_credentials: bool,
@@ -95,6 +95,8 @@ const IDLE_VMS: usize = 16;
 
 /// One policy, ready to evaluate.
 pub struct Compiled {
+    /// Of the source, hex.
+    pub sha256: String,
     policy: CompiledPolicy,
     /// The RVM program, when the RVM compiler takes the policy.
     program: Option<Arc<Program>>,
@@ -103,7 +105,7 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    pub fn new(policy: CompiledPolicy) -> Self {
+    pub fn new(source: &str, policy: CompiledPolicy) -> Self {
         let program = match Compiler::compile_from_policy(&policy, &[ENTRY_RULE]) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -111,7 +113,7 @@ impl Compiled {
                 None
             }
         };
-        Self { policy, program, idle: Mutex::new(Vec::new()) }
+        Self { sha256: sha256_hex(source.as_bytes()), policy, program, idle: Mutex::new(Vec::new()) }
     }
 
     /// Whether evaluations run on the RVM (false: on the interpreter).
@@ -183,53 +185,45 @@ impl PolicyEngine {
         Self::default()
     }
 
-    fn compiled(&self, sha: &str, source: &str) -> Result<Arc<Compiled>, String> {
-        if let Some(c) = self.compiled.read().unwrap_or_else(|e| e.into_inner()).get(sha) {
+    fn compiled(&self, source: &str) -> Result<Arc<Compiled>, String> {
+        if let Some(c) = self.compiled.read().unwrap_or_else(|e| e.into_inner()).get(source) {
             return Ok(c.clone());
         }
-        let compiled = Arc::new(Compiled::new(compile(source)?));
+        let compiled = Arc::new(Compiled::new(source, compile(source)?));
         let mut cache = self.compiled.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
-        cache.insert(sha.to_owned(), compiled.clone());
+        cache.insert(source.to_owned(), compiled.clone());
         Ok(compiled)
     }
 
     /// Evaluates `source` against `input`. Never fails: every problem is a deny with
     /// the problem in `error`.
     pub fn evaluate(&self, source: &str, input: &serde_json::Value) -> Evaluation {
-        self.evaluate_prepared(source, input.clone(), &canonical_json(input))
+        self.evaluate_value(source, input.clone())
     }
 
-    /// [`Self::evaluate`] with the input's canonical JSON already made: the proxy
-    /// keeps that text for the audit record, so it is made once per request. The
-    /// input goes to the engine as a value, not re-parsed from the text.
-    pub fn evaluate_prepared(&self, source: &str, input: serde_json::Value, canonical: &str) -> Evaluation {
-        let policy_sha256 = sha256_hex(source.as_bytes());
-        let input_sha256 = sha256_hex(canonical.as_bytes());
-        let deny = |error: String| Evaluation {
+    /// [`Self::evaluate`], taking the input: it goes to the engine as a value,
+    /// never re-parsed from JSON text.
+    pub fn evaluate_value(&self, source: &str, input: serde_json::Value) -> Evaluation {
+        let deny = |policy_sha256: String, error: String| Evaluation {
             decision: Decision::Deny,
             reasons: vec![],
-            policy_sha256: policy_sha256.clone(),
-            input_sha256: input_sha256.clone(),
+            policy_sha256,
             forward_credentials: false,
             error: Some(error),
         };
-        let compiled = match self.compiled(&policy_sha256, source) {
+        let compiled = match self.compiled(source) {
             Ok(c) => c,
-            Err(e) => return deny(format!("policy does not compile: {e}")),
+            Err(e) => return deny(sha256_hex(source.as_bytes()), format!("policy does not compile: {e}")),
         };
+        let policy_sha256 = compiled.sha256.clone();
         match verdict(compiled.eval(Value::from(input))) {
-            Ok(Verdict { decision, reasons, forward_credentials }) => Evaluation {
-                decision,
-                reasons,
-                policy_sha256,
-                input_sha256,
-                forward_credentials,
-                error: None,
-            },
-            Err(error) => deny(error),
+            Ok(Verdict { decision, reasons, forward_credentials }) => {
+                Evaluation { decision, reasons, policy_sha256, forward_credentials, error: None }
+            }
+            Err(error) => deny(policy_sha256, error),
         }
     }
 }
@@ -266,6 +260,7 @@ pub fn verdict(output: Result<Value, String>) -> Result<Verdict, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::canonical_json;
     use serde_json::json;
 
     const DEFAULT: &str = include_str!("../../../policies/default.rego");
@@ -341,9 +336,15 @@ decision := "allow" if {
         let a = engine.evaluate(DEFAULT, &input("GET", 500, 0));
         let b = engine.evaluate(DEFAULT, &input("GET", 500, 0));
         assert_eq!(a, b);
-        let c = engine.evaluate(DEFAULT, &input("GET", 501, 0));
-        assert_ne!(a.input_sha256, c.input_sha256);
         assert_eq!(a.policy_sha256, sha256_hex(DEFAULT.as_bytes()));
+        let c = engine.evaluate(PERMISSIVE, &input("GET", 500, 0));
+        assert_eq!(c.policy_sha256, sha256_hex(PERMISSIVE.as_bytes()));
+        // A policy that does not compile is still identified.
+        let broken = "package aegis\ndecision := (";
+        assert_eq!(
+            engine.evaluate(broken, &input("GET", 500, 0)).policy_sha256,
+            sha256_hex(broken.as_bytes())
+        );
     }
 
     /// Policies that exercise what sponsors write: sets, comprehensions, `every`,
@@ -396,7 +397,7 @@ reasons := [r | some m, l in limits; m == input.action.method; r := sprintf("%s 
     fn the_vm_and_the_interpreter_give_the_same_answers() {
         let inputs = grid();
         for source in [DEFAULT, PERMISSIVE].iter().chain(EXTRA) {
-            let compiled = Compiled::new(compile(source).unwrap());
+            let compiled = Compiled::new(source, compile(source).unwrap());
             assert!(compiled.on_vm(), "the RVM compiler should take {source}");
             // Run the grid twice so every run but the first reuses a VM. Where the
             // interpreter raises an error (conflicting rule values), the VM may
@@ -427,7 +428,7 @@ reasons := [r | some m, l in limits; m == input.action.method; r := sprintf("%s 
 import rego.v1
 decision := "allow" if { count(input.agent.tags) == 2 with input.agent.tags as ["a", "b"] }
 "#;
-        let compiled = Compiled::new(compile(with).unwrap());
+        let compiled = Compiled::new(with, compile(with).unwrap());
         assert!(!compiled.on_vm(), "`with` is not in the RVM compiler yet");
         let e = PolicyEngine::new().evaluate(with, &input("GET", 0, 0));
         assert_eq!((e.decision, e.error), (Decision::Allow, None));

@@ -78,3 +78,19 @@ async fn sigterm_stops_gracefully_with_a_final_checkpoint() {
     let cp = cp.expect("a checkpoint was signed at shutdown");
     assert_eq!((cp.seq, cp.head_hash), (head.seq, head.hash));
 }
+
+#[tokio::test]
+async fn the_janitor_stops_with_the_server() {
+    let s = TestServer::start().await;
+    assert!(!s.running.janitor.is_finished(), "upkeep runs while serving");
+    s.running.task.abort();
+    let mut stopped = false;
+    for _ in 0..100 {
+        if s.running.janitor.is_finished() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stopped, "an aborted server leaves no upkeep running against its closed database");
+}
