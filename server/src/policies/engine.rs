@@ -127,6 +127,10 @@ impl Compiled {
         let mut vm = reused.unwrap_or_else(|| {
             let mut vm = RegoVM::new();
             vm.load_program(program.clone());
+            // The wall-clock limit ([`EVAL_TIME_LIMIT`]) bounds a run, as on the
+            // interpreter; the VM's own default cap of 25,000 instructions would deny
+            // long but legitimate policies (a big allow-list) that the interpreter allows.
+            vm.set_max_instructions(usize::MAX);
             vm
         });
         vm.set_input(input);
@@ -420,6 +424,20 @@ reasons := [r | some m, l in limits; m == input.action.method; r := sprintf("%s 
             }
             assert!(decided > inputs.len(), "most of the grid decides: {decided} for {source}");
         }
+    }
+
+    #[test]
+    fn long_but_legitimate_policies_are_not_cut_short_on_the_vm() {
+        // Over the VM's default cap of 25,000 instructions (seen: 3,500 elements
+        // already exceed it), yet milliseconds of work.
+        let long = r#"package aegis
+import rego.v1
+decision := "allow" if count([x | some x in numbers.range(1, 4000); x % 7 != 0]) > 3000
+"#;
+        let compiled = Compiled::new(long, compile(long).unwrap());
+        assert!(compiled.on_vm());
+        let e = PolicyEngine::new().evaluate(long, &input("GET", 500, 0));
+        assert_eq!((e.decision, e.error), (Decision::Allow, None));
     }
 
     #[test]
