@@ -144,6 +144,13 @@ test("agent detail: a granted secret's call shows in activity, limits persist, r
   await page.locator(".agent-tabs").getByRole("link", { name: "Policy" }).click();
   await hydrated(page);
   await page.locator("#agent-policy-select").selectOption("permissive");
+  // A live refresh (the agent's call is an event) re-reads the agent but keeps the unsaved choice.
+  const refreshed = page.waitForResponse((r) => r.url().includes("/rpc/get_agent"));
+  expect((await call()).status()).toBeGreaterThanOrEqual(400);
+  await refreshed;
+  await expect(page.locator(".agent-sub")).toContainText("policy default");
+  await page.waitForTimeout(300);
+  await expect(page.locator("#agent-policy-select")).toHaveValue("permissive");
   await page.getByRole("button", { name: "Save policy" }).click();
   await expect(page.locator(".agent-sub")).toContainText("policy permissive");
   await page.reload();

@@ -108,6 +108,7 @@ impl Services {
             breaker,
             metrics: metrics.clone(),
             commit: crate::proxy::commit::GroupCommit::new(audit.clone(), wallets.clone(), metrics.clone()),
+            in_flight: tokio_util::task::TaskTracker::new(),
         };
         let agents = AgentService::new(db.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {
@@ -272,9 +273,16 @@ impl Backend for Services {
     ) -> Result<ApprovalView, AppError> {
         let claimed = self.approvals.approve(sponsor.user_id, sponsor.user_id, id, input).await?;
         let agent = self.agents.principal(claimed.approval.agent_id).await?;
-        let result = self.proxy.run_approved(&agent, claimed.request, claimed.request_id, id).await;
-        let (status, body) = result.to_json();
-        self.approvals.record_outcome(id, status, &body, result.audit_seq).await;
+        // Performed on its own task: a sponsor closing the tab mid-call must not
+        // leave the approved call without its settlement and outcome.
+        let (proxy, approvals) = (self.proxy.clone(), self.approvals.clone());
+        self.proxy
+            .run_detached(async move {
+                let result = proxy.run_approved(&agent, claimed.request, claimed.request_id, id).await;
+                let (status, body) = result.to_json();
+                approvals.record_outcome(id, status, &body, result.audit_seq).await;
+            })
+            .await?;
         self.approvals.get(sponsor.user_id, id).await
     }
 

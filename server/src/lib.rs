@@ -127,6 +127,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let janitor = spawn_janitor(services.clone()).abort_handle();
     let janitor_guard = AbortOnDrop(janitor.clone());
     let audit = services.audit.clone();
+    let in_flight = services.proxy.in_flight.clone();
     let grace = services.config.shutdown_grace;
     let task = tokio::spawn(async move {
         // Upkeep runs exactly as long as serving does (an in-process instance —
@@ -153,6 +154,12 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             _ = deadline => {
                 tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the shutdown grace; dropped");
             }
+        }
+        // Calls whose callers hung up are not connections any more; they finish too,
+        // so each performed call still gets its settlement and outcome record.
+        in_flight.close();
+        if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
+            tracing::warn!(calls = in_flight.len(), "proxy calls outlived the shutdown grace; dropped");
         }
         // A signed checkpoint of the final head, so truncation after shutdown shows.
         match tokio::time::timeout(std::time::Duration::from_secs(30), audit.checkpoint()).await {

@@ -49,6 +49,23 @@ impl RedisLink {
     /// Runs `pipe`; `Err` while Redis is (or has just been found) unreachable, in
     /// which case the caller uses its local state.
     pub async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
+        self.guarded(move |mut c| async move { pipe.query_async::<T>(&mut c).await }).await
+    }
+
+    /// Invokes a Lua script (EVALSHA, loading it first if Redis does not know it);
+    /// the same outage handling as [`Self::run`].
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        self.guarded(move |mut c| async move { script.invoke_async::<T>(&mut c).await }).await
+    }
+
+    async fn guarded<T, F, Fut>(&self, call: F) -> Result<T, String>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         {
             let mut retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
             match *retry_at {
@@ -57,7 +74,7 @@ impl RedisLink {
             }
         }
         let result = match self.connection().await {
-            Ok(mut c) => match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<T>(&mut c)).await {
+            Ok(c) => match tokio::time::timeout(COMMAND_TIMEOUT, call(c)).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("command timed out".into()),

@@ -96,7 +96,7 @@ pub fn AgentPage() -> impl IntoView {
         {move || id.get().map(|id| match tab.get() {
             "wallet" => view! { <WalletTab id/> }.into_any(),
             "secrets" => view! { <SecretsTab id/> }.into_any(),
-            "policy" => view! { <PolicyTab id agent set_policy/> }.into_any(),
+            "policy" => view! { <PolicyTab id set_policy/> }.into_any(),
             "trust" => view! { <TrustTab id/> }.into_any(),
             "keys" => view! { <KeysTab id agent rotate/> }.into_any(),
             _ => view! { <ActivityTab id/> }.into_any(),
@@ -387,8 +387,11 @@ fn SecretsTab(id: Uuid) -> impl IntoView {
 }
 
 #[component]
-fn PolicyTab(id: Uuid, agent: AgentResource, set_policy: ServerAction<SetAgentPolicy>) -> impl IntoView {
+fn PolicyTab(id: Uuid, set_policy: ServerAction<SetAgentPolicy>) -> impl IntoView {
     let policies = Resource::new(|| (), |_| list_policies());
+    // The form shows the saved policy as of opening and each save; not re-read on
+    // live refreshes, which would reset a choice not yet saved.
+    let agent = Resource::new(move || set_policy.version().get(), move |_| get_agent(id));
     let error = Signal::derive(move || set_policy.value().get().and_then(Result::err));
     let saved = move || matches!(set_policy.value().get(), Some(Ok(_)));
     view! {

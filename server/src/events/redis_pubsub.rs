@@ -164,12 +164,33 @@ async fn run(
 }
 
 fn receive(hub: &Hub, origin: Uuid, message: &redis::Msg) {
-    let Ok(payload) = message.get_payload::<String>() else {
+    let payload = message.get_payload_bytes();
+    // This replica's own events come back too; they were delivered locally already.
+    // Envelopes are serialised origin first, so they are told apart without parsing.
+    if payload.starts_with(own_prefix(origin).as_bytes()) {
         return;
-    };
-    match serde_json::from_str::<Envelope>(&payload) {
+    }
+    match serde_json::from_slice::<Envelope>(payload) {
         Ok(envelope) if envelope.origin == origin => {}
         Ok(envelope) => hub.deliver(envelope.event),
         Err(e) => tracing::debug!(error = %e, "ignored a malformed event from Redis"),
+    }
+}
+
+fn own_prefix(origin: Uuid) -> String {
+    format!("{{\"origin\":\"{origin}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_start_with_their_origin() {
+        let origin = Uuid::now_v7();
+        let event = Event::new("agent.created", Uuid::now_v7(), None, serde_json::json!({"k": 1}));
+        let text = serde_json::to_string(&Envelope { origin, event }).unwrap();
+        assert!(text.starts_with(&own_prefix(origin)), "{text}");
+        assert!(!text.starts_with(&own_prefix(Uuid::now_v7())));
     }
 }

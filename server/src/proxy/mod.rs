@@ -182,6 +182,8 @@ pub struct Pipeline {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Holds + intents and settlements + outcomes, many requests per transaction.
     pub commit: GroupCommit,
+    /// Accepted calls, each on its own task ([`Self::run_detached`]); shutdown waits for them.
+    pub in_flight: tokio_util::task::TaskTracker,
 }
 
 /// A fresh request id, `req_` + a UUIDv7: made by AEGIS, never taken from the client.
@@ -227,7 +229,34 @@ impl Pipeline {
     /// [`new_request_id`]). Never performs an upstream call unless the intent is
     /// durably in the audit log first. `Err` only for a misused idempotency key
     /// (answered like any other API error).
+    ///
+    /// The request runs on its own task, so a caller that hangs up mid-call (its
+    /// handler future dropped) cannot stop it between the upstream call and the
+    /// outcome record: the call is still settled, audited and, with an
+    /// idempotency key, answerable on retry.
     pub async fn run(
+        &self,
+        request_id: String,
+        agent: &AgentPrincipal,
+        request: ProxyRequest,
+    ) -> Result<ProxyResult, AppError> {
+        let (pipeline, agent) = (self.clone(), agent.clone());
+        self.run_detached(async move { pipeline.run_attached(request_id, &agent, request).await }).await?
+    }
+
+    /// Runs `work` on a task of its own, tracked in [`Self::in_flight`], and
+    /// waits for it; dropping the returned future does not stop `work`.
+    pub async fn run_detached<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, AppError> {
+        self.in_flight.spawn(work).await.map_err(|e| {
+            tracing::error!(error = %e, "a proxy task failed");
+            AppError::internal()
+        })
+    }
+
+    async fn run_attached(
         &self,
         request_id: String,
         agent: &AgentPrincipal,

@@ -556,3 +556,86 @@ async fn sigterm_drains_in_flight_calls_and_checkpoints_the_head() {
     let cli = aegis(&owner, &["verify-audit"]).await;
     assert_eq!(cli.code, 0, "{}{}", cli.stdout, cli.stderr);
 }
+
+/// A caller that hangs up mid-call (an agent's HTTP client timing out, a sponsor
+/// closing the tab while an approved call runs) does not stop the call half way:
+/// once performed it is settled at its cost and its outcome audited; an idempotent
+/// retry gets that answer instead of a second call or a stuck "in progress"; the
+/// approval keeps its outcome.
+#[tokio::test]
+async fn a_caller_hanging_up_mid_call_leaves_it_settled_and_audited() {
+    let s = TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32")]).await;
+    let mock = MockUpstream::start().await;
+    let db = s.running.services.db.clone();
+    let sponsor = s.sponsor("hang-up").await;
+    let (agent_id, key) = s
+        .agent_with(
+            &sponsor,
+            json!({"name": "impatient", "policy": "permissive", "daily_limit_micros": 1_000_000}),
+        )
+        .await;
+    let call = json!({"method": "GET", "url": mock.url("/slowish?ms=1500"), "cost_micros": 250_000,
+                      "idempotency_key": "hang-up-1"});
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+    let gone = impatient.post(s.url("/api/proxy/execute")).bearer_auth(&key).json(&call).send().await;
+    assert!(gone.is_err_and(|e| e.is_timeout()), "the client gives up before the upstream answers");
+    assert_eq!(mock.slowish_hits(), 1, "the call reached the upstream");
+
+    eventually(10, "the abandoned call's outcome", || async {
+        !audit_of_kind(&db, "proxy.outcome").await.is_empty()
+    })
+    .await;
+    let outcomes = audit_of_kind(&db, "proxy.outcome").await;
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!((outcomes[0].decision.as_deref(), outcomes[0].status), (Some("allow"), Some(200)));
+    let entries = ledger_entries::Entity::find().all(&db).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| (e.status.as_str(), e.settled_micros)).collect::<Vec<_>>(),
+        [("settled", Some(250_000))],
+        "settled at its cost, not left held for the janitor to release"
+    );
+    assert_spend_matches_ledger(&db).await;
+    let w = s.get(&format!("/api/agents/{agent_id}/wallet"), &sponsor.access).await;
+    assert_eq!(w.body["daily_spent_micros"], 250_000, "{}", w.text);
+
+    let retry = s.execute(&key, call).await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    assert_eq!(
+        (retry.body["replayed"].as_bool(), retry.body["audit_seq"].as_i64()),
+        (Some(true), Some(outcomes[0].seq))
+    );
+    assert_eq!(mock.slowish_hits(), 1, "the retry was answered, not performed again");
+
+    // The same for an approved call whose sponsor hangs up while it runs.
+    let (_, asking_key) = crate::approvals::asking_agent(&s, &sponsor, "asking").await;
+    let r = s
+        .execute(
+            &asking_key,
+            json!({"method": "GET", "url": mock.url("/slowish?ms=1500"), "cost_micros": 1000}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let approval_id = r.body["approval_id"].as_str().unwrap().to_owned();
+    let gone = impatient
+        .post(s.url(&format!("/api/approvals/{approval_id}/approve")))
+        .bearer_auth(&sponsor.access)
+        .json(&json!({}))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|e| e.is_timeout()), "the sponsor gives up before the upstream answers");
+    let path = format!("/api/approvals/{approval_id}");
+    eventually(10, "the approved call's outcome", || async {
+        !s.get(&path, &sponsor.access).await.body["outcome"].is_null()
+    })
+    .await;
+    let approval = s.get(&path, &sponsor.access).await.body;
+    assert_eq!(approval["status"], "approved");
+    assert_eq!(
+        (approval["outcome"]["status"].as_u64(), approval["outcome"]["body"]["decision"].as_str()),
+        (Some(200), Some("allow")),
+        "{approval}"
+    );
+    assert_eq!(mock.slowish_hits(), 2);
+    assert_eq!(held_entries(&db).await, 0);
+    assert_spend_matches_ledger(&db).await;
+}

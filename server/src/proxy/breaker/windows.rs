@@ -34,15 +34,6 @@ impl Kind {
             Kind::Denied => 'd',
         }
     }
-
-    fn from_code(c: char) -> Option<Self> {
-        match c {
-            'o' => Some(Kind::Ok),
-            'e' => Some(Kind::UpstreamError),
-            'd' => Some(Kind::Denied),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +71,21 @@ impl Stats {
         self.spend_micros = self.spend_micros.saturating_add(spend);
         self.new_hosts += u64::from(new_host);
     }
+
+    /// Undoes [`Self::add`] for an entry that slid out of the window.
+    fn remove(&mut self, kind: Kind, spend: i64, new_host: bool) {
+        self.total -= 1;
+        match kind {
+            Kind::Ok => self.performed -= 1,
+            Kind::UpstreamError => {
+                self.performed -= 1;
+                self.upstream_errors -= 1
+            }
+            Kind::Denied => self.denied -= 1,
+        }
+        self.spend_micros = self.spend_micros.saturating_sub(spend);
+        self.new_hosts -= u64::from(new_host);
+    }
 }
 
 #[async_trait::async_trait]
@@ -96,9 +102,12 @@ const MAX_ENTRIES: usize = 100_000;
 /// Hosts remembered per agent as "seen".
 const MAX_KNOWN_HOSTS: usize = 10_000;
 
+/// The entries in the window and their running totals: an observation costs
+/// O(1) amortised however busy the agent, not a walk over its whole window.
 #[derive(Default)]
 struct AgentWindow {
     entries: VecDeque<(Instant, Kind, i64, bool)>,
+    totals: Stats,
     known_hosts: HashSet<String>,
 }
 
@@ -117,16 +126,15 @@ impl MemoryWindows {
             _ => false,
         };
         w.entries.push_back((now, obs.kind, obs.spend_micros, new_host));
+        w.totals.add(obs.kind, obs.spend_micros, new_host);
         while w.entries.len() > MAX_ENTRIES
             || w.entries.front().is_some_and(|(at, ..)| now.duration_since(*at) > window)
         {
-            w.entries.pop_front();
+            if let Some((_, kind, spend, new_host)) = w.entries.pop_front() {
+                w.totals.remove(kind, spend, new_host);
+            }
         }
-        let mut stats = Stats::default();
-        for (_, kind, spend, new_host) in &w.entries {
-            stats.add(*kind, *spend, *new_host);
-        }
-        stats
+        w.totals.clone()
     }
 }
 
@@ -139,74 +147,95 @@ impl Windows for MemoryWindows {
     async fn clear(&self, agent: Uuid) -> Result<(), String> {
         if let Some(w) = self.agents.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&agent) {
             w.entries.clear();
+            w.totals = Stats::default();
         }
         Ok(())
     }
 }
 
-/// Redis: a sorted set of recent calls per agent (score: milliseconds) and a set
-/// of the hosts it has called. Members encode `kind|spend|new_host|request_id`.
+/// Redis: per agent, a sorted set of recent calls (score: milliseconds; members
+/// encode `kind|spend|new_host|request_id`), a hash of their running totals and a
+/// set of the hosts it has called. One Lua script records a call, drops what slid
+/// out of the window (subtracting it from the totals) and answers the totals, so a
+/// call is one round trip and costs the same however busy the agent — never a read
+/// of its whole window — and replicas update one agent atomically.
 pub struct RedisWindows {
     link: RedisLink,
+    observe: redis::Script,
 }
+
+/// KEYS: calls (zset), totals (hash), hosts (set).
+/// ARGV: now ms, cutoff ms (entries at or before it slid out), calls ttl ms, kind
+/// code, spend, request id, host ('' for none), hosts ttl s.
+/// Returns [total, o, e, d, spend, new_hosts].
+const OBSERVE_LUA: &str = r#"
+local calls, totals, hosts = KEYS[1], KEYS[2], KEYS[3]
+local function count(member, sign)
+  local kind, spend, new_host = string.match(member, '^(%a)|(%d+)|(%d)|')
+  if not kind then return end
+  local minus = sign < 0 and '-' or ''
+  redis.call('HINCRBY', totals, 'total', sign)
+  redis.call('HINCRBY', totals, kind, sign)
+  if spend ~= '0' then redis.call('HINCRBY', totals, 'spend', minus .. spend) end
+  if new_host == '1' then redis.call('HINCRBY', totals, 'new_hosts', sign) end
+end
+local new_host = '0'
+if ARGV[7] ~= '' then
+  if redis.call('SADD', hosts, ARGV[7]) == 1 then new_host = '1' end
+  redis.call('EXPIRE', hosts, ARGV[8])
+end
+local member = ARGV[4] .. '|' .. ARGV[5] .. '|' .. new_host .. '|' .. ARGV[6]
+if redis.call('ZADD', calls, 'NX', ARGV[1], member) == 1 then count(member, 1) end
+local gone = redis.call('ZRANGEBYSCORE', calls, '-inf', ARGV[2])
+for _, m in ipairs(gone) do count(m, -1) end
+if #gone > 0 then redis.call('ZREMRANGEBYSCORE', calls, '-inf', ARGV[2]) end
+redis.call('PEXPIRE', calls, ARGV[3])
+redis.call('PEXPIRE', totals, ARGV[3])
+return redis.call('HMGET', totals, 'total', 'o', 'e', 'd', 'spend', 'new_hosts')
+"#;
 
 impl RedisWindows {
     pub fn new(url: &str) -> Result<Self, String> {
-        Ok(Self { link: RedisLink::new(url, "breaker windows")? })
-    }
-
-    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
-        self.link.run(pipe).await
+        Ok(Self { link: RedisLink::new(url, "breaker windows")?, observe: redis::Script::new(OBSERVE_LUA) })
     }
 }
 
-fn keys(agent: Uuid) -> (String, String) {
-    (format!("aegis:breaker:{agent}:calls"), format!("aegis:breaker:{agent}:hosts"))
+fn keys(agent: Uuid) -> [String; 3] {
+    ["calls", "totals", "hosts"].map(|k| format!("aegis:breaker:{agent}:{k}"))
 }
 
 #[async_trait::async_trait]
 impl Windows for RedisWindows {
     async fn observe(&self, agent: Uuid, obs: &Observation, window: Duration) -> Result<Stats, String> {
-        let (calls, hosts) = keys(agent);
-        let new_host = match &obs.host {
-            Some(h) => {
-                let mut p = redis::pipe();
-                p.sadd(&hosts, h).expire(&hosts, 30 * 24 * 3600).ignore();
-                let (added,): (i64,) = self.run(&p).await?;
-                added == 1
-            }
-            None => false,
-        };
         let now_ms = chrono::Utc::now().timestamp_millis();
         let window_ms = window.as_millis() as i64;
-        let member =
-            format!("{}|{}|{}|{}", obs.kind.code(), obs.spend_micros, u8::from(new_host), obs.request_id);
-        let mut p = redis::pipe();
-        p.zadd(&calls, member, now_ms)
-            .ignore()
-            .zrembyscore(&calls, "-inf", now_ms - window_ms)
-            .ignore()
-            .pexpire(&calls, window_ms + 1000)
-            .ignore()
-            .zrangebyscore(&calls, now_ms - window_ms, "+inf");
-        let (members,): (Vec<String>,) = self.run(&p).await?;
-        let mut stats = Stats::default();
-        for m in members {
-            let mut parts = m.splitn(4, '|');
-            let kind = parts.next().and_then(|k| k.chars().next()).and_then(Kind::from_code);
-            let spend = parts.next().and_then(|s| s.parse::<i64>().ok());
-            let new_host = parts.next() == Some("1");
-            if let (Some(kind), Some(spend)) = (kind, spend) {
-                stats.add(kind, spend, new_host);
-            }
-        }
-        Ok(stats)
+        let mut call = self.observe.prepare_invoke();
+        call.key(&keys(agent))
+            .arg(now_ms)
+            .arg(now_ms - window_ms)
+            .arg(window_ms + 1000)
+            .arg(obs.kind.code().to_string())
+            .arg(obs.spend_micros.max(0))
+            .arg(&obs.request_id)
+            .arg(obs.host.as_deref().unwrap_or(""))
+            .arg(30 * 24 * 3600);
+        let [total, ok, errors, denied, spend, new_hosts]: [Option<i64>; 6] = self.link.invoke(&call).await?;
+        let n = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+        Ok(Stats {
+            total: n(total),
+            denied: n(denied),
+            upstream_errors: n(errors),
+            performed: n(ok) + n(errors),
+            spend_micros: spend.unwrap_or(0),
+            new_hosts: n(new_hosts),
+        })
     }
 
     async fn clear(&self, agent: Uuid) -> Result<(), String> {
+        let [calls, totals, _hosts] = keys(agent);
         let mut p = redis::pipe();
-        p.del(keys(agent).0).ignore();
-        self.run::<()>(&p).await
+        p.del(&[calls, totals]).ignore();
+        self.link.run::<()>(&p).await
     }
 }
 
@@ -292,7 +321,7 @@ mod tests {
         w.observe(agent, &obs(Kind::Denied, None), Duration::from_millis(30)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         let s = w.observe(agent, &obs(Kind::Ok, None), Duration::from_millis(30)).await.unwrap();
-        assert_eq!((s.total, s.denied), (1, 0));
+        assert_eq!((s.total, s.denied, s.performed, s.spend_micros), (1, 0, 1, 10));
     }
 
     /// Runs against the Redis at `AEGIS_TEST_REDIS_URL` (CI sets it).
@@ -312,6 +341,35 @@ mod tests {
         b.clear(agent).await.unwrap();
         let s = a.observe(agent, &obs(Kind::Ok, None), win).await.unwrap();
         assert_eq!(s.total, 1);
+    }
+
+    /// The running totals in Redis lose what slid out of the window.
+    #[tokio::test]
+    async fn redis_windows_forget_what_slid_out() {
+        let Ok(url) = std::env::var("AEGIS_TEST_REDIS_URL") else {
+            eprintln!("SKIPPED redis_windows_forget_what_slid_out: AEGIS_TEST_REDIS_URL is not set");
+            return;
+        };
+        let w = RedisWindows::new(&url).unwrap();
+        let agent = Uuid::now_v7();
+        let win = Duration::from_millis(300);
+        let first = Observation {
+            spend_micros: 1_000_000_000_000_000,
+            ..obs(Kind::UpstreamError, Some("h.example"))
+        };
+        w.observe(agent, &first, win).await.unwrap();
+        let s = w.observe(agent, &obs(Kind::Ok, Some("h.example")), win).await.unwrap();
+        assert_eq!(
+            (s.total, s.performed, s.upstream_errors, s.spend_micros, s.new_hosts),
+            (2, 2, 1, 1_000_000_000_000_010, 1)
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let s = w.observe(agent, &obs(Kind::Denied, Some("h.example")), win).await.unwrap();
+        assert_eq!(
+            s,
+            Stats { total: 1, denied: 1, upstream_errors: 0, performed: 0, spend_micros: 10, new_hosts: 0 },
+            "the first call slid out of the totals; its host stays known"
+        );
     }
 
     #[tokio::test]
