@@ -31,7 +31,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use entity::{agents, approvals};
+use entity::{agents, approvals, audit_events};
 use http::{HeaderName, HeaderValue, Method};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -476,6 +476,77 @@ impl ApprovalService {
         if let Err(e) = stored {
             tracing::error!(approval = %id, error = %e, "could not store an approval's outcome (it is in the audit log)");
         }
+    }
+
+    /// Gives an outcome to approved calls whose performing replica stopped before
+    /// keeping one (a crash mid-call; a caller hanging up no longer does it). Once
+    /// `stale_after` (the reservation TTL: the call's budget hold, if it got one, has
+    /// expired too) has passed since the approval, the call cannot still be running:
+    /// the approval's outcome says it was interrupted, with what the audit log knows
+    /// (its intent and outcome records, if any), audited as `approval.interrupted`.
+    /// The agent polling it gets an answer instead of `approved` for ever. Returns
+    /// how many were closed.
+    pub async fn close_interrupted(&self, stale_after: Duration) -> Result<u64, AppError> {
+        let cutoff = now() - chrono::Duration::from_std(stale_after).unwrap_or_default();
+        let stale = approvals::Entity::find()
+            .filter(approvals::Column::Status.eq(ApprovalStatus::Approved.as_str()))
+            .filter(approvals::Column::OutcomeJson.is_null())
+            .filter(approvals::Column::DecidedAt.lt(cutoff))
+            .limit(100)
+            .all(&self.db)
+            .await
+            .map_err(internal)?;
+        let mut closed = 0;
+        for row in stale {
+            let Ok(parked) = self.open(&row) else { continue };
+            let seq_of = |kind: &'static str| {
+                audit_events::Entity::find()
+                    .select_only()
+                    .column(audit_events::Column::Seq)
+                    .filter(audit_events::Column::RequestId.eq(parked.request_id.clone()))
+                    .filter(audit_events::Column::Kind.eq(kind))
+                    .into_tuple::<i64>()
+                    .one(&self.db)
+            };
+            let intent = seq_of("proxy.intent").await.map_err(internal)?;
+            let performed = seq_of("proxy.outcome").await.map_err(internal)?;
+            let reason = "interrupted: the AEGIS process performing this approved call stopped before \
+                          keeping its answer; intent_audit_seq and outcome_audit_seq say how far it got";
+            let detail =
+                json!({"approval_id": row.id, "intent_audit_seq": intent, "outcome_audit_seq": performed});
+            let mut txn = self.audit.begin().await?;
+            // Claimed only if still without an outcome (a late answer from a live
+            // replica wins), the row first and the chain after, like every decision.
+            let outcome = |audit_seq: Option<i64>| {
+                let body = json!({"request_id": parked.request_id, "audit_seq": audit_seq, "decision": "error",
+                                  "stage": "upstream", "reason": reason,
+                                  "intent_audit_seq": intent, "outcome_audit_seq": performed});
+                canonical_json(&json!({"status": 502, "body": body}))
+            };
+            let store = |audit_seq: Option<i64>| {
+                approvals::Entity::update_many()
+                    .col_expr(approvals::Column::OutcomeJson, Expr::value(outcome(audit_seq)))
+                    .col_expr(approvals::Column::OutcomeAuditSeq, Expr::value(audit_seq))
+                    .filter(approvals::Column::Id.eq(row.id))
+            };
+            let won = store(None)
+                .filter(approvals::Column::OutcomeJson.is_null())
+                .exec(txn.conn())
+                .await
+                .map_err(internal)?
+                .rows_affected
+                == 1;
+            if !won {
+                continue;
+            }
+            let appended =
+                txn.append(decision_entry(&row, &parked, "approval.interrupted", "error", detail)).await?;
+            store(Some(appended.seq)).exec(txn.conn()).await.map_err(internal)?;
+            txn.commit().await?;
+            tracing::warn!(approval = %row.id, request = %parked.request_id, "an approved call was interrupted; its approval now says so");
+            closed += 1;
+        }
+        Ok(closed)
     }
 
     pub async fn reject(

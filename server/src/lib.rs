@@ -174,7 +174,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
 /// Background upkeep, every `AEGIS_JANITOR_INTERVAL_SECS` (5 s): expires approvals
 /// nobody decided in time (so agents and dashboards learn promptly), and releases
 /// budget holds whose calls never reported back (a crash mid-call) once they pass
-/// their expiry, so a dead request cannot block an agent's wallet for ever.
+/// their expiry, so a dead request cannot block an agent's wallet for ever, and
+/// tells the agents of approved calls interrupted that way.
 fn spawn_janitor(services: Arc<Services>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(services.config.janitor_interval);
@@ -188,6 +189,9 @@ fn spawn_janitor(services: Arc<Services>) -> tokio::task::JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(released = n, "released expired budget holds"),
                 Err(e) => tracing::error!(error = %e.message, "could not release expired budget holds"),
+            }
+            if let Err(e) = services.approvals.close_interrupted(services.config.reservation_ttl).await {
+                tracing::error!(error = %e.message, "could not close interrupted approved calls");
             }
         }
     })

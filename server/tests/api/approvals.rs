@@ -10,7 +10,7 @@ use crate::support::{Sponsor, TestServer};
 const ALLOW_LOOPBACK: (&str, &str) = ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32");
 
 /// Every call needs a human, with a reason.
-const ASK_ALWAYS: &str = "package aegis\nimport rego.v1\ndefault decision := \"require_approval\"\nreasons contains \"every call needs a human\"\n";
+pub const ASK_ALWAYS: &str = "package aegis\nimport rego.v1\ndefault decision := \"require_approval\"\nreasons contains \"every call needs a human\"\n";
 
 /// An agent under a policy that asks for approval on every call.
 pub async fn asking_agent(s: &TestServer, sponsor: &Sponsor, name: &str) -> (String, String) {

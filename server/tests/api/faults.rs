@@ -639,3 +639,82 @@ async fn a_caller_hanging_up_mid_call_leaves_it_settled_and_audited() {
     assert_eq!(held_entries(&db).await, 0);
     assert_spend_matches_ledger(&db).await;
 }
+
+/// `kill -9` while an approved call is being performed: after the restart, once the
+/// call's hold has expired, the approval gets an outcome saying the call was
+/// interrupted (with how far the audit log shows it got), audited as
+/// `approval.interrupted`, instead of staying `approved` without an answer for ever.
+#[tokio::test]
+async fn an_approved_call_cut_by_kill_9_gets_an_interrupted_outcome() {
+    let owner = TestServer::start().await;
+    let mock = MockUpstream::start().await;
+    let log = owner.dir.path().join("aegis.log");
+    let vars = [("AEGIS_RESERVATION_TTL_SECS", "3"), ("AEGIS_JANITOR_INTERVAL_SECS", "1")];
+    let mut first = Proc::start(&owner, &vars, &log).await;
+    let (token, _, _) = first.spender(1_000_000_000).await;
+    let r = first
+        .post("/api/policies", Some(&token), json!({"name": "ask", "source": crate::approvals::ASK_ALWAYS}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = first.post("/api/agents", Some(&token), json!({"name": "asking", "policy": "ask"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let key = r.body["api_key"].as_str().unwrap().to_owned();
+    let r = first
+        .post(
+            "/api/proxy/execute",
+            Some(&key),
+            json!({"method": "GET", "url": mock.url("/slowish?ms=5000"), "cost_micros": 500}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let (approval_id, request_id) = (
+        r.body["approval_id"].as_str().unwrap().to_owned(),
+        r.body["request_id"].as_str().unwrap().to_owned(),
+    );
+
+    // Approve; the call reaches the upstream, and the process dies before it answers.
+    let approving = {
+        let (url, token) = (format!("{}/api/approvals/{approval_id}/approve", first.base), token.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new().post(url).bearer_auth(token).json(&json!({})).send().await
+        })
+    };
+    eventually(10, "the approved call reaching the upstream", || async { mock.slowish_hits() == 1 }).await;
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    assert!(approving.await.unwrap().is_err(), "the sponsor got no answer from the dead process");
+
+    let second = Proc::start(&owner, &vars, &log).await;
+    let poll = format!("{}/api/proxy/approvals/{approval_id}", second.base);
+    let client = reqwest::Client::new();
+    let mut seen = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen["outcome"].is_null() {
+        assert!(Instant::now() < deadline, "the approval never got an outcome: {seen}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen = client.get(&poll).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    }
+    assert_eq!(seen["status"], "approved", "{seen}");
+    let outcome = &seen["outcome"];
+    assert_eq!(
+        (outcome["status"].as_u64(), outcome["body"]["decision"].as_str(), outcome["body"]["stage"].as_str()),
+        (Some(502), Some("error"), Some("upstream")),
+        "{seen}"
+    );
+    assert!(outcome["body"]["reason"].as_str().unwrap().starts_with("interrupted"), "{seen}");
+    let db = &owner.running.services.db;
+    let intent = audit_of_kind(db, "proxy.intent").await;
+    assert_eq!(intent.len(), 1, "the call had its intent on record before it was sent");
+    assert_eq!(outcome["body"]["intent_audit_seq"].as_i64(), Some(intent[0].seq), "{seen}");
+    assert!(outcome["body"]["outcome_audit_seq"].is_null(), "no outcome was recorded: {seen}");
+    let closed = audit_of_kind(db, "approval.interrupted").await;
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        (closed[0].request_id.as_deref(), Some(closed[0].seq)),
+        (Some(request_id.as_str()), outcome["audit_seq"].as_i64())
+    );
+    eventually(20, "the interrupted call's hold released", || async { held_entries(db).await == 0 }).await;
+    assert_spend_matches_ledger(db).await;
+    let cli = aegis(&owner, &["verify-audit"]).await;
+    assert_eq!(cli.code, 0, "{}{}", cli.stdout, cli.stderr);
+}
