@@ -109,6 +109,7 @@ impl Services {
             metrics: metrics.clone(),
             commit: crate::proxy::commit::GroupCommit::new(audit.clone(), wallets.clone(), metrics.clone()),
             in_flight: tokio_util::task::TaskTracker::new(),
+            admission: Arc::new(tokio::sync::Semaphore::new(config.proxy_max_in_flight)),
         };
         let agents = AgentService::new(db.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {

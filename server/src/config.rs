@@ -51,6 +51,8 @@ pub struct Config {
     pub upstream: crate::proxy::upstream::UpstreamLimits,
     /// Largest request body an agent may send through the proxy.
     pub proxy_max_body_bytes: usize,
+    /// Agent calls being performed at once, at most; past it calls are shed (503 `overload`).
+    pub proxy_max_in_flight: usize,
     pub log_format: LogFormat,
     /// How long a parked request waits for its sponsor (`None`: until decided).
     pub approval_ttl: Option<Duration>,
@@ -232,6 +234,7 @@ impl Config {
                 max_response_bytes: number("AEGIS_UPSTREAM_MAX_BYTES", 10 << 20)? as usize,
             },
             proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
+            proxy_max_in_flight: number("AEGIS_PROXY_MAX_IN_FLIGHT", 1024)?.max(1) as usize,
             log_format,
             metrics_token,
             reservation_ttl: Duration::from_secs(

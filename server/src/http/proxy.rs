@@ -44,6 +44,14 @@ fn auth_denied(s: &AppState, request_id: String, e: ApiError) -> Response {
     with_request_id(response, &request_id)
 }
 
+/// A shed call (503 `overload`) says when to come back.
+fn with_retry_after(mut response: Response, result: &proxy::ProxyResult) -> Response {
+    if matches!(result.outcome, proxy::Outcome::Failed { stage: proxy::Stage::Overload, .. }) {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
 fn with_request_id(response: Response, request_id: &str) -> Response {
     tagged(response, "x-request-id", request_id)
 }
@@ -75,7 +83,7 @@ fn tagged(mut response: Response, name: &'static str, request_id: &str) -> Respo
         (status = 422, description = "`invalid_request`: bad method, URL, header, body, cost, key or label\n`idempotency_key_reused`: this key was used for a different request", body = ErrorBody),
         (status = 502, description = "`decision: error`, `stage: upstream`: unreachable, failed or answered too much. The budget hold was released; the attempt is audited.",
             body = ExecuteFailed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
-        (status = 503, description = "`decision: error`, `stage: storage`: the database is unavailable; nothing was performed (`audit_seq` is null). Safe to retry with the same `idempotency_key`.",
+        (status = 503, description = "`decision: error`, `stage: storage`: the database is unavailable; or `stage: overload`: AEGIS is at its in-flight bound (`AEGIS_PROXY_MAX_IN_FLIGHT`) and answers with `Retry-After`. Either way nothing was performed (`audit_seq` is null). Safe to retry with the same `idempotency_key`.",
             body = ExecuteFailed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
         (status = 504, description = "`decision: error`, `stage: upstream`: the upstream timed out",
             body = ExecuteFailed, headers(("x-request-id" = String, description = "Same as `request_id`"))),
@@ -104,7 +112,7 @@ pub async fn execute(
             let (status, body) = result.to_json();
             let response =
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(body)).into_response();
-            with_request_id(response, &result.request_id)
+            with_request_id(with_retry_after(response, &result), &result.request_id)
         }
         Err(e) => ApiError(e).into_response(),
     }
@@ -133,7 +141,7 @@ const GATEWAY_DROP: &[&str] =
         (status = 404, description = "`not_found`: no connection with this name", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is larger than the proxy's limit", body = ErrorBody),
         (status = 502, description = "`decision: error`, `stage: upstream`: unreachable, failed or answered too much", body = ExecuteFailed),
-        (status = 503, description = "`decision: error`, `stage: storage`: nothing was performed", body = ExecuteFailed),
+        (status = 503, description = "`decision: error`, `stage: storage` (database unavailable) or `overload` (at the in-flight bound; `Retry-After`): nothing was performed", body = ExecuteFailed),
         (status = 504, description = "`decision: error`, `stage: upstream`: timed out", body = ExecuteFailed),
     ))]
 /// `ANY /api/gw/{connection}/{*path}`: a transparent reverse proxy for unmodified
@@ -262,7 +270,7 @@ async fn forward(
             let (status, body) = result.to_json();
             let response =
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), Json(body)).into_response();
-            tagged(response, "x-aegis-request-id", &result.request_id)
+            tagged(with_retry_after(response, &result), "x-aegis-request-id", &result.request_id)
         }
     }
 }

@@ -56,6 +56,8 @@ pub enum Stage {
     Approval,
     Upstream,
     Storage,
+    /// Shed before any stage ran: too many calls in flight.
+    Overload,
 }
 
 impl Stage {
@@ -70,6 +72,7 @@ impl Stage {
             Stage::Approval => "approval",
             Stage::Upstream => "upstream",
             Stage::Storage => "storage",
+            Stage::Overload => "overload",
         }
     }
 }
@@ -184,6 +187,8 @@ pub struct Pipeline {
     pub commit: GroupCommit,
     /// Accepted calls, each on its own task ([`Self::run_detached`]); shutdown waits for them.
     pub in_flight: tokio_util::task::TaskTracker,
+    /// One permit per agent call being performed (`AEGIS_PROXY_MAX_IN_FLIGHT`).
+    pub admission: Arc<tokio::sync::Semaphore>,
 }
 
 /// A fresh request id, `req_` + a UUIDv7: made by AEGIS, never taken from the client.
@@ -240,8 +245,18 @@ impl Pipeline {
         agent: &AgentPrincipal,
         request: ProxyRequest,
     ) -> Result<ProxyResult, AppError> {
+        // Calls whose callers gave up still finish, so without a bound an overload
+        // would pile up work nobody waits for: past the bound, shed at once.
+        let Ok(permit) = self.admission.clone().try_acquire_owned() else {
+            self.metrics.proxy_request("error", Stage::Overload.as_str());
+            return Ok(overloaded(request_id));
+        };
         let (pipeline, agent) = (self.clone(), agent.clone());
-        self.run_detached(async move { pipeline.run_attached(request_id, &agent, request).await }).await?
+        self.run_detached(async move {
+            let _permit = permit;
+            pipeline.run_attached(request_id, &agent, request).await
+        })
+        .await?
     }
 
     /// Runs `work` on a task of its own, tracked in [`Self::in_flight`], and
@@ -747,6 +762,23 @@ fn storage_failure(request_id: String, e: AppError) -> ProxyResult {
         outcome: Outcome::Failed {
             stage: Stage::Storage,
             reason: "storage unavailable; nothing was performed".into(),
+            status: 503,
+        },
+    }
+}
+
+/// Shed: AEGIS is at its in-flight bound. Nothing ran, so nothing is audited
+/// (like a failed authentication, it would let anyone flood the log).
+fn overloaded(request_id: String) -> ProxyResult {
+    tracing::warn!(request = %request_id, "at the in-flight bound: call shed");
+    ProxyResult {
+        request_id,
+        audit_seq: None,
+        reasons: vec![],
+        outcome: Outcome::Failed {
+            stage: Stage::Overload,
+            reason: "AEGIS is at capacity (AEGIS_PROXY_MAX_IN_FLIGHT calls in flight); nothing was performed; retry shortly"
+                .into(),
             status: 503,
         },
     }

@@ -718,3 +718,59 @@ async fn an_approved_call_cut_by_kill_9_gets_an_interrupted_outcome() {
     let cli = aegis(&owner, &["verify-audit"]).await;
     assert_eq!(cli.code, 0, "{}{}", cli.stdout, cli.stderr);
 }
+
+/// Overload: past `AEGIS_PROXY_MAX_IN_FLIGHT` calls being performed, a call is shed
+/// at once — `503 {decision: "error", stage: "overload"}` with `Retry-After`,
+/// nothing performed or audited — instead of queueing work its caller may abandon;
+/// calls are admitted again as soon as the slow ones finish.
+#[tokio::test]
+async fn past_the_in_flight_bound_calls_are_shed_with_retry_after() {
+    let s =
+        TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32"), ("AEGIS_PROXY_MAX_IN_FLIGHT", "2")])
+            .await;
+    let mock = MockUpstream::start().await;
+    let db = s.running.services.db.clone();
+    let sponsor = s.sponsor("crowded").await;
+    let (_, key) = s.agent_with(&sponsor, json!({"name": "busy", "policy": "permissive"})).await;
+    let slow = json!({"method": "GET", "url": mock.url("/slowish?ms=1500")});
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url, key, body) =
+                (s.http.clone(), s.url("/api/proxy/execute"), key.clone(), slow.clone());
+            tokio::spawn(
+                async move { http.post(url).bearer_auth(key).json(&body).send().await.unwrap().status() },
+            )
+        })
+        .collect();
+    eventually(10, "two slow calls in flight", || async { mock.slowish_hits() == 2 }).await;
+
+    let r = s.http.post(s.url("/api/proxy/execute")).bearer_auth(&key).json(&slow).send().await.unwrap();
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let r = read(r).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(
+        (r.body["decision"].as_str(), r.body["stage"].as_str(), &r.body["audit_seq"]),
+        (Some("error"), Some("overload"), &Value::Null),
+        "{}",
+        r.text
+    );
+    let shed_id = r.body["request_id"].as_str().unwrap();
+    let audited = audit_events::Entity::find()
+        .filter(audit_events::Column::RequestId.eq(shed_id))
+        .all(&db)
+        .await
+        .unwrap();
+    assert!(audited.is_empty(), "a shed call is not audited: {audited:?}");
+    assert_eq!(mock.slowish_hits(), 2, "the shed call was not performed");
+
+    for call in running {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/slowish?ms=0")})).await;
+    assert_eq!(r.status, StatusCode::OK, "admitted again once the slow calls finished: {}", r.text);
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("aegis_proxy_requests_total{decision=\"error\",stage=\"overload\"} 1\n"),
+        "the shed call is counted in /metrics: {metrics}"
+    );
+}
