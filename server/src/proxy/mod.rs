@@ -767,10 +767,23 @@ fn storage_failure(request_id: String, e: AppError) -> ProxyResult {
     }
 }
 
+/// Warns at most once a second: under overload a log line per shed call would
+/// only add to it (`/metrics` counts every one).
+fn warn_shedding() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST_WARNED.load(Ordering::Relaxed);
+    if now > last && LAST_WARNED.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!("at the in-flight bound (AEGIS_PROXY_MAX_IN_FLIGHT): shedding calls");
+    }
+}
+
 /// Shed: AEGIS is at its in-flight bound. Nothing ran, so nothing is audited
 /// (like a failed authentication, it would let anyone flood the log).
 fn overloaded(request_id: String) -> ProxyResult {
-    tracing::warn!(request = %request_id, "at the in-flight bound: call shed");
+    tracing::debug!(request = %request_id, "at the in-flight bound: call shed");
+    warn_shedding();
     ProxyResult {
         request_id,
         audit_seq: None,
