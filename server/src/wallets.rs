@@ -227,6 +227,11 @@ impl WalletService {
         Self { db, events, reservation_ttl }
     }
 
+    /// How long a call may go unresolved before it is deemed dead (a crash).
+    pub fn reservation_ttl(&self) -> Duration {
+        self.reservation_ttl
+    }
+
     /// Atomically holds `amount` for `request_id` if both limits allow it.
     pub async fn reserve(
         &self,

@@ -1,11 +1,22 @@
 //! Idempotency keys: replaying a key returns the first outcome without performing
 //! the call again. A key is claimed before any stage runs, so two concurrent
 //! requests with the same key cannot both go through.
+//!
+//! A claim whose request never finished (its process died) is settled on the next
+//! use of the key once `stale_after` has passed — the call cannot still be running:
+//! if the audit log has no intent for it, nothing was performed and the retry takes
+//! the key over; if it has one, the call may have reached the upstream, so it is not
+//! performed again and the key answers `502` "interrupted" (with the intent's and,
+//! if any, the outcome's audit seq) from then on.
 
 use app::error::AppError;
-use entity::idempotency_records;
+use std::time::Duration;
+
+use entity::{audit_events, idempotency_records};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
+};
 use uuid::Uuid;
 
 use crate::storage::{internal, now};
@@ -26,7 +37,95 @@ pub async fn claim(
     key: &str,
     request_id: &str,
     request_hash: &str,
+    stale_after: Duration,
 ) -> Result<Claim, AppError> {
+    match try_claim(db, agent_id, key, request_id, request_hash).await? {
+        Tried::Done(claim) => Ok(claim),
+        Tried::Running(existing) => {
+            let cutoff = now() - chrono::Duration::from_std(stale_after).unwrap_or_default();
+            if existing.created_at >= cutoff {
+                return Err(in_progress());
+            }
+            settle_stale(db, existing, request_id, request_hash).await
+        }
+    }
+}
+
+fn in_progress() -> AppError {
+    AppError::conflict("idempotency_in_progress", "a request with this idempotency_key is still running")
+}
+
+enum Tried {
+    Done(Claim),
+    /// Claimed by a request that has not recorded its answer.
+    Running(idempotency_records::Model),
+}
+
+/// A stale claim: taken over if its request performed nothing, otherwise answered
+/// as interrupted. Each step is conditional on the claim still being the stale one,
+/// so of two retries racing only one proceeds.
+async fn settle_stale(
+    db: &DatabaseConnection,
+    stale: idempotency_records::Model,
+    request_id: &str,
+    request_hash: &str,
+) -> Result<Claim, AppError> {
+    let seq_of = |kind: &'static str| {
+        audit_events::Entity::find()
+            .select_only()
+            .column(audit_events::Column::Seq)
+            .filter(audit_events::Column::RequestId.eq(stale.request_id.clone()))
+            .filter(audit_events::Column::Kind.eq(kind))
+            .into_tuple::<i64>()
+            .one(db)
+    };
+    let still_stale = |q: sea_orm::UpdateMany<idempotency_records::Entity>| {
+        q.filter(idempotency_records::Column::AgentId.eq(stale.agent_id))
+            .filter(idempotency_records::Column::IdempotencyKey.eq(stale.idempotency_key.clone()))
+            .filter(idempotency_records::Column::RequestId.eq(stale.request_id.clone()))
+            .filter(idempotency_records::Column::ResponseStatus.eq(IN_PROGRESS))
+    };
+    let Some(intent) = seq_of("proxy.intent").await.map_err(internal)? else {
+        // Never performed: this request takes the key over.
+        let taken = still_stale(idempotency_records::Entity::update_many())
+            .col_expr(idempotency_records::Column::RequestId, Expr::value(request_id))
+            .col_expr(idempotency_records::Column::RequestHash, Expr::value(request_hash))
+            .col_expr(idempotency_records::Column::CreatedAt, Expr::value(now()))
+            .exec(db)
+            .await
+            .map_err(internal)?
+            .rows_affected
+            == 1;
+        return if taken { Ok(Claim::Claimed) } else { Err(in_progress()) };
+    };
+    let outcome = seq_of("proxy.outcome").await.map_err(internal)?;
+    let body = serde_json::json!({
+        "request_id": stale.request_id, "audit_seq": outcome.unwrap_or(intent), "decision": "error",
+        "stage": "upstream", "intent_audit_seq": intent, "outcome_audit_seq": outcome,
+        "reason": "interrupted: the AEGIS process performing the first request with this idempotency_key \
+                   stopped before answering; it is not performed again (intent_audit_seq and \
+                   outcome_audit_seq say how far it got)",
+    });
+    still_stale(idempotency_records::Entity::update_many())
+        .col_expr(idempotency_records::Column::ResponseStatus, Expr::value(502))
+        .col_expr(idempotency_records::Column::ResponseJson, Expr::value(body.to_string()))
+        .exec(db)
+        .await
+        .map_err(internal)?;
+    // Whoever recorded the answer — this retry or a racing one — it is the key's now.
+    match try_claim(db, stale.agent_id, &stale.idempotency_key, request_id, request_hash).await? {
+        Tried::Done(claim) => Ok(claim),
+        Tried::Running(_) => Err(in_progress()),
+    }
+}
+
+async fn try_claim(
+    db: &DatabaseConnection,
+    agent_id: Uuid,
+    key: &str,
+    request_id: &str,
+    request_hash: &str,
+) -> Result<Tried, AppError> {
     let inserted = idempotency_records::ActiveModel {
         agent_id: Set(agent_id),
         idempotency_key: Set(key.to_owned()),
@@ -39,7 +138,7 @@ pub async fn claim(
     .insert(db)
     .await;
     if inserted.is_ok() {
-        return Ok(Claim::Claimed);
+        return Ok(Tried::Done(Claim::Claimed));
     }
     let existing = idempotency_records::Entity::find_by_id((agent_id, key.to_owned()))
         .one(db)
@@ -57,13 +156,10 @@ pub async fn claim(
         ));
     }
     if existing.response_status == IN_PROGRESS {
-        return Err(AppError::conflict(
-            "idempotency_in_progress",
-            "a request with this idempotency_key is still running",
-        ));
+        return Ok(Tried::Running(existing));
     }
     let body = serde_json::from_str(&existing.response_json).map_err(|_| AppError::internal())?;
-    Ok(Claim::Replay { status: existing.response_status as u16, body })
+    Ok(Tried::Done(Claim::Replay { status: existing.response_status as u16, body }))
 }
 
 pub async fn record(

@@ -281,7 +281,15 @@ impl Pipeline {
         let Some(key) = request.idempotency_key.clone() else {
             return Ok(self.stages(agent, request, request_id, request_hash, None).await);
         };
-        let claimed = idempotency::claim(&self.db, agent.agent.id, &key, &request_id, &request_hash).await;
+        let claimed = idempotency::claim(
+            &self.db,
+            agent.agent.id,
+            &key,
+            &request_id,
+            &request_hash,
+            self.wallets.reservation_ttl(),
+        )
+        .await;
         let claim = match claimed {
             Ok(c) => c,
             // The key could not be claimed or read (storage unavailable): nothing happened.

@@ -774,3 +774,55 @@ async fn past_the_in_flight_bound_calls_are_shed_with_retry_after() {
         "the shed call is counted in /metrics: {metrics}"
     );
 }
+
+/// `kill -9` mid-call with an idempotency key: after the restart the key answers
+/// `409 idempotency_in_progress` while the call could still be running, then —
+/// once the reservation TTL has passed — `502` "interrupted" naming its intent
+/// record, the same on every retry, and the call is never performed twice.
+#[tokio::test]
+async fn an_idempotency_key_cut_by_kill_9_is_answered_not_stuck() {
+    let owner = TestServer::start().await;
+    let mock = MockUpstream::start().await;
+    let log = owner.dir.path().join("aegis.log");
+    let vars = [("AEGIS_RESERVATION_TTL_SECS", "3"), ("AEGIS_JANITOR_INTERVAL_SECS", "1")];
+    let mut first = Proc::start(&owner, &vars, &log).await;
+    let (_, _, key) = first.spender(1_000_000_000).await;
+    let call = json!({"method": "GET", "url": mock.url("/slowish?ms=5000"), "cost_micros": 700, "idempotency_key": "once-only"});
+    let cut = launch_one(&first.base, &key, call.clone());
+    eventually(10, "the call reaching the upstream", || async { mock.slowish_hits() == 1 }).await;
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    assert!(cut.await.unwrap().is_err(), "the agent got no answer from the dead process");
+
+    let second = Proc::start(&owner, &vars, &log).await;
+    let r = second.post("/api/proxy/execute", Some(&key), call.clone()).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "idempotency_in_progress"), "{}", r.text);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let db = &owner.running.services.db;
+    let intent = audit_of_kind(db, "proxy.intent").await;
+    assert_eq!(intent.len(), 1);
+    for _ in 0..2 {
+        let r = second.post("/api/proxy/execute", Some(&key), call.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
+        assert_eq!(
+            (r.body["decision"].as_str(), r.body["replayed"].as_bool(), r.body["intent_audit_seq"].as_i64()),
+            (Some("error"), Some(true), Some(intent[0].seq)),
+            "{}",
+            r.text
+        );
+        assert!(r.body["reason"].as_str().unwrap().starts_with("interrupted"), "{}", r.text);
+        assert_eq!(r.body["request_id"].as_str(), intent[0].request_id.as_deref());
+    }
+    assert_eq!(mock.slowish_hits(), 1, "never performed twice");
+    eventually(20, "the interrupted call's hold released", || async { held_entries(db).await == 0 }).await;
+    assert_spend_matches_ledger(db).await;
+}
+
+fn launch_one(
+    base: &str,
+    key: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (target, key) = (format!("{base}/api/proxy/execute"), key.to_owned());
+    tokio::spawn(async move { reqwest::Client::new().post(target).bearer_auth(key).json(&body).send().await })
+}
