@@ -31,7 +31,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use entity::{agents, approvals, audit_events};
+use entity::{agents, approvals};
 use http::{HeaderName, HeaderValue, Method};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::audit::query::seq_of;
 use crate::audit::{Appended, AuditEntry, AuditLog};
 use crate::events::{self, Event, EventBus};
 use crate::proxy::request::{Origin, ProxyRequest};
@@ -499,17 +500,8 @@ impl ApprovalService {
         let mut closed = 0;
         for row in stale {
             let Ok(parked) = self.open(&row) else { continue };
-            let seq_of = |kind: &'static str| {
-                audit_events::Entity::find()
-                    .select_only()
-                    .column(audit_events::Column::Seq)
-                    .filter(audit_events::Column::RequestId.eq(parked.request_id.clone()))
-                    .filter(audit_events::Column::Kind.eq(kind))
-                    .into_tuple::<i64>()
-                    .one(&self.db)
-            };
-            let intent = seq_of("proxy.intent").await.map_err(internal)?;
-            let performed = seq_of("proxy.outcome").await.map_err(internal)?;
+            let intent = seq_of(&self.db, &parked.request_id, "proxy.intent").await?;
+            let performed = seq_of(&self.db, &parked.request_id, "proxy.outcome").await?;
             let reason = "interrupted: the AEGIS process performing this approved call stopped before \
                           keeping its answer; intent_audit_seq and outcome_audit_seq say how far it got";
             let detail =

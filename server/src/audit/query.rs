@@ -287,6 +287,24 @@ impl AuditLog {
     }
 }
 
+/// The seq of the `kind` record (`proxy.intent`, `proxy.outcome`, …) of
+/// `request_id`, if the log has one: how far an interrupted call got.
+pub async fn seq_of(
+    db: &sea_orm::DatabaseConnection,
+    request_id: &str,
+    kind: &str,
+) -> Result<Option<i64>, AppError> {
+    audit_events::Entity::find()
+        .select_only()
+        .column(audit_events::Column::Seq)
+        .filter(audit_events::Column::RequestId.eq(request_id))
+        .filter(audit_events::Column::Kind.eq(kind))
+        .into_tuple::<i64>()
+        .one(db)
+        .await
+        .map_err(internal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,16 +9,15 @@
 //! performed again and the key answers `502` "interrupted" (with the intent's and,
 //! if any, the outcome's audit seq) from then on.
 
-use app::error::AppError;
 use std::time::Duration;
 
-use entity::{audit_events, idempotency_records};
+use app::error::AppError;
+use entity::idempotency_records;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
+use crate::audit::query::seq_of;
 use crate::storage::{internal, now};
 
 /// Marks a claimed key whose outcome is not known yet.
@@ -70,22 +69,13 @@ async fn settle_stale(
     request_id: &str,
     request_hash: &str,
 ) -> Result<Claim, AppError> {
-    let seq_of = |kind: &'static str| {
-        audit_events::Entity::find()
-            .select_only()
-            .column(audit_events::Column::Seq)
-            .filter(audit_events::Column::RequestId.eq(stale.request_id.clone()))
-            .filter(audit_events::Column::Kind.eq(kind))
-            .into_tuple::<i64>()
-            .one(db)
-    };
     let still_stale = |q: sea_orm::UpdateMany<idempotency_records::Entity>| {
         q.filter(idempotency_records::Column::AgentId.eq(stale.agent_id))
             .filter(idempotency_records::Column::IdempotencyKey.eq(stale.idempotency_key.clone()))
             .filter(idempotency_records::Column::RequestId.eq(stale.request_id.clone()))
             .filter(idempotency_records::Column::ResponseStatus.eq(IN_PROGRESS))
     };
-    let Some(intent) = seq_of("proxy.intent").await.map_err(internal)? else {
+    let Some(intent) = seq_of(db, &stale.request_id, "proxy.intent").await? else {
         // Never performed: this request takes the key over.
         let taken = still_stale(idempotency_records::Entity::update_many())
             .col_expr(idempotency_records::Column::RequestId, Expr::value(request_id))
@@ -98,7 +88,7 @@ async fn settle_stale(
             == 1;
         return if taken { Ok(Claim::Claimed) } else { Err(in_progress()) };
     };
-    let outcome = seq_of("proxy.outcome").await.map_err(internal)?;
+    let outcome = seq_of(db, &stale.request_id, "proxy.outcome").await?;
     let body = serde_json::json!({
         "request_id": stale.request_id, "audit_seq": outcome.unwrap_or(intent), "decision": "error",
         "stage": "upstream", "intent_audit_seq": intent, "outcome_audit_seq": outcome,
