@@ -19,8 +19,7 @@ use chrono_tz::Tz;
 use entity::{ledger_entries, wallets};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QuerySelect, Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -87,25 +86,41 @@ pub fn next_resets(at: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) 
     (start(tomorrow), start(next_month))
 }
 
-/// The windows already rolled over inside one write transaction, by agent: a
-/// batch of holds and settlements (the proxy's group commit) reads each wallet's
-/// windows once, not once per write. Only valid within that one transaction.
+/// What one write transaction of holds and settlements (the proxy's group commit
+/// batch) has done so far: the windows already rolled over, by agent, so each
+/// wallet's windows are read once, not once per write; and the new holds' ledger
+/// rows, inserted together by [`Self::flush`] (one statement, not one per hold).
+/// Only valid within that one transaction.
 #[derive(Debug, Default)]
-pub struct RolledWindows(std::collections::HashMap<Uuid, (String, String)>);
+pub struct WalletBatch {
+    rolled: std::collections::HashMap<Uuid, (String, String)>,
+    holds: Vec<ledger_entries::ActiveModel>,
+}
 
-impl RolledWindows {
+impl WalletBatch {
     async fn roll(
         &mut self,
         db: &impl ConnectionTrait,
         agent_id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(String, String), AppError> {
-        if let Some(done) = self.0.get(&agent_id) {
+        if let Some(done) = self.rolled.get(&agent_id) {
             return Ok(done.clone());
         }
         let done = roll_windows(db, agent_id, at).await?;
-        self.0.insert(agent_id, done.clone());
+        self.rolled.insert(agent_id, done.clone());
         Ok(done)
+    }
+
+    /// Inserts the held ledger rows. Before commit: a hold is its wallet's
+    /// reservation plus this row. Nothing in the batch reads them before (a
+    /// request's settlement always comes in a later batch than its hold).
+    pub async fn flush(&mut self, db: &impl ConnectionTrait) -> Result<(), AppError> {
+        let holds = std::mem::take(&mut self.holds);
+        if !holds.is_empty() {
+            ledger_entries::Entity::insert_many(holds).exec_without_returning(db).await.map_err(internal)?;
+        }
+        Ok(())
     }
 }
 
@@ -240,10 +255,13 @@ impl WalletService {
         amount: i64,
     ) -> Result<Reservation, AppError> {
         let txn = begin_write(&self.db).await?;
-        let reservation =
-            self.reserve_in(&txn, &mut RolledWindows::default(), agent_id, request_id, amount).await?;
+        let mut batch = WalletBatch::default();
+        let reservation = self.reserve_in(&txn, &mut batch, agent_id, request_id, amount).await?;
         match reservation {
-            Reservation::Held => txn.commit().await.map_err(internal)?,
+            Reservation::Held => {
+                batch.flush(&txn).await?;
+                txn.commit().await.map_err(internal)?
+            }
             Reservation::Refused { .. } => txn.rollback().await.map_err(internal)?,
         }
         Ok(reservation)
@@ -251,17 +269,18 @@ impl WalletService {
 
     /// [`Self::reserve`] inside the caller's write transaction, which commits it (the
     /// proxy's group commit puts the hold and its intent record in one transaction).
+    /// The hold's ledger row waits in `batch`: [`WalletBatch::flush`] it before commit.
     /// A refusal changes nothing but the idempotent window roll-over.
     pub async fn reserve_in(
         &self,
         db: &impl ConnectionTrait,
-        rolled: &mut RolledWindows,
+        batch: &mut WalletBatch,
         agent_id: Uuid,
         request_id: &str,
         amount: i64,
     ) -> Result<Reservation, AppError> {
         let at = now();
-        let (day, month) = rolled.roll(db, agent_id, at).await?;
+        let (day, month) = batch.roll(db, agent_id, at).await?;
         let held = wallets::Entity::update_many()
             .col_expr(wallets::Column::ReservedMicros, Expr::col(wallets::Column::ReservedMicros).add(amount))
             .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
@@ -297,7 +316,7 @@ impl WalletService {
                 },
             });
         }
-        ledger_entries::ActiveModel {
+        batch.holds.push(ledger_entries::ActiveModel {
             id: Set(Uuid::now_v7()),
             agent_id: Set(agent_id),
             request_id: Set(request_id.to_owned()),
@@ -309,10 +328,7 @@ impl WalletService {
             created_at: Set(at),
             expires_at: Set(at + chrono::Duration::from_std(self.reservation_ttl).unwrap_or_default()),
             resolved_at: Set(None),
-        }
-        .insert(db)
-        .await
-        .map_err(internal)?;
+        });
         Ok(Reservation::Held)
     }
 
@@ -330,7 +346,7 @@ impl WalletService {
     async fn resolve(&self, request_id: &str, status: &str, actual: Option<i64>) -> Result<bool, AppError> {
         let txn = begin_write(&self.db).await?;
         let Some(resolved) =
-            self.resolve_in(&txn, &mut RolledWindows::default(), request_id, status, actual).await?
+            self.resolve_in(&txn, &mut WalletBatch::default(), request_id, status, actual).await?
         else {
             txn.rollback().await.map_err(internal)?;
             return Ok(false);
@@ -346,7 +362,7 @@ impl WalletService {
     pub async fn resolve_in(
         &self,
         db: &impl ConnectionTrait,
-        rolled: &mut RolledWindows,
+        batch: &mut WalletBatch,
         request_id: &str,
         status: &str,
         actual: Option<i64>,
@@ -365,7 +381,7 @@ impl WalletService {
         let Some(entry) = claimed.into_iter().next() else {
             return Ok(None);
         };
-        rolled.roll(db, entry.agent_id, at).await?;
+        batch.roll(db, entry.agent_id, at).await?;
         let charged = actual.unwrap_or(0);
         wallets::Entity::update_many()
             .col_expr(

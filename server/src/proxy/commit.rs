@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::audit::{Appended, AuditEntry, AuditLog, AuditTxn};
 use crate::metrics::Metrics;
-use crate::wallets::{Reservation, Resolved, RolledWindows, WalletService};
+use crate::wallets::{Reservation, Resolved, WalletBatch, WalletService};
 
 /// Most writes in one transaction: bounds how long the chain lock is held.
 pub const MAX_BATCH: usize = 128;
@@ -270,24 +270,25 @@ impl Writer {
     /// order, then the audit records in arrival order.
     async fn apply(&self, writes: &[Write]) -> Result<(AuditTxn, Vec<(Done, Option<Resolved>)>), AppError> {
         let mut txn = self.audit.begin().await?;
-        let mut rolled = RolledWindows::default();
+        let mut batch = WalletBatch::default();
         let mut order: Vec<usize> = (0..writes.len()).collect();
         order.sort_by_key(|&i| writes[i].agent_id());
         let mut wallet_results: Vec<Option<WalletResult>> = (0..writes.len()).map(|_| None).collect();
         for i in order {
             let result = match &writes[i] {
                 Write::Intent { agent_id, request_id, amount, .. } => WalletResult::Reserved(
-                    self.wallets.reserve_in(txn.conn(), &mut rolled, *agent_id, request_id, *amount).await?,
+                    self.wallets.reserve_in(txn.conn(), &mut batch, *agent_id, request_id, *amount).await?,
                 ),
                 Write::Outcome { request_id, charge, .. } => {
                     let status = if charge.is_some() { "settled" } else { "released" };
                     WalletResult::Resolved(
-                        self.wallets.resolve_in(txn.conn(), &mut rolled, request_id, status, *charge).await?,
+                        self.wallets.resolve_in(txn.conn(), &mut batch, request_id, status, *charge).await?,
                     )
                 }
             };
             wallet_results[i] = Some(result);
         }
+        batch.flush(txn.conn()).await?;
         let mut applied = Vec::with_capacity(writes.len());
         for (write, result) in writes.iter().zip(wallet_results) {
             let (Write::Intent { entry, .. } | Write::Outcome { entry, .. }) = write;
