@@ -260,15 +260,13 @@ impl Pipeline {
     }
 
     /// Runs `work` on a task of its own, tracked in [`Self::in_flight`], and
-    /// waits for it; dropping the returned future does not stop `work`.
+    /// waits for it; dropping the returned future does not stop `work`. It keeps
+    /// the caller's tracing span, so its log lines still carry the request id.
     pub async fn run_detached<T: Send + 'static>(
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, AppError> {
-        self.in_flight.spawn(work).await.map_err(|e| {
-            tracing::error!(error = %e, "a proxy task failed");
-            AppError::internal()
-        })
+        detached(&self.in_flight, work).await
     }
 
     async fn run_attached(
@@ -775,6 +773,18 @@ fn storage_failure(request_id: String, e: AppError) -> ProxyResult {
     }
 }
 
+/// [`Pipeline::run_detached`], on its own for testing.
+async fn detached<T: Send + 'static>(
+    tracker: &tokio_util::task::TaskTracker,
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, AppError> {
+    use tracing::Instrument;
+    tracker.spawn(work.instrument(tracing::Span::current())).await.map_err(|e| {
+        tracing::error!(error = %e, "a proxy task failed");
+        AppError::internal()
+    })
+}
+
 /// Warns at most once a second: under overload a log line per shed call would
 /// only add to it (`/metrics` counts every one).
 fn warn_shedding() {
@@ -896,5 +906,37 @@ pub fn take_answer(result: &mut ProxyResult) -> Option<(u16, HeaderMap, axum::bo
             let body = std::mem::replace(&mut r.body, Box::pin(futures::stream::empty()));
             Some((r.status, std::mem::take(&mut r.headers), axum::body::Body::from_stream(body)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Instrument;
+
+    /// Detached work finishes even when its caller is dropped, is tracked until it
+    /// does, and logs under the caller's span (the request id).
+    #[tokio::test]
+    async fn detached_work_outlives_its_caller_and_keeps_its_span() {
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let tracker = tokio_util::task::TaskTracker::new();
+        let span = tracing::info_span!("request", request_id = "req_1");
+        let expected = span.id();
+        assert!(expected.is_some(), "spans are recorded");
+        let seen =
+            detached(&tracker, async { tracing::Span::current().id() }).instrument(span).await.unwrap();
+        assert_eq!(seen, expected);
+
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let caller = detached(&tracker, async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ = done_tx.send(());
+        });
+        // The caller gives up at once; the work still completes and is waited for.
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(1), caller).await.is_err());
+        assert_eq!(tracker.len(), 1);
+        tracker.close();
+        tracker.wait().await;
+        assert!(done_rx.await.is_ok(), "the work ran to completion");
     }
 }
