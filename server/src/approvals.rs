@@ -44,6 +44,7 @@ use uuid::Uuid;
 use crate::audit::query::seq_of;
 use crate::audit::{Appended, AuditEntry, AuditLog};
 use crate::events::{self, Event, EventBus};
+use crate::proxy::interrupted_answer;
 use crate::proxy::request::{Origin, ProxyRequest};
 use crate::secrets::vault::Vault;
 use crate::storage::{canonical_json, internal, now};
@@ -510,9 +511,7 @@ impl ApprovalService {
             // Claimed only if still without an outcome (a late answer from a live
             // replica wins), the row first and the chain after, like every decision.
             let outcome = |audit_seq: Option<i64>| {
-                let body = json!({"request_id": parked.request_id, "audit_seq": audit_seq, "decision": "error",
-                                  "stage": "upstream", "reason": reason,
-                                  "intent_audit_seq": intent, "outcome_audit_seq": performed});
+                let body = interrupted_answer(&parked.request_id, audit_seq, intent, performed, reason);
                 canonical_json(&json!({"status": 502, "body": body}))
             };
             let store = |audit_seq: Option<i64>| {

@@ -89,13 +89,15 @@ async fn settle_stale(
         return if taken { Ok(Claim::Claimed) } else { Err(in_progress()) };
     };
     let outcome = seq_of(db, &stale.request_id, "proxy.outcome").await?;
-    let body = serde_json::json!({
-        "request_id": stale.request_id, "audit_seq": outcome.unwrap_or(intent), "decision": "error",
-        "stage": "upstream", "intent_audit_seq": intent, "outcome_audit_seq": outcome,
-        "reason": "interrupted: the AEGIS process performing the first request with this idempotency_key \
-                   stopped before answering; it is not performed again (intent_audit_seq and \
-                   outcome_audit_seq say how far it got)",
-    });
+    let body = super::interrupted_answer(
+        &stale.request_id,
+        Some(outcome.unwrap_or(intent)),
+        Some(intent),
+        outcome,
+        "interrupted: the AEGIS process performing the first request with this idempotency_key \
+         stopped before answering; it is not performed again (intent_audit_seq and \
+         outcome_audit_seq say how far it got)",
+    );
     still_stale(idempotency_records::Entity::update_many())
         .col_expr(idempotency_records::Column::ResponseStatus, Expr::value(502))
         .col_expr(idempotency_records::Column::ResponseJson, Expr::value(body.to_string()))

@@ -773,6 +773,21 @@ fn storage_failure(request_id: String, e: AppError) -> ProxyResult {
     }
 }
 
+/// The answer (HTTP 502) for a call whose process died before answering it (see
+/// `approvals::close_interrupted` and `idempotency`): `reason` says what was cut,
+/// the two audit seqs how far the call got (the outcome's, if any, means it
+/// completed; the intent alone, that it may have reached the upstream).
+pub fn interrupted_answer(
+    request_id: &str,
+    audit_seq: Option<i64>,
+    intent_audit_seq: Option<i64>,
+    outcome_audit_seq: Option<i64>,
+    reason: &str,
+) -> Value {
+    json!({"request_id": request_id, "audit_seq": audit_seq, "decision": "error", "stage": Stage::Upstream,
+           "reason": reason, "intent_audit_seq": intent_audit_seq, "outcome_audit_seq": outcome_audit_seq})
+}
+
 /// [`Pipeline::run_detached`], on its own for testing.
 async fn detached<T: Send + 'static>(
     tracker: &tokio_util::task::TaskTracker,
