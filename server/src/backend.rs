@@ -107,7 +107,12 @@ impl Services {
             approvals: approvals.clone(),
             breaker,
             metrics: metrics.clone(),
-            commit: crate::proxy::commit::GroupCommit::new(audit.clone(), wallets.clone(), metrics.clone()),
+            commit: crate::proxy::commit::GroupCommit::new(
+                &db,
+                audit.clone(),
+                wallets.clone(),
+                metrics.clone(),
+            ),
             in_flight: tokio_util::task::TaskTracker::new(),
             admission: Arc::new(tokio::sync::Semaphore::new(config.proxy_max_in_flight)),
         };

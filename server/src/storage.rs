@@ -16,6 +16,23 @@ pub fn internal(e: DbErr) -> AppError {
     AppError::internal()
 }
 
+/// The same for the SQLite writer thread's own connection ([`crate::proxy::commit`]).
+pub fn sqlite_internal(e: rusqlite::Error) -> AppError {
+    tracing::error!(error = %e, "database error");
+    AppError::internal()
+}
+
+/// A time as SQLite stores it when sea-orm/sqlx write it (RFC 3339, `+00:00`), so
+/// rows written by the writer thread read back, compare and sort like the others.
+pub fn sql_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+/// The inverse of [`sql_time`].
+pub fn from_sql_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+}
+
 /// Maps a unique-constraint violation to `conflict`, anything else to [`internal`].
 pub fn unique_or_internal(e: DbErr, conflict: AppError) -> AppError {
     match e.sql_err() {

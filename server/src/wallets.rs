@@ -11,6 +11,8 @@
 //! the first settlement that crosses it in a window emits one `budget.alert` event,
 //! claimed with a conditional UPDATE so replicas never announce it twice.
 
+pub mod sqlite_batch;
+
 use std::time::Duration;
 
 use app::error::AppError;
@@ -190,11 +192,31 @@ async fn claim_alerts(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<Vec<A
     let Some(w) = wallets::Entity::find_by_id(agent_id).one(db).await.map_err(internal)? else {
         return Ok(Vec::new());
     };
-    let Some(pct) = w.alert_threshold_pct.filter(|p| *p > 0) else { return Ok(Vec::new()) };
+    let mut alerts = Vec::new();
+    for (alert, sent_col) in crossed_alerts(&w) {
+        let claimed = wallets::Entity::update_many()
+            .col_expr(sent_col, Expr::value(alert.period.clone()))
+            .filter(wallets::Column::AgentId.eq(agent_id))
+            .filter(Condition::any().add(sent_col.is_null()).add(sent_col.ne(alert.period.clone())))
+            .exec(db)
+            .await
+            .map_err(internal)?
+            .rows_affected
+            == 1;
+        if claimed {
+            alerts.push(alert);
+        }
+    }
+    Ok(alerts)
+}
+
+/// The windows whose spend has reached the wallet's alert threshold, each with the
+/// column that records the window its alert was sent for (claimed by the caller).
+fn crossed_alerts(w: &wallets::Model) -> Vec<(Alert, wallets::Column)> {
+    let Some(pct) = w.alert_threshold_pct.filter(|p| *p > 0) else { return Vec::new() };
     let crossed =
         |spent: i64, limit: i64| limit > 0 && i128::from(spent) * 100 >= i128::from(limit) * i128::from(pct);
-    let mut alerts = Vec::new();
-    for (window, spent, limit, period, sent_col) in [
+    [
         ("daily", w.daily_spent_micros, w.daily_limit_micros, &w.day_window, wallets::Column::AlertSentDay),
         (
             "monthly",
@@ -203,30 +225,37 @@ async fn claim_alerts(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<Vec<A
             &w.month_window,
             wallets::Column::AlertSentMonth,
         ),
-    ] {
-        if !crossed(spent, limit) {
-            continue;
-        }
-        let claimed = wallets::Entity::update_many()
-            .col_expr(sent_col, Expr::value(period.clone()))
-            .filter(wallets::Column::AgentId.eq(agent_id))
-            .filter(Condition::any().add(sent_col.is_null()).add(sent_col.ne(period.clone())))
-            .exec(db)
-            .await
-            .map_err(internal)?
-            .rows_affected
-            == 1;
-        if claimed {
-            alerts.push(Alert {
-                window,
-                period: period.clone(),
-                spent_micros: spent,
-                limit_micros: limit,
-                threshold_pct: pct,
-            });
-        }
+    ]
+    .into_iter()
+    .filter(|(_, spent, limit, _, _)| crossed(*spent, *limit))
+    .map(|(window, spent, limit, period, sent_col)| {
+        let alert = Alert {
+            window,
+            period: period.clone(),
+            spent_micros: spent,
+            limit_micros: limit,
+            threshold_pct: pct,
+        };
+        (alert, sent_col)
+    })
+    .collect()
+}
+
+/// A refused hold: what was left of each limit (nothing without a wallet).
+fn refusal(wallet: Option<&wallets::Model>) -> Reservation {
+    let remaining =
+        |limit: i64, spent: i64, reserved: i64| (limit > 0).then(|| Ord::max(limit - spent - reserved, 0));
+    match wallet {
+        Some(w) => Reservation::Refused {
+            daily_remaining_micros: remaining(w.daily_limit_micros, w.daily_spent_micros, w.reserved_micros),
+            monthly_remaining_micros: remaining(
+                w.monthly_limit_micros,
+                w.monthly_spent_micros,
+                w.reserved_micros,
+            ),
+        },
+        None => Reservation::Refused { daily_remaining_micros: Some(0), monthly_remaining_micros: Some(0) },
     }
-    Ok(alerts)
 }
 
 /// `limit = 0 OR spent + reserved + amount <= limit`
@@ -294,27 +323,7 @@ impl WalletService {
             == 1;
         if !held {
             let wallet = wallets::Entity::find_by_id(agent_id).one(db).await.map_err(internal)?;
-            let remaining = |limit: i64, spent: i64, reserved: i64| {
-                (limit > 0).then(|| Ord::max(limit - spent - reserved, 0))
-            };
-            return Ok(match wallet {
-                Some(w) => Reservation::Refused {
-                    daily_remaining_micros: remaining(
-                        w.daily_limit_micros,
-                        w.daily_spent_micros,
-                        w.reserved_micros,
-                    ),
-                    monthly_remaining_micros: remaining(
-                        w.monthly_limit_micros,
-                        w.monthly_spent_micros,
-                        w.reserved_micros,
-                    ),
-                },
-                None => Reservation::Refused {
-                    daily_remaining_micros: Some(0),
-                    monthly_remaining_micros: Some(0),
-                },
-            });
+            return Ok(refusal(wallet.as_ref()));
         }
         batch.holds.push(ledger_entries::ActiveModel {
             id: Set(Uuid::now_v7()),

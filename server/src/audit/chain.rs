@@ -157,36 +157,10 @@ impl AuditTxn {
             Some(last) => (last.seq, last.hash.clone()),
             None => self.head().await?,
         };
-        let mut record = audit_events::Model {
-            seq: head_seq + 1,
-            id: Uuid::now_v7(),
-            at: now(),
-            sponsor_id: entry.sponsor_id,
-            agent_id: entry.agent_id,
-            request_id: entry.request_id,
-            kind: entry.kind,
-            stage: entry.stage,
-            decision: entry.decision,
-            method: entry.method,
-            host: entry.host,
-            path: entry.path,
-            status: entry.status,
-            cost_micros: entry.cost_micros,
-            duration_us: entry.duration_us,
-            request_hash: entry.request_hash,
-            policy_hash: entry.policy_hash,
-            policy_input: entry.policy_input,
-            detail: entry.detail,
-            prev_hash: head_hash,
-            hash: String::new(),
-        };
-        record.hash = record_hash(&record);
+        let record = next_record(entry, head_seq, head_hash);
         let appended = Appended { seq: record.seq, hash: record.hash.clone() };
         self.held.push(audit_events::ActiveModel::from(record));
-        let every = self.state.checkpoint_every;
-        if every > 0 && (appended.seq as u64).is_multiple_of(every) {
-            self.held_checkpoints.push(self.state.signer.sign(appended.seq, &appended.hash, now()));
-        }
+        self.held_checkpoints.extend(self.state.checkpoint_due(&appended));
         self.appended.push(appended.clone());
         Ok(appended)
     }
@@ -218,6 +192,44 @@ impl AuditTxn {
             m.audit_appended(self.started.elapsed());
         }
         Ok(self.appended)
+    }
+}
+
+/// The record after the head (`head_seq`, `head_hash`): seq, time and hash final.
+pub(super) fn next_record(entry: AuditEntry, head_seq: i64, head_hash: String) -> audit_events::Model {
+    let mut record = audit_events::Model {
+        seq: head_seq + 1,
+        id: Uuid::now_v7(),
+        at: now(),
+        sponsor_id: entry.sponsor_id,
+        agent_id: entry.agent_id,
+        request_id: entry.request_id,
+        kind: entry.kind,
+        stage: entry.stage,
+        decision: entry.decision,
+        method: entry.method,
+        host: entry.host,
+        path: entry.path,
+        status: entry.status,
+        cost_micros: entry.cost_micros,
+        duration_us: entry.duration_us,
+        request_hash: entry.request_hash,
+        policy_hash: entry.policy_hash,
+        policy_input: entry.policy_input,
+        detail: entry.detail,
+        prev_hash: head_hash,
+        hash: String::new(),
+    };
+    record.hash = record_hash(&record);
+    record
+}
+
+impl ChainState {
+    /// The signed checkpoint due at `appended` (every `checkpoint_every` records).
+    pub(super) fn checkpoint_due(&self, appended: &Appended) -> Option<Checkpoint> {
+        let every = self.checkpoint_every;
+        (every > 0 && (appended.seq as u64).is_multiple_of(every))
+            .then(|| self.signer.sign(appended.seq, &appended.hash, now()))
     }
 }
 

@@ -16,6 +16,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod query;
 pub mod record;
+pub mod sqlite_batch;
 pub mod verify;
 
 use std::sync::Arc;
@@ -123,6 +124,11 @@ impl AuditLog {
     /// A transaction whose other changes commit together with its audit records.
     pub async fn begin(&self) -> Result<AuditTxn, AppError> {
         chain::begin(self.state.clone()).await
+    }
+
+    /// The chain as the SQLite group-commit writer thread appends to it.
+    pub fn sqlite_chain(&self) -> sqlite_batch::SqliteChain {
+        sqlite_batch::SqliteChain { state: self.state.clone() }
     }
 
     /// Appends one record; it is durably committed when this returns.

@@ -171,3 +171,87 @@ async fn one_failing_write_fails_only_itself() {
     assert_eq!(s.running.services.wallets.get(agent).await.unwrap().unwrap().reserved_micros, 4_000);
     assert!(s.running.services.audit.verify(None).await.unwrap().valid);
 }
+
+/// How many writer threads this process runs (tests run servers side by side).
+fn sqlite_writer_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "aegis-db-writer")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// On a SQLite file the batches run on the writer thread's own connection, beside
+/// the pool's sea-orm writers: what it writes reads back through sea-orm exactly
+/// (times, ids, the hold's expiry), and its appends interleave with the pool's
+/// appends without forking the chain.
+#[tokio::test]
+async fn on_sqlite_the_writer_thread_and_the_pool_share_one_chain_and_one_format() {
+    let s = TestServer::start().await;
+    let services = &s.running.services;
+    let commit = services.proxy.commit.clone();
+    if s.on_postgres() {
+        assert_eq!(commit.backend(), "sea-orm");
+        eprintln!("SKIPPED the SQLite writer-thread test: this pass runs on PostgreSQL");
+        return;
+    }
+    let agent = agent_with_limit(&s, 0).await;
+    let before = commit.stats();
+    let ids: Vec<String> = (0..30).map(|i| format!("req-mixed-{i}")).collect();
+    // Thread batches (intents) and pool appends (plain records) race for the chain.
+    let intents = futures::future::join_all(
+        ids.iter().map(|id| commit.intent(agent, id, 7, entry(agent, "proxy.intent", id))),
+    );
+    let plain = futures::future::join_all(
+        (0..30).map(|i| services.audit.append(entry(agent, "test.pool", &format!("req-pool-{i}")))),
+    );
+    let (intents, plain) = tokio::join!(intents, plain);
+    assert!(plain.iter().all(Result::is_ok));
+    assert_eq!(commit.backend(), "sqlite-thread");
+    assert!(sqlite_writer_threads() >= 1, "the writer thread runs");
+    assert!(commit.stats().commits > before.commits);
+
+    let settled =
+        commit.outcome(agent, &ids[0], Some(5), entry(agent, "proxy.outcome", &ids[0])).await.unwrap();
+    assert!(settled.resolved);
+
+    // Every record once, seqs contiguous, the chain verifies.
+    let records = audit_events::Entity::find().all(&services.db).await.unwrap();
+    let mut seqs: Vec<i64> = records.iter().map(|r| r.seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=records.len() as i64).collect::<Vec<_>>());
+    assert!(intents.iter().all(|i| matches!(i, Ok(Intent::Recorded(_)))));
+    let report = services.audit.verify(None).await.unwrap();
+    assert!(report.valid, "{report:?}");
+
+    // The thread's rows decode through sea-orm with the values it wrote.
+    let hold = ledger_entries::Entity::find()
+        .filter(ledger_entries::Column::RequestId.eq(ids[1].as_str()))
+        .one(&services.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((hold.agent_id, hold.status.as_str(), hold.reserved_micros), (agent, "held", 7));
+    assert_eq!(
+        (hold.expires_at - hold.created_at).to_std().unwrap(),
+        services.wallets.reservation_ttl(),
+        "expiry = creation + TTL, both read back intact"
+    );
+    let age = chrono::Utc::now() - hold.created_at;
+    assert!(age >= chrono::Duration::zero() && age < chrono::Duration::seconds(60), "created {age} ago");
+    let first = ledger_entries::Entity::find()
+        .filter(ledger_entries::Column::RequestId.eq(ids[0].as_str()))
+        .one(&services.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.status.as_str(), first.settled_micros), ("settled", Some(5)));
+    assert!(first.resolved_at.is_some_and(|r| r >= first.created_at));
+    let wallet = services.wallets.get(agent).await.unwrap().unwrap();
+    assert_eq!((wallet.daily_spent_micros, wallet.reserved_micros), (5, 29 * 7));
+    let outcome = records.iter().find(|r| r.kind == "proxy.outcome").unwrap();
+    assert_eq!((outcome.agent_id, outcome.request_id.as_deref()), (Some(agent), Some(ids[0].as_str())));
+}

@@ -1,0 +1,222 @@
+//! The group-commit batch on a SQLite file: one OS thread owns a connection of its
+//! own and applies each batch as prepared statements, so a batch is ONE hand-off
+//! (and one fsync) instead of a round trip to a pool worker per statement.
+//!
+//! It keeps every rule of [`super::Writer::apply`]: wallet rows first in agent
+//! order, audit records last in arrival order, the chain's in-process lock held
+//! and `BEGIN IMMEDIATE` taken for the whole transaction (so the sea-orm writers
+//! and other processes on the file, such as `aegis audit`, take turns with it), a
+//! failed batch rolled back and retried write by write, a failed COMMIT failing
+//! the whole batch. The statements live beside their sea-orm versions
+//! ([`crate::wallets::sqlite_batch`], [`crate::audit::sqlite_batch`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use app::error::AppError;
+use rusqlite::{Connection, TransactionBehavior};
+use sea_orm::{DatabaseConnection, DbBackend};
+use tokio::sync::oneshot;
+
+use super::{Applied, Counters, Done, Finished, Intent, Outcome, WalletResult, Write, failed_all};
+use crate::audit::AuditLog;
+use crate::audit::sqlite_batch::SqliteChain;
+use crate::metrics::Metrics;
+use crate::storage::sqlite_internal as internal;
+use crate::wallets::sqlite_batch::{self as wallet_sql, Rolled};
+use crate::wallets::{Reservation, WalletService};
+
+/// How long a batch waits for SQLite's write lock (another process writing).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Job {
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Applied>,
+}
+
+/// The handle on the writer thread; the thread ends when the last clone is dropped.
+#[derive(Clone)]
+pub(super) struct SqliteWriter {
+    jobs: std::sync::mpsc::Sender<Job>,
+    chain: SqliteChain,
+}
+
+impl SqliteWriter {
+    /// A writer thread for `db` when it is a SQLite file; `None` otherwise
+    /// (PostgreSQL, an in-memory database).
+    pub(super) fn for_file(
+        db: &DatabaseConnection,
+        audit: &AuditLog,
+        wallets: &WalletService,
+        metrics: &Arc<Metrics>,
+        counters: &Arc<Counters>,
+    ) -> Option<Self> {
+        if db.get_database_backend() != DbBackend::Sqlite {
+            return None;
+        }
+        let path = db.get_sqlite_connection_pool().connect_options().get_filename().to_path_buf();
+        if !path.is_file() {
+            return None;
+        }
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let thread = Thread {
+            path,
+            conn: None,
+            chain: audit.sqlite_chain(),
+            reservation_ttl: wallets.reservation_ttl(),
+            metrics: metrics.clone(),
+            counters: counters.clone(),
+        };
+        let spawned =
+            std::thread::Builder::new().name("aegis-db-writer".into()).spawn(move || thread.serve(queue));
+        match spawned {
+            Ok(_) => Some(Self { jobs, chain: audit.sqlite_chain() }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SQLite writer thread; group commit goes through the pool");
+                None
+            }
+        }
+    }
+
+    /// Applies and commits `writes` on the thread, under the chain lock.
+    pub(super) async fn commit(&self, writes: Vec<Write>) -> Applied {
+        let n = writes.len();
+        let _chain = self.chain.lock().lock_owned().await;
+        let (reply, answer) = oneshot::channel();
+        if self.jobs.send(Job { writes, reply }).is_err() {
+            tracing::error!("the SQLite writer thread is gone");
+            return failed_all(AppError::internal(), n);
+        }
+        answer.await.unwrap_or_else(|_| {
+            tracing::error!("the SQLite writer thread dropped a batch");
+            failed_all(AppError::internal(), n)
+        })
+    }
+}
+
+struct Thread {
+    path: PathBuf,
+    /// Opened on first use, and again after a failed open or COMMIT.
+    conn: Option<Connection>,
+    chain: SqliteChain,
+    reservation_ttl: Duration,
+    metrics: Arc<Metrics>,
+    counters: Arc<Counters>,
+}
+
+/// Why a transaction did not commit.
+enum Failed {
+    /// A statement failed; the transaction was rolled back.
+    Apply(AppError),
+    /// COMMIT failed: its outcome is unknown, so it is not retried.
+    Commit(AppError),
+}
+
+impl Thread {
+    fn serve(mut self, queue: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(job) = queue.recv() {
+            let applied = self.commit(&job.writes);
+            // A batch whose waiters all went away was still committed.
+            let _ = job.reply.send(applied);
+        }
+    }
+
+    fn commit(&mut self, writes: &[Write]) -> Applied {
+        let n = writes.len();
+        match self.transact(writes) {
+            Ok(applied) => applied.into_iter().map(Ok).collect(),
+            Err(Failed::Commit(e)) => failed_all(e, n),
+            Err(Failed::Apply(e)) if n == 1 => vec![Err(e)],
+            Err(Failed::Apply(_)) => {
+                // Rolled back: each write alone, so only the one that fails is refused.
+                self.counters.retried_batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                writes
+                    .iter()
+                    .map(|w| match self.transact(std::slice::from_ref(w)) {
+                        Ok(mut one) => one.pop().ok_or_else(AppError::internal),
+                        Err(Failed::Apply(e) | Failed::Commit(e)) => Err(e),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// All of `writes` in one transaction, committed.
+    fn transact(&mut self, writes: &[Write]) -> Result<Vec<Finished>, Failed> {
+        let started = Instant::now();
+        if self.conn.is_none() {
+            self.conn = Some(open(&self.path).map_err(|e| Failed::Apply(internal(e)))?);
+        }
+        let conn = self.conn.as_mut().ok_or_else(|| Failed::Apply(AppError::internal()))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| Failed::Apply(internal(e)))?;
+        let (applied, appended) =
+            apply(&tx, &self.chain, self.reservation_ttl, writes).map_err(Failed::Apply)?;
+        if let Err(e) = tx.commit() {
+            self.conn = None;
+            return Err(Failed::Commit(internal(e)));
+        }
+        self.counters.committed(&self.metrics, writes.len());
+        if appended > 0 {
+            self.chain.committed(started.elapsed());
+        }
+        Ok(applied)
+    }
+}
+
+/// The batch's statements, uncommitted: wallet rows first in agent order, then the
+/// audit records in arrival order. Returns each write's result and how many
+/// records were appended.
+fn apply(
+    tx: &rusqlite::Transaction,
+    chain: &SqliteChain,
+    reservation_ttl: Duration,
+    writes: &[Write],
+) -> Result<(Vec<Finished>, usize), AppError> {
+    let mut rolled = Rolled::default();
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    order.sort_by_key(|&i| writes[i].agent_id());
+    let mut wallet_results: Vec<Option<WalletResult>> = (0..writes.len()).map(|_| None).collect();
+    for i in order {
+        wallet_results[i] = Some(match &writes[i] {
+            Write::Intent { agent_id, request_id, amount, .. } => WalletResult::Reserved(
+                wallet_sql::reserve(tx, &mut rolled, *agent_id, request_id, *amount, reservation_ttl)?,
+            ),
+            Write::Outcome { request_id, charge, .. } => {
+                let status = if charge.is_some() { "settled" } else { "released" };
+                WalletResult::Resolved(wallet_sql::resolve(tx, &mut rolled, request_id, status, *charge)?)
+            }
+        });
+    }
+    let mut batch = chain.batch();
+    let mut applied = Vec::with_capacity(writes.len());
+    for (write, result) in writes.iter().zip(wallet_results) {
+        let (Write::Intent { entry, .. } | Write::Outcome { entry, .. }) = write;
+        applied.push(match result.ok_or_else(AppError::internal)? {
+            WalletResult::Reserved(Reservation::Held) => {
+                (Done::Intent(Intent::Recorded(batch.append(tx, entry.clone())?)), None)
+            }
+            WalletResult::Reserved(refused) => (Done::Intent(Intent::Refused(refused)), None),
+            WalletResult::Resolved(resolved) => {
+                let appended = batch.append(tx, entry.clone())?;
+                (Done::Outcome(Outcome { resolved: resolved.is_some(), appended }), resolved)
+            }
+        });
+    }
+    let appended = batch.finish(tx)?;
+    Ok((applied, appended))
+}
+
+/// The writer's connection, set up like the pool's ([`crate::db::connect`]).
+fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // FULL: a commit survives power loss; an intent is on disk before any upstream call.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
