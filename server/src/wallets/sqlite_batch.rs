@@ -191,6 +191,13 @@ fn wallet_row(agent_id: Uuid, r: &Row) -> rusqlite::Result<wallets::Model> {
         alert_threshold_pct: r.get(8)?,
         alert_sent_day: r.get(9)?,
         alert_sent_month: r.get(10)?,
-        updated_at: from_sql_time(&r.get::<_, String>(11)?).unwrap_or_default(),
+        // A time that does not parse is a decode error like any other, never a default.
+        updated_at: from_sql_time(&r.get::<_, String>(11)?).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                11,
+                rusqlite::types::Type::Text,
+                "not an RFC 3339 time".into(),
+            )
+        })?,
     })
 }
