@@ -109,6 +109,19 @@ fn storage(c: &mut Criterion) {
         })
     });
 
+    // The same point read both ways: what the inline reads save per read.
+    c.bench_function("wallet/read inline (SQLite file, rusqlite)", |b| {
+        b.iter(|| rt.block_on(services.wallets.get(agent)).expect("read").expect("wallet"))
+    });
+    c.bench_function("wallet/read through the pool (sea-orm, sqlx)", |b| {
+        use sea_orm::EntityTrait;
+        b.iter(|| {
+            rt.block_on(entity::wallets::Entity::find_by_id(agent).one(&services.db))
+                .expect("read")
+                .expect("wallet")
+        })
+    });
+
     c.bench_function("wallet/reserve + settle (SQLite)", |b| {
         b.iter(|| {
             let id = format!("req_wallet_{}", n.fetch_add(1, Ordering::Relaxed));

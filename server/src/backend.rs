@@ -31,6 +31,7 @@ use crate::proxy::upstream::Upstream;
 use crate::secrets::SecretService;
 use crate::secrets::vault::Vault;
 use crate::storage::sha256_hex;
+use crate::storage::sqlite_reads::SqliteReads;
 use crate::trust::TrustService;
 use crate::wallets::WalletService;
 
@@ -55,6 +56,8 @@ pub struct Services {
     pub trust: TrustService,
     pub approvals: ApprovalService,
     pub metrics: Arc<Metrics>,
+    /// The hot path's inline reads on a SQLite file; `None` on PostgreSQL.
+    pub sqlite_reads: Option<SqliteReads>,
     recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
 }
 
@@ -68,13 +71,15 @@ impl Services {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let audit = audit.with_metrics(metrics.clone());
-        let policies = PolicyService::new(db.clone());
-        let secrets = SecretService::new(db.clone(), vault.clone());
+        // The proxy's per-call reads, inline on a SQLite file (None on PostgreSQL).
+        let reads = SqliteReads::for_file(&db, metrics.clone());
+        let policies = PolicyService::new(db.clone(), reads.clone());
+        let secrets = SecretService::new(db.clone(), reads.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());
         let connections = ConnectionService::new(db.clone(), secrets.clone(), egress.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).
         let events = EventBus::from_config(config.redis_url.as_deref());
-        let wallets = WalletService::new(db.clone(), events.clone(), config.reservation_ttl);
+        let wallets = WalletService::new(db.clone(), reads.clone(), events.clone(), config.reservation_ttl);
         let trust = TrustService::new(db.clone(), audit.clone(), events.clone());
         let approvals = ApprovalService::new(
             db.clone(),
@@ -116,7 +121,8 @@ impl Services {
             in_flight: tokio_util::task::TaskTracker::new(),
             admission: Arc::new(tokio::sync::Semaphore::new(config.proxy_max_in_flight)),
         };
-        let agents = AgentService::new(db.clone(), policies.clone(), audit.clone(), events.clone());
+        let agents =
+            AgentService::new(db.clone(), reads.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {
             config,
             db,
@@ -132,6 +138,7 @@ impl Services {
             trust,
             approvals,
             metrics,
+            sqlite_reads: reads,
             recent_browser_refreshes: Mutex::default(),
         })
     }

@@ -320,7 +320,7 @@ async fn replay(config: Config, seq: i64) -> ExitCode {
         Ok(db) => db,
         Err(e) => return error(format!("database {}: {e}", server::config::redact_url(&url))),
     };
-    let policies = server::policies::PolicyService::new(db.clone());
+    let policies = server::policies::PolicyService::new(db.clone(), None);
     let engine = server::policies::engine::PolicyEngine::new();
     match server::policies::replay::replay(&db, &policies, &engine, seq, None).await {
         Ok(report) => {

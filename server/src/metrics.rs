@@ -56,6 +56,7 @@ pub struct Metrics {
     audit_append_seconds: Histogram,
     group_commits: Counter,
     group_commit_writes: Counter,
+    inline_reads: Counter,
 }
 
 impl Default for Metrics {
@@ -113,6 +114,12 @@ impl Metrics {
             "Hot-path writes (hold + intent, settlement + outcome) those transactions carried",
             group_commit_writes.clone(),
         );
+        let inline_reads = Counter::default();
+        registry.register(
+            "aegis_db_inline_reads",
+            "Hot-path point reads run inline on the SQLite file instead of through the pool",
+            inline_reads.clone(),
+        );
         Self {
             registry,
             proxy_requests,
@@ -123,6 +130,7 @@ impl Metrics {
             audit_append_seconds,
             group_commits,
             group_commit_writes,
+            inline_reads,
         }
     }
 
@@ -156,6 +164,11 @@ impl Metrics {
     pub fn group_committed(&self, writes: usize) {
         self.group_commits.inc();
         self.group_commit_writes.inc_by(writes as u64);
+    }
+
+    /// One hot-path read done inline on a SQLite file ([`crate::storage::sqlite_reads`]).
+    pub fn inline_read(&self) {
+        self.inline_reads.inc();
     }
 
     /// The text exposition: the counters and histograms above, then gauges read

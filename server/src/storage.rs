@@ -1,5 +1,7 @@
 //! Small helpers every service uses at the database boundary.
 
+pub mod sqlite_reads;
+
 use app::error::AppError;
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{DbErr, SqlErr};

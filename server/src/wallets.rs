@@ -26,6 +26,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::events::{self, Event, EventBus};
+use crate::storage::sqlite_reads::SqliteReads;
 use crate::storage::{begin_write, internal, now};
 
 /// A hold left behind by a crash is released after this long, unless configured
@@ -45,6 +46,8 @@ pub enum Reservation {
 #[derive(Clone)]
 pub struct WalletService {
     db: DatabaseConnection,
+    /// [`Self::get`] inline on a SQLite file (the proxy reads the wallet on every call).
+    reads: Option<SqliteReads>,
     events: EventBus,
     reservation_ttl: Duration,
 }
@@ -267,8 +270,13 @@ fn within(limit: wallets::Column, spent: wallets::Column, amount: i64) -> Condit
 
 impl WalletService {
     /// `reservation_ttl`: how long a hold may stay unresolved before the janitor releases it.
-    pub fn new(db: DatabaseConnection, events: EventBus, reservation_ttl: Duration) -> Self {
-        Self { db, events, reservation_ttl }
+    pub fn new(
+        db: DatabaseConnection,
+        reads: Option<SqliteReads>,
+        events: EventBus,
+        reservation_ttl: Duration,
+    ) -> Self {
+        Self { db, reads, events, reservation_ttl }
     }
 
     /// How long a call may go unresolved before it is deemed dead (a crash).
@@ -488,6 +496,9 @@ impl WalletService {
     }
 
     pub async fn get(&self, agent_id: Uuid) -> Result<Option<wallets::Model>, AppError> {
+        if let Some(reads) = &self.reads {
+            return reads.read(|conn| sqlite_batch::wallet(conn, agent_id));
+        }
         wallets::Entity::find_by_id(agent_id).one(&self.db).await.map_err(internal)
     }
 }

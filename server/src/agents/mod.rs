@@ -12,6 +12,7 @@ use app::model::{
 };
 use app::money::MAX_MICROS;
 use entity::{agent_keys, agents, policies, wallets};
+use rusqlite::OptionalExtension;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
@@ -22,7 +23,8 @@ use uuid::Uuid;
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
 use crate::events::{self, Event, EventBus};
 use crate::policies::{DEFAULT_POLICY, PolicyService};
-use crate::storage::{internal, now, unique_or_internal};
+use crate::storage::sqlite_reads::{Columns, SqliteReads};
+use crate::storage::{internal, now, sqlite_internal, unique_or_internal};
 
 pub const INITIAL_TRUST: i32 = 500;
 const MAX_PAGE: u32 = 200;
@@ -39,6 +41,8 @@ pub struct AgentPrincipal {
 #[derive(Clone)]
 pub struct AgentService {
     db: DatabaseConnection,
+    /// [`Self::authenticate`]'s lookup inline on a SQLite file (every agent call makes it).
+    reads: Option<SqliteReads>,
     policies: PolicyService,
     audit: AuditLog,
     events: EventBus,
@@ -140,11 +144,67 @@ fn revoked() -> AppError {
     )
 }
 
+/// [`AgentService::authenticate`]'s lookup as SQL on the file (keep the two in
+/// step): the unrevoked key with this id and its agent.
+fn live_key_on_sqlite(
+    conn: &rusqlite::Connection,
+    key_id: &str,
+) -> Result<Option<(agent_keys::Model, Option<agents::Model>)>, AppError> {
+    conn.prepare_cached(
+        "SELECT k.id, k.agent_id, k.key_id, k.key_hash, k.created_at, k.revoked_at, k.last_used_at, \
+         a.id, a.sponsor_id, a.name, a.description, a.status, a.policy_id, a.trust_score, a.tags, \
+         a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at \
+         FROM agent_keys k LEFT JOIN agents a ON a.id = k.agent_id \
+         WHERE k.key_id = ?1 AND k.revoked_at IS NULL LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row([key_id], |r| {
+            let key = agent_keys::Model {
+                id: r.uuid(0)?,
+                agent_id: r.uuid(1)?,
+                key_id: r.get(2)?,
+                key_hash: r.get(3)?,
+                created_at: r.time(4)?,
+                revoked_at: r.opt_time(5)?,
+                last_used_at: r.opt_time(6)?,
+            };
+            let agent = match r.get_ref(7)? {
+                rusqlite::types::ValueRef::Null => None,
+                _ => Some(agents::Model {
+                    id: r.uuid(7)?,
+                    sponsor_id: r.uuid(8)?,
+                    name: r.get(9)?,
+                    description: r.get(10)?,
+                    status: r.get(11)?,
+                    policy_id: r.opt_uuid(12)?,
+                    trust_score: r.get(13)?,
+                    tags: r.get(14)?,
+                    created_at: r.time(15)?,
+                    updated_at: r.time(16)?,
+                    suspended_at: r.opt_time(17)?,
+                    suspended_reason: r.get(18)?,
+                    deleted_at: r.opt_time(19)?,
+                    last_seen_at: r.opt_time(20)?,
+                }),
+            };
+            Ok((key, agent))
+        })
+        .optional()
+    })
+    .map_err(sqlite_internal)
+}
+
 impl AgentService {
     /// Every change is recorded in the audit log in the same transaction as the
     /// change itself: both commit, or neither does.
-    pub fn new(db: DatabaseConnection, policies: PolicyService, audit: AuditLog, events: EventBus) -> Self {
-        Self { db, policies, audit, events }
+    pub fn new(
+        db: DatabaseConnection,
+        reads: Option<SqliteReads>,
+        policies: PolicyService,
+        audit: AuditLog,
+        events: EventBus,
+    ) -> Self {
+        Self { db, reads, policies, audit, events }
     }
 
     /// Tells the sponsor's dashboards, once the change is committed.
@@ -484,13 +544,16 @@ impl AgentService {
         let Some(key_id) = api_keys::key_id(presented) else {
             return Ok(None);
         };
-        let found = agent_keys::Entity::find()
-            .filter(agent_keys::Column::KeyId.eq(key_id))
-            .filter(agent_keys::Column::RevokedAt.is_null())
-            .find_also_related(agents::Entity)
-            .one(&self.db)
-            .await
-            .map_err(internal)?;
+        let found = match &self.reads {
+            Some(reads) => reads.read(|conn| live_key_on_sqlite(conn, key_id))?,
+            None => agent_keys::Entity::find()
+                .filter(agent_keys::Column::KeyId.eq(key_id))
+                .filter(agent_keys::Column::RevokedAt.is_null())
+                .find_also_related(agents::Entity)
+                .one(&self.db)
+                .await
+                .map_err(internal)?,
+        };
         Ok(match found {
             Some((key, Some(agent)))
                 if api_keys::matches(presented, &key.key_hash) && agent.deleted_at.is_none() =>

@@ -5,6 +5,7 @@
 use app::error::AppError;
 use app::model::{NewPolicy, PolicySummary, PolicyUpdate, PolicyView, SessionUser};
 use entity::{policies, policy_versions};
+use rusqlite::OptionalExtension;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -14,7 +15,8 @@ use uuid::Uuid;
 pub mod engine;
 pub mod replay;
 
-use crate::storage::{internal, now, sha256_hex};
+use crate::storage::sqlite_reads::SqliteReads;
+use crate::storage::{internal, now, sha256_hex, sqlite_internal};
 
 pub const DEFAULT_POLICY: &str = "default";
 
@@ -49,12 +51,14 @@ const VERSION_CACHE_LIMIT: usize = 1024;
 #[derive(Clone)]
 pub struct PolicyService {
     db: DatabaseConnection,
+    /// The per-call `current_version` read inline on a SQLite file.
+    reads: Option<SqliteReads>,
     versions: std::sync::Arc<VersionCache>,
 }
 
 impl PolicyService {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, versions: Default::default() }
+    pub fn new(db: DatabaseConnection, reads: Option<SqliteReads>) -> Self {
+        Self { db, reads, versions: Default::default() }
     }
 
     /// Makes the stored built-ins match the shipped sources, adding a version when
@@ -280,13 +284,21 @@ impl PolicyService {
     /// or the built-in default when it has none.
     pub async fn source_for(&self, policy_id: Option<Uuid>) -> Result<policy_versions::Model, AppError> {
         let id = policy_id.unwrap_or_else(|| builtin_id(DEFAULT_POLICY));
-        let current: Option<i32> = policies::Entity::find_by_id(id)
-            .select_only()
-            .column(policies::Column::CurrentVersion)
-            .into_tuple()
-            .one(&self.db)
-            .await
-            .map_err(internal)?;
+        let current: Option<i32> = match &self.reads {
+            // The same read as below, as SQL on the file.
+            Some(reads) => reads.read(|conn| {
+                conn.prepare_cached("SELECT current_version FROM policies WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id.as_bytes()], |r| r.get(0)).optional())
+                    .map_err(sqlite_internal)
+            })?,
+            None => policies::Entity::find_by_id(id)
+                .select_only()
+                .column(policies::Column::CurrentVersion)
+                .into_tuple()
+                .one(&self.db)
+                .await
+                .map_err(internal)?,
+        };
         let Some(current) = current else { return Err(AppError::internal()) };
         let cached = self.versions.read().unwrap_or_else(|e| e.into_inner()).get(&(id, current)).cloned();
         if let Some(version) = cached {

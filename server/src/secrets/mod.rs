@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use app::error::AppError;
 use app::model::{Injection, NewSecret, SecretUpdate, SecretView};
 use entity::{agents, secret_grants, secrets};
+use rusqlite::OptionalExtension;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     Set, TransactionTrait,
@@ -17,7 +18,8 @@ use sea_orm::{
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::storage::{internal, now, unique_or_internal};
+use crate::storage::sqlite_reads::{Columns, SqliteReads};
+use crate::storage::{internal, now, sqlite_internal, unique_or_internal};
 use vault::Vault;
 
 const MAX_VALUE_BYTES: usize = 8192;
@@ -58,6 +60,8 @@ pub struct SecretDenied(pub String);
 #[derive(Clone)]
 pub struct SecretService {
     db: DatabaseConnection,
+    /// [`Self::granted`] inline on a SQLite file (read on every call that names a secret).
+    reads: Option<SqliteReads>,
     vault: Vault,
 }
 
@@ -146,9 +150,44 @@ fn name_taken() -> AppError {
     AppError::conflict("secret_name_taken", "you already have a secret with this name")
 }
 
+/// [`SecretService::granted`]'s query as SQL on the file (keep the two in step).
+fn granted_on_sqlite(
+    conn: &rusqlite::Connection,
+    sponsor_id: Uuid,
+    agent_id: Uuid,
+    name: &str,
+) -> Result<Option<secrets::Model>, AppError> {
+    conn.prepare_cached(
+        "SELECT s.id, s.sponsor_id, s.name, s.ciphertext, s.nonce, s.allowed_hosts, s.inject_header, \
+         s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at \
+         FROM secrets s JOIN secret_grants g ON g.secret_id = s.id \
+         WHERE s.sponsor_id = ?1 AND s.name = ?2 AND g.agent_id = ?3 LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row(rusqlite::params![sponsor_id.as_bytes(), name, agent_id.as_bytes()], |r| {
+            Ok(secrets::Model {
+                id: r.uuid(0)?,
+                sponsor_id: r.uuid(1)?,
+                name: r.get(2)?,
+                ciphertext: r.get(3)?,
+                nonce: r.get(4)?,
+                allowed_hosts: r.get(5)?,
+                inject_header: r.get(6)?,
+                inject_format: r.get(7)?,
+                inject_query_param: r.get(8)?,
+                created_at: r.time(9)?,
+                updated_at: r.time(10)?,
+                rotated_at: r.opt_time(11)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(sqlite_internal)
+}
+
 impl SecretService {
-    pub fn new(db: DatabaseConnection, vault: Vault) -> Self {
-        Self { db, vault }
+    pub fn new(db: DatabaseConnection, reads: Option<SqliteReads>, vault: Vault) -> Self {
+        Self { db, reads, vault }
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewSecret) -> Result<SecretView, AppError> {
@@ -294,6 +333,9 @@ impl SecretService {
         agent_id: Uuid,
         name: &str,
     ) -> Result<Option<secrets::Model>, AppError> {
+        if let Some(reads) = &self.reads {
+            return reads.read(|conn| granted_on_sqlite(conn, sponsor_id, agent_id, name));
+        }
         secrets::Entity::find()
             .inner_join(secret_grants::Entity)
             .filter(secrets::Column::SponsorId.eq(sponsor_id))

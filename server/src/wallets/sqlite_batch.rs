@@ -15,7 +15,7 @@ use std::time::Duration;
 use app::error::AppError;
 use chrono::{DateTime, Utc};
 use entity::wallets;
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use sea_orm::IdenStatic;
 use uuid::Uuid;
 
@@ -167,8 +167,9 @@ fn claim_alerts(tx: &Transaction, agent_id: Uuid) -> Result<Vec<Alert>, AppError
     Ok(alerts)
 }
 
-fn wallet(tx: &Transaction, agent_id: Uuid) -> Result<Option<wallets::Model>, AppError> {
-    tx.prepare_cached(
+/// The wallet row; also [`super::WalletService::get`]'s inline read on a SQLite file.
+pub fn wallet(conn: &Connection, agent_id: Uuid) -> Result<Option<wallets::Model>, AppError> {
+    conn.prepare_cached(
         "SELECT daily_limit_micros, monthly_limit_micros, daily_spent_micros, monthly_spent_micros, reserved_micros, \
          day_window, month_window, timezone, alert_threshold_pct, alert_sent_day, alert_sent_month, updated_at \
          FROM wallets WHERE agent_id = ?1",

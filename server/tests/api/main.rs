@@ -16,6 +16,7 @@ mod events;
 mod faults;
 mod fuzz;
 mod group_commit;
+mod inline_reads;
 mod lifecycle;
 mod mock;
 mod observability;

@@ -22,7 +22,7 @@ async fn get_public(s: &TestServer, path: &str) -> Response {
     read(s.http.get(s.url(path)).send().await.unwrap()).await
 }
 
-async fn scrape(s: &TestServer) -> String {
+pub(crate) async fn scrape(s: &TestServer) -> String {
     let r = get_public(s, "/metrics").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let ct = r.headers["content-type"].to_str().unwrap();
@@ -31,7 +31,7 @@ async fn scrape(s: &TestServer) -> String {
 }
 
 /// The value of the sample `name` whose labels are exactly `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut want: Vec<(String, String)> =
         labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     want.sort();
