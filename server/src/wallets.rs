@@ -181,6 +181,13 @@ pub struct Resolved {
     alerts: Vec<Alert>,
 }
 
+impl Resolved {
+    /// Whether [`WalletService::announce`] has anything to say.
+    pub fn has_alerts(&self) -> bool {
+        !self.alerts.is_empty()
+    }
+}
+
 /// A threshold crossed for the first time in a window.
 struct Alert {
     window: &'static str,

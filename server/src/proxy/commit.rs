@@ -21,10 +21,11 @@
 //! retried (its outcome is unknown): every waiter gets the error, and nothing is
 //! performed for an intent whose commit failed.
 //!
-//! On a SQLite file the batch runs on a thread of its own with its own connection
-//! ([`sqlite`]): the same statements, prepared once, the whole batch in one hand-off
-//! instead of one round trip to a pool worker per statement. PostgreSQL (and an
-//! in-memory SQLite) apply it through sea-orm ([`Writer::apply`]).
+//! On a SQLite file the writer is a thread of its own with its own connection
+//! ([`sqlite`]): callers queue on it directly, and it applies each batch as the
+//! same statements, prepared once — no hop through an async task, and no round
+//! trip to a pool worker per statement. PostgreSQL (and an in-memory SQLite) use
+//! the writer task, which applies the batch through sea-orm ([`Writer::apply`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,8 +131,6 @@ struct Writer {
     wallets: WalletService,
     metrics: Arc<Metrics>,
     counters: Arc<Counters>,
-    /// Set on a SQLite file: batches go to its writer thread.
-    sqlite: Option<sqlite::SqliteWriter>,
 }
 
 /// What one write came to, with the hold it resolved (whose alerts are announced
@@ -148,10 +147,17 @@ type Unstarted = (mpsc::UnboundedReceiver<Queued>, Writer);
 /// first use (inside the runtime).
 #[derive(Clone)]
 pub struct GroupCommit {
-    queue: mpsc::UnboundedSender<Queued>,
-    pending: Arc<Mutex<Option<Unstarted>>>,
+    route: Route,
     counters: Arc<Counters>,
-    backend: &'static str,
+}
+
+/// Where writes are queued.
+#[derive(Clone)]
+enum Route {
+    /// A SQLite file: straight onto the writer thread's queue.
+    Thread(sqlite::SqliteWriter),
+    /// Elsewhere: the writer task, which applies batches through sea-orm.
+    Task { queue: mpsc::UnboundedSender<Queued>, pending: Arc<Mutex<Option<Unstarted>>> },
 }
 
 impl GroupCommit {
@@ -161,12 +167,14 @@ impl GroupCommit {
         wallets: WalletService,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (queue, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        let sqlite = sqlite::SqliteWriter::for_file(db, &audit, &wallets, &metrics, &counters);
-        let backend = if sqlite.is_some() { "sqlite-thread" } else { "sea-orm" };
-        let writer = Writer { audit, wallets, metrics, counters: counters.clone(), sqlite };
-        Self { queue, pending: Arc::new(Mutex::new(Some((rx, writer)))), counters, backend }
+        if let Some(thread) = sqlite::SqliteWriter::for_file(db, &audit, &wallets, &metrics, &counters) {
+            return Self { route: Route::Thread(thread), counters };
+        }
+        let (queue, rx) = mpsc::unbounded_channel();
+        let writer = Writer { audit, wallets, metrics, counters: counters.clone() };
+        let pending = Arc::new(Mutex::new(Some((rx, writer))));
+        Self { route: Route::Task { queue, pending }, counters }
     }
 
     /// Holds `amount` for `request_id` and records `entry` (the intent) in the same
@@ -203,7 +211,10 @@ impl GroupCommit {
 
     /// Where batches are applied: `"sqlite-thread"` (a SQLite file) or `"sea-orm"`.
     pub fn backend(&self) -> &'static str {
-        self.backend
+        match self.route {
+            Route::Thread(_) => "sqlite-thread",
+            Route::Task { .. } => "sea-orm",
+        }
     }
 
     pub fn stats(&self) -> CommitStats {
@@ -215,12 +226,19 @@ impl GroupCommit {
     }
 
     async fn submit(&self, write: Write) -> Result<Done, AppError> {
-        let taken = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((rx, writer)) = taken {
-            tokio::spawn(writer.run(rx));
-        }
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Queued { write, reply }).is_err() {
+        let queued = Queued { write, reply };
+        let sent = match &self.route {
+            Route::Thread(thread) => thread.queue(queued),
+            Route::Task { queue, pending } => {
+                let taken = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some((rx, writer)) = taken {
+                    tokio::spawn(writer.run(rx));
+                }
+                queue.send(queued).is_ok()
+            }
+        };
+        if !sent {
             tracing::error!("the group-commit writer is gone");
             return Err(AppError::internal());
         }
@@ -248,11 +266,10 @@ impl Writer {
 
     async fn commit(&self, batch: Vec<Queued>) {
         let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().map(|q| (q.write, q.reply)).unzip();
-        let applied = match &self.sqlite {
-            Some(thread) => thread.commit(writes).await,
-            None => self.commit_orm(writes).await,
-        };
-        self.answer(replies, applied).await;
+        let applied = self.commit_orm(writes).await;
+        for resolved in answer(replies, applied) {
+            self.wallets.announce(resolved).await;
+        }
     }
 
     async fn commit_orm(&self, writes: Vec<Write>) -> Applied {
@@ -287,22 +304,6 @@ impl Writer {
         txn.commit().await?;
         self.counters.committed(&self.metrics, writes);
         Ok(())
-    }
-
-    /// Answers every waiter with its own result. Budget alerts claimed by a
-    /// committed settlement are announced afterwards.
-    async fn answer(&self, replies: Vec<oneshot::Sender<Result<Done, AppError>>>, applied: Applied) {
-        let mut resolved_holds = Vec::new();
-        for (reply, result) in replies.into_iter().zip(applied) {
-            // A waiter that went away (its client hung up) changes nothing.
-            let _ = reply.send(result.map(|(done, resolved)| {
-                resolved_holds.extend(resolved);
-                done
-            }));
-        }
-        for resolved in resolved_holds {
-            self.wallets.announce(resolved).await;
-        }
     }
 
     /// All of `writes` in one uncommitted transaction: wallet rows first in agent
@@ -347,6 +348,20 @@ impl Writer {
         txn.flush().await?;
         Ok((txn, applied))
     }
+}
+
+/// Answers every waiter with its own result (a waiter that went away — its client
+/// hung up — changes nothing). Returns the holds the batch resolved, whose budget
+/// alerts are announced now that they are committed.
+fn answer(replies: Vec<oneshot::Sender<Result<Done, AppError>>>, applied: Applied) -> Vec<Resolved> {
+    let mut resolved_holds = Vec::new();
+    for (reply, result) in replies.into_iter().zip(applied) {
+        let _ = reply.send(result.map(|(done, resolved)| {
+            resolved_holds.extend(resolved);
+            done
+        }));
+    }
+    resolved_holds
 }
 
 /// The same error for each of `n` writes (a failed COMMIT: nothing of the batch is durable).

@@ -38,8 +38,20 @@ async fn request_at(s: &TestServer, seq: i64) -> Option<String> {
         .and_then(|r| r.request_id)
 }
 
-/// `#[tokio::test]` runs on one thread: every write below is queued before the
-/// writer task first runs, so they make one batch.
+/// Runs `writes` while the chain lock is held, so every one of them is queued
+/// before the writer can start a batch: they make one. (`#[tokio::test]` runs on
+/// one thread, so the writer task — PostgreSQL — cannot run before they are all
+/// queued either; the SQLite writer thread waits for the lock.)
+async fn as_one_batch<T>(s: &TestServer, writes: impl std::future::Future<Output = T>) -> T {
+    let lock = s.running.services.audit.sqlite_chain().lock();
+    let held = lock.lock_owned().await;
+    let mut writes = std::pin::pin!(writes);
+    // One poll queues every write (each then waits for its answer).
+    assert!(futures::poll!(writes.as_mut()).is_pending());
+    drop(held);
+    writes.await
+}
+
 #[tokio::test]
 async fn queued_writes_commit_together_in_arrival_order() {
     let s = TestServer::start().await;
@@ -48,8 +60,11 @@ async fn queued_writes_commit_together_in_arrival_order() {
     let before = commit.stats();
 
     let ids: Vec<String> = (0..40).map(|i| format!("req-order-{i}")).collect();
-    let intents = futures::future::join_all(
-        ids.iter().map(|id| commit.intent(agent, id, 1_000, entry(agent, "proxy.intent", id))),
+    let intents = as_one_batch(
+        &s,
+        futures::future::join_all(
+            ids.iter().map(|id| commit.intent(agent, id, 1_000, entry(agent, "proxy.intent", id))),
+        ),
     )
     .await;
     let after = commit.stats();
@@ -66,10 +81,13 @@ async fn queued_writes_commit_together_in_arrival_order() {
     }
 
     // Settlements and releases batch the same way, together with their outcomes.
-    let outcomes = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
-        let charge = (i % 2 == 0).then_some(1_000);
-        commit.outcome(agent, id, charge, entry(agent, "proxy.outcome", id))
-    }))
+    let outcomes = as_one_batch(
+        &s,
+        futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+            let charge = (i % 2 == 0).then_some(1_000);
+            commit.outcome(agent, id, charge, entry(agent, "proxy.outcome", id))
+        })),
+    )
     .await;
     assert_eq!(commit.stats().commits - after.commits, 1);
     for outcome in outcomes {
@@ -140,10 +158,13 @@ async fn one_failing_write_fails_only_itself() {
     // An entry without a kind is refused by the audit log: that write fails, so
     // the batch is rolled back and every write retried alone.
     let ids: Vec<String> = (0..5).map(|i| format!("req-bad-{i}")).collect();
-    let intents = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
-        let kind = if i == 2 { "" } else { "proxy.intent" };
-        commit.intent(agent, id, 1_000, entry(agent, kind, id))
-    }))
+    let intents = as_one_batch(
+        &s,
+        futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+            let kind = if i == 2 { "" } else { "proxy.intent" };
+            commit.intent(agent, id, 1_000, entry(agent, kind, id))
+        })),
+    )
     .await;
     let after = commit.stats();
     assert_eq!(after.retried_batches - before.retried_batches, 1);

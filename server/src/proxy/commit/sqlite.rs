@@ -1,6 +1,7 @@
-//! The group-commit batch on a SQLite file: one OS thread owns a connection of its
-//! own and applies each batch as prepared statements, so a batch is ONE hand-off
-//! (and one fsync) instead of a round trip to a pool worker per statement.
+//! The group-commit writer on a SQLite file: one OS thread owns a connection of its
+//! own, callers queue their writes on it directly, and it applies whatever queued
+//! up as one batch of prepared statements — one fsync, no async task in between and
+//! no round trip to a pool worker per statement.
 //!
 //! It keeps every rule of [`super::Writer::apply`]: wallet rows first in agent
 //! order, audit records last in arrival order, the chain's in-process lock held
@@ -17,9 +18,11 @@ use std::time::{Duration, Instant};
 use app::error::AppError;
 use rusqlite::{Connection, TransactionBehavior};
 use sea_orm::{DatabaseConnection, DbBackend};
-use tokio::sync::oneshot;
 
-use super::{Applied, Counters, Done, Finished, Intent, Outcome, WalletResult, Write, failed_all};
+use super::{
+    Applied, Counters, Done, Finished, Intent, MAX_BATCH, Outcome, Queued, WalletResult, Write, answer,
+    failed_all,
+};
 use crate::audit::AuditLog;
 use crate::audit::sqlite_batch::SqliteChain;
 use crate::metrics::Metrics;
@@ -30,21 +33,16 @@ use crate::wallets::{Reservation, WalletService};
 /// How long a batch waits for SQLite's write lock (another process writing).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Job {
-    writes: Vec<Write>,
-    reply: oneshot::Sender<Applied>,
-}
-
 /// The handle on the writer thread; the thread ends when the last clone is dropped.
 #[derive(Clone)]
 pub(super) struct SqliteWriter {
-    jobs: std::sync::mpsc::Sender<Job>,
-    chain: SqliteChain,
+    queue: std::sync::mpsc::Sender<Queued>,
 }
 
 impl SqliteWriter {
     /// A writer thread for `db` when it is a SQLite file; `None` otherwise
-    /// (PostgreSQL, an in-memory database).
+    /// (PostgreSQL, an in-memory database, or no runtime to announce budget
+    /// alerts on).
     pub(super) fn for_file(
         db: &DatabaseConnection,
         audit: &AuditLog,
@@ -59,19 +57,22 @@ impl SqliteWriter {
         if !path.is_file() {
             return None;
         }
-        let (jobs, queue) = std::sync::mpsc::channel();
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (queue, jobs) = std::sync::mpsc::channel();
         let thread = Thread {
             path,
             conn: None,
             chain: audit.sqlite_chain(),
             reservation_ttl: wallets.reservation_ttl(),
+            wallets: wallets.clone(),
+            runtime,
             metrics: metrics.clone(),
             counters: counters.clone(),
         };
         let spawned =
-            std::thread::Builder::new().name("aegis-db-writer".into()).spawn(move || thread.serve(queue));
+            std::thread::Builder::new().name("aegis-db-writer".into()).spawn(move || thread.serve(jobs));
         match spawned {
-            Ok(_) => Some(Self { jobs, chain: audit.sqlite_chain() }),
+            Ok(_) => Some(Self { queue }),
             Err(e) => {
                 tracing::warn!(error = %e, "no SQLite writer thread; group commit goes through the pool");
                 None
@@ -79,19 +80,9 @@ impl SqliteWriter {
         }
     }
 
-    /// Applies and commits `writes` on the thread, under the chain lock.
-    pub(super) async fn commit(&self, writes: Vec<Write>) -> Applied {
-        let n = writes.len();
-        let _chain = self.chain.lock().lock_owned().await;
-        let (reply, answer) = oneshot::channel();
-        if self.jobs.send(Job { writes, reply }).is_err() {
-            tracing::error!("the SQLite writer thread is gone");
-            return failed_all(AppError::internal(), n);
-        }
-        answer.await.unwrap_or_else(|_| {
-            tracing::error!("the SQLite writer thread dropped a batch");
-            failed_all(AppError::internal(), n)
-        })
+    /// Queues one write; false if the thread is gone.
+    pub(super) fn queue(&self, queued: Queued) -> bool {
+        self.queue.send(queued).is_ok()
     }
 }
 
@@ -101,6 +92,9 @@ struct Thread {
     conn: Option<Connection>,
     chain: SqliteChain,
     reservation_ttl: Duration,
+    /// Budget alerts of committed settlements are announced on the runtime.
+    wallets: WalletService,
+    runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
     counters: Arc<Counters>,
 }
@@ -114,11 +108,28 @@ enum Failed {
 }
 
 impl Thread {
-    fn serve(mut self, queue: std::sync::mpsc::Receiver<Job>) {
-        while let Ok(job) = queue.recv() {
-            let applied = self.commit(&job.writes);
-            // A batch whose waiters all went away was still committed.
-            let _ = job.reply.send(applied);
+    fn serve(mut self, queue: std::sync::mpsc::Receiver<Queued>) {
+        let chain = self.chain.lock();
+        while let Ok(first) = queue.recv() {
+            // The in-process chain lock, shared with the pool's sea-orm appends.
+            // Taken before the batch is gathered, so whatever queued up while the
+            // previous batch (or a pool append) held it goes into this one.
+            let held = chain.blocking_lock();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+            let (writes, replies): (Vec<Write>, Vec<_>) =
+                batch.into_iter().map(|q| (q.write, q.reply)).unzip();
+            let applied = self.commit(&writes);
+            drop(held);
+            for resolved in answer(replies, applied).into_iter().filter(|r| r.has_alerts()) {
+                let wallets = self.wallets.clone();
+                self.runtime.spawn(async move { wallets.announce(resolved).await });
+            }
         }
     }
 
