@@ -76,7 +76,7 @@ impl Services {
         let policies = PolicyService::new(db.clone(), reads.clone());
         let secrets = SecretService::new(db.clone(), reads.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());
-        let connections = ConnectionService::new(db.clone(), secrets.clone(), egress.clone());
+        let connections = ConnectionService::new(db.clone(), reads.clone(), secrets.clone(), egress.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).
         let events = EventBus::from_config(config.redis_url.as_deref());
         let wallets = WalletService::new(db.clone(), reads.clone(), events.clone(), config.reservation_ttl);

@@ -1,5 +1,5 @@
 //! The proxy's per-call reads (the agent's key, its wallet, its policy's current
-//! version, the granted secret) run inline on a SQLite file: they must return
+//! version, the granted secret, a gateway's connection) run inline on a SQLite file: they must return
 //! exactly what sea-orm reads from the same rows, see every change at once, and
 //! really be the path the proxy takes.
 
@@ -44,6 +44,13 @@ async fn the_hot_path_reads_see_exactly_what_sea_orm_sees() {
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let secret_id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
+    for body in [
+        json!({"name": "gw", "base_url": mock.url("/echo"), "secret": "api", "cost_micros": 10}),
+        json!({"name": "plain", "base_url": mock.url("/echo")}),
+    ] {
+        let r = s.post("/api/connections", Some(&sponsor.access), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
 
     // One performed call with a secret: exactly four reads inline on SQLite, none on PostgreSQL.
     let before = inline_reads(&s).await;
@@ -55,13 +62,19 @@ async fn the_hot_path_reads_see_exactly_what_sea_orm_sees() {
         .await;
     assert_eq!((r.status, r.body["decision"].as_str()), (StatusCode::OK, Some("allow")), "{}", r.text);
     let done = inline_reads(&s).await - before;
+    // And a gateway call: one more, its connection.
+    let before = inline_reads(&s).await;
+    let gw = s.http.get(s.url("/api/gw/gw/x")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(gw.status(), StatusCode::OK);
+    let gateway_done = inline_reads(&s).await - before;
     if s.on_postgres() {
         assert!(services.sqlite_reads.is_none());
-        assert_eq!(done, 0.0, "PostgreSQL reads through sea-orm");
+        assert_eq!((done, gateway_done), (0.0, 0.0), "PostgreSQL reads through sea-orm");
         eprintln!("this pass runs on PostgreSQL: the reads below go through sea-orm (no inline path)");
     } else {
         assert!(services.sqlite_reads.is_some());
         assert_eq!(done, 4.0, "key, wallet, policy version, secret");
+        assert_eq!(gateway_done, 5.0, "key, connection, wallet, policy version, secret");
     }
 
     // Each read equals sea-orm's read of the same row, field for field — including
@@ -87,7 +100,7 @@ async fn the_hot_path_reads_see_exactly_what_sea_orm_sees() {
     assert_eq!(principal.agent, agent_row().await);
 
     let wallet = services.wallets.get(agent_id).await.unwrap().unwrap();
-    assert_eq!(wallet.daily_spent_micros, 1_234, "the settled call is read at once");
+    assert_eq!(wallet.daily_spent_micros, 1_234 + 10, "the settled calls are read at once");
     assert_eq!(Some(wallet), entity::wallets::Entity::find_by_id(agent_id).one(db).await.unwrap());
     assert_eq!(services.wallets.get(Uuid::new_v4()).await.unwrap(), None);
 
@@ -117,6 +130,15 @@ async fn the_hot_path_reads_see_exactly_what_sea_orm_sees() {
         .await;
     assert!(revoke.status.is_success(), "{}", revoke.text);
     assert_eq!(granted().await, None, "a revoked grant is gone at once");
+
+    for (name, secret) in [("gw", Some("api")), ("plain", None)] {
+        let (connection, secret_name) =
+            services.connections.by_name(sponsor_id, name).await.unwrap().unwrap();
+        let row = entity::connections::Entity::find_by_id(connection.id).one(db).await.unwrap();
+        assert_eq!((Some(connection), secret_name.as_deref()), (row, secret));
+    }
+    assert!(services.connections.by_name(sponsor_id, "nope").await.unwrap().is_none());
+    assert!(services.connections.by_name(Uuid::new_v4(), "gw").await.unwrap().is_none(), "another sponsor");
 
     let version = services.policies.source_for(principal.agent.policy_id).await.unwrap();
     let current = entity::policies::Entity::find_by_id(principal.agent.policy_id.unwrap())
