@@ -6,14 +6,13 @@ use app::error::AppError;
 use app::model::{ConnectionView, NewConnection};
 use app::money::MAX_MICROS;
 use entity::{connections, secrets};
-use rusqlite::OptionalExtension;
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 use uuid::Uuid;
 
 use crate::proxy::egress::EgressGuard;
 use crate::secrets::{SecretService, hosts};
 use crate::storage::sqlite_reads::{Columns, SqliteReads};
-use crate::storage::{internal, now, sqlite_internal, unique_or_internal};
+use crate::storage::{internal, now, unique_or_internal};
 
 #[derive(Clone)]
 pub struct ConnectionService {
@@ -130,7 +129,11 @@ impl ConnectionService {
         name: &str,
     ) -> Result<Option<(connections::Model, Option<String>)>, AppError> {
         if let Some(reads) = &self.reads {
-            return reads.read(|conn| by_name_on_sqlite(conn, sponsor_id, name));
+            return reads.optional_row(
+                BY_NAME_SQL,
+                rusqlite::params![sponsor_id.as_bytes(), name],
+                connection_and_secret,
+            );
         }
         connections::Entity::find()
             .filter(connections::Column::SponsorId.eq(sponsor_id))
@@ -145,31 +148,20 @@ impl ConnectionService {
 
 /// [`ConnectionService::by_name`]'s query as SQL on the file (keep the two in step):
 /// the connection and the name of its secret, if any.
-fn by_name_on_sqlite(
-    conn: &rusqlite::Connection,
-    sponsor_id: Uuid,
-    name: &str,
-) -> Result<Option<(connections::Model, Option<String>)>, AppError> {
-    conn.prepare_cached(
-        "SELECT c.id, c.sponsor_id, c.name, c.base_url, c.secret_id, c.cost_micros, c.created_at, c.updated_at, \
-         s.name FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
-         WHERE c.sponsor_id = ?1 AND c.name = ?2 LIMIT 1",
-    )
-    .and_then(|mut s| {
-        s.query_row(rusqlite::params![sponsor_id.as_bytes(), name], |r| {
-            let connection = connections::Model {
-                id: r.uuid(0)?,
-                sponsor_id: r.uuid(1)?,
-                name: r.get(2)?,
-                base_url: r.get(3)?,
-                secret_id: r.opt_uuid(4)?,
-                cost_micros: r.get(5)?,
-                created_at: r.time(6)?,
-                updated_at: r.time(7)?,
-            };
-            Ok((connection, r.get(8)?))
-        })
-        .optional()
-    })
-    .map_err(sqlite_internal)
+const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_url, c.secret_id, c.cost_micros, c.created_at, \
+     c.updated_at, s.name FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
+     WHERE c.sponsor_id = ?1 AND c.name = ?2 LIMIT 1";
+
+fn connection_and_secret(r: &rusqlite::Row<'_>) -> rusqlite::Result<(connections::Model, Option<String>)> {
+    let connection = connections::Model {
+        id: r.uuid(0)?,
+        sponsor_id: r.uuid(1)?,
+        name: r.get(2)?,
+        base_url: r.get(3)?,
+        secret_id: r.opt_uuid(4)?,
+        cost_micros: r.get(5)?,
+        created_at: r.time(6)?,
+        updated_at: r.time(7)?,
+    };
+    Ok((connection, r.get(8)?))
 }

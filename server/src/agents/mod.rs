@@ -12,7 +12,6 @@ use app::model::{
 };
 use app::money::MAX_MICROS;
 use entity::{agent_keys, agents, policies, wallets};
-use rusqlite::OptionalExtension;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
@@ -24,7 +23,7 @@ use crate::audit::{AuditEntry, AuditLog, canonical_json};
 use crate::events::{self, Event, EventBus};
 use crate::policies::{DEFAULT_POLICY, PolicyService};
 use crate::storage::sqlite_reads::{Columns, SqliteReads};
-use crate::storage::{internal, now, sqlite_internal, unique_or_internal};
+use crate::storage::{internal, now, unique_or_internal};
 
 pub const INITIAL_TRUST: i32 = 500;
 const MAX_PAGE: u32 = 200;
@@ -146,52 +145,42 @@ fn revoked() -> AppError {
 
 /// [`AgentService::authenticate`]'s lookup as SQL on the file (keep the two in
 /// step): the unrevoked key with this id and its agent.
-fn live_key_on_sqlite(
-    conn: &rusqlite::Connection,
-    key_id: &str,
-) -> Result<Option<(agent_keys::Model, Option<agents::Model>)>, AppError> {
-    conn.prepare_cached(
-        "SELECT k.id, k.agent_id, k.key_id, k.key_hash, k.created_at, k.revoked_at, k.last_used_at, \
-         a.id, a.sponsor_id, a.name, a.description, a.status, a.policy_id, a.trust_score, a.tags, \
-         a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at \
-         FROM agent_keys k LEFT JOIN agents a ON a.id = k.agent_id \
-         WHERE k.key_id = ?1 AND k.revoked_at IS NULL LIMIT 1",
-    )
-    .and_then(|mut s| {
-        s.query_row([key_id], |r| {
-            let key = agent_keys::Model {
-                id: r.uuid(0)?,
-                agent_id: r.uuid(1)?,
-                key_id: r.get(2)?,
-                key_hash: r.get(3)?,
-                created_at: r.time(4)?,
-                revoked_at: r.opt_time(5)?,
-                last_used_at: r.opt_time(6)?,
-            };
-            let agent = match r.get_ref(7)? {
-                rusqlite::types::ValueRef::Null => None,
-                _ => Some(agents::Model {
-                    id: r.uuid(7)?,
-                    sponsor_id: r.uuid(8)?,
-                    name: r.get(9)?,
-                    description: r.get(10)?,
-                    status: r.get(11)?,
-                    policy_id: r.opt_uuid(12)?,
-                    trust_score: r.get(13)?,
-                    tags: r.get(14)?,
-                    created_at: r.time(15)?,
-                    updated_at: r.time(16)?,
-                    suspended_at: r.opt_time(17)?,
-                    suspended_reason: r.get(18)?,
-                    deleted_at: r.opt_time(19)?,
-                    last_seen_at: r.opt_time(20)?,
-                }),
-            };
-            Ok((key, agent))
-        })
-        .optional()
-    })
-    .map_err(sqlite_internal)
+const LIVE_KEY_SQL: &str = "SELECT k.id, k.agent_id, k.key_id, k.key_hash, k.created_at, k.revoked_at, k.last_used_at, \
+     a.id, a.sponsor_id, a.name, a.description, a.status, a.policy_id, a.trust_score, a.tags, \
+     a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at \
+     FROM agent_keys k LEFT JOIN agents a ON a.id = k.agent_id \
+     WHERE k.key_id = ?1 AND k.revoked_at IS NULL LIMIT 1";
+
+fn key_and_agent(r: &rusqlite::Row<'_>) -> rusqlite::Result<(agent_keys::Model, Option<agents::Model>)> {
+    let key = agent_keys::Model {
+        id: r.uuid(0)?,
+        agent_id: r.uuid(1)?,
+        key_id: r.get(2)?,
+        key_hash: r.get(3)?,
+        created_at: r.time(4)?,
+        revoked_at: r.opt_time(5)?,
+        last_used_at: r.opt_time(6)?,
+    };
+    let agent = match r.get_ref(7)? {
+        rusqlite::types::ValueRef::Null => None,
+        _ => Some(agents::Model {
+            id: r.uuid(7)?,
+            sponsor_id: r.uuid(8)?,
+            name: r.get(9)?,
+            description: r.get(10)?,
+            status: r.get(11)?,
+            policy_id: r.opt_uuid(12)?,
+            trust_score: r.get(13)?,
+            tags: r.get(14)?,
+            created_at: r.time(15)?,
+            updated_at: r.time(16)?,
+            suspended_at: r.opt_time(17)?,
+            suspended_reason: r.get(18)?,
+            deleted_at: r.opt_time(19)?,
+            last_seen_at: r.opt_time(20)?,
+        }),
+    };
+    Ok((key, agent))
 }
 
 impl AgentService {
@@ -545,7 +534,7 @@ impl AgentService {
             return Ok(None);
         };
         let found = match &self.reads {
-            Some(reads) => reads.read(|conn| live_key_on_sqlite(conn, key_id))?,
+            Some(reads) => reads.optional_row(LIVE_KEY_SQL, [key_id], key_and_agent)?,
             None => agent_keys::Entity::find()
                 .filter(agent_keys::Column::KeyId.eq(key_id))
                 .filter(agent_keys::Column::RevokedAt.is_null())

@@ -5,7 +5,6 @@
 use app::error::AppError;
 use app::model::{NewPolicy, PolicySummary, PolicyUpdate, PolicyView, SessionUser};
 use entity::{policies, policy_versions};
-use rusqlite::OptionalExtension;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -16,7 +15,7 @@ pub mod engine;
 pub mod replay;
 
 use crate::storage::sqlite_reads::SqliteReads;
-use crate::storage::{internal, now, sha256_hex, sqlite_internal};
+use crate::storage::{internal, now, sha256_hex};
 
 pub const DEFAULT_POLICY: &str = "default";
 
@@ -286,11 +285,11 @@ impl PolicyService {
         let id = policy_id.unwrap_or_else(|| builtin_id(DEFAULT_POLICY));
         let current: Option<i32> = match &self.reads {
             // The same read as below, as SQL on the file.
-            Some(reads) => reads.read(|conn| {
-                conn.prepare_cached("SELECT current_version FROM policies WHERE id = ?1")
-                    .and_then(|mut s| s.query_row([id.as_bytes()], |r| r.get(0)).optional())
-                    .map_err(sqlite_internal)
-            })?,
+            Some(reads) => reads.optional_row(
+                "SELECT current_version FROM policies WHERE id = ?1",
+                [id.as_bytes()],
+                |r| r.get(0),
+            )?,
             None => policies::Entity::find_by_id(id)
                 .select_only()
                 .column(policies::Column::CurrentVersion)

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use app::error::AppError;
 use app::model::{Injection, NewSecret, SecretUpdate, SecretView};
 use entity::{agents, secret_grants, secrets};
-use rusqlite::OptionalExtension;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     Set, TransactionTrait,
@@ -19,7 +18,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::storage::sqlite_reads::{Columns, SqliteReads};
-use crate::storage::{internal, now, sqlite_internal, unique_or_internal};
+use crate::storage::{internal, now, unique_or_internal};
 use vault::Vault;
 
 const MAX_VALUE_BYTES: usize = 8192;
@@ -151,38 +150,26 @@ fn name_taken() -> AppError {
 }
 
 /// [`SecretService::granted`]'s query as SQL on the file (keep the two in step).
-fn granted_on_sqlite(
-    conn: &rusqlite::Connection,
-    sponsor_id: Uuid,
-    agent_id: Uuid,
-    name: &str,
-) -> Result<Option<secrets::Model>, AppError> {
-    conn.prepare_cached(
-        "SELECT s.id, s.sponsor_id, s.name, s.ciphertext, s.nonce, s.allowed_hosts, s.inject_header, \
-         s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at \
-         FROM secrets s JOIN secret_grants g ON g.secret_id = s.id \
-         WHERE s.sponsor_id = ?1 AND s.name = ?2 AND g.agent_id = ?3 LIMIT 1",
-    )
-    .and_then(|mut s| {
-        s.query_row(rusqlite::params![sponsor_id.as_bytes(), name, agent_id.as_bytes()], |r| {
-            Ok(secrets::Model {
-                id: r.uuid(0)?,
-                sponsor_id: r.uuid(1)?,
-                name: r.get(2)?,
-                ciphertext: r.get(3)?,
-                nonce: r.get(4)?,
-                allowed_hosts: r.get(5)?,
-                inject_header: r.get(6)?,
-                inject_format: r.get(7)?,
-                inject_query_param: r.get(8)?,
-                created_at: r.time(9)?,
-                updated_at: r.time(10)?,
-                rotated_at: r.opt_time(11)?,
-            })
-        })
-        .optional()
+const GRANTED_SQL: &str = "SELECT s.id, s.sponsor_id, s.name, s.ciphertext, s.nonce, s.allowed_hosts, s.inject_header, \
+     s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at \
+     FROM secrets s JOIN secret_grants g ON g.secret_id = s.id \
+     WHERE s.sponsor_id = ?1 AND s.name = ?2 AND g.agent_id = ?3 LIMIT 1";
+
+fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<secrets::Model> {
+    Ok(secrets::Model {
+        id: r.uuid(0)?,
+        sponsor_id: r.uuid(1)?,
+        name: r.get(2)?,
+        ciphertext: r.get(3)?,
+        nonce: r.get(4)?,
+        allowed_hosts: r.get(5)?,
+        inject_header: r.get(6)?,
+        inject_format: r.get(7)?,
+        inject_query_param: r.get(8)?,
+        created_at: r.time(9)?,
+        updated_at: r.time(10)?,
+        rotated_at: r.opt_time(11)?,
     })
-    .map_err(sqlite_internal)
 }
 
 impl SecretService {
@@ -334,7 +321,8 @@ impl SecretService {
         name: &str,
     ) -> Result<Option<secrets::Model>, AppError> {
         if let Some(reads) = &self.reads {
-            return reads.read(|conn| granted_on_sqlite(conn, sponsor_id, agent_id, name));
+            let params = rusqlite::params![sponsor_id.as_bytes(), name, agent_id.as_bytes()];
+            return reads.optional_row(GRANTED_SQL, params, secret_row);
         }
         secrets::Entity::find()
             .inner_join(secret_grants::Entity)

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use app::error::AppError;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, Row};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 use sea_orm::{DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
@@ -68,6 +68,22 @@ impl SqliteReads {
             idle.push(conn);
         }
         Ok(value)
+    }
+}
+
+impl SqliteReads {
+    /// At most one row of `sql` (a cached prepared statement), decoded by `row`.
+    pub fn optional_row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, AppError> {
+        self.read(|conn| {
+            conn.prepare_cached(sql)
+                .and_then(|mut statement| statement.query_row(params, row).optional())
+                .map_err(sqlite_internal)
+        })
     }
 }
 
