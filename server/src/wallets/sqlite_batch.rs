@@ -20,7 +20,8 @@ use sea_orm::IdenStatic;
 use uuid::Uuid;
 
 use super::{Alert, Reservation, Resolved, crossed_alerts, refusal, windows, zone};
-use crate::storage::{from_sql_time, now, sql_time, sqlite_internal as internal};
+use crate::storage::sqlite_reads::Columns;
+use crate::storage::{now, sql_time, sqlite_internal as internal};
 
 /// The windows a batch has already rolled over, by agent (read once per batch).
 #[derive(Default)]
@@ -124,18 +125,17 @@ pub fn resolve(
     actual: Option<i64>,
 ) -> Result<Option<Resolved>, AppError> {
     let at = now();
-    let claimed: Option<(Vec<u8>, i64)> = tx
+    let claimed: Option<(Uuid, i64)> = tx
         .prepare_cached(
             "UPDATE ledger_entries SET status = ?1, settled_micros = ?2, resolved_at = ?3 \
              WHERE request_id = ?4 AND status = 'held' RETURNING agent_id, reserved_micros",
         )
         .and_then(|mut s| {
-            s.query_row(params![status, actual, sql_time(at), request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            s.query_row(params![status, actual, sql_time(at), request_id], |r| Ok((r.uuid(0)?, r.get(1)?)))
                 .optional()
         })
         .map_err(internal)?;
     let Some((agent_id, reserved)) = claimed else { return Ok(None) };
-    let agent_id = Uuid::from_slice(&agent_id).map_err(|_| AppError::internal())?;
     rolled.roll(tx, agent_id, at)?;
     let charged = actual.unwrap_or(0);
     tx.prepare_cached(
@@ -193,12 +193,6 @@ fn wallet_row(agent_id: Uuid, r: &Row) -> rusqlite::Result<wallets::Model> {
         alert_sent_day: r.get(9)?,
         alert_sent_month: r.get(10)?,
         // A time that does not parse is a decode error like any other, never a default.
-        updated_at: from_sql_time(&r.get::<_, String>(11)?).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                11,
-                rusqlite::types::Type::Text,
-                "not an RFC 3339 time".into(),
-            )
-        })?,
+        updated_at: r.time(11)?,
     })
 }
