@@ -137,3 +137,36 @@ impl Columns for Row<'_> {
 fn bad(i: usize, ty: rusqlite::types::Type, why: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, ty, why.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row of `sql` on a scratch connection, through `decode`.
+    fn decode<T>(sql: &str, decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        Connection::open_in_memory().unwrap().query_row(sql, [], decode)
+    }
+
+    #[test]
+    fn columns_decode_what_sqlx_writes_and_refuse_anything_else() {
+        let id = Uuid::now_v7();
+        let at = crate::storage::now();
+        let conn = Connection::open_in_memory().unwrap();
+        let (got_id, got_at): (Uuid, DateTime<Utc>) = conn
+            .query_row("SELECT ?1, ?2", rusqlite::params![id.as_bytes(), super::super::sql_time(at)], |r| {
+                Ok((r.uuid(0)?, r.time(1)?))
+            })
+            .unwrap();
+        assert_eq!((got_id, got_at), (id, at));
+        assert_eq!(decode("SELECT NULL", |r| r.opt_uuid(0)).unwrap(), None);
+        assert_eq!(decode("SELECT NULL", |r| r.opt_time(0)).unwrap(), None);
+
+        // A UUID of the wrong length, a time that is not RFC 3339, a text where a
+        // blob belongs: decode errors, never a default.
+        assert!(decode("SELECT x'0102'", |r| r.uuid(0)).is_err());
+        assert!(decode("SELECT x'0102'", |r| r.opt_uuid(0)).is_err());
+        assert!(decode("SELECT '2026-11-27 10:00:00'", |r| r.time(0)).is_err());
+        assert!(decode("SELECT 'yesterday'", |r| r.opt_time(0)).is_err());
+        assert!(decode("SELECT 42", |r| r.time(0)).is_err());
+    }
+}
