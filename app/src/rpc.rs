@@ -105,12 +105,64 @@ pub(crate) mod ssr {
     }
 }
 
-/// Only same-site relative paths may be used as a post-login destination.
+/// The post-login destination: `next` only if it is a same-origin path, else
+/// `/agents`. The one check for every place `next` is honoured.
+///
+/// Accepted: `/` followed by URL path/query characters only (RFC 3986 unreserved,
+/// sub-delims, `:@/?` and well-formed `%XX` escapes), whose first segment is not
+/// empty, and whose percent-decoded form (decoded repeatedly) still has no empty first
+/// segment, backslash or control character (tab, CR, LF, …). So `//evil`, `/\\evil`,
+/// `/%09/evil`, `/%2F%2Fevil`, `/%5Cevil`, `https://evil`, `javascript:…`, a tab or a
+/// newline anywhere, and anything not starting with `/` all fall back to `/agents`.
 pub fn safe_next(next: Option<&str>) -> String {
+    const FALLBACK: &str = "/agents";
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
-        _ => "/agents".to_owned(),
+        Some(n) if is_local_path(n) => n.to_owned(),
+        _ => FALLBACK.to_owned(),
     }
+}
+
+fn is_local_path(raw: &str) -> bool {
+    fn allowed(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+    }
+    fn shape_ok(s: &[u8]) -> bool {
+        s.first() == Some(&b'/')
+            && !matches!(s.get(1), Some(b'/' | b'\\'))
+            && !s.iter().any(|&b| b == b'\\' || b.is_ascii_control())
+    }
+    fn decode(s: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(s.len());
+        let mut i = 0;
+        while i < s.len() {
+            if s[i] == b'%' {
+                let hex = std::str::from_utf8(s.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(s[i]);
+                i += 1;
+            }
+        }
+        Some(out)
+    }
+    let bytes = raw.as_bytes();
+    if bytes.len() > 2048 || !bytes.iter().all(|&b| allowed(b)) || !shape_ok(bytes) {
+        return false;
+    }
+    // Every layer of encoding must be harmless too (a proxy or router may decode).
+    let mut current = bytes.to_vec();
+    for _ in 0..4 {
+        let Some(decoded) = decode(&current) else { return false };
+        if !shape_ok(&decoded) {
+            return false;
+        }
+        if decoded == current {
+            return true;
+        }
+        current = decoded;
+    }
+    false
 }
 
 #[server(prefix = "/rpc", endpoint = "current_user")]
@@ -689,10 +741,49 @@ mod tests {
 
     #[test]
     fn next_must_be_a_local_path() {
-        assert_eq!(safe_next(Some("/agents/1")), "/agents/1");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil", "agents"] {
-            assert_eq!(safe_next(Some(bad)), "/agents", "{bad}");
+        for good in [
+            "/agents/1",
+            "/",
+            "/audit?agent=1&cursor=a%20b",
+            "/agents/1?tab=keys",
+            "/approvals?status=pending",
+        ] {
+            assert_eq!(safe_next(Some(good)), good, "{good}");
         }
+        for bad in [
+            "//evil.example",
+            "///evil.example",
+            "https://evil.example",
+            "http:evil.example",
+            "/\\evil",
+            "/\\/evil",
+            "\\\\evil",
+            "/%09/evil.example",
+            "/\t/evil.example",
+            "/%0a/evil",
+            "/%0D/evil",
+            "/%2F%2Fevil",
+            "/%2f/evil",
+            "/%5Cevil",
+            "/%5c%5cevil",
+            "/%252F%252Fevil",
+            "/%2",
+            "/%zz",
+            " /agents",
+            "/ag ents",
+            "/agents\n",
+            "/\u{3000}/evil",
+            "javascript:alert(1)",
+            "JAVASCRIPT:alert(1)",
+            "data:text/html,x",
+            "agents",
+            "",
+            "?next=/x",
+            "#/evil",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/agents", "{bad:?}");
+        }
+        assert_eq!(safe_next(Some(&format!("/{}", "a".repeat(3000)))), "/agents");
         assert_eq!(safe_next(None), "/agents");
     }
 
