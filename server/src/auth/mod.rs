@@ -85,8 +85,8 @@ impl AuthService {
         let email = normalise_email(&input.email)?;
         let name = clean_name(&input.name)?;
         password::check_policy(&input.password)?;
-        // Registration costs a hash too, so it shares the per-address budget.
-        self.throttle.admit("", client.ip.as_deref()).await?;
+        // Registration costs a hash too: a per-address budget of its own.
+        self.throttle.admit_registration(client.ip.as_deref()).await?;
         let hash = self.passwords.hash(&input.password).await?;
         let at = now();
         let user = users::ActiveModel {
@@ -110,9 +110,15 @@ impl AuthService {
     }
 
     pub async fn login(&self, input: Credentials, client: ClientMeta) -> Result<AuthResponse, AppError> {
-        // A malformed email is just a failed sign-in: no hint about what exists.
-        let email = normalise_email(&input.email).unwrap_or_else(|_| input.email.trim().to_lowercase());
-        self.throttle.admit(&email, client.ip.as_deref()).await?;
+        let ip = client.ip.as_deref();
+        // A malformed email is just a failed sign-in (no hint about what exists); it
+        // counts against the client but never against any email, and costs no hash.
+        let Ok(email) = normalise_email(&input.email) else {
+            self.throttle.admit_login(None, ip).await?;
+            return Err(invalid_credentials());
+        };
+        // Counted before the hash, atomically: parallel guesses cannot pass the limit.
+        self.throttle.admit_login(Some(&email), ip).await?;
         let user = users::Entity::find()
             .filter(users::Column::Email.eq(&email))
             .one(&self.db)
@@ -120,16 +126,13 @@ impl AuthService {
             .map_err(internal)?;
         let stored = user.as_ref().map(|u| u.password_hash.as_str());
         let matched = input.password.len() <= password::MAX_BYTES
-            && self.passwords.verify(&input.password, stored).await;
+            && self.passwords.verify(&input.password, stored).await?;
         match user {
             Some(user) if matched && user.disabled_at.is_none() => {
-                self.throttle.succeeded(&email).await;
+                self.throttle.succeeded(&email, ip).await;
                 self.start_session(&user, &client).await
             }
-            _ => {
-                self.throttle.failed(&email).await;
-                Err(invalid_credentials())
-            }
+            _ => Err(invalid_credentials()),
         }
     }
 

@@ -2,6 +2,8 @@
 //!
 //! Hashing is CPU-heavy by design, so it runs on the blocking pool and at most a few
 //! hashes run at once; a flood of logins cannot starve the proxy's async workers.
+//! Requests waiting for a hash form a bounded queue: past it the answer is at once
+//! `503 busy` with `Retry-After`, rather than an ever longer wait.
 
 use std::sync::Arc;
 
@@ -17,6 +19,12 @@ const PARALLELISM: u32 = 1;
 pub const MIN_LEN: usize = 10;
 /// Longer inputs are refused so hashing cost stays bounded.
 pub const MAX_BYTES: usize = 1024;
+/// Hashes computed at once.
+pub const WORKERS: usize = 4;
+/// Requests that may wait for a worker; one more is refused with 503.
+pub const QUEUE: usize = 64;
+/// `Retry-After` of a refused request.
+const BUSY_RETRY_SECS: u64 = 2;
 
 #[derive(Clone)]
 pub struct Passwords {
@@ -25,10 +33,23 @@ pub struct Passwords {
     /// answer takes as long as for a real account.
     dummy: Arc<str>,
     permits: Arc<Semaphore>,
+    /// Workers + queue places: every hash holds one from arrival to completion.
+    places: Arc<Semaphore>,
+}
+
+fn busy() -> AppError {
+    AppError {
+        retry_after_secs: Some(BUSY_RETRY_SECS),
+        ..AppError::unavailable("busy", "too many sign-ins in progress; try again shortly")
+    }
 }
 
 impl Passwords {
     pub fn new() -> Self {
+        Self::with_limits(WORKERS, QUEUE)
+    }
+
+    pub fn with_limits(workers: usize, queue: usize) -> Self {
         let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).expect("valid argon2 params");
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
@@ -36,11 +57,25 @@ impl Passwords {
             .hash_password(uuid::Uuid::new_v4().to_string().as_bytes(), &salt)
             .expect("hashing a fixed-size input cannot fail")
             .to_string();
-        Self { argon, dummy: dummy.into(), permits: Arc::new(Semaphore::new(4)) }
+        Self {
+            argon,
+            dummy: dummy.into(),
+            permits: Arc::new(Semaphore::new(workers)),
+            places: Arc::new(Semaphore::new(workers + queue)),
+        }
+    }
+
+    /// A place in the queue (or 503), then a worker.
+    async fn admit(
+        &self,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, tokio::sync::SemaphorePermit<'_>), AppError> {
+        let place = self.places.try_acquire().map_err(|_| busy())?;
+        let permit = self.permits.acquire().await.map_err(|_| AppError::internal())?;
+        Ok((place, permit))
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, AppError> {
-        let _permit = self.permits.acquire().await.map_err(|_| AppError::internal())?;
+        let _permit = self.admit().await?;
         let (argon, password) = (self.argon.clone(), password.to_owned());
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
@@ -52,11 +87,9 @@ impl Passwords {
     }
 
     /// Checks `password` against `stored`; with no stored hash, spends the same time
-    /// on the dummy hash and answers false.
-    pub async fn verify(&self, password: &str, stored: Option<&str>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
+    /// on the dummy hash and answers false. `503 busy` when the queue is full.
+    pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<bool, AppError> {
+        let _permit = self.admit().await?;
         let exists = stored.is_some();
         let (argon, password) = (self.argon.clone(), password.to_owned());
         let stored = stored.map(str::to_owned).unwrap_or_else(|| self.dummy.to_string());
@@ -65,7 +98,7 @@ impl Passwords {
         })
         .await
         .unwrap_or(false);
-        exists && matched
+        Ok(exists && matched)
     }
 }
 
@@ -117,11 +150,26 @@ mod tests {
         let p = Passwords::new();
         let hash = p.hash("correct horse 9").await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(p.verify("correct horse 9", Some(&hash)).await);
-        assert!(!p.verify("correct horse 8", Some(&hash)).await);
-        assert!(!p.verify("correct horse 9", None).await, "no account never verifies");
-        assert!(!p.verify("x", Some("not a phc string")).await);
+        assert!(p.verify("correct horse 9", Some(&hash)).await.unwrap());
+        assert!(!p.verify("correct horse 8", Some(&hash)).await.unwrap());
+        assert!(!p.verify("correct horse 9", None).await.unwrap(), "no account never verifies");
+        assert!(!p.verify("x", Some("not a phc string")).await.unwrap());
         assert_ne!(hash, p.hash("correct horse 9").await.unwrap(), "salted");
+    }
+
+    /// Past the workers and the queue, a hash is refused at once with 503 and
+    /// `Retry-After` instead of waiting; a freed place is usable again.
+    #[tokio::test]
+    async fn a_full_queue_answers_busy() {
+        let p = Passwords::with_limits(1, 2);
+        let held = p.places.try_acquire_many(3).unwrap();
+        let started = std::time::Instant::now();
+        let err = p.verify("correct horse 9", None).await.unwrap_err();
+        assert_eq!((err.status, err.code.as_str(), err.retry_after_secs), (503, "busy", Some(2)));
+        assert_eq!(p.hash("correct horse 9").await.unwrap_err().status, 503);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused without waiting");
+        drop(held);
+        assert!(!p.verify("correct horse 9", None).await.unwrap());
     }
 
     #[test]

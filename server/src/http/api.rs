@@ -20,13 +20,14 @@ use super::openapi::{AgentSelf, ErrorBody};
 
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth",
     summary = "Create a sponsor account and sign in",
-    description = "Emails are trimmed and lower-cased. Passwords need at least 10 characters from at least two classes (lower, upper, digit, symbol). Registering counts against the per-address sign-in throttle.",
+    description = "Emails are trimmed and lower-cased. Passwords need at least 10 characters from at least two classes (lower, upper, digit, symbol). Registering has its own per-address budget (as many per window as sign-in attempts).",
     request_body = Registration,
     responses(
         (status = 201, description = "Signed in: a token pair and the new user", body = AuthResponse),
         (status = 409, description = "`email_taken`: an account with this email exists", body = ErrorBody),
         (status = 422, description = "`weak_password`: the password is too short, too long or too simple\n`validation_failed`: the email or name is not acceptable", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many attempts from this address", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 429, description = "`rate_limited`: too many registrations from this address", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`busy`: too many password hashes queued; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn register(
     State(s): State<AppState>,
@@ -38,12 +39,13 @@ pub async fn register(
 
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth",
     summary = "Sign in",
-    description = "Unknown email and wrong password get the same answer, in the same time. 5 failures per email and 50 attempts per address within 15 minutes are allowed.",
+    description = "Unknown email and wrong password get the same answer, in the same time. Every attempt is counted before the password is checked: 5 per (email, client address) and 50 per email from all addresses together, and 50 attempts per address (IPv6: per /64), within 15 minutes; a success clears the email's counts. A malformed email counts only against the address.",
     request_body = Credentials,
     responses(
         (status = 200, description = "Signed in", body = AuthResponse),
         (status = 401, description = "`invalid_credentials`: wrong email or password (or a disabled account)", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many attempts for this email or address", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`busy`: too many password checks queued; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn login(
     State(s): State<AppState>,

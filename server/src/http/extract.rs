@@ -123,31 +123,38 @@ impl FromRequestParts<AppState> for Agent {
 }
 
 /// Where the request came from. The socket peer, unless AEGIS is told it sits
-/// behind a proxy, in which case the address that proxy appended last.
+/// behind a proxy: then the right-most `X-Forwarded-For` hop that is not the proxy
+/// itself, read across *every* `X-Forwarded-For` line in order (a client may send a
+/// line of its own; the proxy's hop is the last one). A hop that is not an IP
+/// address means the chain cannot be trusted: the peer is used.
 pub fn client_meta(
     parts_headers: &HeaderMap,
     peer: Option<&ConnectInfo<SocketAddr>>,
     trust_proxy: bool,
 ) -> ClientMeta {
-    let forwarded = trust_proxy
-        .then(|| {
-            parts_headers
-                .get("x-forwarded-for")?
-                .to_str()
-                .ok()?
-                .rsplit(',')
-                .next()
-                .map(|s| s.trim().to_owned())
-        })
-        .flatten()
-        .filter(|s| s.parse::<std::net::IpAddr>().is_ok());
+    let peer_ip = peer.map(|p| p.0.ip());
+    let forwarded = trust_proxy.then(|| forwarded_client(parts_headers, peer_ip)).flatten();
     ClientMeta {
-        ip: forwarded.or_else(|| peer.map(|p| p.0.ip().to_string())),
+        ip: forwarded.or(peer_ip).map(|ip| ip.to_string()),
         user_agent: parts_headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(300).collect()),
     }
+}
+
+fn forwarded_client(headers: &HeaderMap, proxy: Option<std::net::IpAddr>) -> Option<std::net::IpAddr> {
+    let mut hops = Vec::new();
+    for line in headers.get_all("x-forwarded-for") {
+        hops.extend(line.to_str().ok()?.split(',').map(str::trim).filter(|h| !h.is_empty()));
+    }
+    for hop in hops.iter().rev() {
+        let ip = hop.parse::<std::net::IpAddr>().ok()?;
+        if Some(ip) != proxy {
+            return Some(ip);
+        }
+    }
+    None
 }
 
 impl FromRequestParts<AppState> for ClientMetaExt {
@@ -186,5 +193,26 @@ mod tests {
         assert_eq!(client_meta(&h, Some(&peer), true).ip.as_deref(), Some("5.6.7.8"));
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(client_meta(&h, Some(&peer), true).ip.as_deref(), Some("127.0.0.1"));
+    }
+
+    /// A client's own line comes first and the proxy appends a line of its own: the
+    /// right-most hop across all lines is the one the proxy saw.
+    #[test]
+    fn forwarded_for_reads_every_line_right_to_left() {
+        let peer = ConnectInfo("10.0.0.5:9".parse::<SocketAddr>().unwrap());
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        assert_eq!(client_meta(&h, Some(&peer), true).ip.as_deref(), Some("1.2.3.4"));
+        // The proxy's own address appended as a hop is skipped.
+        h.append("x-forwarded-for", "10.0.0.5".parse().unwrap());
+        assert_eq!(client_meta(&h, Some(&peer), true).ip.as_deref(), Some("1.2.3.4"));
+        // A forged garbage hop to the right of the real one voids the chain.
+        let mut g = HeaderMap::new();
+        g.append("x-forwarded-for", "1.2.3.4, nonsense".parse().unwrap());
+        assert_eq!(client_meta(&g, Some(&peer), true).ip.as_deref(), Some("10.0.0.5"));
+        let mut v6 = HeaderMap::new();
+        v6.append("x-forwarded-for", "2001:db8::1".parse().unwrap());
+        assert_eq!(client_meta(&v6, Some(&peer), true).ip.as_deref(), Some("2001:db8::1"));
     }
 }

@@ -255,3 +255,86 @@ async fn attempts_per_address_are_throttled_and_windows_expire() {
     let r = s.post("/api/auth/login", None, json!({"email": "u9@example.com", "password": PASSWORD})).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "window expired");
 }
+
+/// 50 wrong passwords at once: each attempt is counted before its hash, so at most
+/// the configured number are answered 401 and all others 429 (none slips past while
+/// the earlier ones are still hashing).
+#[tokio::test]
+async fn parallel_wrong_passwords_cannot_pass_the_limit() {
+    let s =
+        TestServer::start_with(&[("AEGIS_LOGIN_MAX_FAILURES", "5"), ("AEGIS_LOGIN_MAX_PER_IP", "500")]).await;
+    let sponsor = s.sponsor("parallel").await;
+    let attempts = (0..50).map(|_| {
+        s.post("/api/auth/login", None, json!({"email": sponsor.email, "password": "wrong password 1"}))
+    });
+    let results = futures::future::join_all(attempts).await;
+    let count = |status| results.iter().filter(|r| r.status == status).count();
+    let (unauthorized, limited) = (count(StatusCode::UNAUTHORIZED), count(StatusCode::TOO_MANY_REQUESTS));
+    assert!(unauthorized <= 5, "{unauthorized} guesses were checked");
+    assert_eq!(unauthorized + limited, 50, "{:?}", results.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+            .all(|r| r.code() == "rate_limited")
+    );
+}
+
+async fn login_from(s: &TestServer, ip: &str, email: &str, password: &str) -> crate::support::Response {
+    let req = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .header("x-forwarded-for", ip)
+        .json(&json!({"email": email, "password": password}));
+    crate::support::read(req.send().await.unwrap()).await
+}
+
+/// Wrong passwords from one client lock the email for that client only: its owner,
+/// elsewhere, still signs in.
+#[tokio::test]
+async fn one_client_cannot_lock_an_account_against_its_owner() {
+    let s =
+        TestServer::start_with(&[("AEGIS_LOGIN_MAX_FAILURES", "5"), ("AEGIS_TRUST_PROXY_HEADERS", "true")])
+            .await;
+    let owner = s.sponsor("owner").await;
+    for _ in 0..5 {
+        let r = login_from(&s, "203.0.113.66", &owner.email, "wrong password 1").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = login_from(&s, "203.0.113.66", &owner.email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "the attacking client is locked out");
+    let r = login_from(&s, "198.51.100.7", &owner.email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "the owner is not: {}", r.text);
+    // IPv6 clients are one client per /64: another address in the same /64 is locked too.
+    for _ in 0..5 {
+        login_from(&s, "2001:db8:5:5::1", &owner.email, "wrong password 1").await;
+    }
+    let r = login_from(&s, "2001:db8:5:5:ffff::2", &owner.email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "same /64");
+}
+
+/// Sign-ins with malformed emails (empty, blank, no `@`) count against no email:
+/// they neither lock registration for everyone nor anyone's account.
+#[tokio::test]
+async fn malformed_emails_do_not_close_registration() {
+    let s =
+        TestServer::start_with(&[("AEGIS_LOGIN_MAX_FAILURES", "5"), ("AEGIS_TRUST_PROXY_HEADERS", "true")])
+            .await;
+    for email in ["", "", " ", "nobody", "", "", "@", ""] {
+        let r = login_from(&s, "203.0.113.66", email, "wrong password 1").await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "invalid_credentials"), "{email:?}");
+    }
+    // Registration (from another client and from the same one) still works.
+    for ip in ["198.51.100.7", "203.0.113.66"] {
+        let email = format!("new-{}@example.com", uuid::Uuid::new_v4().simple());
+        let r = s
+            .http
+            .post(s.url("/api/auth/register"))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"email": email, "password": PASSWORD, "name": "New"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{ip}");
+    }
+}
