@@ -55,20 +55,20 @@ test("agent detail: a granted secret's call shows in activity, limits persist, r
   await expect(page.locator("#activity-table")).not.toContainText("proxy.outcome");
   await shot(page, "20-agent-new");
 
-  // The vault: add a secret for 127.0.0.1 granted to the agent. Its value never comes back.
+  // The vault: add a secret for http://127.0.0.1 (any port) granted to the agent. Its value never comes back.
   await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Secrets" }).click();
   await expect(page).toHaveURL(/\/secrets$/);
   await expect(page.locator("#secrets-empty")).toBeVisible();
   await hydrated(page);
   await page.getByLabel("Name", { exact: true }).fill("ledger-token");
   await page.getByLabel("Value", { exact: true }).fill(secretValue);
-  await page.getByLabel("Allowed hosts").fill("127.0.0.1");
+  await page.getByLabel("Allowed hosts").fill("http://127.0.0.1:*");
   await page.getByLabel("Header name").fill("Authorization");
   await page.getByLabel("Header value format").fill("Bearer {secret}");
   await page.locator("#secret-agents").getByLabel("ledger-bot").check();
   await page.getByRole("button", { name: "Save secret" }).click();
   const secretRow = page.locator('#secrets-table tr[data-secret="ledger-token"]');
-  await expect(secretRow).toContainText("127.0.0.1");
+  await expect(secretRow).toContainText("http://127.0.0.1:*");
   await expect(secretRow).toContainText("ledger-bot");
   await expect(secretRow).toContainText(/authorization: Bearer \{secret\}/i);
   await expect(page.getByLabel("Value", { exact: true })).toHaveValue("");

@@ -64,12 +64,12 @@ impl ConnectionService {
                 let secret = self.secrets.find_by_name(sponsor_id, name).await?.ok_or_else(|| {
                     AppError::new(422, "unknown_secret", format!("no secret named {name:?}"))
                 })?;
-                let patterns: Vec<String> = serde_json::from_str(&secret.allowed_hosts).unwrap_or_default();
-                if !hosts::any_matches(&patterns, &target.host) {
+                let to = hosts::Destination { scheme: &target.scheme, host: &target.host, port: target.port };
+                if !hosts::any_matches(&crate::secrets::allowed_patterns(&secret), &to) {
                     return Err(AppError::new(
                         422,
                         "secret_host_mismatch",
-                        format!("secret {name:?} may not be sent to {}", target.host),
+                        format!("secret {name:?} may not be sent to {to}"),
                     ));
                 }
                 Some(secret)

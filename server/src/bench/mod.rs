@@ -275,7 +275,7 @@ async fn setup(client: &reqwest::Client, base: &str, mock: &str) -> Result<Setup
         client,
         &format!("{base}/api/secrets"),
         Some(&token),
-        json!({"name": SECRET, "value": format!("bench-secret-{run}"), "allowed_hosts": ["127.0.0.1"],
+        json!({"name": SECRET, "value": format!("bench-secret-{run}"), "allowed_hosts": ["http://127.0.0.1:*"],
                "inject": {"header": "authorization", "format": "Bearer {secret}"},
                "agents": [agents[0].0, agents[1].0]}),
     )

@@ -48,6 +48,8 @@ const EMAIL: &str = "demo@example.com";
 /// Names of what the set-up creates.
 const POLICY: &str = "read-only";
 const SECRET: &str = "mock-api-key";
+/// The demo's mock upstream: plain http on loopback, on a new port each run.
+const DEMO_SECRET_HOSTS: &str = "http://127.0.0.1:*";
 const CONNECTION: &str = "mock";
 
 /// Allows reads only; every write is denied by policy.
@@ -224,7 +226,12 @@ async fn setup(
     let secrets = services.list_secrets(me).await.map_err(failed("secrets"))?;
     match secrets.iter().find(|s| s.name == SECRET) {
         Some(secret) => {
-            let update = SecretUpdate { agents: Some(granted), ..Default::default() };
+            // Also brings a demo database from before secrets named their scheme up to date.
+            let update = SecretUpdate {
+                agents: Some(granted),
+                allowed_hosts: Some(vec![DEMO_SECRET_HOSTS.into()]),
+                ..Default::default()
+            };
             services.update_secret(me, secret.id, update).await.map_err(failed("secret"))?;
         }
         None => {
@@ -233,7 +240,7 @@ async fn setup(
             let secret = NewSecret {
                 name: SECRET.into(),
                 value: format!("mock-{}", hex::encode(value)),
-                allowed_hosts: vec!["127.0.0.1".into()],
+                allowed_hosts: vec![DEMO_SECRET_HOSTS.into()],
                 inject: Injection::Header {
                     header: "Authorization".into(),
                     format: "Bearer {secret}".into(),

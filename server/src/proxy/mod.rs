@@ -500,7 +500,11 @@ impl Pipeline {
             upstream::outgoing_headers(&request.headers, evaluation.forward_credentials);
         let secret = match &request.secret {
             None => None,
-            Some(name) => match self.secrets.open(granted_secret.as_ref(), name, &target.host) {
+            Some(name) => match self.secrets.open(
+                granted_secret.as_ref(),
+                name,
+                &crate::secrets::hosts::Destination { scheme: &target.scheme, host: &target.host, port: target.port },
+            ) {
                 Ok(Ok(s)) => Some(s),
                 Ok(Err(denied)) => deny!(Stage::Secret, denied.0, json!({})),
                 Err(e) => undecided!(storage_failure(request_id, e)),
@@ -601,6 +605,7 @@ impl Pipeline {
                     headers,
                     request.body.clone(),
                     request.follow_redirects,
+                    secret.as_ref(),
                 )
                 .await
                 .map(|mut r| {
@@ -612,7 +617,14 @@ impl Pipeline {
                 })
         } else {
             self.upstream
-                .call(request.method.clone(), url, headers, request.body.clone(), request.follow_redirects)
+                .call(
+                    request.method.clone(),
+                    url,
+                    headers,
+                    request.body.clone(),
+                    request.follow_redirects,
+                    secret.as_ref(),
+                )
                 .await
                 .map(|mut r| {
                     if let Some(s) = &secret {

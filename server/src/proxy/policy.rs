@@ -42,6 +42,7 @@ pub fn input(
             "cost_micros": estimate_micros,
             "label": request.label,
             "secret": request.secret,
+            "follow_redirects": request.follow_redirects,
         },
         "wallet": {
             "daily_spent_micros": w(|w| w.daily_spent_micros),
@@ -70,7 +71,7 @@ impl super::Pipeline {
     ) -> Result<app::model::PolicyVerdict, app::error::AppError> {
         let source = match (&trial.source, trial.policy_id) {
             (Some(source), _) => {
-                crate::policies::validate_source(source)?;
+                crate::policies::check_source_size(source)?;
                 source.clone()
             }
             (None, Some(id)) => self.policies.get(agent.sponsor_id, id).await?.source,
@@ -95,7 +96,9 @@ impl super::Pipeline {
         let wallet = self.wallets.get(agent.id).await?;
         let estimate = request.declared_cost_micros.max(request.minimum_cost_micros);
         let input = input(agent, &request, &url, estimate, wallet.as_ref(), crate::storage::now());
-        let evaluation = self.engine.evaluate(&source, &input);
+        // Compiled afresh and evaluated on the engine's bounded pool, never cached:
+        // a dry run may be any Rego at all.
+        let evaluation = crate::policies::engine::dry_run(source, input.clone()).await?;
         Ok(app::model::PolicyVerdict {
             decision: evaluation.decision.as_str().to_owned(),
             reasons: evaluation.reasons,

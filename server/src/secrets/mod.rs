@@ -44,6 +44,15 @@ pub struct UsableSecret {
     pub name: String,
     pub value: Zeroizing<String>,
     pub inject: Injection,
+    /// Where it may go: checked again on every redirect hop.
+    pub allowed: Vec<hosts::Pattern>,
+}
+
+impl UsableSecret {
+    /// May the secret be sent to `to` (a request, or one redirect hop of it)?
+    pub fn may_go_to(&self, to: &hosts::Destination<'_>) -> bool {
+        hosts::any_matches(&self.allowed, to)
+    }
 }
 
 impl std::fmt::Debug for UsableSecret {
@@ -115,6 +124,12 @@ fn validate_injection(inject: &Injection) -> Result<Injection, AppError> {
             Ok(Injection::QueryParam { query_param })
         }
     }
+}
+
+/// A stored secret's destination patterns.
+pub fn allowed_patterns(row: &secrets::Model) -> Vec<hosts::Pattern> {
+    let stored: Vec<String> = serde_json::from_str(&row.allowed_hosts).unwrap_or_default();
+    hosts::parse_all(&stored)
 }
 
 fn injection_of(row: &secrets::Model) -> Injection {
@@ -334,26 +349,26 @@ impl SecretService {
             .map_err(internal)
     }
 
-    /// Decrypts a [`Self::granted`] secret for a call to `host`, if the secret may
-    /// go there.
+    /// Decrypts a [`Self::granted`] secret for a call to `to`, if the secret may go
+    /// there (scheme, host and port).
     pub fn open(
         &self,
         granted: Option<&secrets::Model>,
         name: &str,
-        host: &str,
+        to: &hosts::Destination<'_>,
     ) -> Result<Result<UsableSecret, SecretDenied>, AppError> {
         let Some(row) = granted else {
             return Ok(Err(SecretDenied(format!("no secret named {name:?} is granted to this agent"))));
         };
-        let patterns: Vec<String> = serde_json::from_str(&row.allowed_hosts).unwrap_or_default();
-        if !hosts::any_matches(&patterns, host) {
-            return Ok(Err(SecretDenied(format!("secret {name:?} may not be sent to {host}"))));
+        let allowed = allowed_patterns(row);
+        if !hosts::any_matches(&allowed, to) {
+            return Ok(Err(SecretDenied(format!("secret {name:?} may not be sent to {to}"))));
         }
         let value = self.vault.open(row.id, &row.nonce, &row.ciphertext).map_err(|e| {
             tracing::error!(secret = %row.id, error = %e, "vault secret could not be decrypted");
             AppError::internal()
         })?;
-        Ok(Ok(UsableSecret { name: row.name.clone(), inject: injection_of(row), value }))
+        Ok(Ok(UsableSecret { name: row.name.clone(), inject: injection_of(row), value, allowed }))
     }
 
     /// Finds a sponsor's secret by name (for connections).
@@ -492,6 +507,7 @@ mod tests {
             name: "n".into(),
             value: Zeroizing::new("sk-topsecret".into()),
             inject: Injection::QueryParam { query_param: "k".into() },
+            allowed: vec![],
         };
         assert!(!format!("{s:?}").contains("topsecret"));
     }

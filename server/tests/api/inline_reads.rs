@@ -38,7 +38,7 @@ async fn the_hot_path_reads_see_exactly_what_sea_orm_sees() {
         .post(
             "/api/secrets",
             Some(&sponsor.access),
-            json!({"name": "api", "value": "v-1", "allowed_hosts": ["127.0.0.1"],
+            json!({"name": "api", "value": "v-1", "allowed_hosts": ["http://127.0.0.1:*"],
                    "inject": {"header": "Authorization", "format": "Bearer {secret}"}, "agents": [id]}),
         )
         .await;

@@ -13,6 +13,7 @@ mod demo;
 mod docs;
 mod errors;
 mod events;
+mod exfiltration;
 mod faults;
 mod fuzz;
 mod group_commit;

@@ -131,3 +131,91 @@ impl MockUpstream {
         format!("{}{path}", self.base)
     }
 }
+
+/// What a [`Recorder`] received: one entry per request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, as sent.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Recorded {
+    /// Everything the request carried, as one text to search for a secret.
+    pub fn text(&self) -> String {
+        let mut t = format!("{} {}\n", self.method, self.uri);
+        for (k, v) in &self.headers {
+            t.push_str(&format!("{k}: {v}\n"));
+        }
+        t
+    }
+}
+
+/// An upstream on any loopback address (127.0.0.2 stands for "another host") that
+/// records every request and answers 200 `recorded`.
+pub struct Recorder {
+    pub base: String,
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+}
+
+impl Recorder {
+    pub async fn start(ip: &str) -> Self {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>> = Default::default();
+        let app = axum::Router::new().fallback({
+            let seen = seen.clone();
+            move |method: Method, uri: Uri, headers: HeaderMap| async move {
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                seen.lock().unwrap().push(Recorded {
+                    method: method.to_string(),
+                    uri: uri.to_string(),
+                    headers,
+                });
+                "recorded"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { base: format!("http://{ip}:{port}"), port, seen }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A server that answers every request with `status` and the given headers and body
+/// (to play a redirecting, compressing or echoing upstream).
+pub async fn canned(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let (headers, body) = (headers.clone(), body.clone());
+        async move {
+            let mut r = Response::new(axum::body::Body::from(body));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().append(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    axum::http::HeaderValue::from_str(&v).unwrap(),
+                );
+            }
+            r
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://127.0.0.1:{port}")
+}

@@ -262,7 +262,7 @@ async fn secrets_are_injected_just_in_time_and_never_leak() {
         &s,
         &sponsor,
         json!({
-            "name": "mock-api", "value": value, "allowed_hosts": ["127.0.0.1"],
+            "name": "mock-api", "value": value, "allowed_hosts": ["http://127.0.0.1:*"],
             "inject": {"header": "Authorization", "format": "Bearer {secret}"}, "agents": [id]
         }),
     )
@@ -295,7 +295,7 @@ async fn secrets_are_injected_just_in_time_and_never_leak() {
 
     // Query-parameter injection, granted through an update; rotation takes effect.
     let q = secret(&s, &sponsor, json!({
-        "name": "q", "value": "first-value", "allowed_hosts": ["127.0.0.1"], "inject": {"query_param": "api_key"}
+        "name": "q", "value": "first-value", "allowed_hosts": ["http://127.0.0.1:*"], "inject": {"query_param": "api_key"}
     })).await;
     let qid = q.body["id"].as_str().unwrap();
     let other_id = other_agent["id"].as_str().unwrap();
@@ -386,7 +386,7 @@ async fn grants_are_one_row_each_so_simultaneous_grants_all_land() {
     let created = secret(
         &s,
         &sponsor,
-        json!({"name": "shared", "value": "v-123", "allowed_hosts": ["127.0.0.1"],
+        json!({"name": "shared", "value": "v-123", "allowed_hosts": ["http://127.0.0.1:*"],
         "inject": {"header": "authorization"}}),
     )
     .await;
@@ -576,7 +576,7 @@ async fn gateway_mode_is_a_transparent_proxy_for_unmodified_sdks() {
     let r = secret(
         &s,
         &sponsor,
-        json!({"name": "mockkey", "value": secret_value, "allowed_hosts": ["127.0.0.1"],
+        json!({"name": "mockkey", "value": secret_value, "allowed_hosts": ["http://127.0.0.1:*"],
         "inject": {"header": "authorization", "format": "Bearer {secret}"}, "agents": [id]}),
     )
     .await;
