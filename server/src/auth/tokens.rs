@@ -1,6 +1,9 @@
-//! Access tokens: short-lived JWTs, HS256 only. Anything else — `none`, another
-//! algorithm, a missing or expired `exp`, another token kind, a bad signature — is
-//! rejected.
+//! Access tokens: short-lived JWTs, HS256 only. Every registered claim is checked:
+//! `exp` (required, not past), `nbf` (not in the future), `iat` (required, not in the
+//! future, before `exp`, and no older than a token's lifetime allows), `iss` and
+//! `aud` (required, ours), plus our `kind`. Anything else — `none`, another
+//! algorithm, another token kind, a bad signature — is rejected. (Access tokens are
+//! the only JWTs AEGIS issues: refresh tokens and agent keys are opaque.)
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use uuid::Uuid;
 const ISSUER: &str = "aegis";
 const AUDIENCE: &str = "aegis-sponsor";
 const KIND_ACCESS: &str = "access";
-/// Clock skew tolerated when checking `exp`.
+/// Clock skew tolerated when checking `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,6 +28,10 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub iat: i64,
+    /// Not before: equal to `iat` when issued. Older tokens without it are checked on
+    /// `iat` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub exp: i64,
     pub jti: Uuid,
 }
@@ -43,6 +50,7 @@ impl AccessTokens {
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
@@ -67,6 +75,7 @@ impl AccessTokens {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             iat: now,
+            nbf: Some(now),
             exp: now + self.ttl.as_secs() as i64,
             jti: Uuid::new_v4(),
         };
@@ -74,7 +83,8 @@ impl AccessTokens {
             .map_err(|_| AppError::internal())
     }
 
-    /// Checks signature, algorithm, type, kind, issuer, audience and expiry.
+    /// Checks signature, algorithm, type, kind, issuer, audience, expiry, not-before
+    /// and issued-at.
     pub fn verify(&self, token: &str) -> Result<SessionUser, AppError> {
         let invalid = || AppError::unauthorized("invalid or expired access token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
@@ -83,10 +93,22 @@ impl AccessTokens {
         }
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| invalid())?;
-        if data.claims.kind != KIND_ACCESS {
+        if data.claims.kind != KIND_ACCESS || !self.times_are_sane(&data.claims) {
             return Err(invalid());
         }
         Ok(SessionUser { user_id: data.claims.sub, session_id: data.claims.sid })
+    }
+
+    /// `iat` not in the future, `nbf` (the library checks it against now) not before
+    /// `iat`, `exp` after `iat` by at most this server's token lifetime.
+    fn times_are_sane(&self, c: &Claims) -> bool {
+        let now = chrono::Utc::now().timestamp();
+        let leeway = LEEWAY_SECS as i64;
+        let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        c.iat <= now.saturating_add(leeway)
+            && c.exp > c.iat
+            && c.exp.saturating_sub(c.iat) <= lifetime.saturating_add(leeway)
+            && c.nbf.is_none_or(|nbf| nbf >= c.iat.saturating_sub(leeway) && nbf < c.exp)
     }
 }
 
@@ -166,6 +188,19 @@ mod tests {
             ("RS256 header", forge(json!({"alg":"RS256","typ":"JWT"}), claims(json!({})), SECRET)),
             ("missing exp", forge(hs256(), claims(json!({"exp": null})), SECRET)),
             ("expired beyond leeway", forge(hs256(), claims(json!({"exp": now - 10})), SECRET)),
+            ("nbf in the future", forge(hs256(), claims(json!({"nbf": now + 60})), SECRET)),
+            ("nbf not a number", forge(hs256(), claims(json!({"nbf": "soon"})), SECRET)),
+            ("nbf before iat", forge(hs256(), claims(json!({"nbf": now - 3600})), SECRET)),
+            ("iat in the future", forge(hs256(), claims(json!({"iat": now + 60})), SECRET)),
+            ("missing iat", forge(hs256(), claims(json!({"iat": null})), SECRET)),
+            ("exp before iat", forge(hs256(), claims(json!({"iat": now, "exp": now - 1})), SECRET)),
+            (
+                "lifetime longer than issued",
+                forge(hs256(), claims(json!({"iat": now - 60, "exp": now + 86_400})), SECRET),
+            ),
+            ("missing iss", forge(hs256(), claims(json!({"iss": null})), SECRET)),
+            ("missing aud", forge(hs256(), claims(json!({"aud": null})), SECRET)),
+            ("aud list without ours", forge(hs256(), claims(json!({"aud": ["other"]})), SECRET)),
             ("refresh kind", forge(hs256(), claims(json!({"kind": "refresh"})), SECRET)),
             ("missing kind", forge(hs256(), claims(json!({"kind": null})), SECRET)),
             ("wrong typ", forge(json!({"alg":"HS256","typ":"at+jwt"}), claims(json!({})), SECRET)),
@@ -184,8 +219,28 @@ mod tests {
     }
 
     #[test]
+    fn issued_tokens_carry_nbf_and_older_ones_without_it_still_verify() {
+        let t = tokens();
+        let token = t.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let body = token.split('.').nth(1).unwrap();
+        let c: serde_json::Value = serde_json::from_slice(&B64.decode(body).unwrap()).unwrap();
+        assert_eq!(c["nbf"], c["iat"]);
+        assert!(t.verify(&forge(hs256(), claims(json!({"nbf": null})), SECRET)).is_ok());
+        let now = chrono::Utc::now().timestamp();
+        assert!(t.verify(&forge(hs256(), claims(json!({"nbf": now + 2})), SECRET)).is_ok(), "within leeway");
+    }
+
+    #[test]
     fn expiry_within_leeway_is_tolerated() {
         let now = chrono::Utc::now().timestamp();
-        assert!(tokens().verify(&forge(hs256(), claims(json!({"exp": now - 2})), SECRET)).is_ok());
+        assert!(
+            tokens()
+                .verify(&forge(
+                    hs256(),
+                    claims(json!({"iat": now - 600, "nbf": now - 600, "exp": now - 2})),
+                    SECRET
+                ))
+                .is_ok()
+        );
     }
 }
