@@ -8,10 +8,19 @@
 //!    the score moves 10% of its distance toward 500, rounded up (so it always
 //!    arrives): `step = ceil(|500 - score| / 10)`. It is computed at the moment of
 //!    the next event, from that event's time.
-//! 2. **The event.** `success` +2, at most +40 per UTC clock hour (successes beyond
-//!    the cap change nothing); `policy_deny` −25, `egress_block` −40, `budget_hit`
-//!    −15, `breaker_trip` −50, `approval_rejected` −30.
+//! 2. **The event.** `success` +2 below 700 and +1 from 700 (diminishing returns),
+//!    and only the first [`DAILY_SUCCESSES`] successes of a UTC day count
+//!    (further ones change nothing); `policy_deny` −25, `egress_block` −40,
+//!    `budget_hit` −15, `breaker_trip` −50, `approval_rejected` −30.
 //! 3. The result is clamped to 0..=1000.
+//!
+//! Only outcomes that mean something are successes ([`counts_as_success`]): a call
+//! performed with a 2xx answer on a host its sponsor vouched for — the call carried
+//! one of the sponsor's secrets (whose allowed hosts it matched), went through one
+//! of the sponsor's connections, or was approved by the sponsor. A 404 (or any
+//! non-2xx) from any host, and a 2xx from a host nobody vouched for, earn nothing.
+//! So trust is earned over distinct days at best: from 500 to the trusted tier
+//! (700) takes 10 days, from there to verified (900) 20 more (README, "Trust").
 //!
 //! [`TrustService`] applies it atomically: in one transaction it reads the score,
 //! computes, updates `agents.trust_score` only if it still holds the value read
@@ -19,7 +28,7 @@
 //! `trust_events` row per non-zero step (`decay`, then the event) and a
 //! `trust.changed` audit record. Nothing is written when the score does not change:
 //! the state is read first without the writer's lock, and an agent that has used up
-//! this hour's success gain is remembered in memory ([`SuccessCap`]), so the
+//! today's counted successes is remembered in memory ([`SuccessCap`]), so the
 //! common case on a busy agent — a success that changes nothing — takes no lock
 //! and no transaction.
 
@@ -32,7 +41,8 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use entity::{agents, trust_events};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -45,10 +55,13 @@ pub const MIN_SCORE: i32 = 0;
 pub const MAX_SCORE: i32 = 1000;
 /// Where new agents start and where idle agents drift back to.
 pub const BASELINE: i32 = crate::agents::INITIAL_TRUST;
-/// Gain per successful call.
+/// Gain per counted success below [`SLOW_GAIN_FROM`].
 pub const SUCCESS_GAIN: i32 = 2;
-/// Most that successes can add within one UTC clock hour.
-pub const HOURLY_SUCCESS_CAP: i32 = 40;
+/// From this score on, a counted success adds [`SLOW_SUCCESS_GAIN`] only.
+pub const SLOW_GAIN_FROM: i32 = 700;
+pub const SLOW_SUCCESS_GAIN: i32 = 1;
+/// Successes that count within one UTC day; later ones that day add nothing.
+pub const DAILY_SUCCESSES: i32 = 10;
 /// Each full idle period moves the score `1 / DECAY_DIVISOR` of the way to the baseline.
 pub const DECAY_DIVISOR: i32 = 10;
 pub const DECAY_PERIOD_SECS: i64 = 24 * 60 * 60;
@@ -60,7 +73,8 @@ const MAX_ATTEMPTS: usize = 8;
 /// What moves trust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrustEvent {
-    /// An allowed call that reached the upstream and got a status below 500.
+    /// An allowed call that reached the upstream and meant something
+    /// ([`counts_as_success`]).
     Success,
     PolicyDeny,
     EgressBlock,
@@ -79,7 +93,7 @@ impl TrustEvent {
         TrustEvent::ApprovalRejected,
     ];
 
-    /// The change this event makes (before the hourly cap and the bounds).
+    /// The change this event makes at 500 (before the daily count and the bounds).
     pub fn delta(self) -> i32 {
         match self {
             TrustEvent::Success => SUCCESS_GAIN,
@@ -149,6 +163,18 @@ impl Tier {
     }
 }
 
+/// Whether a performed call that got `status` earns trust: a 2xx on a host its
+/// sponsor `vouched` for (a secret of theirs was injected, so its allowed hosts
+/// matched; or it went through one of their connections; or they approved it).
+pub fn counts_as_success(status: u16, vouched: bool) -> bool {
+    (200..300).contains(&status) && vouched
+}
+
+/// What one counted success adds at `score`: less as trust grows.
+pub fn success_gain(score: i32) -> i32 {
+    if score < SLOW_GAIN_FROM { SUCCESS_GAIN } else { SLOW_SUCCESS_GAIN }
+}
+
 /// The tier name of a score.
 pub fn tier(score: i32) -> &'static str {
     Tier::of(score).as_str()
@@ -160,8 +186,8 @@ pub struct TrustState {
     pub score: i32,
     /// Time of the last trust change (the agent's creation before the first).
     pub last_event_at: DateTime<Utc>,
-    /// What successes have already added in the UTC clock hour of `now`.
-    pub gained_this_hour: i32,
+    /// Successes already counted in the UTC day of `now`.
+    pub successes_today: i32,
 }
 
 /// One application of the formula.
@@ -182,9 +208,9 @@ impl Applied {
     }
 }
 
-/// The start of the UTC clock hour holding `at`: the window of the success cap.
-pub fn hour_start(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.duration_trunc(Duration::hours(1)).unwrap_or(at)
+/// The start of the UTC day holding `at`: the window of the success count.
+pub fn day_start(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(Duration::days(1)).unwrap_or(at)
 }
 
 /// The score after `days` full idle periods.
@@ -207,7 +233,8 @@ pub fn apply(state: TrustState, event: TrustEvent, now: DateTime<Utc>) -> Applie
     let before = state.score.clamp(MIN_SCORE, MAX_SCORE);
     let after_decay = decayed(before, idle_days);
     let wanted = match event {
-        TrustEvent::Success => SUCCESS_GAIN.min(HOURLY_SUCCESS_CAP - state.gained_this_hour).max(0),
+        TrustEvent::Success if state.successes_today >= DAILY_SUCCESSES => 0,
+        TrustEvent::Success => success_gain(after_decay),
         other => other.delta(),
     };
     let score = (after_decay + wanted).clamp(MIN_SCORE, MAX_SCORE);
@@ -219,28 +246,28 @@ pub fn apply(state: TrustState, event: TrustEvent, now: DateTime<Utc>) -> Applie
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replay {
     pub state: TrustState,
-    hour: DateTime<Utc>,
+    day: DateTime<Utc>,
 }
 
 impl Replay {
     pub fn new(score: i32, created_at: DateTime<Utc>) -> Self {
         Self {
-            state: TrustState { score, last_event_at: created_at, gained_this_hour: 0 },
-            hour: hour_start(created_at),
+            state: TrustState { score, last_event_at: created_at, successes_today: 0 },
+            day: day_start(created_at),
         }
     }
 
     pub fn event(&mut self, event: TrustEvent, at: DateTime<Utc>) -> Applied {
-        if hour_start(at) != self.hour {
-            self.hour = hour_start(at);
-            self.state.gained_this_hour = 0;
+        if day_start(at) != self.day {
+            self.day = day_start(at);
+            self.state.successes_today = 0;
         }
         let applied = apply(self.state, event, at);
         if applied.total() != 0 {
             self.state.score = applied.score;
             self.state.last_event_at = at;
-            if event == TrustEvent::Success {
-                self.state.gained_this_hour += applied.event_delta;
+            if event == TrustEvent::Success && applied.event_delta > 0 {
+                self.state.successes_today += 1;
             }
         }
         applied
@@ -263,13 +290,13 @@ pub struct TrustChange {
     pub tier_change: Option<TierChange>,
 }
 
-/// Agents whose successes can change nothing until the next UTC clock hour.
+/// Agents whose successes can change nothing until the next UTC day.
 ///
-/// Exact, not a guess: within one clock hour the success gain only grows (nothing
-/// takes it back), so once it reaches [`HOURLY_SUCCESS_CAP`] every further success
-/// in that hour adds 0 — and decays nothing either, since the last change was a
-/// success in this very hour. No replica can make the fact untrue, so it needs no
-/// invalidation; it simply stops applying when the hour turns.
+/// Exact, not a guess: within one UTC day the count of counted successes only
+/// grows (nothing takes it back), so once it reaches [`DAILY_SUCCESSES`] every
+/// further success that day adds 0 — and decays nothing either, since the last
+/// change was a success that very day. No replica can make the fact untrue, so it
+/// needs no invalidation; it simply stops applying when the day turns.
 #[derive(Clone, Default)]
 pub struct SuccessCap {
     reached: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
@@ -279,23 +306,23 @@ pub struct SuccessCap {
 const SUCCESS_CAP_LIMIT: usize = 100_000;
 
 impl SuccessCap {
-    /// Whether `agent_id` has used up the success gain of the hour holding `at`.
+    /// Whether `agent_id` has used up the counted successes of the day holding `at`.
     pub fn reached(&self, agent_id: Uuid, at: DateTime<Utc>) -> bool {
         let reached = self.reached.lock().unwrap_or_else(|e| e.into_inner());
-        reached.get(&agent_id) == Some(&hour_start(at))
+        reached.get(&agent_id) == Some(&day_start(at))
     }
 
-    /// Remembers that `agent_id` used up the success gain of the hour holding `at`.
+    /// Remembers that `agent_id` used up the counted successes of the day holding `at`.
     pub fn remember(&self, agent_id: Uuid, at: DateTime<Utc>) {
-        let hour = hour_start(at);
+        let day = day_start(at);
         let mut reached = self.reached.lock().unwrap_or_else(|e| e.into_inner());
         if reached.len() >= SUCCESS_CAP_LIMIT {
-            reached.retain(|_, h| *h >= hour);
+            reached.retain(|_, d| *d >= day);
             if reached.len() >= SUCCESS_CAP_LIMIT {
                 reached.clear();
             }
         }
-        reached.insert(agent_id, hour);
+        reached.insert(agent_id, day);
     }
 }
 
@@ -329,7 +356,7 @@ impl TrustService {
         // again under the lock below, from what is current then.)
         let Some(state) = read_state(&self.db, agent, at).await? else { return Ok(None) };
         if apply(state, event, at).total() == 0 {
-            if event == TrustEvent::Success && state.gained_this_hour >= HOURLY_SUCCESS_CAP {
+            if event == TrustEvent::Success && state.successes_today >= DAILY_SUCCESSES {
                 self.success_cap.remember(agent.id, at);
             }
             return Ok(None);
@@ -465,7 +492,8 @@ impl TrustService {
     }
 }
 
-/// What [`apply`] needs, as stored: the score, the last change, this hour's gain.
+/// What [`apply`] needs, as stored: the score, the last change, today's counted
+/// successes (one `success` row each).
 /// `None` when the agent is gone.
 async fn read_state(
     db: &impl ConnectionTrait,
@@ -492,20 +520,17 @@ async fn read_state(
         .one(db)
         .await
         .map_err(internal)?;
-    let gained: Vec<i32> = trust_events::Entity::find()
-        .select_only()
-        .column(trust_events::Column::Delta)
+    let successes = trust_events::Entity::find()
         .filter(trust_events::Column::AgentId.eq(agent.id))
         .filter(trust_events::Column::Reason.eq(TrustEvent::Success.reason()))
-        .filter(trust_events::Column::At.gte(hour_start(at)))
-        .into_tuple()
-        .all(db)
+        .filter(trust_events::Column::At.gte(day_start(at)))
+        .count(db)
         .await
         .map_err(internal)?;
     Ok(Some(TrustState {
         score,
         last_event_at: last_event_at.unwrap_or(agent.created_at),
-        gained_this_hour: gained.iter().sum(),
+        successes_today: i32::try_from(successes).unwrap_or(i32::MAX),
     }))
 }
 
@@ -543,7 +568,7 @@ mod tests {
     }
 
     fn state(score: i32) -> TrustState {
-        TrustState { score, last_event_at: t0(), gained_this_hour: 0 }
+        TrustState { score, last_event_at: t0(), successes_today: 0 }
     }
 
     #[test]
@@ -564,25 +589,52 @@ mod tests {
     }
 
     #[test]
-    fn successes_are_capped_per_clock_hour() {
-        let s = TrustState { gained_this_hour: 38, ..state(600) };
+    fn ten_successes_count_per_utc_day_with_diminishing_returns() {
+        let s = TrustState { successes_today: 9, ..state(600) };
         assert_eq!(apply(s, TrustEvent::Success, t0()).score, 602);
-        let s = TrustState { gained_this_hour: 39, ..state(600) };
-        assert_eq!(apply(s, TrustEvent::Success, t0()).score, 601);
-        let s = TrustState { gained_this_hour: 40, ..state(600) };
+        let s = TrustState { successes_today: 10, ..state(600) };
         assert_eq!(apply(s, TrustEvent::Success, t0()).total(), 0);
+        // From 700 a success adds 1.
+        assert_eq!(apply(state(699), TrustEvent::Success, t0()).score, 701);
+        assert_eq!(apply(state(700), TrustEvent::Success, t0()).score, 701);
+        assert_eq!(apply(state(950), TrustEvent::Success, t0()).score, 951);
         // Penalties are never capped.
-        let s = TrustState { gained_this_hour: 40, ..state(600) };
+        let s = TrustState { successes_today: 10, ..state(600) };
         assert_eq!(apply(s, TrustEvent::PolicyDeny, t0()).score, 575);
 
-        // A replay: 25 successes in one hour add 40; the next hour adds again.
+        // A replay: 400 successes in one day add 20; the next UTC day adds again.
         let mut r = Replay::new(500, t0());
-        for i in 0..25 {
+        for i in 0..400 {
             r.event(TrustEvent::Success, t0() + Duration::seconds(i));
         }
-        assert_eq!(r.state.score, 540);
-        r.event(TrustEvent::Success, t0() + Duration::minutes(61));
-        assert_eq!(r.state.score, 542);
+        assert_eq!(r.state.score, 520);
+        r.event(TrustEvent::Success, t0() + Duration::hours(12));
+        assert_eq!(r.state.score, 522);
+    }
+
+    #[test]
+    fn at_best_trusted_takes_ten_days_and_verified_thirty() {
+        // Twenty successes every day (only ten count), from a new agent.
+        let mut r = Replay::new(BASELINE, t0());
+        let mut reached = HashMap::new();
+        for day in 0..60 {
+            for i in 0..20 {
+                r.event(TrustEvent::Success, t0() + Duration::days(day) + Duration::minutes(i));
+            }
+            reached.entry(Tier::of(r.state.score)).or_insert(day + 1);
+        }
+        assert_eq!(reached[&Tier::Trusted], 10, "500 → 700: 10 days × 10 × +2");
+        assert_eq!(reached[&Tier::Verified], 30, "700 → 900: 20 days × 10 × +1");
+        assert_eq!(r.state.score, 1000);
+    }
+
+    #[test]
+    fn only_meaningful_outcomes_are_successes() {
+        assert!(counts_as_success(200, true) && counts_as_success(204, true));
+        for status in [100, 301, 304, 400, 401, 404, 429, 500, 503] {
+            assert!(!counts_as_success(status, true), "{status}");
+        }
+        assert!(!counts_as_success(200, false), "a host nobody vouched for");
     }
 
     #[test]
@@ -623,27 +675,32 @@ mod tests {
         let a = apply(s, TrustEvent::PolicyDeny, t0() + Duration::hours(47));
         assert_eq!((a.idle_days, a.decay, a.event_delta, a.score), (1, -30, -25, 745));
         let a = apply(s, TrustEvent::Success, t0() + Duration::days(2));
-        assert_eq!((a.idle_days, a.decay, a.score), (2, -57, 745));
+        // (From 700 a success adds 1.)
+        assert_eq!((a.idle_days, a.decay, a.score), (2, -57, 744));
         let a = apply(s, TrustEvent::Success, t0() + Duration::hours(23));
-        assert_eq!((a.idle_days, a.score), (0, 802));
+        assert_eq!((a.idle_days, a.score), (0, 801));
         // A clock that went backwards decays nothing.
         assert_eq!(apply(s, TrustEvent::Success, t0() - Duration::days(3)).decay, 0);
     }
 
     #[test]
-    fn the_success_cap_is_remembered_for_its_clock_hour_only() {
+    fn the_success_cap_is_remembered_for_its_utc_day_only() {
+        // t0 is noon UTC.
         let cap = SuccessCap::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         assert!(!cap.reached(a, t0()));
         cap.remember(a, t0() + Duration::minutes(5));
-        assert!(cap.reached(a, t0()), "same clock hour");
-        assert!(cap.reached(a, t0() + Duration::minutes(59)));
+        assert!(cap.reached(a, t0()), "same UTC day");
+        assert!(cap.reached(a, t0() + Duration::minutes(719)));
         assert!(!cap.reached(b, t0()), "another agent");
-        assert!(!cap.reached(a, t0() + Duration::minutes(60)), "the next hour gains again");
-        assert!(!cap.reached(a, t0() - Duration::minutes(1)), "an earlier hour is not this one");
-        cap.remember(a, t0() + Duration::minutes(61));
+        assert!(!cap.reached(a, t0() + Duration::hours(12)), "the next day gains again");
+        assert!(
+            !cap.reached(a, t0() - Duration::hours(12) - Duration::minutes(1)),
+            "an earlier day is not this one"
+        );
+        cap.remember(a, t0() + Duration::hours(13));
         assert!(!cap.reached(a, t0()));
-        assert!(cap.reached(a, t0() + Duration::minutes(90)));
+        assert!(cap.reached(a, t0() + Duration::hours(20)));
     }
 
     #[test]

@@ -156,11 +156,18 @@ impl PolicyService {
 
 const MAX_SOURCE_BYTES: usize = 64 * 1024;
 
-pub(crate) fn validate_source(source: &str) -> Result<(), AppError> {
+pub(crate) fn check_source_size(source: &str) -> Result<(), AppError> {
     if source.len() > MAX_SOURCE_BYTES {
         return Err(AppError::validation(format!("policy source must be at most {MAX_SOURCE_BYTES} bytes")));
     }
-    engine::compile(source).map(|_| ()).map_err(|e| AppError::new(422, "policy_invalid", e))
+    Ok(())
+}
+
+/// A sponsor's source must be small enough and compile (on the engine's bounded
+/// pool, never cached; see [`engine::vet`] for what it refuses).
+pub(crate) async fn validate_source(source: &str) -> Result<(), AppError> {
+    check_source_size(source)?;
+    engine::validate(source.to_owned()).await
 }
 
 fn validate_policy_name(name: &str) -> Result<String, AppError> {
@@ -172,7 +179,7 @@ impl PolicyService {
     /// returned with a 422 when it does not.
     pub async fn create(&self, sponsor_id: Uuid, input: NewPolicy) -> Result<PolicyView, AppError> {
         let name = validate_policy_name(&input.name)?;
-        validate_source(&input.source)?;
+        validate_source(&input.source).await?;
         let taken = policies::Entity::find()
             .filter(visible_to(sponsor_id))
             .filter(policies::Column::Name.eq(&name))
@@ -244,7 +251,7 @@ impl PolicyService {
             ));
         }
         if let Some(source) = &update.source {
-            validate_source(source)?;
+            validate_source(source).await?;
         }
         let txn = sea_orm::TransactionTrait::begin(&self.db).await.map_err(internal)?;
         let next = policy.current_version + 1;

@@ -703,15 +703,22 @@ impl Pipeline {
                 Err(e)
             }
         };
-        // Trust: a call that reached the upstream and got < 500 is a success; 5xx,
+        // Trust: a performed call is a success only when it meant something — a 2xx
+        // on a host the sponsor vouched for (its secret, its connection, or its
+        // approval of this call; `trust::counts_as_success`); other answers,
         // timeouts and unreachable upstreams change nothing; a blocked redirect hop
         // is an egress block.
         let trust_event = match (&outcome, status) {
-            (Outcome::Performed { .. }, Some(code)) if code < 500 => Some(TrustEvent::Success),
+            (Outcome::Performed { .. }, Some(code)) if crate::trust::counts_as_success(code, vouched) => {
+                Some(TrustEvent::Success)
+            }
             (Outcome::Denied { stage, .. }, _) => TrustEvent::for_denial(*stage),
             _ => None,
         };
         self.adjust_trust(agent, trust_event, &request_id).await;
+        let vouched = request.secret.is_some()
+            || matches!(request.origin, crate::proxy::request::Origin::Gateway { .. })
+            || approved.is_some();
         let kind = match (&outcome, status) {
             (Outcome::Performed { .. }, Some(code)) if code < 500 => Kind::Ok,
             (Outcome::Denied { .. }, _) => Kind::Denied,

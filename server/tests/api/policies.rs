@@ -165,3 +165,149 @@ async fn the_playground_refuses_bad_input_and_other_sponsors() {
     let r = s.post("/api/policies/evaluate", None, get(json!({}))).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+/// `decision := "allow" if { EXPR }`.
+fn allow_if(expr: &str) -> String {
+    format!("package aegis\nimport rego.v1\ndecision := \"allow\" if {{ {expr} }}\n")
+}
+
+/// Three nested loops of a thousand: a billion steps unless cut off.
+const LOOPING: &str = "count([x | some a in numbers.range(1, 1000); some b in numbers.range(1, 1000); \
+                       some c in numbers.range(1, 1000); x := a + b + c]) > 0";
+
+/// Each rule doubles the string before it: 16 GiB by the last if nothing stopped it.
+fn memory_hog() -> String {
+    let mut source = String::from("package aegis\nimport rego.v1\ns0 := \"0123456789abcdef\"\n");
+    for i in 1..=30 {
+        source.push_str(&format!("s{i} := concat(\"\", [s{p}, s{p}])\n", p = i - 1));
+    }
+    source.push_str("decision := \"allow\" if count(s30) > 0\n");
+    source
+}
+
+/// The 99th percentile of `n` sequential allowed calls.
+async fn p99_of_calls(s: &TestServer, key: &str, url: &str, n: usize) -> std::time::Duration {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let r = s.execute(key, json!({"method": "GET", "url": url})).await;
+        times.push(started.elapsed());
+        assert_eq!((r.status, r.body["decision"].as_str()), (StatusCode::OK, Some("allow")), "{}", r.text);
+    }
+    times.sort();
+    times[(n * 99 / 100).min(n - 1)]
+}
+
+/// A sponsor's own Rego can neither crash nor stall the server: each hostile policy
+/// gets a clear answer in bounded time — refused before it runs (`policy_invalid`),
+/// or cut off at a limit (`policy_limit_exceeded` in a dry run, a deny at stage
+/// `policy` on the hot path) — while another tenant's calls keep their latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_policies_get_a_clear_answer_while_other_tenants_are_served() {
+    let mock = crate::mock::MockUpstream::start().await;
+    let s = TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32")]).await;
+    let victim = s.sponsor("victim").await;
+    let (_, victim_key) = s.agent_with(&victim, json!({"name": "calm", "policy": "permissive"})).await;
+    let echo = mock.url("/echo");
+    p99_of_calls(&s, &victim_key, &echo, 5).await; // warm up
+    let before = p99_of_calls(&s, &victim_key, &echo, 50).await;
+
+    let attacker = s.sponsor("attacker").await;
+    let (agent, _) = s.agent(&attacker, "hostile").await;
+    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    let dry_run = |source: String| {
+        let body = json!({"agent_id": agent_id, "method": "GET", "url": "https://api.example.com/x",
+                          "cost_micros": 1_000_000_000_000i64, "source": source});
+        async { s.post("/api/policies/evaluate", Some(&attacker.access), body).await }
+    };
+    let bound = std::time::Duration::from_secs(5);
+    let hostile = [
+        (
+            "range over the input",
+            allow_if("count(numbers.range(1, input.action.cost_micros)) > 0"),
+            "policy_invalid",
+        ),
+        ("huge literal range", allow_if("count(numbers.range(0, 1000000000000)) > 0"), "policy_invalid"),
+        ("cidr_expand ::/0", allow_if("count(net.cidr_expand(\"::/0\")) > 0"), "policy_invalid"),
+        ("huge sprintf width", allow_if("sprintf(\"%999999999d\", [1]) != \"\""), "policy_invalid"),
+        ("string doubling", memory_hog(), "policy_limit_exceeded"),
+        ("deep loop", allow_if(LOOPING), "policy_limit_exceeded"),
+    ];
+    for (name, source, code) in &hostile {
+        let started = std::time::Instant::now();
+        let r = dry_run(source.clone()).await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, *code), "{name}: {}", r.text);
+        assert!(started.elapsed() < bound, "{name}: answered after {:?}", started.elapsed());
+        // Refused as a stored policy too (those that run out of limits compile fine).
+        if *code == "policy_invalid" {
+            let r = s
+                .post("/api/policies", Some(&attacker.access), json!({"name": "hostile", "source": source}))
+                .await;
+            assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid"), "{name}");
+        }
+    }
+
+    // On the hot path: a deny at stage `policy`, in bounded time.
+    let r = s
+        .post(
+            "/api/policies",
+            Some(&attacker.access),
+            json!({"name": "looping", "source": allow_if(LOOPING)}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let (_, hostile_key) = s.agent_with(&attacker, json!({"name": "loops", "policy": "looping"})).await;
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = s.execute(&hostile_key, json!({"method": "GET", "url": echo})).await;
+        assert_eq!(
+            (r.status, r.body["stage"].as_str()),
+            (StatusCode::FORBIDDEN, Some("policy")),
+            "{}",
+            r.text
+        );
+        assert!(r.body["reason"].as_str().unwrap().contains("resource limit exceeded"), "{}", r.text);
+        assert!(started.elapsed() < bound, "answered after {:?}", started.elapsed());
+    }
+
+    // The attack, sustained (two callers each on dry runs and on the hot path), while
+    // the other tenant's calls are measured again.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let attack = |source: String| {
+        let (done, dry_run, s, hostile_key, echo) = (&done, &dry_run, &s, &hostile_key, &echo);
+        async move {
+            let mut answered = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = std::time::Instant::now();
+                let r = dry_run(source.clone()).await;
+                assert!(
+                    [StatusCode::UNPROCESSABLE_ENTITY, StatusCode::SERVICE_UNAVAILABLE].contains(&r.status),
+                    "{}",
+                    r.text
+                );
+                assert!(["policy_limit_exceeded", "policy_busy"].contains(&r.code()), "{}", r.text);
+                assert!(started.elapsed() < bound, "answered after {:?}", started.elapsed());
+                let r = s.execute(hostile_key, json!({"method": "GET", "url": echo})).await;
+                assert_eq!(r.body["stage"], "policy", "{}", r.text);
+                answered += 2;
+            }
+            answered
+        }
+    };
+    let measure = async {
+        let during = p99_of_calls(&s, &victim_key, &echo, 50).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        during
+    };
+    let (during, a, b) = tokio::join!(measure, attack(memory_hog()), attack(allow_if(LOOPING)));
+    assert!(a + b >= 4, "the attack ran: {a} + {b} answers");
+    let limit = (before * 10).max(std::time::Duration::from_millis(500));
+    assert!(
+        during <= limit,
+        "another tenant's p99: {before:?} before, {during:?} during the attack (bound {limit:?})"
+    );
+    eprintln!("victim p99: {before:?} before, {during:?} during ({a} + {b} hostile answers)");
+
+    // The server is still up and serving everyone.
+    p99_of_calls(&s, &victim_key, &echo, 3).await;
+}

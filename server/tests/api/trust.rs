@@ -1,7 +1,9 @@
 //! The trust engine over HTTP: calls through the proxy move the score, the history
-//! endpoint shows why, and concurrent calls lose no update.
+//! endpoint shows why, and concurrent calls lose no update. Only meaningful
+//! outcomes earn trust: a 2xx on a host the sponsor vouched for (here: through a
+//! secret of theirs), ten a UTC day at most.
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -30,6 +32,25 @@ reasons contains "below standard tier" if {
 }
 reasons contains "forbidden path" if startswith(input.action.path, "/forbidden")
 "#;
+
+/// A secret of the sponsor's for the mock upstream (plain http, any port), granted
+/// to `agent`: calls that carry it are on a host the sponsor vouched for.
+async fn vouch(s: &TestServer, sponsor: &Sponsor, agent: &str) -> &'static str {
+    let r = s
+        .post(
+            "/api/secrets",
+            Some(&sponsor.access),
+            json!({"name": "mock", "value": "v-1", "allowed_hosts": ["http://127.0.0.1:*"],
+                   "inject": {"header": "x-api-key"}, "agents": [agent]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    "mock"
+}
+
+fn utc_day() -> chrono::NaiveDate {
+    Utc::now().date_naive()
+}
 
 async fn trust(s: &TestServer, sponsor: &Sponsor, agent: &str) -> Value {
     let r = s.get(&format!("/api/agents/{agent}/trust"), &sponsor.access).await;
@@ -67,18 +88,20 @@ async fn calls_raise_and_denials_lower_trust_with_a_history() {
     assert_eq!(fresh["agent_id"], id.as_str());
     assert!(history(&fresh).is_empty());
 
-    // Three successes: +2 each.
+    // Three successes on a vouched-for host: +2 each.
+    let secret = vouch(&s, &sponsor, &id).await;
     for _ in 0..3 {
-        let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})).await;
+        let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "secret": secret})).await;
         assert_eq!(r.body["decision"], "allow", "{}", r.text);
     }
-    // An upstream 5xx and a 4xx: the 5xx changes nothing, the 4xx is a success.
-    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/status/503")})).await;
+    // An upstream 5xx, a 4xx, and a 2xx without the secret change nothing.
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/status/503"), "secret": secret})).await;
     assert_eq!(r.body["upstream"]["status"], 503);
-    assert_eq!(trust(&s, &sponsor, &id).await["score"], 506);
-    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/status/404")})).await;
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/status/404"), "secret": secret})).await;
     assert_eq!(r.body["upstream"]["status"], 404);
-    assert_eq!(trust(&s, &sponsor, &id).await["score"], 508);
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})).await;
+    assert_eq!(r.body["upstream"]["status"], 200);
+    assert_eq!(trust(&s, &sponsor, &id).await["score"], 506);
 
     // Egress block −40, policy deny −25, budget hit −15.
     let r = s.execute(&key, json!({"method": "GET", "url": "http://10.0.0.1/x"})).await;
@@ -89,12 +112,11 @@ async fn calls_raise_and_denials_lower_trust_with_a_history() {
     assert_eq!(r.body["stage"], "budget", "{}", r.text);
 
     let view = trust(&s, &sponsor, &id).await;
-    assert_eq!((view["score"].as_i64(), view["tier"].as_str()), (Some(428), Some("probation")));
+    assert_eq!((view["score"].as_i64(), view["tier"].as_str()), (Some(426), Some("probation")));
     let expected: Vec<(String, i64, i64)> = [
-        ("budget_hit", -15, 428),
-        ("policy_deny", -25, 443),
-        ("egress_block", -40, 468),
-        ("success", 2, 508),
+        ("budget_hit", -15, 426),
+        ("policy_deny", -25, 441),
+        ("egress_block", -40, 466),
         ("success", 2, 506),
         ("success", 2, 504),
         ("success", 2, 502),
@@ -116,20 +138,20 @@ async fn calls_raise_and_denials_lower_trust_with_a_history() {
     let agent = s.get(&format!("/api/agents/{id}"), &sponsor.access).await;
     assert_eq!(
         (agent.body["trust_score"].as_i64(), agent.body["tier"].as_str()),
-        (Some(428), Some("probation"))
+        (Some(426), Some("probation"))
     );
     let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/tiered")})).await;
     assert_eq!(
         (r.body["stage"].as_str(), r.body["reason"].as_str()),
         (Some("policy"), Some("below standard tier"))
     );
-    assert_eq!(trust(&s, &sponsor, &id).await["score"], 403);
+    assert_eq!(trust(&s, &sponsor, &id).await["score"], 401);
 
     // Each change is audited, and the chain still verifies.
     let r = s.get(&format!("/api/audit?kind=trust.changed&agent={id}&limit=200"), &sponsor.access).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let items = r.body["items"].as_array().unwrap();
-    assert_eq!(items.len(), 8, "{}", r.text);
+    assert_eq!(items.len(), 7, "{}", r.text);
     let newest: Value = serde_json::from_str(items[0]["detail"].as_str().unwrap()).unwrap();
     assert_eq!(
         (
@@ -138,7 +160,7 @@ async fn calls_raise_and_denials_lower_trust_with_a_history() {
             newest["tier"].as_str(),
             newest["reason"].as_str()
         ),
-        (Some(-25), Some(403), Some("probation"), Some("policy_deny"))
+        (Some(-25), Some(401), Some("probation"), Some("policy_deny"))
     );
     assert!(items[0]["request_id"].as_str().unwrap().starts_with("req_"));
     let verify = s.get("/api/audit/verify", &sponsor.access).await;
@@ -162,33 +184,85 @@ async fn only_the_sponsor_sees_an_agents_trust() {
 }
 
 #[tokio::test]
-async fn concurrent_successes_lose_no_update_and_respect_the_hourly_cap() {
+async fn concurrent_successes_lose_no_update_and_respect_the_daily_count() {
     let mock = MockUpstream::start().await;
     let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
     let sponsor = s.sponsor("conc").await;
     let (id, key) = s.agent_with(&sponsor, json!({"name": "busy", "policy": "permissive"})).await;
+    let secret = vouch(&s, &sponsor, &id).await;
+    let day = utc_day();
 
-    let calls = (0..20).map(|_| s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})));
+    let calls = (0..20)
+        .map(|_| s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "secret": secret})));
     for r in futures::future::join_all(calls).await {
         assert_eq!(r.body["decision"], "allow", "{}", r.text);
     }
-    // 20 × +2 = +40: exactly the hourly cap, however the calls interleave.
+    if utc_day() != day {
+        return; // the UTC day turned mid-test: the count started over
+    }
+    // Only the first ten of a UTC day count, +2 each, however the calls interleave.
     let view = trust(&s, &sponsor, &id).await;
-    assert_eq!(view["score"], 540, "{}", view);
+    assert_eq!(view["score"], 520, "{}", view);
     let h = history(&view);
-    assert_eq!(h.len(), 20);
+    assert_eq!(h.len(), 10);
     let mut afters: Vec<i64> = h.iter().map(|(_, _, a)| *a).collect();
     afters.sort();
-    assert_eq!(afters, (0..20).map(|i| 502 + 2 * i).collect::<Vec<_>>(), "every step is distinct");
-
-    // The 21st success in the same clock hour adds nothing.
-    let first: DateTime<Utc> = view["history"][19]["at"].as_str().unwrap().parse().unwrap();
-    s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})).await;
-    let same_hour =
-        Utc::now().with_minute(0).unwrap().with_second(0).unwrap().with_nanosecond(0).unwrap() <= first;
-    if same_hour {
-        assert_eq!(trust(&s, &sponsor, &id).await["score"], 540);
-    }
+    assert_eq!(afters, (0..10).map(|i| 502 + 2 * i).collect::<Vec<_>>(), "every step is distinct");
     let verify = s.get("/api/audit/verify", &sponsor.access).await;
     assert_eq!(verify.body["valid"], true, "{}", verify.text);
+}
+
+/// Farming: 400 cheap calls answered 404 (and 2xx from a host nobody vouched for)
+/// earn nothing, so they cannot lift an agent into the next tier.
+#[tokio::test]
+async fn cheap_calls_do_not_farm_trust() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
+    let sponsor = s.sponsor("farm").await;
+    let (id, key) = s.agent_with(&sponsor, json!({"name": "farmer", "policy": "permissive"})).await;
+    let secret = vouch(&s, &sponsor, &id).await;
+    // One egress block puts it just below the standard tier: 460, probation.
+    let r = s.execute(&key, json!({"method": "GET", "url": "http://10.0.0.1/x"})).await;
+    assert_eq!(r.body["stage"], "egress", "{}", r.text);
+    assert_eq!(trust(&s, &sponsor, &id).await["tier"], "probation");
+
+    for chunk in 0..20 {
+        let calls = (0..20).map(|i| {
+            // 404s, half of them even on the vouched-for host with the secret.
+            let mut body = json!({"method": "GET", "url": mock.url("/status/404")});
+            if (chunk + i) % 2 == 0 {
+                body["secret"] = json!(secret);
+            }
+            s.execute(&key, body)
+        });
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.body["upstream"]["status"], 404, "{}", r.text);
+        }
+    }
+    for _ in 0..20 {
+        let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo")})).await;
+        assert_eq!(r.body["upstream"]["status"], 200, "{}", r.text);
+    }
+    let view = trust(&s, &sponsor, &id).await;
+    assert_eq!((view["score"].as_i64(), view["tier"].as_str()), (Some(460), Some("probation")), "{view}");
+    assert_eq!(history(&view), vec![("egress_block".to_owned(), -40, 460)]);
+}
+
+/// What does earn trust, as documented: a 2xx on a host the sponsor vouched for,
+/// +2 each (+1 from 700), the first ten of each UTC day.
+#[tokio::test]
+async fn vouched_successes_earn_trust_as_documented() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
+    let sponsor = s.sponsor("earn").await;
+    let (id, key) = s.agent_with(&sponsor, json!({"name": "earner", "policy": "permissive"})).await;
+    let secret = vouch(&s, &sponsor, &id).await;
+    let day = utc_day();
+    for n in 1..=15i64 {
+        let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "secret": secret})).await;
+        assert_eq!(r.body["upstream"]["status"], 200, "{}", r.text);
+        if utc_day() == day {
+            assert_eq!(trust(&s, &sponsor, &id).await["score"], 500 + 2 * n.min(10), "after {n}");
+        }
+    }
 }
