@@ -27,6 +27,24 @@ const V4_BLOCKED: &[(Ipv4Addr, u8, &str)] = &[
     (Ipv4Addr::new(169, 254, 169, 254), 32, "cloud metadata endpoint (169.254.169.254)"),
     (Ipv4Addr::new(169, 254, 170, 2), 32, "cloud metadata endpoint (169.254.170.2, ECS task credentials)"),
     (Ipv4Addr::new(100, 100, 100, 200), 32, "cloud metadata endpoint (100.100.100.200)"),
+    // Cloud platform service addresses. Most sit inside ranges refused anyway (link-local,
+    // CGNAT, unique-local); these are on *public* addresses, so no range check catches them:
+    // - Azure's WireServer / platform DNS / health-probe source, 168.63.129.16 (Microsoft Learn,
+    //   "What is IP address 168.63.129.16?", learn.microsoft.com/azure/virtual-network/what-is-ip-address-168-63-129-16).
+    //   It serves the VM agent's goal state and certificates, i.e. credentials.
+    // - IBM Cloud's service network 161.26.0.0/16 (IBM Cloud docs, "Service network": DNS
+    //   resolvers 161.26.0.10/.11, NTP, and the internal service endpoints of classic
+    //   infrastructure, cloud.ibm.com/docs/security-groups?topic=security-groups-ibm-cloud-ip-ranges).
+    // Listed before any range so the reason names the platform.
+    (Ipv4Addr::new(168, 63, 129, 16), 32, "cloud platform endpoint (Azure 168.63.129.16)"),
+    (Ipv4Addr::new(161, 26, 0, 0), 16, "cloud platform service network (IBM Cloud 161.26.0.0/16)"),
+    // Addresses inside refused ranges, named for the reason they give (sources as above, plus
+    // AWS EC2 user guide "Instance metadata" / "Amazon DNS server" / "Amazon Time Sync";
+    // Tencent Cloud "Instance metadata"; Oracle Cloud "Getting instance metadata"):
+    (Ipv4Addr::new(169, 254, 169, 253), 32, "cloud platform endpoint (AWS DNS 169.254.169.253)"),
+    (Ipv4Addr::new(169, 254, 169, 123), 32, "cloud platform endpoint (AWS time sync 169.254.169.123)"),
+    (Ipv4Addr::new(169, 254, 0, 23), 32, "cloud metadata endpoint (Tencent 169.254.0.23)"),
+    (Ipv4Addr::new(192, 0, 0, 192), 32, "cloud metadata endpoint (Oracle legacy 192.0.0.192)"),
     // 0.0.0.0 connects to the local host on Linux.
     (Ipv4Addr::new(0, 0, 0, 0), 32, "unspecified address (0.0.0.0)"),
     (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\" (0.0.0.0/8)"),
@@ -63,6 +81,17 @@ const V6_RANGES: &[(Ipv6Addr, u8, V6)] = &[
         Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254),
         128,
         V6::Block("cloud metadata endpoint (fd00:ec2::254)"),
+    ),
+    // AWS Nitro's IPv6 DNS and time-sync endpoints (inside fc00::/7, named for the reason).
+    (
+        Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0253),
+        128,
+        V6::Block("cloud platform endpoint (AWS DNS fd00:ec2::253)"),
+    ),
+    (
+        Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0123),
+        128,
+        V6::Block("cloud platform endpoint (AWS time sync fd00:ec2::123)"),
     ),
     (Ipv6Addr::UNSPECIFIED, 128, V6::Block("unspecified address (::)")),
     (Ipv6Addr::LOCALHOST, 128, V6::Block("loopback (::1)")),
@@ -168,7 +197,7 @@ mod tests {
         // 169.254.0.0/16 and the metadata addresses inside it
         ("169.253.255.255", None),
         ("169.254.0.0", Some("link-local")),
-        ("169.254.169.253", Some("link-local")),
+        ("169.254.169.253", Some("AWS DNS")),
         ("169.254.169.254", Some("metadata")),
         ("169.254.169.255", Some("link-local")),
         ("169.254.170.2", Some("metadata")),
@@ -241,6 +270,12 @@ mod tests {
         ("::ffff:0.0.0.0", Some("unspecified")),
         ("::ffff:127.0.0.1", Some("loopback")),
         ("::ffff:169.254.169.254", Some("metadata")),
+        ("::ffff:168.63.129.16", Some("Azure")),
+        ("::ffff:a83f:8110", Some("Azure")),
+        ("64:ff9b::a83f:8110", Some("Azure")),
+        ("::a83f:8110", Some("Azure")),
+        ("fd00:ec2::253", Some("AWS DNS")),
+        ("fd00:ec2::123", Some("AWS time")),
         ("::ffff:10.1.2.3", Some("private")),
         ("::ffff:8.8.8.8", None),
         ("::ffff:255.255.255.255", Some("broadcast")),
@@ -304,7 +339,7 @@ mod tests {
         ("fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", Some("reserved, outside")),
         ("fc00::", Some("unique local")),
         ("fd00:ec2::254", Some("metadata")),
-        ("fd00:ec2::253", Some("unique local")),
+        ("fd00:ec2::253", Some("AWS DNS")),
         ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", Some("unique local")),
         ("fe00::", Some("reserved, outside")),
         // fe80::/10 and fec0::/10

@@ -14,9 +14,14 @@ const METADATA_NAMES: &[&str] = &[
     "metadata.goog",            // GCP
     "instance-data",            // AWS, through the search domain
     "instance-data.ec2.internal",
-    "kubernetes",             // Kubernetes API server, through search domains
-    "kubernetes.default",     // ...
-    "kubernetes.default.svc", // ...
+    "metadata.tencentyun.com",      // Tencent Cloud
+    "api.metadata.cloud.ibm.com",   // IBM Cloud VPC
+    "metadata.platformequinix.com", // Equinix Metal
+    "metadata.packet.net",          // Equinix Metal (former name)
+    "wireserver",                   // Azure, as some agents name 168.63.129.16
+    "kubernetes",                   // Kubernetes API server, through search domains
+    "kubernetes.default",           // ...
+    "kubernetes.default.svc",       // ...
     "kubernetes.default.svc.cluster.local",
 ];
 
@@ -108,6 +113,11 @@ mod tests {
             "metadata.goog",
             "instance-data",
             "instance-data.ec2.internal",
+            "metadata.tencentyun.com",      // Tencent Cloud
+            "api.metadata.cloud.ibm.com",   // IBM Cloud VPC
+            "metadata.platformequinix.com", // Equinix Metal
+            "metadata.packet.net",          // Equinix Metal (former name)
+            "wireserver",                   // Azure, as some agents name 168.63.129.16
             "kubernetes.default.svc",
             "internal",
             "db.internal",
