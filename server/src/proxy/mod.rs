@@ -708,6 +708,9 @@ impl Pipeline {
         // approval of this call; `trust::counts_as_success`); other answers,
         // timeouts and unreachable upstreams change nothing; a blocked redirect hop
         // is an egress block.
+        let vouched = request.secret.is_some()
+            || matches!(request.origin, crate::proxy::request::Origin::Gateway { .. })
+            || approved.is_some();
         let trust_event = match (&outcome, status) {
             (Outcome::Performed { .. }, Some(code)) if crate::trust::counts_as_success(code, vouched) => {
                 Some(TrustEvent::Success)
@@ -716,9 +719,6 @@ impl Pipeline {
             _ => None,
         };
         self.adjust_trust(agent, trust_event, &request_id).await;
-        let vouched = request.secret.is_some()
-            || matches!(request.origin, crate::proxy::request::Origin::Gateway { .. })
-            || approved.is_some();
         let kind = match (&outcome, status) {
             (Outcome::Performed { .. }, Some(code)) if code < 500 => Kind::Ok,
             (Outcome::Denied { .. }, _) => Kind::Denied,
