@@ -233,8 +233,9 @@ pub struct PolicySummary {
 #[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct PageRequest {
-    /// Page size: 1 to 200 (larger values are capped, 0 counts as 1); 50 when absent.
+    /// Page size: 1 to 200; 50 when absent. Anything else is `400 invalid_limit`.
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", param(minimum = 1, maximum = 200))]
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page; absent for the first page.
     #[serde(default)]
@@ -519,8 +520,9 @@ pub struct ApprovalQuery {
     pub status: Option<String>,
     #[serde(default)]
     pub agent_id: Option<Uuid>,
-    /// Page size: 1 to 200; 50 when absent.
+    /// Page size: 1 to 200; 50 when absent. Anything else is `400 invalid_limit`.
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", param(minimum = 1, maximum = 200))]
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
     #[serde(default)]
@@ -598,8 +600,8 @@ pub struct AuditQuery {
     /// Exclusive end, RFC 3339.
     #[cfg_attr(feature = "ssr", param(format = DateTime))]
     pub to: Option<String>,
-    /// Page size, 1 to 200 (larger values are capped); 50 when absent.
-    #[cfg_attr(feature = "ssr", param(value_type = Option<u64>, minimum = 1))]
+    /// Page size, 1 to 200; 50 when absent. Anything else is `400 invalid_limit`.
+    #[cfg_attr(feature = "ssr", param(value_type = Option<u32>, minimum = 1, maximum = 200))]
     pub limit: Option<String>,
     /// `next_cursor` from the previous page (a seq).
     pub cursor: Option<String>,

@@ -340,8 +340,10 @@ impl ApprovalService {
 
     pub async fn list(&self, sponsor_id: Uuid, query: ApprovalQuery) -> Result<Page<ApprovalView>, AppError> {
         let limit = match query.limit {
-            Some(0) => return Err(AppError::bad_request("invalid_limit", "limit must be at least 1")),
-            limit => Ord::min(limit.unwrap_or(DEFAULT_PAGE), MAX_PAGE),
+            Some(n) if !(1..=MAX_PAGE).contains(&n) => {
+                return Err(AppError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")));
+            }
+            limit => limit.unwrap_or(DEFAULT_PAGE),
         };
         self.expire_due(Some(approvals::Column::SponsorId.eq(sponsor_id))).await?;
         let mut find = approvals::Entity::find()

@@ -317,8 +317,9 @@ impl Backend for Services {
         self.audit.list(&filter, limit).await
     }
 
-    async fn verify_audit(&self, _sponsor: &SessionUser) -> Result<ChainVerdict, AppError> {
-        let report = self.audit.verify(None).await?;
+    async fn verify_audit(&self, sponsor: &SessionUser) -> Result<ChainVerdict, AppError> {
+        // The sponsor's own records only, bounded and rate-limited (issue #16, item 9).
+        let report = self.audit.verify_for_sponsor(sponsor.user_id).await?;
         Ok(ChainVerdict {
             valid: report.valid,
             checked: report.checked,

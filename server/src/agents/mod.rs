@@ -288,8 +288,10 @@ impl AgentService {
     /// and the last id of a page is the cursor for the next.
     pub async fn list(&self, sponsor_id: Uuid, page: PageRequest) -> Result<Page<AgentView>, AppError> {
         let limit = match page.limit {
-            Some(0) => return Err(AppError::bad_request("invalid_limit", "limit must be at least 1")),
-            limit => limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE),
+            Some(n) if !(1..=MAX_PAGE).contains(&n) => {
+                return Err(AppError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")));
+            }
+            limit => limit.unwrap_or(DEFAULT_PAGE),
         };
         let mut query = agents::Entity::find()
             .filter(agents::Column::SponsorId.eq(sponsor_id))

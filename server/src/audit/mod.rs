@@ -14,6 +14,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod incremental;
 pub mod query;
 pub mod record;
 pub mod sqlite_batch;
@@ -29,6 +30,7 @@ use uuid::Uuid;
 pub use crate::storage::canonical_json;
 pub use chain::{AUDIT_LOCK_KEY, AuditTxn};
 pub use checkpoint::{Checkpoint, CheckpointSigner};
+pub use incremental::SponsorVerifyReport;
 pub use query::{AuditFilter, AuditQuery, AuditRecord};
 pub use record::{GENESIS_HASH, record_hash};
 pub use verify::{CheckpointStatus, VerifyReport};
@@ -86,6 +88,8 @@ pub fn signer_from(data: &DataDir, config: &Config) -> Result<CheckpointSigner, 
 pub struct AuditLog {
     state: Arc<chain::ChainState>,
     chunk: u64,
+    incremental: Arc<incremental::Incremental>,
+    verify_step: u64,
 }
 
 impl AuditLog {
@@ -101,6 +105,8 @@ impl AuditLog {
                 metrics: Default::default(),
             }),
             chunk: DEFAULT_CHUNK,
+            incremental: Arc::default(),
+            verify_step: incremental::STEP,
         }
     }
 
@@ -139,8 +145,21 @@ impl AuditLog {
         Ok(appended)
     }
 
+    /// Most records one sponsor's verification call walks (tests use small steps).
+    pub fn with_verify_step(mut self, rows: u64) -> Self {
+        self.verify_step = rows.max(1);
+        self
+    }
+
+    /// A sponsor's verification: bounded work, rate-limited per sponsor, an answer
+    /// about their own records only ([`incremental`]). The whole-chain walk is
+    /// [`AuditLog::verify`], for the operator (`aegis verify-audit`).
+    pub async fn verify_for_sponsor(&self, sponsor_id: Uuid) -> Result<SponsorVerifyReport, AppError> {
+        incremental::verify_for_sponsor(&self.state, &self.incremental, sponsor_id, self.verify_step).await
+    }
+
     /// Verifies the whole chain against every stored checkpoint and, when given,
-    /// a pinned one (from a file).
+    /// a pinned one (from a file). Operator only: the work grows with the chain.
     pub async fn verify(&self, pinned: Option<&Checkpoint>) -> Result<VerifyReport, AppError> {
         verify::verify(&self.state, pinned, self.chunk).await
     }

@@ -32,18 +32,31 @@ pub struct AuditFilter {
     pub before_seq: Option<i64>,
 }
 
+/// A free-text filter: blank counts as absent.
 fn present(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// A parameter with a documented type or format (uuid, date-time, integer): when it
+/// is sent at all it must be exactly a valid value; blank or padded is `invalid_{name}`,
+/// as the OpenAPI schema says.
+fn typed<'a>(name: &str, v: &'a Option<String>, expected: &str) -> Result<Option<&'a str>, AppError> {
+    match v.as_deref() {
+        None => Ok(None),
+        Some(s) if s.is_empty() || s.trim() != s => {
+            Err(AppError::bad_request(&format!("invalid_{name}"), format!("{name} must be {expected}")))
+        }
+        Some(s) => Ok(Some(s)),
+    }
+}
+
+const RFC3339: &str = "an RFC 3339 time, e.g. 2026-01-31T12:00:00Z";
+
 fn time(name: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>, AppError> {
-    present(v)
+    typed(name, v, RFC3339)?
         .map(|s| {
             DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| {
-                AppError::bad_request(
-                    &format!("invalid_{name}"),
-                    format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"),
-                )
+                AppError::bad_request(&format!("invalid_{name}"), format!("{name} must be {RFC3339}"))
             })
         })
         .transpose()
@@ -66,7 +79,7 @@ fn text(name: &str, v: &Option<String>) -> Result<Option<String>, AppError> {
 
 /// The filter for `sponsor_id` and the page size; any bad value is a 400.
 pub fn parse_query(q: &AuditQuery, sponsor_id: Uuid) -> Result<(AuditFilter, u64), AppError> {
-    let agent_id = present(&q.agent)
+    let agent_id = typed("agent", &q.agent, "an agent id (a UUID)")?
         .map(|s| {
             s.parse::<Uuid>()
                 .map_err(|_| AppError::bad_request("invalid_agent", "agent must be an agent id (a UUID)"))
@@ -79,21 +92,19 @@ pub fn parse_query(q: &AuditQuery, sponsor_id: Uuid) -> Result<(AuditFilter, u64
     {
         return Err(AppError::bad_request("invalid_range", "from must not be later than to"));
     }
-    let limit = match present(&q.limit) {
+    let limit_text = format!("a whole number from 1 to {MAX_PAGE}");
+    let limit = match typed("limit", &q.limit, &limit_text)? {
         None => DEFAULT_PAGE,
         Some(s) => match s.parse::<u64>() {
-            Ok(n) if n >= 1 => n.min(MAX_PAGE),
+            Ok(n) if (1..=MAX_PAGE).contains(&n) && s.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => {
-                return Err(AppError::bad_request(
-                    "invalid_limit",
-                    format!("limit must be a whole number from 1 to {MAX_PAGE}"),
-                ));
+                return Err(AppError::bad_request("invalid_limit", format!("limit must be {limit_text}")));
             }
         },
     };
-    let before_seq = present(&q.cursor)
+    let before_seq = typed("cursor", &q.cursor, "a cursor this API returned")?
         .map(|s| match s.parse::<i64>() {
-            Ok(n) if n > 0 => Ok(n),
+            Ok(n) if n > 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
             _ => Err(AppError::bad_request("invalid_cursor", "cursor is not one this API returned")),
         })
         .transpose()?;
@@ -223,6 +234,14 @@ fn csv_row(m: &audit_events::Model) -> [String; 21] {
     ]
 }
 
+/// A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, TAB or CR first)
+/// gets a leading `'` so it is shown as text (OWASP "CSV injection"). Plain integers
+/// (`-5`) are data, not formulas, and stay as they are.
+fn defuse(cell: String) -> String {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if risky && cell.parse::<i64>().is_err() { format!("'{cell}") } else { cell }
+}
+
 fn csv_bytes(header: bool, rows: &[audit_events::Model]) -> Result<Vec<u8>, AppError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let fail = |e: csv::Error| {
@@ -233,7 +252,7 @@ fn csv_bytes(header: bool, rows: &[audit_events::Model]) -> Result<Vec<u8>, AppE
         w.write_record(CSV_COLUMNS).map_err(fail)?;
     }
     for r in rows {
-        w.write_record(csv_row(r)).map_err(fail)?;
+        w.write_record(csv_row(r).map(defuse)).map_err(fail)?;
     }
     w.into_inner().map_err(|e| fail(e.into_error().into()))
 }
@@ -340,6 +359,15 @@ mod tests {
             (vec![("cursor", "abc")], "invalid_cursor"),
             (vec![("cursor", "0")], "invalid_cursor"),
             (vec![("kind", "a\nb")], "invalid_kind"),
+            (vec![("limit", "201")], "invalid_limit"),
+            (vec![("limit", "2147483648")], "invalid_limit"),
+            (vec![("limit", "+5")], "invalid_limit"),
+            (vec![("limit", "")], "invalid_limit"),
+            (vec![("to", "")], "invalid_to"),
+            (vec![("from", " ")], "invalid_from"),
+            (vec![("to", " 2026-01-01T00:00:00Z")], "invalid_to"),
+            (vec![("agent", "")], "invalid_agent"),
+            (vec![("cursor", "")], "invalid_cursor"),
         ] {
             let err = q(&pairs).err().unwrap_or_else(|| panic!("{pairs:?} accepted"));
             assert_eq!((err.status, err.code.as_str()), (400, code), "{pairs:?}");
@@ -348,13 +376,30 @@ mod tests {
 
     #[test]
     fn defaults_limits_and_blank_values() {
-        let (f, limit) = q(&[("kind", " "), ("cursor", "")]).unwrap();
+        let (f, limit) = q(&[("kind", " "), ("decision", "")]).unwrap();
         assert_eq!(limit, DEFAULT_PAGE);
-        assert!(f.kind.is_none() && f.before_seq.is_none());
-        assert_eq!(q(&[("limit", "5000")]).unwrap().1, MAX_PAGE);
+        assert!(f.kind.is_none() && f.decision.is_none() && f.before_seq.is_none());
+        assert_eq!(q(&[("limit", "200")]).unwrap().1, MAX_PAGE);
         let (f, _) = q(&[("from", "2026-01-01T01:00:00+01:00"), ("cursor", "17")]).unwrap();
         assert_eq!(f.from.unwrap().to_rfc3339(), "2026-01-01T00:00:00+00:00");
         assert_eq!(f.before_seq, Some(17));
+    }
+
+    #[test]
+    fn csv_cells_that_would_run_as_formulas_are_defused() {
+        for (cell, shown) in [
+            ("=HYPERLINK(\"http://evil.example\")", "'=HYPERLINK(\"http://evil.example\")"),
+            ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("-5", "-5"),
+            ("/v1/x=1", "/v1/x=1"),
+            ("", ""),
+        ] {
+            assert_eq!(defuse(cell.to_owned()), shown, "{cell:?}");
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub async fn me(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiResu
     security(("sponsor_token" = [])),
     responses(
         (status = 200, description = "One page of agents", body = Page<AgentView>),
-        (status = 400, description = "`invalid_cursor`: not a cursor this API returned", body = ErrorBody),
+        (status = 400, description = "`invalid_limit`: not a whole number from 1 to 200\n`invalid_cursor`: not a cursor this API returned", body = ErrorBody),
     ))]
 pub async fn list_agents(
     State(s): State<AppState>,

@@ -1,5 +1,7 @@
 //! Audit endpoints: list, CSV export, verify. A sponsor sees only records whose
-//! `sponsor_id` is theirs; verification covers the whole chain.
+//! `sponsor_id` is theirs, and verification answers only about those (bounded work
+//! per call, rate-limited per sponsor); the whole-chain walk is the operator's
+//! (`aegis verify-audit`).
 
 use app::backend::Backend;
 use axum::Json;
@@ -12,7 +14,7 @@ use super::AppState;
 use super::error::ApiResult;
 use super::extract::{ApiQuery, Sponsor};
 use super::openapi::ErrorBody;
-use crate::audit::{AuditQuery, AuditRecord, VerifyReport};
+use crate::audit::{AuditQuery, AuditRecord, SponsorVerifyReport};
 use app::model::Page;
 
 #[utoipa::path(get, path = "/api/audit", tag = "audit",
@@ -85,11 +87,15 @@ async fn csv_response(
 }
 
 #[utoipa::path(get, path = "/api/audit/verify", tag = "audit",
-    summary = "Verify the hash chain",
-    description = "Walks the whole chain (every sponsor's records) and every signed checkpoint: seqs without gaps, each record's hash, each `prev_hash` link, each checkpoint's signature and head.",
+    summary = "Verify your audit records",
+    description = "Is every one of your records intact? Verification starts from the latest signed checkpoint (which vouches for the records before it) and each call walks at most 2,000 more records of the chain: seqs without gaps, each record's hash, each `prev_hash` link, each checkpoint's signature and head. The answer counts only your records (`pending` ones are not reached yet: call again). 5 calls in a row, then one every 2 seconds. The operator verifies the whole chain with `aegis verify-audit`.",
     security(("sponsor_token" = [])),
-    responses((status = 200, description = "The verdict (`valid: false` with `first_bad_seq` and `reason` when broken)", body = VerifyReport)))]
-/// `GET /api/audit/verify`: `{valid, checked, first_bad_seq?, reason?, checkpoint?}`.
-pub async fn verify(State(s): State<AppState>, Sponsor(_): Sponsor) -> ApiResult<impl IntoResponse> {
-    Ok(Json(s.services.audit.verify(None).await?))
+    responses(
+        (status = 200, description = "The verdict on your records (`valid: false` with `first_bad_seq` and `reason` when one cannot be trusted)", body = SponsorVerifyReport),
+        (status = 429, description = "`rate_limited`: too many verifications; wait `Retry-After` seconds", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`audit_busy`: verification is starting; try again", body = ErrorBody),
+    ))]
+/// `GET /api/audit/verify`: `{valid, complete, checked, pending, first_bad_seq?, reason?}`.
+pub async fn verify(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.audit.verify_for_sponsor(sponsor.user_id).await?))
 }

@@ -19,7 +19,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
@@ -389,7 +389,8 @@ impl Modify for Security {
 /// Failures shared by every endpoint of a kind, added to each operation (or appended
 /// to the description of a status it already documents):
 /// - sponsor endpoints: `401 unauthorized` (the [`super::extract::Sponsor`] extractor);
-/// - a required JSON body ([`super::extract::ApiJson`]): `400 invalid_json`,
+/// - agent endpoints: `401 unauthorized` / `invalid_api_key` (the [`super::extract::Agent`] extractor);
+/// - a JSON body ([`super::extract::ApiJson`], [`super::extract::OptionalJson`]): `400 invalid_json`,
 ///   `413 payload_too_large`, `415 unsupported_media_type`, `422 invalid_request`;
 /// - an `id` or `seq` path parameter ([`super::extract::ApiPath`]): `400 invalid_path`;
 /// - query parameters ([`super::extract::ApiQuery`]): `400 invalid_query`;
@@ -406,6 +407,10 @@ impl Modify for CommonErrors {
                         "401",
                         "`unauthorized`: no access token, an invalid or expired one, or the session has ended",
                     ));
+                }
+                if requires_scheme(op, "agent_key") {
+                    common.push(("401", "`unauthorized`: no agent key sent"));
+                    common.push(("401", "`invalid_api_key`: an unknown or revoked agent key"));
                 }
                 if has_json_body(op.request_body.as_ref()) {
                     common.extend([
@@ -462,8 +467,10 @@ fn requires_scheme(op: &Operation, scheme: &str) -> bool {
         .any(|requirement| serde_json::to_value(requirement).is_ok_and(|v| v.get(scheme).is_some()))
 }
 
+/// A JSON body, required or optional ([`super::extract::OptionalJson`]): a body that is
+/// sent is checked the same way either way.
 fn has_json_body(body: Option<&RequestBody>) -> bool {
-    body.is_some_and(|b| b.content.contains_key("application/json") && b.required == Some(Required::True))
+    body.is_some_and(|b| b.content.contains_key("application/json"))
 }
 
 fn add_error(op: &mut Operation, status: &str, text: &str) {

@@ -185,8 +185,13 @@ async fn pagination_walks_every_agent_once() {
     assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_cursor"));
     let bad = s.get("/api/agents?limit=0", &sponsor.access).await;
     assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_limit"));
-    let capped = s.get("/api/agents?limit=100000", &sponsor.access).await;
-    assert_eq!(capped.body["items"].as_array().unwrap().len(), 5, "large limits are capped, not refused");
+    // The documented range is 1..=200: beyond it is refused, as the OpenAPI schema says.
+    for limit in ["201", "100000", "2147483648"] {
+        let bad = s.get(&format!("/api/agents?limit={limit}"), &sponsor.access).await;
+        assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_limit"), "limit={limit}");
+    }
+    let full = s.get("/api/agents?limit=200", &sponsor.access).await;
+    assert_eq!(full.body["items"].as_array().unwrap().len(), 5);
     let bad = s.get("/api/agents?limit=lots", &sponsor.access).await;
     assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_query"));
 }

@@ -28,7 +28,13 @@ fn audit(s: &TestServer) -> &AuditLog {
     &s.running.services.audit
 }
 
-async fn verify(s: &TestServer, token: &str) -> Value {
+/// The operator's whole-chain walk (what `aegis verify-audit` runs).
+async fn full_verify(s: &TestServer) -> Value {
+    serde_json::to_value(audit(s).verify(None).await.unwrap()).unwrap()
+}
+
+/// A sponsor's own verification over HTTP.
+async fn sponsor_verify(s: &TestServer, token: &str) -> Value {
     let r = s.get("/api/audit/verify", token).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     r.body
@@ -233,7 +239,7 @@ async fn agent_lifecycle_is_recorded_without_secrets() {
         }
         assert!(!text.contains("secret plans"));
     }
-    assert_valid(&verify(&s, &a.access).await, 6);
+    assert_valid(&full_verify(&s).await, 6);
 }
 
 #[tokio::test]
@@ -317,7 +323,9 @@ async fn listing_filters_pages_and_isolates_sponsors() {
         }
     }
     assert_eq!(seen, seqs(&all_a));
-    assert_eq!(seqs(&items(&s, &a.access, "?agent=").await).len(), all_a.len(), "blank = no filter");
+    assert_eq!(seqs(&items(&s, &a.access, "?kind=").await).len(), all_a.len(), "a blank text filter = none");
+    let r = s.get("/api/audit?agent=", &a.access).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid_agent"), "a blank id is not a UUID");
     let page = s.get("/api/audit", &a.access).await;
     assert!(page.body["next_cursor"].is_null());
 
@@ -354,14 +362,22 @@ async fn bad_filters_are_400_with_a_code() {
         ("cursor=-1", "invalid_cursor"),
         ("kind=a%0Ab", "invalid_kind"),
         ("kind=a&kind=b", "invalid_query"),
+        // Outside the documented type or range (issue #16, item 25).
+        ("limit=201", "invalid_limit"),
+        ("limit=2147483648", "invalid_limit"),
+        ("limit=", "invalid_limit"),
+        ("to=", "invalid_to"),
+        ("from=", "invalid_from"),
+        ("agent=", "invalid_agent"),
+        ("cursor=", "invalid_cursor"),
     ] {
         for path in ["/api/audit", "/api/audit/export.csv"] {
             let r = s.get(&format!("{path}?{query}"), &a.access).await;
             assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, code), "{path}?{query}");
         }
     }
-    let r = s.get("/api/audit?limit=100000", &a.access).await;
-    assert_eq!(r.status, StatusCode::OK, "an oversized limit is capped");
+    let r = s.get("/api/audit?limit=200&kind=&decision=", &a.access).await;
+    assert_eq!(r.status, StatusCode::OK, "the largest page; blank free-text filters are absent");
     for path in ["/api/audit", "/api/audit/export.csv", "/api/audit/verify"] {
         let r = s.send(Method::GET, path, None, None).await;
         assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{path}");
@@ -481,46 +497,48 @@ async fn csv_export_streams_every_matching_record() {
 #[tokio::test]
 async fn intact_chain_verifies() {
     let (s, a, b) = nine_records(&[]).await;
-    let report = verify(&s, &a.access).await;
+    let report = full_verify(&s).await;
     assert_valid(&report, 9);
     assert_eq!(report["head_hash"].as_str().unwrap(), all_rows(db(&s)).await[8].hash);
     assert!(report.get("checkpoint").is_none(), "no checkpoint yet: {report}");
-    // Verification covers the whole chain whoever asks.
-    assert_eq!(verify(&s, &b.access).await, report);
+    // Each sponsor hears about their own records only: 8 of alice's, 1 of bob's.
+    let mine = |checked: u64| json!({"valid": true, "complete": true, "checked": checked, "pending": 0});
+    assert_eq!(sponsor_verify(&s, &a.access).await, mine(8));
+    assert_eq!(sponsor_verify(&s, &b.access).await, mine(1));
 }
 
 #[tokio::test]
 async fn detects_a_modified_field() {
-    let (s, a, _) = nine_records(&[]).await;
+    let (s, _, _) = nine_records(&[]).await;
     tamper(&s, async |t| {
         exec(t, "UPDATE audit_events SET detail = '{\"name\":\"innocent\"}' WHERE seq = 4").await;
     })
     .await;
-    assert_broken(&verify(&s, &a.access).await, 4, "contents do not match");
-    let report = verify(&s, &a.access).await;
+    assert_broken(&full_verify(&s).await, 4, "contents do not match");
+    let report = full_verify(&s).await;
     assert_eq!(report["checked"], 3);
 }
 
 #[tokio::test]
 async fn detects_a_changed_hash_column() {
-    let (s, a, _) = nine_records(&[]).await;
+    let (s, _, _) = nine_records(&[]).await;
     tamper(&s, async |t| {
         exec(t, &format!("UPDATE audit_events SET hash = '{}' WHERE seq = 9", "a".repeat(64))).await;
     })
     .await;
-    assert_broken(&verify(&s, &a.access).await, 9, "contents do not match");
+    assert_broken(&full_verify(&s).await, 9, "contents do not match");
 }
 
 #[tokio::test]
 async fn detects_a_deleted_middle_row() {
-    let (s, a, _) = nine_records(&[]).await;
+    let (s, _, _) = nine_records(&[]).await;
     tamper(&s, async |t| exec(t, "DELETE FROM audit_events WHERE seq = 5").await).await;
-    assert_broken(&verify(&s, &a.access).await, 5, "record 5 is missing");
+    assert_broken(&full_verify(&s).await, 5, "record 5 is missing");
 }
 
 #[tokio::test]
 async fn detects_reordered_rows() {
-    let (s, a, _) = nine_records(&[]).await;
+    let (s, _, _) = nine_records(&[]).await;
     tamper(&s, async |t| {
         let mut rows = all_rows(t).await;
         // Swap everything but seq between records 3 and 6.
@@ -530,7 +548,7 @@ async fn detects_reordered_rows() {
         replace_chain(t, rows).await;
     })
     .await;
-    assert_broken(&verify(&s, &a.access).await, 3, "record 3");
+    assert_broken(&full_verify(&s).await, 3, "record 3");
 }
 
 #[tokio::test]
@@ -565,7 +583,7 @@ async fn detects_forged_rows() {
         audit_events::ActiveModel::from(forged(10, &head)).insert(t).await.unwrap();
     })
     .await;
-    assert_broken(&verify(&s, &a.access).await, 10, "contents do not match");
+    assert_broken(&full_verify(&s).await, 10, "contents do not match");
 
     // A carefully forged row slipped in at seq 5 (correct hash, linked to 4, the
     // later rows renumbered): the row itself is consistent, the next one is not.
@@ -581,12 +599,12 @@ async fn detects_forged_rows() {
         replace_chain(t, rows).await;
     })
     .await;
-    assert_broken(&verify(&s, &a.access).await, 6, "record 6");
+    assert_broken(&full_verify(&s).await, 6, "record 6");
 }
 
 #[tokio::test]
 async fn detects_a_changed_genesis() {
-    let (s, a, _) = nine_records(&[]).await;
+    let (s, _, _) = nine_records(&[]).await;
     tamper(&s, async |t| {
         let mut rows = all_rows(t).await;
         // A different starting point, with every hash recomputed after it.
@@ -595,36 +613,36 @@ async fn detects_a_changed_genesis() {
         replace_chain(t, rows).await;
     })
     .await;
-    assert_broken(&verify(&s, &a.access).await, 1, "genesis");
+    assert_broken(&full_verify(&s).await, 1, "genesis");
 }
 
 #[tokio::test]
 async fn a_truncated_tail_is_caught_only_by_a_checkpoint() {
-    let (s, a, _) = nine_records(&[]).await;
+    let (s, _, _) = nine_records(&[]).await;
     let cp = audit(&s).checkpoint().await.unwrap();
     assert_eq!(cp.seq, 9);
-    let report = verify(&s, &a.access).await;
+    let report = full_verify(&s).await;
     assert_valid(&report, 9);
     assert_eq!(report["checkpoint"]["seq"], 9);
     assert_eq!(report["checkpoint"]["verified"], true);
 
     tamper(&s, async |t| exec(t, "DELETE FROM audit_events WHERE seq >= 7").await).await;
-    assert_broken(&verify(&s, &a.access).await, 7, "removed from the tail");
+    assert_broken(&full_verify(&s).await, 7, "removed from the tail");
 
     // Without the checkpoint the shorter chain is self-consistent: that is why
     // checkpoints are signed and exported (see the CLI test).
     tamper(&s, async |t| exec(t, "DELETE FROM audit_checkpoints").await).await;
-    assert_valid(&verify(&s, &a.access).await, 6);
+    assert_valid(&full_verify(&s).await, 6);
 }
 
 #[tokio::test]
 async fn a_consistent_rewrite_is_caught_only_by_a_checkpoint() {
     // Automatic checkpoints every 4 records: at seq 4 and 8.
-    let (s, a, _) = nine_records(&[("AEGIS_AUDIT_CHECKPOINT_EVERY", "4")]).await;
+    let (s, _, _) = nine_records(&[("AEGIS_AUDIT_CHECKPOINT_EVERY", "4")]).await;
     let stored: Vec<i64> =
         audit_checkpoints::Entity::find().all(db(&s)).await.unwrap().iter().map(|c| c.seq).collect();
     assert_eq!(stored, [4, 8]);
-    assert_valid(&verify(&s, &a.access).await, 9);
+    assert_valid(&full_verify(&s).await, 9);
 
     tamper(&s, async |t| {
         let mut rows = all_rows(t).await;
@@ -634,13 +652,13 @@ async fn a_consistent_rewrite_is_caught_only_by_a_checkpoint() {
     })
     .await;
     // Every record and link checks out; the signed head at seq 4 does not.
-    let report = verify(&s, &a.access).await;
+    let report = full_verify(&s).await;
     assert_broken(&report, 4, "rewritten");
     assert_eq!(report["checked"], 3);
 
     // Without the checkpoints, the rewrite would pass.
     tamper(&s, async |t| exec(t, "DELETE FROM audit_checkpoints").await).await;
-    assert_valid(&verify(&s, &a.access).await, 9);
+    assert_valid(&full_verify(&s).await, 9);
 }
 
 // ---------------------------------------------------------------- checkpoints
@@ -680,7 +698,7 @@ async fn checkpoints_are_signed_with_the_data_dir_key() {
     assert_eq!((cp.seq, cp.head_hash.as_str()), (7, rows[6].hash.as_str()));
     assert_eq!(audit(&s).checkpoint().await.unwrap(), cp, "the stored one is reused");
     assert_eq!(audit(&s).latest_checkpoint().await.unwrap(), Some(cp.clone()));
-    let report = verify(&s, &a.access).await;
+    let report = full_verify(&s).await;
     assert_valid(&report, 7);
     assert_eq!(report["checkpoint"]["seq"], 7);
     assert_eq!(report["checkpoint"]["public_key"], public.as_str());
@@ -701,7 +719,7 @@ async fn checkpoints_are_signed_with_the_data_dir_key() {
         .unwrap();
     })
     .await;
-    assert_broken(&verify(&s, &a.access).await, 5, "invalid signature");
+    assert_broken(&full_verify(&s).await, 5, "invalid signature");
     // And a broken chain is never signed.
     let err = audit(&s).checkpoint().await.unwrap_err();
     assert_eq!(err.code, "audit_chain_broken");
@@ -763,13 +781,13 @@ async fn concurrent_appends_form_one_chain() {
     }
     let rows = all_rows(db(&s)).await;
     assert_linear(&rows, 60);
-    assert_valid(&verify(&s, &a.access).await, 60);
+    assert_valid(&full_verify(&s).await, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_share_one_linear_chain() {
     let s = TestServer::start().await;
-    let a = s.sponsor("alice").await;
+    s.sponsor("alice").await;
     // A second AuditLog over its own connection pool (and its own in-process
     // lock), as another AEGIS process would have.
     let config = &s.running.services.config;
@@ -792,7 +810,7 @@ async fn two_processes_share_one_linear_chain() {
     }
     let rows = all_rows(db(&s)).await;
     assert_linear(&rows, 50);
-    let report = verify(&s, &a.access).await;
+    let report = full_verify(&s).await;
     assert_valid(&report, 50);
     let checkpoints = audit_checkpoints::Entity::find().all(db(&s)).await.unwrap();
     assert!(checkpoints.len() >= 20, "{}", checkpoints.len());
@@ -874,4 +892,167 @@ async fn cli_checkpoints_an_empty_log() {
     let ok = aegis(&s, &["verify-audit", "--checkpoint", file.to_str().unwrap()]).await;
     assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
     assert!(ok.stdout.starts_with("audit log intact: 0 records"), "{}", ok.stdout);
+}
+
+// ---------------------------------------------------------------- sponsor verification
+
+/// `n` records of some other tenant, appended in one transaction.
+async fn bulk_records(s: &TestServer, sponsor: Uuid, n: usize) {
+    let mut txn = audit(s).begin().await.unwrap();
+    for i in 0..n {
+        txn.hold(AuditEntry {
+            sponsor_id: Some(sponsor),
+            kind: "test.bulk".into(),
+            detail: Some(format!("{{\"i\":{i}}}")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    txn.commit().await.unwrap();
+}
+
+/// A sponsor's verification speaks only of their own records: the answer does not
+/// change when somebody else's volume does, and names no global count, head or
+/// checkpoint (issue #16, item 9).
+#[tokio::test]
+async fn sponsor_verification_reveals_nothing_of_other_tenants() {
+    let (s, a, b) = nine_records(&[("AEGIS_AUDIT_CHECKPOINT_EVERY", "4")]).await;
+    let before = sponsor_verify(&s, &b.access).await;
+    assert_eq!(before, json!({"valid": true, "complete": true, "checked": 1, "pending": 0}));
+    bulk_records(&s, Uuid::parse_str(&a.id).unwrap(), 300).await;
+    audit(&s).checkpoint().await.unwrap();
+    assert_eq!(sponsor_verify(&s, &b.access).await, before, "alice's volume shows in bob's answer");
+    let alice = sponsor_verify(&s, &a.access).await;
+    assert_eq!(alice, json!({"valid": true, "complete": true, "checked": 308, "pending": 0}));
+}
+
+/// A break is reported to each sponsor as the first of *their* records it
+/// affects, without the seq or contents of anybody else's.
+#[tokio::test]
+async fn sponsor_verification_reports_breaks_in_own_terms() {
+    let (s, a, b) = nine_records(&[]).await;
+    tamper(&s, async |t| exec(t, "UPDATE audit_events SET path = '/forged' WHERE seq = 4").await).await;
+    let alice = sponsor_verify(&s, &a.access).await;
+    assert_eq!(
+        (alice["valid"].as_bool(), alice["first_bad_seq"].as_i64()),
+        (Some(false), Some(4)),
+        "{alice}"
+    );
+    assert_eq!(alice["checked"], 3, "{alice}");
+    // Bob's only record (9) comes after the break: it cannot be trusted either,
+    // and his answer names only it.
+    let bob = sponsor_verify(&s, &b.access).await;
+    assert_eq!((bob["valid"].as_bool(), bob["first_bad_seq"].as_i64()), (Some(false), Some(9)), "{bob}");
+    assert!(!bob["reason"].as_str().unwrap().contains('4'), "{bob}");
+    assert_eq!(bob["checked"], 0);
+}
+
+/// Each call walks a bounded number of records (2,000): the rest is `pending`
+/// until the next call. Past 5 calls in a row a sponsor gets `429` with
+/// `Retry-After`; another sponsor is unaffected.
+#[tokio::test]
+async fn sponsor_verification_is_bounded_and_rate_limited() {
+    // No automatic checkpoints: the walk starts at the genesis, not near the head.
+    let s = TestServer::start_with(&[("AEGIS_AUDIT_CHECKPOINT_EVERY", "0")]).await;
+    let a = s.sponsor("alice").await;
+    let b = s.sponsor("bob").await;
+    bulk_records(&s, Uuid::parse_str(&a.id).unwrap(), 2500).await;
+    let first = sponsor_verify(&s, &a.access).await;
+    assert_eq!(first, json!({"valid": true, "complete": false, "checked": 2000, "pending": 500}));
+    let second = sponsor_verify(&s, &a.access).await;
+    assert_eq!(second, json!({"valid": true, "complete": true, "checked": 2500, "pending": 0}));
+    for _ in 0..3 {
+        sponsor_verify(&s, &a.access).await;
+    }
+    let r = s.get("/api/audit/verify", &a.access).await;
+    assert_eq!((r.status, r.code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"), "{}", r.text);
+    assert!(r.headers.get("retry-after").is_some());
+    assert_eq!(sponsor_verify(&s, &b.access).await["valid"], true);
+}
+
+/// Many sponsors verifying at once do not slow another tenant down: the walk is
+/// shared and bounded, not repeated per caller over the whole chain. Another
+/// tenant's request latency is measured before and during, in this test.
+#[tokio::test]
+async fn concurrent_verifications_do_not_slow_other_tenants() {
+    // No automatic checkpoints: the walk starts at the genesis, not near the head.
+    let s = TestServer::start_with(&[("AEGIS_AUDIT_CHECKPOINT_EVERY", "0")]).await;
+    let other = s.sponsor("other").await;
+    s.agent(&other, "busy").await;
+    let verifiers: Vec<Sponsor> = futures::future::join_all((0..12).map(|i| {
+        let s = &s;
+        async move { s.sponsor(&format!("v{i}")).await }
+    }))
+    .await;
+    bulk_records(&s, Uuid::new_v4(), 10_000).await;
+
+    async fn median_latency(s: &TestServer, token: &str, n: usize) -> std::time::Duration {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = std::time::Instant::now();
+            let r = s.get("/api/agents", token).await;
+            assert_eq!(r.status, StatusCode::OK);
+            times.push(started.elapsed());
+        }
+        times.sort();
+        times[n / 2]
+    }
+    median_latency(&s, &other.access, 5).await; // warm up
+    let before = median_latency(&s, &other.access, 30).await;
+
+    let storm = futures::future::join_all(verifiers.iter().map(|v| {
+        let s = &s;
+        async move {
+            for _ in 0..5 {
+                let r = s.get("/api/audit/verify", &v.access).await;
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            }
+        }
+    }));
+    let (_, during) = tokio::join!(storm, median_latency(&s, &other.access, 30));
+    assert!(
+        during <= before * 5 + std::time::Duration::from_millis(50),
+        "another tenant's median went from {before:?} to {during:?} while 12 sponsors verified"
+    );
+    // And the shared walk reached the end of the chain.
+    assert_eq!(sponsor_verify(&s, &other.access).await["complete"], true);
+}
+
+/// Cells a spreadsheet would run as formulas come out of the CSV export with a
+/// leading `'` (issue #16, item 21); the JSON list keeps the stored values.
+#[tokio::test]
+async fn csv_export_defuses_formula_cells() {
+    let s = TestServer::start().await;
+    let a = s.sponsor("alice").await;
+    audit(&s)
+        .append(AuditEntry {
+            sponsor_id: Some(a.id.parse().unwrap()),
+            kind: "proxy.denied".into(),
+            method: Some("@GET".into()),
+            host: Some("=HYPERLINK(\"http://evil.example\",\"x\")".into()),
+            path: Some("+1+cmd|' /C calc'!A0".into()),
+            stage: Some("-2+3".into()),
+            decision: Some("\tdeny".into()),
+            request_id: Some("\rreq".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = s.get("/api/audit/export.csv", &a.access).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let mut reader = csv::Reader::from_reader(r.text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let row = reader.records().next().unwrap().unwrap();
+    let cell = |name: &str| row[headers.iter().position(|h| h == name).unwrap()].to_owned();
+    assert_eq!(cell("host"), "'=HYPERLINK(\"http://evil.example\",\"x\")");
+    assert_eq!(cell("path"), "'+1+cmd|' /C calc'!A0");
+    assert_eq!(cell("stage"), "'-2+3");
+    assert_eq!(cell("method"), "'@GET");
+    assert_eq!(cell("decision"), "'\tdeny");
+    assert_eq!(cell("request_id"), "'\rreq");
+    assert_eq!(cell("kind"), "proxy.denied");
+    assert_eq!(cell("cost_micros"), "0");
+    let listed = &items(&s, &a.access, "").await[0];
+    assert_eq!(listed["host"], "=HYPERLINK(\"http://evil.example\",\"x\")", "the list shows what is stored");
 }

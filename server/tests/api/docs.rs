@@ -185,7 +185,7 @@ async fn key_schemas_and_security_are_described() {
         "PolicyView",
         "PolicyInput",
         "AuditRecord",
-        "VerifyReport",
+        "SponsorVerifyReport",
         "ReplayReport",
         "ErrorBody",
     ] {

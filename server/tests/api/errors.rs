@@ -282,3 +282,47 @@ async fn health_endpoint_answers() {
     let r = read(s.http.get(s.url("/healthz")).send().await.unwrap()).await;
     assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("ok")));
 }
+
+/// Schema and behaviour agree on query parameters (issue #16, item 25): every list
+/// endpoint documents `limit` as an integer 1..=200 and refuses anything else with
+/// `400 invalid_limit`; the audit endpoints refuse a blank time, id or cursor
+/// (a blank value is not a `date-time`, `uuid` or cursor) instead of ignoring it.
+#[tokio::test]
+async fn query_parameters_outside_the_documented_range_are_400() {
+    let s = TestServer::start().await;
+    let sponsor = s.sponsor("ranges").await;
+    let spec = read(reqwest::get(s.url("/api/openapi.json")).await.unwrap()).await.body;
+    for (path, code) in [
+        ("/api/agents", "invalid_limit"),
+        ("/api/approvals", "invalid_limit"),
+        ("/api/audit", "invalid_limit"),
+        ("/api/audit/export.csv", "invalid_limit"),
+    ] {
+        let limit = spec["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap_or_else(|| panic!("{path} documents no limit"))["schema"]
+            .clone();
+        assert_eq!(
+            (limit["minimum"].as_f64(), limit["maximum"].as_f64()),
+            (Some(1.0), Some(200.0)),
+            "{path}"
+        );
+        for bad in ["0", "201", "2147483648"] {
+            let r = s.get(&format!("{path}?limit={bad}"), &sponsor.access).await;
+            assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, code), "{path}?limit={bad}");
+        }
+        for good in ["1", "200"] {
+            let r = s.get(&format!("{path}?limit={good}"), &sponsor.access).await;
+            assert_eq!(r.status, StatusCode::OK, "{path}?limit={good}: {}", r.text);
+        }
+    }
+    for path in ["/api/audit", "/api/audit/export.csv"] {
+        for (query, code) in [("to=", "invalid_to"), ("from=", "invalid_from"), ("agent=", "invalid_agent")] {
+            let r = s.get(&format!("{path}?{query}"), &sponsor.access).await;
+            assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, code), "{path}?{query}");
+        }
+    }
+}
