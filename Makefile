@@ -14,7 +14,7 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 TOOLS := $(CURDIR)/target/tools
 export PATH := $(HOME)/.cargo/bin:$(TOOLS)/node_modules/.bin:$(PATH)
 
-.PHONY: help run demo dev test test-rust test-postgres test-redis test-e2e build-debug tools tools-release chromium nginx e2e-deps fmt lint clean-data
+.PHONY: help run demo dev test test-rust test-postgres test-redis test-e2e test-schema build-debug tools tools-release chromium nginx e2e-deps fmt lint clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -30,7 +30,7 @@ demo: tools-release ## Like run, but `aegis demo`: a demo sponsor (sign-in print
 dev: tools ## Rebuild and reload on every change (cargo leptos watch)
 	cargo leptos watch
 
-test: tools chromium nginx e2e-deps build-debug test-rust test-postgres test-redis test-e2e ## Run every test
+test: tools chromium nginx e2e-deps build-debug test-rust test-postgres test-redis test-e2e test-schema ## Run every test
 	@echo "make test: all suites passed"
 
 build-debug:
@@ -60,6 +60,12 @@ test-redis:
 	else \
 		echo "skipped: Redis pass (set REDIS_URL=redis://… to run it)"; \
 	fi
+
+# Schemathesis 4.32.5 (pinned, in target/venv) over every API operation that needs no upstream,
+# against a fresh debug server; bounded by AEGIS_ST_MAX_TIME seconds (default 150).
+test-schema: ## Schema-driven API fuzzing (Schemathesis) against the debug build
+	cargo build -p server --bin aegis
+	server/tests/schemathesis/run.sh
 
 test-e2e: ## Playwright browser tests against the debug build
 	cd end2end && npx playwright test
