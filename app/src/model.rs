@@ -450,8 +450,10 @@ impl ApprovalStatus {
     }
 }
 
-/// A request held for a sponsor's decision, as the sponsor sees it. Header values
-/// and the body are not shown: only what identifies the call.
+/// A request held for a sponsor's decision, as the sponsor sees it. A list shows
+/// what identifies the call (from plain columns: nothing is decrypted); one
+/// approval (`GET /api/approvals/{id}`) also shows the full headers (credential
+/// values and the injected secret masked) and the full body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct ApprovalView {
@@ -461,9 +463,24 @@ pub struct ApprovalView {
     pub status: ApprovalStatus,
     pub method: String,
     pub url: String,
-    /// Names of the headers the agent sent (values are never shown).
+    /// The URL that will actually be fetched, normalised, with its host in ASCII
+    /// (punycode) and in Unicode; null if the stored URL does not parse.
+    #[serde(default)]
+    pub target: Option<ApprovalTarget>,
+    /// Names of the headers the agent sent.
     pub header_names: Vec<String>,
-    /// The start of the body when it is text (at most 2 KiB), else null.
+    /// One approval only (null in lists): every header that will be sent, in order;
+    /// credential values and the injected secret are masked.
+    #[serde(default)]
+    pub headers: Option<Vec<ApprovalHeader>>,
+    /// One approval only (null in lists, and for a body that is not UTF-8): the whole body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// One approval only: the whole body in base64 when it is not UTF-8.
+    #[serde(default)]
+    pub body_base64: Option<String>,
+    /// Deprecated, always null: the whole body is in `body` (one approval).
+    #[serde(default)]
     pub body_preview: Option<String>,
     pub body_bytes: u64,
     pub action_label: Option<String>,
@@ -487,6 +504,36 @@ pub struct ApprovalView {
     pub grant: Option<GrantView>,
 }
 
+/// Where an approved call goes, as it will be fetched (see `ApprovalView::target`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApprovalTarget {
+    /// The normalised URL (host in punycode), with an injected query secret masked.
+    pub url: String,
+    pub scheme: String,
+    /// The host as it is resolved (ASCII, punycode for international names).
+    pub host: String,
+    /// The same host in Unicode, for reading (equal to `host` when it is ASCII).
+    pub host_unicode: String,
+    /// The port connected to (the scheme's default when the URL has none).
+    pub port: Option<u16>,
+    pub path: String,
+    pub query: Option<String>,
+}
+
+/// One header of a parked request, as it will be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApprovalHeader {
+    pub name: String,
+    /// The value, or a mask when `masked`.
+    pub value: String,
+    /// The value is a credential and is not shown.
+    pub masked: bool,
+    /// Added by AEGIS from the vault secret (replacing any header the agent sent of that name).
+    pub injected: bool,
+}
+
 /// The answer AEGIS gave when it performed an approved request: the same body an
 /// immediate `POST /api/proxy/execute` would have returned, and its HTTP status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -499,7 +546,7 @@ pub struct ApprovalOutcome {
 }
 
 /// A standing grant given with an approval: more actions like this one (same
-/// method and host) without asking again, within bounds.
+/// method, origin, secret and path prefix) without asking again, within bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct GrantView {
@@ -508,6 +555,12 @@ pub struct GrantView {
     pub until: DateTime<Utc>,
     pub max_micros: Option<i64>,
     pub spent_micros: i64,
+    /// Calls are covered only if their path starts with this prefix.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// And only if they use this vault secret (none when null).
+    #[serde(default)]
+    pub secret_name: Option<String>,
 }
 
 /// `GET /api/approvals` filters.
@@ -537,8 +590,9 @@ pub struct ApproveRequest {
     /// An optional note kept in the audit log.
     #[serde(default)]
     pub reason: Option<String>,
-    /// Also allow up to `max_actions` more calls with the same method and host for
-    /// `minutes`, spending at most `max_micros` in total (no cap when absent).
+    /// Also allow up to `max_actions` more calls with the same method, origin
+    /// (scheme, host, port), vault secret and path prefix for `minutes`, spending at
+    /// most `max_micros` in total (no cap when absent).
     #[serde(default)]
     pub grant: Option<GrantRequest>,
 }
@@ -553,6 +607,10 @@ pub struct GrantRequest {
     pub minutes: i32,
     #[serde(default)]
     pub max_micros: Option<i64>,
+    /// Covered paths: those starting with this prefix (it must start with `/` and
+    /// cover the approved path). Default: the approved path up to its last `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
 }
 
 /// `POST /api/approvals/{id}/reject`.

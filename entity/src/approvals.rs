@@ -36,6 +36,15 @@ pub struct Model {
     pub grant_until: Option<DateTimeUtc>,
     pub grant_max_micros: Option<i64>,
     pub grant_spent_micros: i64,
+    /// The pipeline's request id, in clear so polls and lists need not open the
+    /// sealed request (NULL on rows parked before it existed).
+    pub request_id: Option<String>,
+    /// JSON array of the lower-case header names the agent sent (values stay sealed).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub header_names: Option<String>,
+    pub body_bytes: i64,
+    /// A grant covers only URLs whose path starts with this prefix.
+    pub grant_path_prefix: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,6 +15,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_initial;
 mod m20261126_000002_audit_guards;
 mod m20261127_000003_breakers;
+mod m20261206_000010_approvals_hardening;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_initial::Migration),
             Box::new(m20261126_000002_audit_guards::Migration),
             Box::new(m20261127_000003_breakers::Migration),
+            Box::new(m20261206_000010_approvals_hardening::Migration),
         ]
     }
 }

@@ -53,9 +53,13 @@ pub struct Config {
     pub proxy_max_body_bytes: usize,
     /// Agent calls being performed at once, at most; past it calls are shed (503 `overload`).
     pub proxy_max_in_flight: usize,
+    /// How long an authenticated agent may take to send its request body (408 past it).
+    pub proxy_body_timeout: Duration,
     pub log_format: LogFormat,
     /// How long a parked request waits for its sponsor (`None`: until decided).
     pub approval_ttl: Option<Duration>,
+    /// Long-polls (`GET /api/proxy/approvals/{id}?wait=`) one agent may hold at once.
+    pub approval_max_waits: usize,
     pub breaker: crate::proxy::breaker::BreakerConfig,
     /// How often `/ws` sends a heartbeat and re-checks the socket's session.
     pub ws_heartbeat: Duration,
@@ -235,6 +239,7 @@ impl Config {
             },
             proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
             proxy_max_in_flight: number("AEGIS_PROXY_MAX_IN_FLIGHT", 1024)?.max(1) as usize,
+            proxy_body_timeout: Duration::from_secs(number("AEGIS_PROXY_BODY_TIMEOUT_SECS", 30)?.clamp(1, 3600)),
             log_format,
             metrics_token,
             reservation_ttl: Duration::from_secs(
@@ -243,6 +248,7 @@ impl Config {
             janitor_interval: Duration::from_secs(number("AEGIS_JANITOR_INTERVAL_SECS", 5)?.clamp(1, 3600)),
             shutdown_grace: Duration::from_secs(number("AEGIS_SHUTDOWN_GRACE_SECS", 30)?),
             ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),
+            approval_max_waits: number("AEGIS_APPROVAL_MAX_WAITS", 8)?.clamp(1, 10_000) as usize,
             approval_ttl: match number("AEGIS_APPROVAL_TTL_SECS", 15 * 60)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),

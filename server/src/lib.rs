@@ -193,6 +193,10 @@ fn spawn_janitor(services: Arc<Services>) -> tokio::task::JoinHandle<()> {
             if let Err(e) = services.approvals.close_interrupted(services.config.reservation_ttl).await {
                 tracing::error!(error = %e.message, "could not close interrupted approved calls");
             }
+            // Stored answers past their retention (idempotency 24 h, approval outcomes 7 days).
+            if let Err(e) = services.approvals.prune_stored_answers().await {
+                tracing::error!(error = %e.message, "could not prune stored answers");
+            }
         }
     })
 }

@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use app::backend::Backend;
-use app::model::{
-    AgentApprovalView, ApprovalQuery, ApprovalStatus, ApprovalView, ApproveRequest, Page, RejectRequest,
-};
+use app::model::{AgentApprovalView, ApprovalQuery, ApprovalView, ApproveRequest, Page, RejectRequest};
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -36,6 +34,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/approvals/{id}", tag = "approvals",
     summary = "One approval",
+    description = "With what the list leaves out: `target` (the normalised URL that will be fetched, host in punycode and Unicode), every header that will be sent (`headers`; credential values and the injected secret masked) and the whole body (`body`, or `body_base64` when it is not UTF-8).",
     params(("id" = Uuid, Path, description = "Approval id")),
     security(("sponsor_token" = [])),
     responses(
@@ -52,7 +51,7 @@ pub async fn get(
 
 #[utoipa::path(post, path = "/api/approvals/{id}/approve", tag = "approvals",
     summary = "Approve and perform a parked request",
-    description = "Performs exactly the stored request, once, through every stage again (budget is reserved now; a policy that now denies, a suspended agent or an exhausted budget still stop it), and answers with the approval and its `outcome`. Optionally grants more calls like this one (same method and host) for a while. Audited with your identity, reason and how long it waited.",
+    description = "Performs exactly the stored request, once, through every stage again (budget is reserved now; a policy that now denies, a suspended agent or an exhausted budget still stop it), and answers with the approval and its `outcome`. Optionally grants more calls like this one (same method, origin, vault secret and path prefix — by default the approved path up to its last `/`) for a while. Audited with your identity, reason and how long it waited.",
     params(("id" = Uuid, Path, description = "Approval id")),
     request_body(content = Option<ApproveRequest>, description = "Optional"),
     security(("sponsor_token" = [])),
@@ -60,7 +59,7 @@ pub async fn get(
         (status = 200, description = "Approved; `outcome` holds what the agent gets", body = ApprovalView),
         (status = 404, description = "`not_found`: no such approval of yours", body = ErrorBody),
         (status = 409, description = "`approval_decided`: already approved or rejected\n`approval_expired`: it expired\n`approval_tampered`: the stored request no longer matches its hash (nothing was performed)", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a grant outside its bounds", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a grant outside its bounds, or a `path_prefix` that is malformed or does not cover the approved path", body = ErrorBody),
     ))]
 pub async fn approve(
     State(s): State<AppState>,
@@ -93,7 +92,6 @@ pub async fn reject(
 
 /// Longest long-poll.
 pub const MAX_WAIT_SECS: u64 = 60;
-const POLL_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -105,23 +103,16 @@ pub struct WaitQuery {
     pub wait: Option<u64>,
 }
 
-/// Settled: nothing more will change for the agent.
-fn settled(v: &AgentApprovalView) -> bool {
-    match v.status {
-        ApprovalStatus::Pending => false,
-        ApprovalStatus::Approved => v.outcome.is_some(),
-        ApprovalStatus::Rejected | ApprovalStatus::Expired => true,
-    }
-}
-
 #[utoipa::path(get, path = "/api/proxy/approvals/{id}", tag = "proxy",
     summary = "Poll an approval (agent)",
-    description = "The `poll_url` of a `202 pending_approval` answer. Status `pending`, `approved` (with `outcome` once performed: the execute answer the call produced), `rejected` (with the sponsor's `reason`) or `expired`. With `?wait=N` the answer is held until something changes or N seconds pass.",
+    description = "The `poll_url` of a `202 pending_approval` answer. Status `pending`, `approved` (with `outcome` once performed: the execute answer the call produced, its upstream body cut at 64 KiB with `upstream.body_truncated: true`, `body_bytes` and `body_sha256` when longer), `rejected` (with the sponsor's `reason`) or `expired`. With `?wait=N` the answer is held until the approval is settled or N seconds pass; the wait is woken by the decision itself (no polling), and each agent may hold at most `AEGIS_APPROVAL_MAX_WAITS` (8) waits at once.",
     params(("id" = Uuid, Path, description = "Approval id"), WaitQuery),
     security(("agent_key" = []), ("agent_api_key" = [])),
     responses(
         (status = 200, description = "Where the approval stands", body = AgentApprovalView),
         (status = 404, description = "`not_found`: no approval of this agent's with this id", body = ErrorBody),
+        (status = 429, description = "`approval_waits_exceeded`: this agent already holds its maximum of waiting polls; retry after `Retry-After` seconds (or poll without `wait`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn poll(
     State(s): State<AppState>,
@@ -129,14 +120,7 @@ pub async fn poll(
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
-    loop {
-        // Polling the database (not an in-process signal) sees decisions made on any replica.
-        let view = s.services.approvals.for_agent(agent.agent.id, id).await?;
-        if settled(&view) || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(view));
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let max_waits = s.services.config.approval_max_waits;
+    Ok(Json(s.services.approvals.wait_for_agent(&agent.agent, id, wait, max_waits).await?))
 }

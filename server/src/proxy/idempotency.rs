@@ -8,6 +8,14 @@
 //! the key over; if it has one, the call may have reached the upstream, so it is not
 //! performed again and the key answers `502` "interrupted" (with the intent's and,
 //! if any, the outcome's audit seq) from then on.
+//!
+//! Answers are stored bounded, hashed and sealed ([`crate::approvals::answer`]): a
+//! replay of an answer whose upstream body was longer than
+//! [`answer::MAX_STORED_BODY_BYTES`] gives the first status, headers and 64 KiB of
+//! the body with `upstream.body_truncated: true`, `upstream.body_bytes` and
+//! `upstream.body_sha256` (of the whole body). Records are deleted
+//! [`answer::IDEMPOTENCY_RETENTION`] (24 h) after the key's first use; the key can
+//! then be used afresh.
 
 use std::time::Duration;
 
@@ -17,7 +25,9 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
+use crate::approvals::answer;
 use crate::audit::query::seq_of;
+use crate::secrets::vault::Vault;
 use crate::storage::{internal, now};
 
 /// Marks a claimed key whose outcome is not known yet.
@@ -30,22 +40,27 @@ pub enum Claim {
     Replay { status: u16, body: serde_json::Value },
 }
 
+fn context(agent_id: Uuid, key: &str) -> String {
+    format!("aegis-idempotency:v1:{agent_id}:{key}")
+}
+
 pub async fn claim(
     db: &DatabaseConnection,
+    vault: &Vault,
     agent_id: Uuid,
     key: &str,
     request_id: &str,
     request_hash: &str,
     stale_after: Duration,
 ) -> Result<Claim, AppError> {
-    match try_claim(db, agent_id, key, request_id, request_hash).await? {
+    match try_claim(db, vault, agent_id, key, request_id, request_hash).await? {
         Tried::Done(claim) => Ok(claim),
         Tried::Running(existing) => {
             let cutoff = now() - chrono::Duration::from_std(stale_after).unwrap_or_default();
             if existing.created_at >= cutoff {
                 return Err(in_progress());
             }
-            settle_stale(db, existing, request_id, request_hash).await
+            settle_stale(db, vault, existing, request_id, request_hash).await
         }
     }
 }
@@ -65,6 +80,7 @@ enum Tried {
 /// so of two retries racing only one proceeds.
 async fn settle_stale(
     db: &DatabaseConnection,
+    vault: &Vault,
     stale: idempotency_records::Model,
     request_id: &str,
     request_hash: &str,
@@ -100,12 +116,15 @@ async fn settle_stale(
     );
     still_stale(idempotency_records::Entity::update_many())
         .col_expr(idempotency_records::Column::ResponseStatus, Expr::value(502))
-        .col_expr(idempotency_records::Column::ResponseJson, Expr::value(body.to_string()))
+        .col_expr(
+            idempotency_records::Column::ResponseJson,
+            Expr::value(answer::seal(vault, &context(stale.agent_id, &stale.idempotency_key), 502, &body)),
+        )
         .exec(db)
         .await
         .map_err(internal)?;
     // Whoever recorded the answer — this retry or a racing one — it is the key's now.
-    match try_claim(db, stale.agent_id, &stale.idempotency_key, request_id, request_hash).await? {
+    match try_claim(db, vault, stale.agent_id, &stale.idempotency_key, request_id, request_hash).await? {
         Tried::Done(claim) => Ok(claim),
         Tried::Running(_) => Err(in_progress()),
     }
@@ -113,6 +132,7 @@ async fn settle_stale(
 
 async fn try_claim(
     db: &DatabaseConnection,
+    vault: &Vault,
     agent_id: Uuid,
     key: &str,
     request_id: &str,
@@ -150,20 +170,33 @@ async fn try_claim(
     if existing.response_status == IN_PROGRESS {
         return Ok(Tried::Running(existing));
     }
-    let body = serde_json::from_str(&existing.response_json).map_err(|_| AppError::internal())?;
-    Ok(Tried::Done(Claim::Replay { status: existing.response_status as u16, body }))
+    let status = existing.response_status as u16;
+    let body = match answer::open(vault, &context(agent_id, key), &existing.response_json) {
+        answer::Opened::Answer { body, .. } | answer::Opened::Pruned { body, .. } => body,
+        // Stored in clear before answers were sealed: the answer itself.
+        answer::Opened::Legacy(body) => body,
+        answer::Opened::Broken => {
+            tracing::error!("a stored idempotent answer could not be opened (wrong key or tampered row)");
+            return Err(AppError::internal());
+        }
+    };
+    Ok(Tried::Done(Claim::Replay { status, body }))
 }
 
+/// Records the key's answer: bounded, hashed and sealed ([`answer::seal`]); the
+/// whole answer is hashed as it is serialised, never copied into another string.
 pub async fn record(
     db: &DatabaseConnection,
+    vault: &Vault,
     agent_id: Uuid,
     key: &str,
     status: u16,
     body: &serde_json::Value,
 ) -> Result<(), AppError> {
+    let stored = answer::seal(vault, &context(agent_id, key), status, body);
     idempotency_records::Entity::update_many()
         .col_expr(idempotency_records::Column::ResponseStatus, Expr::value(i32::from(status)))
-        .col_expr(idempotency_records::Column::ResponseJson, Expr::value(body.to_string()))
+        .col_expr(idempotency_records::Column::ResponseJson, Expr::value(stored))
         .filter(idempotency_records::Column::AgentId.eq(agent_id))
         .filter(idempotency_records::Column::IdempotencyKey.eq(key))
         .exec(db)
@@ -181,4 +214,18 @@ pub async fn abandon(db: &DatabaseConnection, agent_id: Uuid, key: &str) {
         .filter(idempotency_records::Column::ResponseStatus.eq(IN_PROGRESS))
         .exec(db)
         .await;
+}
+
+/// Deletes records whose key was first used more than `retention` ago (finished or
+/// not: a claim that old cannot still be running). One indexed DELETE (the janitor
+/// runs it every few seconds, so each removes only what just passed the line);
+/// returns how many were deleted.
+pub async fn prune(db: &DatabaseConnection, retention: Duration) -> Result<u64, AppError> {
+    let cutoff = now() - chrono::Duration::from_std(retention).unwrap_or_default();
+    Ok(idempotency_records::Entity::delete_many()
+        .filter(idempotency_records::Column::CreatedAt.lt(cutoff))
+        .exec(db)
+        .await
+        .map_err(internal)?
+        .rows_affected)
 }

@@ -281,6 +281,7 @@ impl Pipeline {
         };
         let claimed = idempotency::claim(
             &self.db,
+            self.approvals.vault(),
             agent.agent.id,
             &key,
             &request_id,
@@ -311,7 +312,10 @@ impl Pipeline {
             idempotency::abandon(&self.db, agent.agent.id, &key).await;
         } else {
             let (status, body) = result.to_json();
-            if let Err(e) = idempotency::record(&self.db, agent.agent.id, &key, status, &body).await {
+            if let Err(e) =
+                idempotency::record(&self.db, self.approvals.vault(), agent.agent.id, &key, status, &body)
+                    .await
+            {
                 tracing::error!(error = %e.message, "could not record idempotent outcome");
             }
         }
@@ -521,8 +525,12 @@ impl Pipeline {
         // ever asked about calls that could actually be performed.
         let mut grant = None;
         if needs_approval {
-            let host = trail.host.clone().unwrap_or_default();
-            match self.approvals.use_grant(agent.agent.id, request.method.as_str(), &host, estimate).await {
+            let secret_name = request.secret.as_deref();
+            match self
+                .approvals
+                .use_grant(agent.agent.id, request.method.as_str(), &request.url, secret_name, estimate)
+                .await
+            {
                 Ok(Some(id)) => {
                     grant = Some(id);
                     record.note("approval", format!("grant {id}"));
@@ -541,6 +549,13 @@ impl Pipeline {
                         .approvals
                         .park(&agent.agent, &request, &request_id, estimate, &reasons, entry)
                         .await;
+                    let parked = match parked {
+                        // Too large to park (`approvals::MAX_PARKED_BODY_BYTES`): refused, nothing kept.
+                        Err(e) if e.status == 413 => {
+                            deny!(Stage::Approval, e.message, json!({"code": e.code}))
+                        }
+                        other => other,
+                    };
                     undecided!(match parked {
                         Ok(p) => ProxyResult {
                             request_id,
