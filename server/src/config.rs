@@ -30,6 +30,11 @@ pub struct Config {
     /// Hex-encoded keys given explicitly instead of the generated files.
     pub jwt_secret: Option<String>,
     pub master_key: Option<String>,
+    /// Where the master key file lives: `AEGIS_MASTER_KEY_FILE`, else
+    /// `$XDG_CONFIG_HOME/aegis/master.key`, else `$HOME/.config/aegis/master.key` —
+    /// outside the data directory. `None` (no home either) falls back to the data
+    /// directory ([`crate::data_dir::master_key_path`]).
+    pub master_key_file: Option<PathBuf>,
     /// Hex-encoded 32-byte seed of the audit checkpoint signing key.
     pub audit_signing_key: Option<String>,
     /// Sign an audit checkpoint every this many records (0: only on demand).
@@ -210,6 +215,12 @@ impl Config {
             },
             jwt_secret: var("AEGIS_JWT_SECRET"),
             master_key: var("AEGIS_MASTER_KEY"),
+            master_key_file: var("AEGIS_MASTER_KEY_FILE").map(PathBuf::from).or_else(|| {
+                var("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".config")))
+                    .map(|dir| dir.join("aegis").join("master.key"))
+            }),
             audit_signing_key: var("AEGIS_AUDIT_SIGNING_KEY"),
             audit_checkpoint_every: number("AEGIS_AUDIT_CHECKPOINT_EVERY", 1000)?,
             secure_cookies: boolean("AEGIS_SECURE_COOKIES", https)?,

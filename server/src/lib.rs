@@ -56,8 +56,8 @@ pub enum StartError {
 pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError> {
     let data = DataDir::open(&config.data_dir)?;
     let jwt_key = data.key("jwt.key", 32, "AEGIS_JWT_SECRET", config.jwt_secret.as_deref())?;
-    // Encrypts vault secrets at rest.
-    let master_key = data.key("master.key", 32, "AEGIS_MASTER_KEY", config.master_key.as_deref())?;
+    // Encrypts vault secrets at rest; kept outside the data directory by default.
+    let (master_key, retired_keys) = data.master_keys(&config)?;
     // Signs audit checkpoints; its public key verifies them.
     let audit_signer = audit::signer_from(&data, &config)?;
 
@@ -75,7 +75,9 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
     let tokens = AccessTokens::new(&jwt_key.0, config.access_token_ttl);
     let auth = AuthService::new(db.clone(), tokens, throttle, config.refresh_token_ttl);
     let audit = audit::AuditLog::new(db.clone(), audit_signer, config.audit_checkpoint_every);
-    let vault = secrets::vault::Vault::new(&master_key.0).map_err(|e| StartError::Other(e.to_string()))?;
+    let vault = secrets::vault::Vault::new(&master_key.0)
+        .and_then(|v| v.with_retired(&retired_keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>()))
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let services = Services::new(config, db, auth, audit, vault);
     services.policies.seed_builtins().await.map_err(|e| StartError::Other(e.message))?;
     Ok(services)

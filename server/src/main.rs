@@ -34,6 +34,10 @@ enum Command {
         #[arg(long)]
         seq: i64,
     },
+    /// Rotate the vault's master key: a fresh key becomes current, every vault secret
+    /// is re-sealed under it, the old key is kept as a retired key (for short-lived
+    /// sealed data). Stop AEGIS first; start it again afterwards.
+    Rekey,
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -142,7 +146,7 @@ async fn main() -> std::process::ExitCode {
     let command = cli.command.unwrap_or(Command::Serve);
     // The audit commands print their result; logs stay quiet unless asked for.
     let default_filter = match command {
-        Command::Serve | Command::Migrate => "info,sqlx=warn,sea_orm=warn",
+        Command::Serve | Command::Migrate | Command::Rekey => "info,sqlx=warn,sea_orm=warn",
         Command::VerifyAudit { .. } | Command::Audit { .. } | Command::Replay { .. } => "warn",
         Command::Bench(_) | Command::Demo(_) => "warn,sqlx=error,sea_orm=error",
     };
@@ -154,6 +158,7 @@ async fn main() -> std::process::ExitCode {
             return verify_audit(config, checkpoint.as_deref()).await;
         }
         Command::Replay { seq } => return replay(config, seq).await,
+        Command::Rekey => return rekey(config).await,
         Command::Bench(args) => return bench(args).await,
         Command::Demo(args) => return demo(config, args).await,
         Command::Audit { command: AuditCommand::Checkpoint { out } } => {
@@ -237,6 +242,29 @@ async fn open_audit(config: &Config) -> Result<AuditLog, server::StartError> {
         .await
         .map_err(|source| server::StartError::Database { url: server::config::redact_url(&url), source })?;
     Ok(AuditLog::new(db, signer, config.audit_checkpoint_every))
+}
+
+async fn rekey(config: Config) -> ExitCode {
+    match server::secrets::vault::rekey(&config).await {
+        Ok(report) => {
+            println!(
+                "master key {} rotated: key {} -> {}; {} vault secrets re-sealed",
+                report.master_key_file.display(),
+                report.old_key_id,
+                report.new_key_id,
+                report.resealed
+            );
+            if report.unreadable.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                for id in &report.unreadable {
+                    eprintln!("aegis: vault secret {id} opens under no known key (left as it is)");
+                }
+                ExitCode::from(EXIT_BROKEN)
+            }
+        }
+        Err(e) => error(format!("rekey: {e}")),
+    }
 }
 
 fn error(message: impl std::fmt::Display) -> ExitCode {

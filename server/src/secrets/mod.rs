@@ -199,7 +199,7 @@ impl SecretService {
         let inject = validate_injection(&input.inject)?;
         let agents = self.own_live_agents(sponsor_id, &input.agents).await?;
         let id = Uuid::now_v7();
-        let (nonce, ciphertext) = self.vault.seal(id, &input.value);
+        let (nonce, ciphertext) = self.vault.seal(sponsor_id, id, &input.value);
         let at = now();
         let txn = self.db.begin().await.map_err(internal)?;
         let mut row = secrets::ActiveModel {
@@ -258,7 +258,7 @@ impl SecretService {
         let txn = self.db.begin().await.map_err(internal)?;
         let mut active: secrets::ActiveModel = row.into();
         if let Some(value) = &update.value {
-            let (nonce, ciphertext) = self.vault.seal(id, value);
+            let (nonce, ciphertext) = self.vault.seal(sponsor_id, id, value);
             active.nonce = Set(nonce);
             active.ciphertext = Set(ciphertext);
             active.rotated_at = Set(Some(at));
@@ -364,7 +364,7 @@ impl SecretService {
         if !hosts::any_matches(&allowed, to) {
             return Ok(Err(SecretDenied(format!("secret {name:?} may not be sent to {to}"))));
         }
-        let value = self.vault.open(row.id, &row.nonce, &row.ciphertext).map_err(|e| {
+        let value = self.vault.open(row.sponsor_id, row.id, &row.nonce, &row.ciphertext).map_err(|e| {
             tracing::error!(secret = %row.id, error = %e, "vault secret could not be decrypted");
             AppError::internal()
         })?;
