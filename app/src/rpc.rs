@@ -328,6 +328,14 @@ pub async fn list_approvals(
     .await
 }
 
+/// One approval in full (the normalised target, every header masked where it is a
+/// credential, the whole body): loaded only when the sponsor opens it.
+#[server(prefix = "/rpc", endpoint = "get_approval")]
+pub async fn get_approval(id: Uuid) -> Result<ApprovalView, AppError> {
+    use ssr::*;
+    respond(async { backend()?.get_approval(&sponsor()?, id).await }).await
+}
+
 /// How many approvals wait (at most 100 are counted: "100+" beyond).
 #[server(prefix = "/rpc", endpoint = "pending_approvals")]
 pub async fn pending_approvals() -> Result<(usize, bool), AppError> {

@@ -1375,6 +1375,33 @@ mod tests {
     }
 
     #[test]
+    fn grant_prefixes_cover_whole_segments_only() {
+        assert!(path_covered("/v1/", "/v1/things"));
+        assert!(path_covered("/v1", "/v1/things") && path_covered("/v1", "/v1"));
+        assert!(!path_covered("/v1", "/v10/x") && !path_covered("/v1/", "/v10"));
+        assert!(!path_covered("/v1/", "/admin") && !path_covered("/v1/", "/v1"));
+        assert_eq!(default_prefix("/v1/things"), "/v1/");
+        assert_eq!(default_prefix("/"), "/");
+        for bad in ["v1/", "/v1/../", "/./", "/v1?x", "/v1#", "/v1%2F", "/a\\b", "/a\nb"] {
+            assert!(!valid_prefix(bad), "{bad:?}");
+        }
+        assert!(valid_prefix("/") && valid_prefix("/v1/") && valid_prefix("/v1..x/"));
+    }
+
+    #[test]
+    fn shown_headers_mask_credentials_and_the_injected_secret() {
+        let parked = ParkedRequest::of(&request(), "req_1");
+        let shown = shown_headers(&parked, Some(&Injected::Header("x-trace".into())));
+        let auth = shown.iter().find(|h| h.name == "authorization").unwrap();
+        assert!(auth.masked && auth.value == target::MASK, "the agent's credential is masked");
+        let injected: Vec<_> = shown.iter().filter(|h| h.name == "x-trace").collect();
+        assert_eq!(injected.len(), 1, "the agent's header of that name is replaced");
+        assert!(injected[0].injected && injected[0].masked && !injected[0].value.contains('7'));
+        let plain = shown_headers(&parked, None);
+        assert_eq!(plain.iter().find(|h| h.name == "x-trace").unwrap().value, "7");
+    }
+
+    #[test]
     fn sealed_requests_open_only_under_their_own_id() {
         let vault = Vault::new(&[9u8; 32]).unwrap();
         let parked = ParkedRequest::of(&request(), "req_1");

@@ -1,6 +1,8 @@
-//! Approvals: the live queue of requests a policy held for a human, with the exact
-//! request (method, URL, header names, a body preview — never header values or
-//! secrets), and the decided history.
+//! Approvals: the live queue of requests a policy held for a human, and the decided
+//! history. A card shows what identifies the call (method, the normalised target
+//! with its host in ASCII and Unicode, header names, body size); "Show the full
+//! request" loads that one approval: every header (credentials and the injected
+//! secret masked) and the whole body, scrollable.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -10,7 +12,7 @@ use super::FormError;
 use crate::live::Live;
 use crate::model::{ApprovalStatus, ApprovalView};
 use crate::money::format_units;
-use crate::rpc::{DecideApproval, list_approvals};
+use crate::rpc::{DecideApproval, get_approval, list_approvals};
 
 const FILTERS: [(&str, &str); 5] = [
     ("pending", "Pending"),
@@ -100,7 +102,14 @@ fn ApprovalCard(approval: ApprovalView, decide: ServerAction<DecideApproval>) ->
                 <span class="muted small">{format!("trust {} at request", a.trust_at_request)}</span>
                 <span class="cost">{format!("${}", format_units(a.cost_micros))}</span>
             </div>
-            <p class="request"><code class="method">{a.method.clone()}</code>" "<code class="url">{a.url.clone()}</code></p>
+            <p class="request"><code class="method">{a.method.clone()}</code>" "<code class="url">{a.target.as_ref().map(|t| t.url.clone()).unwrap_or_else(|| a.url.clone())}</code></p>
+            {a.target.clone().map(|t| {
+                let unicode = (t.host_unicode != t.host).then(|| format!(" (shown in Unicode: {})", t.host_unicode));
+                view! {
+                    <p class="target small">"Host actually contacted: "<strong class="host">{t.host}</strong>
+                        {unicode}{t.port.map(|p| format!(", port {p}"))}</p>
+                }
+            })}
             <dl class="facts">
                 <dt>"Action"</dt><dd>{a.action_label.clone().unwrap_or_else(|| "—".into())}</dd>
                 <dt>"Secret"</dt><dd>{a.secret_name.clone().unwrap_or_else(|| "none".into())}</dd>
@@ -112,12 +121,7 @@ fn ApprovalCard(approval: ApprovalView, decide: ServerAction<DecideApproval>) ->
                 {a.decision_reason.clone().map(|r| view! { <dt>"Reason"</dt><dd>{r}</dd> })}
                 {outcome.map(|o| view! { <dt>"Outcome"</dt><dd class="outcome">{o}</dd> })}
             </dl>
-            {a.body_preview.clone().map(|b| view! {
-                <details class="body-preview">
-                    <summary>{format!("Body ({} bytes)", a.body_bytes)}</summary>
-                    <pre>{b}</pre>
-                </details>
-            })}
+            <FullRequest id=a.id body_bytes=a.body_bytes/>
             {pending.then(|| {
                 let (approve_id, reject_id) = (id.clone(), id.clone());
                 view! {
@@ -138,5 +142,45 @@ fn ApprovalCard(approval: ApprovalView, decide: ServerAction<DecideApproval>) ->
                 }
             })}
         </li>
+    }
+}
+
+/// The whole request, fetched (and decrypted) only when the sponsor asks for it.
+#[component]
+fn FullRequest(id: uuid::Uuid, body_bytes: u64) -> impl IntoView {
+    let load = Action::new(move |_: &()| get_approval(id));
+    view! {
+        <details class="full-request" on:toggle=move |_| {
+            if load.value().get_untracked().is_none() && !load.pending().get_untracked() {
+                load.dispatch(());
+            }
+        }>
+            <summary>{format!("Show the full request (headers, body of {body_bytes} bytes)")}</summary>
+            {move || match load.value().get() {
+                None => view! { <p class="muted">"Loading…"</p> }.into_any(),
+                Some(Err(e)) => view! { <p class="alert error" role="alert">{e.message}</p> }.into_any(),
+                Some(Ok(full)) => {
+                    let headers = full.headers.unwrap_or_default();
+                    let body = full
+                        .body
+                        .or_else(|| full.body_base64.map(|b| format!("(not UTF-8; base64) {b}")))
+                        .unwrap_or_default();
+                    view! {
+                        <table class="headers">
+                            <thead><tr><th>"Header"</th><th>"Value"</th></tr></thead>
+                            <tbody>
+                                {headers.into_iter().map(|h| view! {
+                                    <tr class:masked=h.masked>
+                                        <td><code>{h.name}</code></td>
+                                        <td><code>{h.value}</code>{h.injected.then_some(" (injected by AEGIS)")}</td>
+                                    </tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                        <pre class="body" style="max-height: 24rem; overflow: auto; white-space: pre-wrap;">{body}</pre>
+                    }.into_any()
+                }
+            }}
+        </details>
     }
 }
