@@ -310,6 +310,9 @@ fn summaries() -> sea_orm::Select<approvals::Entity> {
     ])
 }
 
+/// The request id shown for a parked request that no key opens.
+pub const UNREADABLE_REQUEST_ID: &str = "req_unreadable";
+
 fn context(id: Uuid) -> String {
     format!("aegis-approval:v1:{id}")
 }
@@ -403,7 +406,8 @@ impl ApprovalService {
     }
 
     /// The request id of a row: its column, or (a row parked before the column
-    /// existed) from its sealed request, opened once.
+    /// existed) from its sealed request, opened once; [`UNREADABLE_REQUEST_ID`] when
+    /// that cannot be opened.
     async fn request_id_of(&self, row: &Summary) -> Result<String, AppError> {
         if let Some(id) = &row.request_id {
             return Ok(id.clone());
@@ -413,7 +417,9 @@ impl ApprovalService {
             .await
             .map_err(internal)?
             .ok_or_else(not_found)?;
-        Ok(self.open(&full)?.request_id)
+        // A row no key opens (`open` logs it) must not break a whole list, a poll
+        // or the janitor's sweep (issue #16, item 24): it is named as unreadable.
+        Ok(self.open(&full).map(|p| p.request_id).unwrap_or_else(|_| UNREADABLE_REQUEST_ID.to_owned()))
     }
 
     /// Parks `request` and writes `entry` (the pipeline's `approval.requested`

@@ -326,3 +326,58 @@ async fn query_parameters_outside_the_documented_range_are_400() {
         }
     }
 }
+
+/// A stored row that no key opens (here: a parked request from before the
+/// request-id column whose sealed data is damaged) never breaks a whole list, the
+/// agent's poll or the janitor's expiry sweep: it shows as `req_unreadable`, the
+/// other rows are served, and it still expires (issue #16, item 24).
+#[tokio::test]
+async fn one_undecryptable_row_never_breaks_a_list_or_the_sweep() {
+    use entity::approvals;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    let mock = crate::mock::MockUpstream::start().await;
+    let s =
+        TestServer::start_with(&[("AEGIS_EGRESS_ALLOW", "127.0.0.1/32"), ("AEGIS_APPROVAL_TTL_SECS", "2")])
+            .await;
+    let sponsor = s.sponsor("careful").await;
+    let (_, key) = crate::approvals::asking_agent(&s, &sponsor, "asker").await;
+    let mut parked = Vec::new();
+    for _ in 0..2 {
+        let r =
+            s.post("/api/proxy/execute", Some(&key), json!({"method": "GET", "url": mock.url("/x")})).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        parked.push(r.body["approval_id"].as_str().unwrap().to_owned());
+    }
+    let damaged = &parked[0];
+    let changed = approvals::Entity::update_many()
+        .col_expr(approvals::Column::RequestId, Expr::value(Option::<String>::None))
+        .col_expr(approvals::Column::RequestJson, Expr::value(r#"{"nonce":"00","sealed":"AA==","v":1}"#))
+        .filter(approvals::Column::Id.eq(damaged.parse::<uuid::Uuid>().unwrap()))
+        .exec(&s.running.services.db)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected, 1);
+
+    let list = s.get("/api/approvals", &sponsor.access).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{}", list.text);
+    let shown = items.iter().find(|i| i["id"] == damaged.as_str()).unwrap();
+    assert_eq!(shown["request_id"], "req_unreadable");
+    let poll = s.get(&format!("/api/proxy/approvals/{damaged}"), &key).await;
+    assert_eq!((poll.status, poll.body["request_id"].as_str()), (StatusCode::OK, Some("req_unreadable")));
+
+    // After the TTL the janitor's sweep expires both, the damaged one included.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = s.get("/api/approvals?status=expired", &sponsor.access).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.body["items"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not expired: {}", r.text);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
