@@ -70,6 +70,48 @@ pub(crate) mod ssr {
             .filter(|v| !v.is_empty())
     }
 
+    /// New agent keys waiting to be shown once after a plain form post, by a random
+    /// one-time id. The key stays in this process's memory (at most
+    /// [`FLASH_LIFETIME`], at most [`FLASH_CAPACITY`] of them); the browser's cookie
+    /// carries only the id, never the key.
+    struct Flash {
+        sponsor: uuid::Uuid,
+        agent: uuid::Uuid,
+        api_key: String,
+        at: std::time::Instant,
+    }
+
+    const FLASH_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+    const FLASH_CAPACITY: usize = 1024;
+
+    static FLASHES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Flash>>> =
+        std::sync::LazyLock::new(Default::default);
+
+    /// Keeps `api_key` for `sponsor` and returns the id to put in the cookie.
+    pub fn stash_key(sponsor: uuid::Uuid, agent: uuid::Uuid, api_key: &str) -> String {
+        let id = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let mut map = FLASHES.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, f| f.at.elapsed() < FLASH_LIFETIME);
+        if map.len() >= FLASH_CAPACITY
+            && let Some(oldest) = map.iter().min_by_key(|(_, f)| f.at).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            id.clone(),
+            Flash { sponsor, agent, api_key: api_key.to_owned(), at: std::time::Instant::now() },
+        );
+        id
+    }
+
+    /// The key stashed under `id` for `sponsor`, once: taken out whether or not it
+    /// matches, so an id is never good twice.
+    pub fn take_key(id: &str, sponsor: uuid::Uuid) -> Option<(uuid::Uuid, String)> {
+        let flash = FLASHES.lock().unwrap_or_else(|e| e.into_inner()).remove(id)?;
+        (flash.sponsor == sponsor && flash.at.elapsed() < FLASH_LIFETIME)
+            .then_some((flash.agent, flash.api_key))
+    }
+
     /// `http://` + the `Host` this request was sent to: the origin a browser used
     /// when no public URL is configured.
     pub fn request_origin() -> String {
@@ -255,8 +297,8 @@ pub async fn create_agent(
         let created = backend.create_agent(&sponsor, input).await?;
         if is_plain_form_post() {
             // Without JavaScript the browser is redirected back to /agents and never
-            // sees this response, so the key rides along once in a short-lived cookie.
-            let flash = format!("{}.{}", created.agent.id, created.api_key);
+            // sees this response: the key waits here, once, and the cookie names it.
+            let flash = stash_key(sponsor.user_id, created.agent.id, &created.api_key);
             set_cookies(vec![backend.cookie(NEW_KEY_COOKIE, &flash, "/agents", 120)]);
         }
         Ok(created)
@@ -264,7 +306,7 @@ pub async fn create_agent(
     .await
 }
 
-/// Cookie that carries a new key across the redirect of a plain form post.
+/// Cookie that names (never carries) a new key across the redirect of a plain form post.
 pub const NEW_KEY_COOKIE: &str = "aegis_new_key";
 
 /// The key created by a plain form post, shown once and then forgotten.
@@ -277,12 +319,12 @@ pub async fn take_new_key() -> Result<Option<AgentCreated>, AppError> {
         };
         let backend = backend()?;
         set_cookies(vec![backend.cookie(NEW_KEY_COOKIE, "", "/agents", 0)]);
-        let Some((id, api_key)) = flash.split_once('.') else {
+        let sponsor = sponsor()?;
+        let Some((id, api_key)) = take_key(&flash, sponsor.user_id) else {
             return Ok(None);
         };
-        let Ok(id) = id.parse::<Uuid>() else { return Ok(None) };
         // Only the owner's own agent, and only while that key is still its current key.
-        match backend.get_agent(&sponsor()?, id).await {
+        match backend.get_agent(&sponsor, id).await {
             Ok(agent) if agent.key_prefix.as_deref().is_some_and(|p| api_key.starts_with(p)) => {
                 Ok(Some(AgentCreated { agent, api_key: api_key.to_owned() }))
             }
@@ -466,15 +508,16 @@ pub async fn set_agent_policy(id: Uuid, policy: String) -> Result<AgentView, App
 }
 
 /// Issues a new key (every earlier one stops working). Like `create_agent`, a plain
-/// form post gets the key back once through the flash cookie.
+/// form post gets the key back once, through the page (the flash cookie names it only).
 #[server(prefix = "/rpc", endpoint = "rotate_agent_key")]
 pub async fn rotate_agent_key(id: Uuid) -> Result<KeyRotated, AppError> {
     use ssr::*;
     respond(async {
         let backend = backend()?;
-        let rotated = backend.rotate_agent_key(&sponsor()?, id).await?;
+        let sponsor = sponsor()?;
+        let rotated = backend.rotate_agent_key(&sponsor, id).await?;
         if is_plain_form_post() {
-            let flash = format!("{}.{}", rotated.agent_id, rotated.api_key);
+            let flash = stash_key(sponsor.user_id, rotated.agent_id, &rotated.api_key);
             set_cookies(vec![backend.cookie(NEW_KEY_COOKIE, &flash, "/agents", 120)]);
         }
         Ok(rotated)

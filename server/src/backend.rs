@@ -2,15 +2,12 @@
 //! The JSON API handlers call these same methods, so the dashboard and the API
 //! share every rule.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use app::backend::Backend;
 use app::error::AppError;
 use app::model::*;
 use sea_orm::DatabaseConnection;
-use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::agents::AgentService;
@@ -30,16 +27,10 @@ use crate::proxy::egress::EgressGuard;
 use crate::proxy::upstream::Upstream;
 use crate::secrets::SecretService;
 use crate::secrets::vault::Vault;
-use crate::storage::sha256_hex;
 use crate::storage::sqlite_reads::SqliteReads;
 use crate::trust::TrustService;
 use crate::wallets::WalletService;
 
-pub const ACCESS_COOKIE: &str = "aegis_at";
-pub const REFRESH_COOKIE: &str = "aegis_rt";
-/// How long a browser may present a just-rotated refresh token and get the same
-/// new pair: concurrent page loads share one cookie and must not look like theft.
-const BROWSER_REFRESH_GRACE: Duration = Duration::from_secs(10);
 
 pub struct Services {
     pub config: Config,
@@ -58,7 +49,6 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The hot path's inline reads on a SQLite file; `None` on PostgreSQL.
     pub sqlite_reads: Option<SqliteReads>,
-    recent_browser_refreshes: Mutex<HashMap<String, (AuthResponse, Instant)>>,
 }
 
 impl Services {
@@ -139,26 +129,18 @@ impl Services {
             approvals,
             metrics,
             sqlite_reads: reads,
-            recent_browser_refreshes: Mutex::default(),
         })
     }
 
-    /// Refresh for a browser's cookie. Serialised per process and remembered briefly,
-    /// so parallel requests carrying the same old cookie all get the same new pair.
+    /// Refresh for a browser's cookie: parallel requests share a rotation in
+    /// progress; a token replayed after its rotation is reuse (see
+    /// [`AuthService::refresh_shared`]).
     pub async fn refresh_browser_session(
         &self,
         token: &str,
         client: &ClientMeta,
     ) -> Result<AuthResponse, AppError> {
-        let key = sha256_hex(token.as_bytes());
-        let mut recent = self.recent_browser_refreshes.lock().await;
-        recent.retain(|_, (_, at)| at.elapsed() < BROWSER_REFRESH_GRACE);
-        if let Some((response, _)) = recent.get(&key) {
-            return Ok(response.clone());
-        }
-        let response = self.auth.refresh(token, client).await?;
-        recent.insert(key, (response.clone(), Instant::now()));
-        Ok(response)
+        self.auth.refresh_shared(token, client).await
     }
 }
 
@@ -185,18 +167,11 @@ impl Backend for Services {
     }
 
     fn cookie(&self, name: &str, value: &str, path: &str, max_age: u64) -> String {
-        let secure = if self.config.secure_cookies { "; Secure" } else { "" };
-        format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+        crate::http::browser::set_cookie(&self.config, name, value, path, max_age)
     }
 
     fn session_cookies(&self, tokens: Option<&TokenPair>) -> Vec<String> {
-        match tokens {
-            Some(t) => vec![
-                self.cookie(ACCESS_COOKIE, &t.access_token, "/", t.expires_in),
-                self.cookie(REFRESH_COOKIE, &t.refresh_token, "/", self.config.refresh_token_ttl.as_secs()),
-            ],
-            None => vec![self.cookie(ACCESS_COOKIE, "", "/", 0), self.cookie(REFRESH_COOKIE, "", "/", 0)],
-        }
+        crate::http::browser::session_cookies(&self.config, tokens)
     }
 
     async fn list_agents(

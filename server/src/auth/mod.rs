@@ -36,6 +36,27 @@ pub struct AuthService {
     tokens: AccessTokens,
     throttle: LoginThrottle,
     refresh_ttl: Duration,
+    in_flight: InFlightRefreshes,
+}
+
+type SharedRefresh = Arc<tokio::sync::OnceCell<Result<AuthResponse, AppError>>>;
+
+/// Browser refreshes now being rotated, by token hash. Only for the duration of one
+/// rotation: a request presenting the same cookie *while* it rotates shares the
+/// outcome; once it is done the entry is gone, and the old token again is reuse.
+/// The lock guards only the map (never held across an await or a database call).
+type InFlightRefreshes = Arc<std::sync::Mutex<std::collections::HashMap<String, SharedRefresh>>>;
+
+/// Removes a rotation's entry when its leader finishes (or is cancelled).
+struct LeaderGuard<'a> {
+    map: &'a InFlightRefreshes,
+    key: String,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
 }
 
 fn view(user: &users::Model) -> UserView {
@@ -74,7 +95,7 @@ impl AuthService {
         throttle: LoginThrottle,
         refresh_ttl: Duration,
     ) -> Self {
-        Self { db, passwords: Passwords::new(), tokens, throttle, refresh_ttl }
+        Self { db, passwords: Passwords::new(), tokens, throttle, refresh_ttl, in_flight: Arc::default() }
     }
 
     pub fn access_tokens(&self) -> &AccessTokens {
@@ -255,6 +276,28 @@ impl AuthService {
             Some(user) if user.disabled_at.is_none() => self.respond(&user, family.id, next),
             _ => Err(invalid_refresh()),
         }
+    }
+
+    /// [`Self::refresh`] for a browser, whose parallel requests carry one cookie:
+    /// those that arrive while a rotation of that token is in progress share its
+    /// outcome (single-flight, no lock held across the database round trip). A token
+    /// presented after its rotation has finished is reuse: the family is revoked.
+    pub async fn refresh_shared(&self, token: &str, client: &ClientMeta) -> Result<AuthResponse, AppError> {
+        let key = sha256_hex(token.as_bytes());
+        let (cell, leader) = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(&key) {
+                Some(cell) => (cell.clone(), None),
+                None => {
+                    let cell = SharedRefresh::default();
+                    map.insert(key.clone(), cell.clone());
+                    (cell, Some(LeaderGuard { map: &self.in_flight, key }))
+                }
+            }
+        };
+        let outcome = cell.get_or_init(|| self.refresh(token, client)).await.clone();
+        drop(leader);
+        outcome
     }
 
     pub async fn logout(&self, session: &SessionUser) -> Result<(), AppError> {

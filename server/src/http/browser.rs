@@ -2,28 +2,122 @@
 //! for everything the dashboard serves (pages and `/rpc` server functions).
 
 use app::backend::Backend;
-use app::model::{ClientMeta, SessionUser};
+use app::model::{ClientMeta, SessionUser, TokenPair};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use serde_json::json;
 
 use super::AppState;
-use crate::backend::{ACCESS_COOKIE, REFRESH_COOKIE};
+use crate::config::Config;
 
 const PUBLIC_PAGES: &[&str] = &["/login", "/register"];
 
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The access cookie: `__Host-` prefixed over https (Secure, `Path=/`, no `Domain`:
+/// a sibling subdomain cannot plant or overwrite it).
+pub fn access_cookie(config: &Config) -> &'static str {
+    if config.secure_cookies { "__Host-aegis_at" } else { "aegis_at" }
+}
+
+/// The refresh cookie: only ever sent to [`REFRESH_PATH`] (the server functions and
+/// the page-refresh hop), never with page loads, assets, `/api` or `/ws`.
+/// `__Secure-` over https (`__Host-` would require `Path=/`).
+pub fn refresh_cookie(config: &Config) -> &'static str {
+    if config.secure_cookies { "__Secure-aegis_rt" } else { "aegis_rt" }
+}
+
+pub const REFRESH_PATH: &str = "/rpc";
+/// Where a page load with an expired access cookie is sent to renew the session
+/// (under [`REFRESH_PATH`], so the refresh cookie comes along); `?next=` brings the
+/// browser back.
+pub const SESSION_HOP: &str = "/rpc/session";
+
+/// One `Set-Cookie` value with AEGIS's attributes; `max_age` 0 deletes it.
+pub fn set_cookie(config: &Config, name: &str, value: &str, path: &str, max_age: u64) -> String {
+    let secure = if config.secure_cookies { "; Secure" } else { "" };
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// The session's cookies, or their deletion. The access cookie lives as long as the
+/// session (its JWT still expires in minutes): its presence tells a page load that
+/// a refresh is worth trying.
+pub fn session_cookies(config: &Config, tokens: Option<&TokenPair>) -> Vec<String> {
+    let life = config.refresh_token_ttl.as_secs();
+    let (access, refresh) = (access_cookie(config), refresh_cookie(config));
+    match tokens {
+        Some(t) => vec![
+            set_cookie(config, access, &t.access_token, "/", life),
+            set_cookie(config, refresh, &t.refresh_token, REFRESH_PATH, life),
+        ],
+        None => vec![
+            set_cookie(config, access, "", "/", 0),
+            set_cookie(config, refresh, "", REFRESH_PATH, 0),
+            // A refresh cookie from before it was path-scoped.
+            set_cookie(config, refresh, "", "/", 0),
+        ],
+    }
+}
+
+fn cookie_values<'a, 'n>(
+    headers: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
+}
+
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_values(headers, name).next().filter(|v| !v.is_empty())
+}
+
+/// True when an auth cookie is sent more than once: a second one was planted (by a
+/// sibling subdomain, or on a narrower path) and which one the browser means cannot
+/// be told, so the request is refused rather than guessed.
+pub(crate) fn duplicate_auth_cookie(headers: &HeaderMap, config: &Config) -> bool {
+    [access_cookie(config), refresh_cookie(config)]
+        .iter()
+        .any(|name| cookie_values(headers, name).count() > 1)
+}
+
+pub(crate) fn duplicate_cookie_error() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": {"code": "duplicate_cookie",
+            "message": "the request carries an authentication cookie more than once; clear this site's cookies and sign in again"}})),
+    )
+        .into_response()
+}
+
+/// Headers on every dashboard answer: no framing (clickjacking), no MIME sniffing,
+/// no referrer leaving the site, no caching of signed-in pages, an isolated browsing
+/// context; HSTS when served over https.
+fn harden(response: &mut Response, config: &Config) {
+    let mut set = |name: &'static str, value: &'static str| {
+        let name = HeaderName::from_static(name);
+        if !response.headers().contains_key(&name) {
+            response.headers_mut().insert(name, HeaderValue::from_static(value));
+        }
+    };
+    set(
+        "content-security-policy",
+        "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'",
+    );
+    set("x-frame-options", "DENY");
+    set("x-content-type-options", "nosniff");
+    set("referrer-policy", "no-referrer");
+    set("cross-origin-opener-policy", "same-origin");
+    set("cross-origin-resource-policy", "same-origin");
+    set("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()");
+    if config.secure_cookies {
+        set("strict-transport-security", "max-age=31536000; includeSubDomains");
+    }
 }
 
 /// A page is anything the router renders that is not a server function or a file.
@@ -62,23 +156,42 @@ pub fn same_origin(method: &Method, headers: &HeaderMap, public_url: Option<&str
     }
 }
 
-pub async fn session(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn session(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let config = &state.services.config;
+    let mut response = guard(&state, req, next).await;
+    harden(&mut response, config);
+    response
+}
+
+async fn guard(state: &AppState, mut req: Request, next: Next) -> Response {
     let services = &state.services;
-    if !same_origin(req.method(), req.headers(), services.config.public_url.as_deref()) {
+    let config = &services.config;
+    if !same_origin(req.method(), req.headers(), config.public_url.as_deref()) {
         return (
             StatusCode::FORBIDDEN,
             axum::Json(json!({"error": {"code": "csrf_rejected", "message": "cross-site request refused"}})),
         )
             .into_response();
     }
+    if duplicate_auth_cookie(req.headers(), config) {
+        return duplicate_cookie_error();
+    }
     let client = req.extensions().get::<ClientMeta>().cloned().unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    if path == SESSION_HOP {
+        let query = req.uri().query().map(str::to_owned);
+        let refresh = cookie(req.headers(), refresh_cookie(config)).map(str::to_owned);
+        return session_hop(state, query.as_deref(), refresh.as_deref(), &client).await;
+    }
     let mut session: Option<SessionUser> = None;
     let mut set_cookies: Vec<String> = Vec::new();
-    if let Some(access) = cookie(req.headers(), ACCESS_COOKIE) {
+    let access = cookie(req.headers(), access_cookie(config)).map(str::to_owned);
+    if let Some(access) = &access {
         session = services.auth.authenticate(access).await.ok();
     }
+    // Server functions carry the (path-scoped) refresh cookie: renew in place.
     if session.is_none()
-        && let Some(refresh) = cookie(req.headers(), REFRESH_COOKIE).map(str::to_owned)
+        && let Some(refresh) = cookie(req.headers(), refresh_cookie(config)).map(str::to_owned)
     {
         match services.refresh_browser_session(&refresh, &client).await {
             Ok(fresh) => {
@@ -89,14 +202,14 @@ pub async fn session(State(state): State<AppState>, mut req: Request, next: Next
         }
     }
 
-    let path = req.uri().path().to_owned();
     let navigation = req.method() == Method::GET && is_page(&path);
     let public = PUBLIC_PAGES.contains(&path.as_str());
+    let here = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
     let redirect = match (&session, navigation, public) {
-        (None, true, false) => {
-            let here = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            Some(format!("/login?next={}", urlencode(here)))
-        }
+        // A page load never carries the refresh cookie: an (expired) access cookie
+        // means a session may be renewable, so take the hop that can see it.
+        (None, true, false) if access.is_some() => Some(format!("{SESSION_HOP}?next={}", urlencode(&here))),
+        (None, true, false) => Some(format!("/login?next={}", urlencode(&here))),
         (Some(_), true, true) => Some("/agents".to_owned()),
         _ => None,
     };
@@ -109,12 +222,43 @@ pub async fn session(State(state): State<AppState>, mut req: Request, next: Next
             next.run(req).await
         }
     };
-    for c in set_cookies {
+    append_cookies(&mut response, set_cookies);
+    response
+}
+
+/// `GET /rpc/session?next=…`: renews the session from the refresh cookie and sends
+/// the browser back to `next` (a same-origin path only, see [`app::rpc::safe_next`]),
+/// or to sign in.
+async fn session_hop(
+    state: &AppState,
+    query: Option<&str>,
+    refresh: Option<&str>,
+    client: &ClientMeta,
+) -> Response {
+    let services = &state.services;
+    let next = query
+        .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "next").map(|(_, v)| v))
+        .map(|v| app::rpc::safe_next(Some(&v)))
+        .unwrap_or_else(|| app::rpc::safe_next(None));
+    let renewed = match refresh {
+        Some(refresh) => services.refresh_browser_session(refresh, client).await.ok(),
+        None => None,
+    };
+    let (to, cookies) = match renewed {
+        Some(fresh) => (next, services.session_cookies(Some(&fresh.tokens))),
+        None => (format!("/login?next={}", urlencode(&next)), services.session_cookies(None)),
+    };
+    let mut response = Redirect::to(&to).into_response();
+    append_cookies(&mut response, cookies);
+    response
+}
+
+fn append_cookies(response: &mut Response, cookies: Vec<String>) {
+    for c in cookies {
         if let Ok(v) = HeaderValue::from_str(&c) {
             response.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    response
 }
 
 fn urlencode(s: &str) -> String {
@@ -168,6 +312,23 @@ mod tests {
             &headers(&[("host", "aegis.example"), ("origin", "http://aegis.example")]),
             public
         ));
+    }
+
+    #[test]
+    fn duplicate_auth_cookies_are_detected() {
+        let plain = Config::from_lookup(|_| None).unwrap();
+        let tls = Config::from_lookup(|k| (k == "AEGIS_PUBLIC_URL").then(|| "https://aegis.example".into()))
+            .unwrap();
+        assert!(!duplicate_auth_cookie(&headers(&[("cookie", "aegis_at=a; aegis_rt=b; x=1; x=2")]), &plain));
+        assert!(duplicate_auth_cookie(&headers(&[("cookie", "aegis_at=a; aegis_at=b")]), &plain));
+        let mut two_lines = headers(&[("cookie", "aegis_rt=a")]);
+        two_lines.append(header::COOKIE, HeaderValue::from_static("aegis_rt=b"));
+        assert!(duplicate_auth_cookie(&two_lines, &plain));
+        assert!(duplicate_auth_cookie(&headers(&[("cookie", "__Host-aegis_at=a; __Host-aegis_at=b")]), &tls));
+        // Over https only the prefixed names are read: a planted plain one is ignored.
+        assert!(!duplicate_auth_cookie(&headers(&[("cookie", "__Host-aegis_at=a; aegis_at=b")]), &tls));
+        assert_eq!(access_cookie(&tls), "__Host-aegis_at");
+        assert_eq!(refresh_cookie(&tls), "__Secure-aegis_rt");
     }
 
     #[test]

@@ -1,15 +1,26 @@
 //! `GET /ws`: a sponsor's real-time events over a WebSocket ([`crate::events`]).
 //!
-//! Authentication happens before the upgrade: an access token in `?token=`, in
-//! `Authorization: Bearer`, or the dashboard's `aegis_at` cookie (then the request must
-//! be same-origin, so another site cannot open a socket with the sponsor's cookie). A
-//! missing or invalid token refuses the upgrade with `401 {"error":{"code":"unauthorized",…}}`;
-//! no socket is opened.
+//! Authentication happens before the upgrade, and never through the URL (URLs end
+//! up in proxy and access logs): an access token in `Authorization: Bearer`, or as
+//! the WebSocket subprotocol `aegis.bearer.<token>` next to `aegis.events` (what a
+//! browser script can send: `new WebSocket(url, ["aegis.events", "aegis.bearer." + token])`;
+//! the server selects `aegis.events`, never echoing the token), or the dashboard's
+//! access cookie (then the request must be same-origin, so another site cannot open
+//! a socket with the sponsor's cookie). `?token=` is refused with `400
+//! token_in_url`. A missing or invalid token refuses the upgrade with `401
+//! {"error":{"code":"unauthorized",…}}`; no socket is opened.
+//!
+//! Limits: at most [`MAX_SOCKETS_PER_SESSION`] open sockets per session (`429
+//! too_many_sockets` past it) and client messages of at most [`MAX_MESSAGE_BYTES`]
+//! (a larger one closes the socket).
 //!
 //! Server → client: text frames, each one JSON object — an event (see
 //! [`crate::events::Event`]) or `{"type":"heartbeat","time":…}` every 15 s. With
 //! `?since=<event id>` the buffered events after that id come first. Client pings are
 //! answered with pongs; anything else the client sends is ignored.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use app::error::AppError;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -19,13 +30,22 @@ use http::request::Parts;
 use http::{Method, header};
 use serde::Deserialize;
 use serde_json::json;
+use uuid::Uuid;
 
 use super::AppState;
 use super::browser;
 use super::error::ApiError;
 use super::extract::ApiQuery;
-use crate::backend::ACCESS_COOKIE;
 use crate::events::Subscription;
+
+/// The subprotocol a client asks for (and the server selects).
+pub const SUBPROTOCOL: &str = "aegis.events";
+/// The prefix of the subprotocol that carries an access token.
+pub const BEARER_SUBPROTOCOL: &str = "aegis.bearer.";
+/// Open sockets one session may hold (a dashboard needs one per tab).
+pub const MAX_SOCKETS_PER_SESSION: usize = 8;
+/// Largest message (and frame) a client may send; clients only ever send pings.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -33,22 +53,66 @@ pub struct WsQuery {
     since: Option<String>,
 }
 
+/// Open sockets per session, process-wide; an entry leaves with its last socket.
+static OPEN: LazyLock<Mutex<HashMap<Uuid, usize>>> = LazyLock::new(Default::default);
+
+/// One socket's place under its session's cap; given back when dropped (the socket
+/// closed, or the upgrade never completed).
+struct SocketSlot(Uuid);
+
+impl SocketSlot {
+    fn take(session: Uuid) -> Option<Self> {
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(session).or_insert(0);
+        if *n >= MAX_SOCKETS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(Self(session))
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// The token from `Sec-WebSocket-Protocol: aegis.events, aegis.bearer.<token>`.
+fn subprotocol_token(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL).map(str::to_owned))
+        .filter(|t| !t.is_empty())
+}
+
 #[utoipa::path(get, path = "/ws", tag = "events",
     summary = "Real-time events (WebSocket)",
     description = "Upgrades to a WebSocket carrying the sponsor's events as JSON text frames \
         (`{id, type, time, sponsor_id, agent_id?, link: {audit_seq?, approval_id?}, data}`), \
-        plus `{\"type\":\"heartbeat\",\"time\":…}` every 15 s. Authenticated by `?token=` \
-        (an access token), `Authorization: Bearer` or the dashboard's `aegis_at` cookie; \
+        plus `{\"type\":\"heartbeat\",\"time\":…}` every 15 s. Authenticated, never through the URL, by \
+        `Authorization: Bearer`, by the subprotocols `aegis.events, aegis.bearer.<access token>` \
+        (the server selects `aegis.events`) or by the dashboard's access cookie (same origin only); \
+        `?token=` is refused. At most 8 open sockets per session; client messages of at most 4 KiB. \
         `?since=<event id>` first replays the buffered events after that id.",
     params(
-        ("token" = Option<String>, Query, description = "Access token (JWT)"),
         ("since" = Option<String>, Query, description = "Last event id seen: replay what came after it"),
     ),
     responses(
         (status = 101, description = "Switching protocols: the event stream"),
-        (status = 400, description = "`invalid_query` (malformed `since`) or `websocket_required`", body = Object),
+        (status = 400, description = "`invalid_query` (malformed `since`), `token_in_url` (`?token=` is not accepted), `duplicate_cookie` or `websocket_required`", body = Object),
         (status = 401, description = "`unauthorized`: missing, invalid or expired token", body = Object),
         (status = 403, description = "`csrf_rejected`: cookie sent from another origin", body = Object),
+        (status = 429, description = "`too_many_sockets`: this session already has 8 open sockets", body = Object),
     ))]
 pub async fn events(
     State(state): State<AppState>,
@@ -57,15 +121,24 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let services = &state.services;
     let headers = &upgrade.headers;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
-    let token = match query.token.filter(|t| !t.is_empty()).or(bearer) {
+    if query.token.is_some() {
+        return Err(AppError::bad_request(
+            "token_in_url",
+            "tokens in URLs end up in logs: send it as Authorization: Bearer or the subprotocol aegis.bearer.<token>",
+        )
+        .into());
+    }
+    if browser::duplicate_auth_cookie(headers, &services.config) {
+        return Err(AppError::bad_request(
+            "duplicate_cookie",
+            "an authentication cookie was sent more than once",
+        )
+        .into());
+    }
+    let bearer = super::extract::bearer(headers).map(str::to_owned);
+    let token = match bearer.or_else(|| subprotocol_token(headers)) {
         Some(t) => t,
-        None => match browser::cookie(headers, ACCESS_COOKIE) {
+        None => match browser::cookie(headers, browser::access_cookie(&services.config)) {
             Some(cookie) => {
                 // A cookie rides along on cross-site sockets too: only same-origin pages.
                 if !browser::same_origin(&Method::POST, headers, services.config.public_url.as_deref()) {
@@ -75,7 +148,7 @@ pub async fn events(
             }
             None => {
                 return Err(AppError::unauthorized(
-                    "send an access token as ?token=, Authorization: Bearer or the aegis_at cookie",
+                    "send an access token as Authorization: Bearer, the subprotocol aegis.bearer.<token> or the dashboard's cookie",
                 )
                 .into());
             }
@@ -95,11 +168,27 @@ pub async fn events(
             format!("this endpoint speaks WebSocket only: {}", r.body_text()),
         )
     })?;
+    let Some(slot) = SocketSlot::take(session.session_id) else {
+        return Err(AppError::new(
+            429,
+            "too_many_sockets",
+            format!("at most {MAX_SOCKETS_PER_SESSION} open sockets per session"),
+        )
+        .into());
+    };
     // Subscribed before the handshake completes: nothing published after the client
     // sees `101` is missed.
     let subscription = services.events.subscribe(session.user_id, since.as_deref());
     let services = services.clone();
-    Ok(upgrade.on_upgrade(move |socket| serve(socket, subscription, services, token)).into_response())
+    Ok(upgrade
+        .protocols([SUBPROTOCOL])
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            serve(socket, subscription, services, token).await
+        })
+        .into_response())
 }
 
 /// The upgrade (if the request is one) and the headers, for authenticating first.

@@ -47,21 +47,19 @@ async fn form_login_sets_httponly_cookies_and_pages_need_them() {
     assert!(r.status().is_redirection(), "{}", r.status());
     assert_eq!(r.headers()[LOCATION], "/agents");
     let set = cookies(r.headers());
-    for name in ["aegis_at", "aegis_rt"] {
+    // The refresh cookie is path-scoped: only server functions (and the renewal hop)
+    // ever receive it, never page loads, assets, /api or /ws.
+    for (name, path) in [("aegis_at", "Path=/;"), ("aegis_rt", "Path=/rpc;")] {
         let c = set
             .iter()
             .find(|c| c.starts_with(&format!("{name}=")))
             .unwrap_or_else(|| panic!("{name} not set: {set:?}"));
-        for attr in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        for attr in ["HttpOnly", "SameSite=Lax", path] {
             assert!(c.contains(attr), "{name} lacks {attr}: {c}");
         }
         assert!(!c.contains("Secure"), "no Secure without TLS");
     }
-    let jar = format!(
-        "aegis_at={}; aegis_rt={}",
-        value_of(&set, "aegis_at").unwrap(),
-        value_of(&set, "aegis_rt").unwrap()
-    );
+    let jar = format!("aegis_at={}", value_of(&set, "aegis_at").unwrap());
     let page = s.http.get(s.url("/agents")).header(COOKIE, &jar).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
@@ -88,32 +86,235 @@ async fn secure_cookies_behind_https() {
         .unwrap();
     let set = cookies(r.headers());
     assert!(!set.is_empty() && set.iter().all(|c| c.contains("; Secure")), "{set:?}");
+    // `__Host-`: Secure, Path=/, no Domain, so no sibling subdomain can plant it;
+    // the path-scoped refresh cookie is `__Secure-`.
+    let access = set.iter().find(|c| c.starts_with("__Host-aegis_at=")).expect("__Host- access cookie");
+    assert!(access.contains("Path=/;") && !access.to_ascii_lowercase().contains("domain="), "{access}");
+    let refresh = set.iter().find(|c| c.starts_with("__Secure-aegis_rt=")).expect("__Secure- refresh cookie");
+    assert!(refresh.contains("Path=/rpc;"), "{refresh}");
+    assert!(set.iter().all(|c| !c.starts_with("aegis_")), "no unprefixed auth cookie over https: {set:?}");
+
+    // Only the prefixed cookie is honoured over https: a plain `aegis_at` (which a
+    // subdomain could set) is not a session.
+    let access = value_of(&set, "__Host-aegis_at").unwrap();
+    let plain =
+        s.http.get(s.url("/agents")).header(COOKIE, format!("aegis_at={access}")).send().await.unwrap();
+    assert_eq!(plain.status(), StatusCode::SEE_OTHER);
+    assert_eq!(plain.headers()[LOCATION], "/login?next=/agents");
+    let prefixed = s
+        .http
+        .get(s.url("/agents"))
+        .header(COOKIE, format!("__Host-aegis_at={access}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(prefixed.status(), StatusCode::OK);
+    assert!(prefixed.headers().contains_key("strict-transport-security"));
 }
 
+/// A page load never carries the (path-scoped) refresh cookie: with an expired access
+/// cookie it is sent through `/rpc/session`, which renews the session and sends the
+/// browser back; server functions renew in place.
 #[tokio::test]
-async fn expired_access_cookie_is_refreshed_silently() {
+async fn expired_access_cookie_is_renewed_through_the_session_hop() {
     let s = TestServer::start().await;
     let sponsor = s.sponsor("refresh").await;
-    let jar = format!("aegis_at=expired.or.garbage; aegis_rt={}", sponsor.refresh);
 
-    // Two page loads at once with the same old cookie: both succeed with the same new pair.
-    let load = || s.http.get(s.url("/agents")).header(COOKIE, &jar).send();
-    let (a, b) = tokio::join!(load(), load());
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
-    let (ca, cb) = (cookies(a.headers()), cookies(b.headers()));
-    let new_refresh = value_of(&ca, "aegis_rt").expect("rotated refresh cookie");
-    assert_ne!(new_refresh, sponsor.refresh);
-    assert_eq!(Some(new_refresh.clone()), value_of(&cb, "aegis_rt"));
+    let page = s
+        .http
+        .get(s.url("/agents?cursor=x"))
+        .header(COOKIE, "aegis_at=expired.or.garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(page.headers()[LOCATION], "/rpc/session?next=/agents%3Fcursor%3Dx");
 
-    // The family is intact: the new refresh token still works through the API.
-    let r = s.post("/api/auth/refresh", None, serde_json::json!({"refresh_token": new_refresh})).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let hop = s
+        .http
+        .get(s.url("/rpc/session?next=/agents%3Fcursor%3Dx"))
+        .header(COOKIE, format!("aegis_at=expired.or.garbage; aegis_rt={}", sponsor.refresh))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hop.status(), StatusCode::SEE_OTHER);
+    assert_eq!(hop.headers()[LOCATION], "/agents?cursor=x");
+    let set = cookies(hop.headers());
+    let (access, refresh) = (value_of(&set, "aegis_at").unwrap(), value_of(&set, "aegis_rt").unwrap());
+    assert_ne!(refresh, sponsor.refresh);
+    let page =
+        s.http.get(s.url("/agents")).header(COOKIE, format!("aegis_at={access}")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
 
-    // A dead refresh cookie is cleared and the visitor is sent to sign in.
-    let dead = s.http.get(s.url("/agents")).header(COOKIE, "aegis_rt=rt_dead").send().await.unwrap();
-    assert_eq!(dead.status(), StatusCode::SEE_OTHER);
+    // A server function call with an expired access cookie renews in place.
+    let rpc = s
+        .http
+        .post(s.url("/rpc/current_user"))
+        .header(COOKIE, format!("aegis_at=expired; aegis_rt={refresh}"))
+        .form(&[("x", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rpc.status(), StatusCode::OK);
+    let renewed = value_of(&cookies(rpc.headers()), "aegis_rt").expect("rotated again");
+    let r = s.post("/api/auth/refresh", None, serde_json::json!({"refresh_token": renewed})).await;
+    assert_eq!(r.status, StatusCode::OK, "the family is intact: {}", r.text);
+
+    // Hostile destinations fall back to /agents (each hop renews: chain the tokens).
+    let mut token = r.body["refresh_token"].as_str().unwrap().to_owned();
+    for next in ["//evil.example", "/%09/evil.example", "https://evil.example", "/%2F%2Fevil", "/\\evil"] {
+        let r = s
+            .http
+            .get(s.url("/rpc/session"))
+            .query(&[("next", next)])
+            .header(COOKIE, format!("aegis_rt={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()[LOCATION], "/agents", "{next}");
+        token = value_of(&cookies(r.headers()), "aegis_rt").expect("renewed");
+    }
+    let dead = s.http.get(s.url("/rpc/session?next=/audit")).send().await.unwrap();
+    assert_eq!(dead.headers()[LOCATION], "/login?next=/audit");
     assert!(cookies(dead.headers()).iter().any(|c| c.starts_with("aegis_rt=;") && c.contains("Max-Age=0")));
+    // Anonymous visitors (no cookie at all) go straight to sign in.
+    let anonymous = s.http.get(s.url("/agents")).send().await.unwrap();
+    assert_eq!(anonymous.headers()[LOCATION], "/login?next=/agents");
+}
+
+/// A refresh cookie presented again after its rotation finished is reuse, not a
+/// cache hit: the answer is a sign-in, and the whole session is revoked.
+#[tokio::test]
+async fn replaying_a_rotated_refresh_cookie_revokes_the_session() {
+    let s = TestServer::start().await;
+    let sponsor = s.sponsor("replay").await;
+    let jar = format!("aegis_at=expired; aegis_rt={}", sponsor.refresh);
+    let first = s.http.get(s.url("/rpc/session?next=/agents")).header(COOKIE, &jar).send().await.unwrap();
+    assert_eq!(first.headers()[LOCATION], "/agents");
+    let rotated = value_of(&cookies(first.headers()), "aegis_rt").unwrap();
+
+    let replay = s.http.get(s.url("/rpc/session?next=/agents")).header(COOKIE, &jar).send().await.unwrap();
+    assert_eq!(replay.headers()[LOCATION], "/login?next=/agents", "the replay gets no session");
+    assert!(value_of(&cookies(replay.headers()), "aegis_rt").is_none_or(|v| v.is_empty()));
+    let r = s.post("/api/auth/refresh", None, serde_json::json!({"refresh_token": rotated})).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "invalid_refresh_token"), "family revoked");
+}
+
+/// Two copies of an auth cookie (one planted by a sibling subdomain or on a narrower
+/// path) cannot be told apart: the request is refused.
+#[tokio::test]
+async fn duplicate_auth_cookies_are_refused() {
+    let s = TestServer::start().await;
+    let sponsor = s.sponsor("dup").await;
+    for jar in [
+        format!("aegis_at={}; aegis_at=planted", sponsor.access),
+        format!("aegis_rt=planted; aegis_rt={}", sponsor.refresh),
+    ] {
+        for (method, path) in
+            [(reqwest::Method::GET, "/agents"), (reqwest::Method::POST, "/rpc/current_user")]
+        {
+            let r =
+                read(s.http.request(method, s.url(path)).header(COOKIE, &jar).send().await.unwrap()).await;
+            assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "duplicate_cookie"), "{path} {jar}");
+        }
+    }
+    let ws = read(
+        s.http
+            .get(s.url("/ws"))
+            .header(COOKIE, format!("aegis_at={}; aegis_at={}", sponsor.access, sponsor.access))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((ws.status, ws.code()), (StatusCode::BAD_REQUEST, "duplicate_cookie"));
+}
+
+/// Every dashboard answer (pages, redirects, server functions, errors) forbids
+/// framing and sniffing and sends no referrer.
+#[tokio::test]
+async fn dashboard_answers_carry_security_headers() {
+    let s = TestServer::start().await;
+    let sponsor = s.sponsor("headers").await;
+    let jar = format!("aegis_at={}", sponsor.access);
+    let answers = [
+        s.http.get(s.url("/login")).send().await.unwrap(),
+        s.http.get(s.url("/agents")).send().await.unwrap(),
+        s.http.get(s.url("/agents")).header(COOKIE, &jar).send().await.unwrap(),
+        s.http.get(s.url("/no-such-page")).header(COOKIE, &jar).send().await.unwrap(),
+        s.http.post(s.url("/rpc/current_user")).header(COOKIE, &jar).form(&[("x", "")]).send().await.unwrap(),
+        s.http.post(s.url("/rpc/list_agents")).form(&[("x", "")]).send().await.unwrap(),
+    ];
+    for r in answers {
+        let h = r.headers();
+        let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let what = format!("{} {}", r.url().path(), r.status());
+        assert!(get("content-security-policy").contains("frame-ancestors 'none'"), "{what}");
+        assert_eq!(get("x-frame-options"), "DENY", "{what}");
+        assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(get("referrer-policy"), "no-referrer", "{what}");
+        assert_eq!(get("cross-origin-opener-policy"), "same-origin", "{what}");
+        assert!(h.get("strict-transport-security").is_none(), "no HSTS over plain http: {what}");
+    }
+}
+
+/// A key created by a plain (no-JavaScript) form post is shown once through the page;
+/// the cookie that bridges the redirect names it but never holds it.
+#[tokio::test]
+async fn new_agent_keys_never_ride_in_a_cookie() {
+    let s = TestServer::start().await;
+    let sponsor = s.sponsor("flash").await;
+    let jar = format!("aegis_at={}", sponsor.access);
+    let r = s
+        .http
+        .post(s.url("/rpc/create_agent"))
+        .header(COOKIE, &jar)
+        .header("accept", "text/html")
+        .header("origin", &s.base)
+        .header("referer", s.url("/agents"))
+        .form(&[("name", "plain-form")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection() || r.status().is_success(), "{}", r.status());
+    let set = cookies(r.headers());
+    let flash = value_of(&set, "aegis_new_key").expect("flash cookie");
+    assert!(!flash.contains("aegis_") && !flash.contains('.'), "no key material in the cookie: {flash}");
+
+    let s = &s;
+    let take = |jar: String| async move {
+        read(
+            s.http
+                .post(s.url("/rpc/take_new_key"))
+                .header(COOKIE, jar)
+                .form(&[("x", "")])
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    let shown = take(format!("{jar}; aegis_new_key={flash}")).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.text);
+    let key = shown.body["api_key"].as_str().expect("the key, once").to_owned();
+    assert!(key.starts_with("aegis_"));
+    let again = take(format!("{jar}; aegis_new_key={flash}")).await;
+    assert!(again.body.is_null(), "shown once only: {}", again.text);
+    // Another sponsor presenting the id gets nothing either.
+    let other = s.sponsor("other").await;
+    let r = s
+        .http
+        .post(s.url("/rpc/create_agent"))
+        .header(COOKIE, &jar)
+        .header("accept", "text/html")
+        .header("origin", &s.base)
+        .form(&[("name", "plain-form-2")])
+        .send()
+        .await
+        .unwrap();
+    let flash = value_of(&cookies(r.headers()), "aegis_new_key").unwrap();
+    let stolen = take(format!("aegis_at={}; aegis_new_key={flash}", other.access)).await;
+    assert!(stolen.body.is_null(), "{}", stolen.text);
 }
 
 #[tokio::test]

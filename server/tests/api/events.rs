@@ -14,15 +14,17 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 const REDIS_VAR: &str = "AEGIS_TEST_REDIS_URL";
 
-async fn connect(s: &TestServer, query: &str) -> Ws {
-    let url = format!("ws://{}/ws?{query}", s.running.addr);
-    let (ws, response) = tokio_tungstenite::connect_async(url).await.expect("WebSocket upgrade");
+/// A socket authenticated by `Authorization: Bearer` (never a token in the URL).
+async fn connect(s: &TestServer, token: &str, query: &str) -> Ws {
+    let mut req = format!("ws://{}/ws?{query}", s.running.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, response) = tokio_tungstenite::connect_async(req).await.expect("WebSocket upgrade");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     ws
 }
 
 async fn listen(s: &TestServer, sponsor: &Sponsor) -> Ws {
-    connect(s, &format!("token={}", sponsor.access)).await
+    connect(s, &sponsor.access, "").await
 }
 
 /// The next event, skipping heartbeats; fails after 10 s.
@@ -147,7 +149,7 @@ async fn since_replays_what_a_reconnecting_dashboard_missed() {
     let (second, _) = create_agent(&s, &a, "second").await;
     s.post(&format!("/api/agents/{second}/suspend"), Some(&a.access), json!({})).await;
 
-    let mut ws = connect(&s, &format!("token={}&since={}", a.access, seen["id"].as_str().unwrap())).await;
+    let mut ws = connect(&s, &a.access, &format!("since={}", seen["id"].as_str().unwrap())).await;
     let replayed = next_event(&mut ws).await;
     assert_eq!(
         (replayed["type"].as_str(), replayed["agent_id"].as_str()),
@@ -170,7 +172,7 @@ async fn since_replays_what_a_reconnecting_dashboard_missed() {
 async fn sockets_without_a_valid_token_are_refused() {
     let s = TestServer::start().await;
     let a = s.sponsor("ev-auth").await;
-    for query in ["", "token=", "token=not-a-jwt"] {
+    for query in ["", "since="] {
         let url = format!("ws://{}/ws?{query}", s.running.addr);
         match tokio_tungstenite::connect_async(url).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -185,9 +187,10 @@ async fn sockets_without_a_valid_token_are_refused() {
     let other = s.sponsor("ev-auth-out").await;
     let r = s.post("/api/auth/logout", Some(&other.access), json!({})).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
-    let url = format!("ws://{}/ws?token={}", s.running.addr, other.access);
+    let mut req = format!("ws://{}/ws", s.running.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", other.access).parse().unwrap());
     assert!(matches!(
-        tokio_tungstenite::connect_async(url).await,
+        tokio_tungstenite::connect_async(req).await,
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == StatusCode::UNAUTHORIZED
     ));
 
@@ -259,7 +262,7 @@ async fn events_cross_replicas_through_redis() {
 
     // Replica two's buffer holds replica one's events, so `since` works there too.
     one.post(&format!("/api/agents/{id}/suspend"), Some(&a.access), json!({})).await;
-    let mut replay = connect(&two, &format!("token={}&since={}", a.access, e["id"].as_str().unwrap())).await;
+    let mut replay = connect(&two, &a.access, &format!("since={}", e["id"].as_str().unwrap())).await;
     assert_eq!(next_event(&mut replay).await["type"], "agent.suspended");
 }
 
@@ -347,6 +350,107 @@ async fn signing_out_closes_open_sockets() {
             }
             Some(Ok(Message::Text(t))) => assert!(t.contains("heartbeat"), "no events after sign-out: {t}"),
             other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+fn refused_status(
+    result: Result<(Ws, impl std::fmt::Debug), tokio_tungstenite::tungstenite::Error>,
+) -> (StatusCode, Value) {
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body =
+                serde_json::from_slice(response.body().as_deref().unwrap_or(b"")).unwrap_or(Value::Null);
+            (response.status(), body)
+        }
+        Err(other) => panic!("expected a refused upgrade, got {other:?}"),
+        Ok(_) => panic!("expected a refused upgrade, got a socket"),
+    }
+}
+
+/// Tokens stay out of URLs (and so out of proxy and access logs): `?token=` is
+/// refused even with a valid token; the subprotocol `aegis.bearer.<token>` (what a
+/// browser script can send) works, and the server selects `aegis.events` without
+/// echoing the token; a bad token there is 401.
+#[tokio::test]
+async fn tokens_travel_in_headers_not_urls() {
+    let s = TestServer::start().await;
+    let a = s.sponsor("ev-url").await;
+    let url = format!("ws://{}/ws?token={}", s.running.addr, a.access);
+    let (status, body) = refused_status(tokio_tungstenite::connect_async(url).await);
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("token_in_url")));
+
+    let with_protocols = |protocols: String| {
+        let mut req = format!("ws://{}/ws", s.running.addr).into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", protocols.parse().unwrap());
+        req
+    };
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(with_protocols(format!("aegis.events, aegis.bearer.{}", a.access)))
+            .await
+            .expect("subprotocol token accepted");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "aegis.events");
+    create_agent(&s, &a, "via-subprotocol").await;
+    assert_eq!(next_event(&mut ws).await["type"], "agent.created");
+    let (status, body) = refused_status(
+        tokio_tungstenite::connect_async(with_protocols("aegis.events, aegis.bearer.nope".into())).await,
+    );
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+}
+
+/// One session may hold a bounded number of sockets; closing one frees its place.
+#[tokio::test]
+async fn sockets_per_session_are_capped() {
+    let s = TestServer::start().await;
+    let a = s.sponsor("ev-cap").await;
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(listen(&s, &a).await);
+    }
+    let mut req = format!("ws://{}/ws", s.running.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", a.access).parse().unwrap());
+    let (status, body) = refused_status(tokio_tungstenite::connect_async(req.clone()).await);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("too_many_sockets"))
+    );
+    // Another session of the same sponsor has its own allowance.
+    let login = s
+        .post("/api/auth/login", None, json!({"email": a.email, "password": crate::support::PASSWORD}))
+        .await;
+    let other = login.body["access_token"].as_str().unwrap().to_owned();
+    let _fresh = connect(&s, &other, "").await;
+    // Closing a socket gives its place back (once the server has seen the close).
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio_tungstenite::connect_async(req.clone()).await {
+            Ok(_) => break,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the place was not given back: {e:?}"),
+        }
+    }
+}
+
+/// Clients only send pings: a message beyond a few KB closes the socket.
+#[tokio::test]
+async fn oversized_client_messages_close_the_socket() {
+    let s = TestServer::start().await;
+    let a = s.sponsor("ev-size").await;
+    let mut ws = listen(&s, &a).await;
+    ws.send(Message::Text("x".repeat(1024).into())).await.unwrap();
+    create_agent(&s, &a, "still-open").await;
+    assert_eq!(next_event(&mut ws).await["type"], "agent.created", "small messages are fine");
+    let _ = ws.send(Message::Text("x".repeat(64 * 1024).into())).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("closed within 10 s") {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => continue,
         }
     }
 }

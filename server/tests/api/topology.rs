@@ -176,7 +176,15 @@ async fn nginx_in_front_of_two_replicas_with_failover() {
 
     // The dashboard socket is upgraded through nginx.
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}/ws?token={token}", edge.replace("http", "ws")))
+        tokio_tungstenite::connect_async({
+            // The token in a header, never the URL (`?token=` is refused).
+            let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("{}/ws", edge.replace("http", "ws")),
+            )
+            .unwrap();
+            req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            req
+        })
             .await
             .expect("WebSocket through nginx");
     let r = read(
