@@ -19,7 +19,7 @@ use app::error::AppError;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use entity::{ledger_entries, wallets};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
 };
@@ -269,6 +269,32 @@ fn refusal(wallet: Option<&wallets::Model>) -> Reservation {
 }
 
 /// `limit = 0 OR spent + reserved + amount <= limit`
+/// The most a wallet's spend counters and its reservations can hold: 10^18
+/// micro-units (a trillion units). A wallet without limits that reaches it stays at
+/// it (spend is recorded saturated, and the ledger keeps every charge exactly); a
+/// hold that would take reservations past it is refused. Far below `i64::MAX`
+/// (≈ 9.2 × 10^18), so `spent + reserved + amount` can never overflow in SQL, where
+/// SQLite would turn an overflowing sum into a float and PostgreSQL would raise
+/// (and the failed batch would be retried write by write, slowing every tenant).
+pub const SPEND_CEILING_MICROS: i64 = 1_000_000_000_000_000_000;
+
+/// `column + amount`, saturated at [`SPEND_CEILING_MICROS`], in portable SQL (no
+/// intermediate value can overflow: the comparison subtracts from the ceiling).
+fn saturating_add(column: wallets::Column, amount: i64) -> SimpleExpr {
+    let amount = amount.clamp(0, SPEND_CEILING_MICROS);
+    Expr::case(Expr::col(column).gt(SPEND_CEILING_MICROS - amount), Expr::value(SPEND_CEILING_MICROS))
+        .finally(Expr::col(column).add(amount))
+        .into()
+}
+
+/// The portable SQL of [`saturating_add`] for the writer thread's statements: `{col}`
+/// saturated at the ceiling after adding `?{param}`.
+pub(crate) fn saturating_add_sql(col: &str, param: &str) -> String {
+    format!(
+        "CASE WHEN {col} > {SPEND_CEILING_MICROS} - {param} THEN {SPEND_CEILING_MICROS} ELSE {col} + {param} END"
+    )
+}
+
 fn within(limit: wallets::Column, spent: wallets::Column, amount: i64) -> Condition {
     Condition::any().add(Expr::col(limit).eq(0i64)).add(
         Expr::col(spent).add(Expr::col(wallets::Column::ReservedMicros)).add(amount).lte(Expr::col(limit)),
@@ -331,6 +357,10 @@ impl WalletService {
             .filter(wallets::Column::AgentId.eq(agent_id))
             .filter(within(wallets::Column::DailyLimitMicros, wallets::Column::DailySpentMicros, amount))
             .filter(within(wallets::Column::MonthlyLimitMicros, wallets::Column::MonthlySpentMicros, amount))
+            .filter(
+                Expr::col(wallets::Column::ReservedMicros)
+                    .lte(SPEND_CEILING_MICROS - amount.clamp(0, SPEND_CEILING_MICROS)),
+            )
             .exec(db)
             .await
             .map_err(internal)?
@@ -414,11 +444,11 @@ impl WalletService {
             )
             .col_expr(
                 wallets::Column::DailySpentMicros,
-                Expr::col(wallets::Column::DailySpentMicros).add(charged),
+                saturating_add(wallets::Column::DailySpentMicros, charged),
             )
             .col_expr(
                 wallets::Column::MonthlySpentMicros,
-                Expr::col(wallets::Column::MonthlySpentMicros).add(charged),
+                saturating_add(wallets::Column::MonthlySpentMicros, charged),
             )
             .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
             .filter(wallets::Column::AgentId.eq(entry.agent_id))

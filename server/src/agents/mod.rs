@@ -45,7 +45,16 @@ pub struct AgentService {
     policies: PolicyService,
     audit: AuditLog,
     events: EventBus,
+    /// Key look-ups under way (callers not yet authenticated): bounded, so a flood of
+    /// made-up keys cannot queue unbounded work on the database.
+    key_checks: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Key look-ups in flight at once, at most (as many as agent calls may be performed
+/// at once by default). A caller past it waits up to [`KEY_CHECK_WAIT`] for a place,
+/// then is answered 503 `overloaded` (with `Retry-After`) before anything else happens.
+pub const MAX_KEY_CHECKS_IN_FLIGHT: usize = 1024;
+pub const KEY_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Validated {
     name: Option<String>,
@@ -193,7 +202,8 @@ impl AgentService {
         audit: AuditLog,
         events: EventBus,
     ) -> Self {
-        Self { db, reads, policies, audit, events }
+        let key_checks = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_KEY_CHECKS_IN_FLIGHT));
+        Self { db, reads, policies, audit, events, key_checks }
     }
 
     /// Tells the sponsor's dashboards, once the change is committed.
@@ -534,6 +544,9 @@ impl AgentService {
     pub async fn authenticate(&self, presented: &str) -> Result<Option<AgentPrincipal>, AppError> {
         let Some(key_id) = api_keys::key_id(presented) else {
             return Ok(None);
+        };
+        let Ok(Ok(_permit)) = tokio::time::timeout(KEY_CHECK_WAIT, self.key_checks.acquire()).await else {
+            return Err(AppError::new(503, "overloaded", "too many key checks in flight; retry shortly"));
         };
         let found = match &self.reads {
             Some(reads) => reads.optional_row(LIVE_KEY_SQL, [key_id], key_and_agent)?,

@@ -3,7 +3,7 @@
 use app::error::AppError;
 use axum::Json;
 use axum::body::to_bytes;
-use axum::extract::{Extension, Path, Request, State};
+use axum::extract::{Extension, FromRequest, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, StatusCode, header};
 use serde_json::json;
@@ -20,6 +20,17 @@ use crate::proxy::{self, upstream};
 /// Unauthenticated callers are not written to the audit log (anyone could flood
 /// it), so `audit_seq` is null; the request id still identifies the attempt in logs.
 fn auth_denied(s: &AppState, request_id: String, e: ApiError) -> Response {
+    if e.0.code == "overloaded" {
+        // Too many key checks in flight: shed before anything else happens.
+        s.services.metrics.proxy_request("error", "overload");
+        let body = json!({
+            "request_id": request_id, "audit_seq": null, "decision": "error", "stage": "overload",
+            "reason": e.0.message, "error": {"code": e.0.code, "message": e.0.message},
+        });
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return with_request_id(response, &request_id);
+    }
     if e.0.status >= 500 {
         // The key could not be looked up (storage unavailable): not a denial, and nothing was performed.
         s.services.metrics.proxy_request("error", "storage");
@@ -42,6 +53,19 @@ fn auth_denied(s: &AppState, request_id: String, e: ApiError) -> Response {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
     with_request_id(response, &request_id)
+}
+
+/// An authenticated agent that did not finish sending its body in time.
+fn body_timeout(s: &AppState) -> Response {
+    let secs = s.services.config.proxy_body_timeout.as_secs();
+    let mut response = ApiError(AppError::new(
+        408,
+        "request_timeout",
+        format!("the request body did not arrive within {secs} s"),
+    ))
+    .into_response();
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 /// A shed call (503 `overload`) says when to come back.
@@ -92,16 +116,24 @@ pub async fn execute(
     State(s): State<AppState>,
     request_id: Option<Extension<RequestId>>,
     agent: Result<Agent, ApiError>,
-    body: Result<ApiJson<ExecuteRequest>, ApiError>,
+    request: Request,
 ) -> Response {
     let request_id = request_id.map_or_else(crate::proxy::new_request_id, |Extension(id)| id.0);
+    // The key is checked before a byte of the body is read: an unknown caller gets
+    // its 401 at once, however large or slow the body it announced.
     let Agent(principal) = match agent {
         Ok(a) => a,
         Err(e) => return auth_denied(&s, request_id, e),
     };
+    let body = tokio::time::timeout(
+        s.services.config.proxy_body_timeout,
+        ApiJson::<ExecuteRequest>::from_request(request, &s),
+    )
+    .await;
     let ApiJson(input) = match body {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return body_timeout(&s),
     };
     let request = match input.into_proxy_request(s.services.config.proxy_max_body_bytes) {
         Ok(r) => r,
@@ -149,10 +181,18 @@ const GATEWAY_DROP: &[&str] =
 pub async fn gateway(
     State(s): State<AppState>,
     agent: Result<Agent, ApiError>,
-    Path((connection, path)): Path<(String, String)>,
+    Path((connection, _decoded)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    forward(s, agent, connection, format!("/{path}"), request).await
+    // The rest of the path exactly as sent (still percent-encoded): the decoded form
+    // would turn `..%2F` into a way out of the connection's base path.
+    let raw = request.uri().path();
+    let suffix = raw
+        .split_once("/gw/")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, rest)| format!("/{rest}"))
+        .unwrap_or_default();
+    forward(s, agent, connection, suffix, request).await
 }
 
 #[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/api/gw/{connection}", tag = "proxy",
@@ -197,18 +237,22 @@ async fn forward(
         return ApiError(AppError::not_found("connection")).into_response();
     };
     let (parts, body) = request.into_parts();
-    let body = match to_bytes(body, services.config.proxy_max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
+    let url = match crate::proxy::request::gateway_url(&conn.base_url, &suffix, parts.uri.query()) {
+        Ok(u) => u,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let read = tokio::time::timeout(
+        services.config.proxy_body_timeout,
+        to_bytes(body, services.config.proxy_max_body_bytes),
+    );
+    let body = match read.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             return ApiError(AppError::new(413, "payload_too_large", "request body is too large"))
                 .into_response();
         }
+        Err(_) => return body_timeout(&s),
     };
-    let mut url = format!("{}{suffix}", conn.base_url.trim_end_matches('/'));
-    if let Some(q) = parts.uri.query() {
-        url.push('?');
-        url.push_str(q);
-    }
     let headers = upstream::strip_hop_by_hop(parts.headers.clone())
         .into_iter()
         .filter_map(|(name, value)| name.map(|n| (n, value)))

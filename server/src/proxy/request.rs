@@ -160,6 +160,78 @@ impl ExecuteRequest {
     }
 }
 
+fn bad_path(message: impl Into<String>) -> AppError {
+    AppError::bad_request("invalid_path", message)
+}
+
+/// Whether a raw path segment is `.` or `..`, spelled raw or percent-encoded.
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+    decoded == "." || decoded == ".."
+}
+
+/// The upstream URL of a gateway call: the connection's `base_url` joined, segment
+/// by segment, with the rest of the request's path **as the agent sent it** (raw,
+/// still percent-encoded) and its query.
+///
+/// The path must stay under the base URL's path, so anything that could climb out of
+/// it or change the URL's structure once decoded is refused: dot segments (`.`, `..`,
+/// raw or encoded as `%2e`), encoded `/`, `\`, `?` and `#` (`%2F`, `%5C`, `%3F`,
+/// `%23`), a raw backslash, and encoded control characters. Everything else is passed
+/// on exactly as written, so `a%20b` reaches the upstream as `a%20b`.
+pub fn gateway_url(base_url: &str, raw_suffix: &str, raw_query: Option<&str>) -> Result<String, AppError> {
+    let base = url::Url::parse(base_url).map_err(|_| bad_path("the connection's base URL does not parse"))?;
+    let suffix = raw_suffix.strip_prefix('/').unwrap_or(raw_suffix);
+    for segment in suffix.split('/') {
+        if is_dot_segment(segment) {
+            return Err(bad_path("the path must not contain '.' or '..' segments"));
+        }
+        if segment.contains('\\') {
+            return Err(bad_path("the path must not contain a backslash"));
+        }
+        let bytes = segment.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if *b != b'%' {
+                continue;
+            }
+            let hex = segment.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                None => return Err(bad_path("the path has a malformed percent escape")),
+                Some(b'/' | b'\\' | b'?' | b'#') => {
+                    return Err(bad_path("the path must not contain encoded '/', '\\', '?' or '#'"));
+                }
+                Some(c) if c < 0x20 || c == 0x7f => {
+                    return Err(bad_path("the path must not contain encoded control characters"));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let base_path = base.path().trim_end_matches('/');
+    let mut url = format!(
+        "{}{}",
+        base.as_str().split(['?', '#']).next().unwrap_or("").trim_end_matches('/'),
+        raw_suffix
+    );
+    if let Some(q) = raw_query {
+        url.push('?');
+        url.push_str(q);
+    }
+    // What the URL parser makes of it must still lie under the base path.
+    let joined = url::Url::parse(&url).map_err(|_| bad_path("the path does not form a valid URL"))?;
+    let path = joined.path();
+    let under = path == base_path
+        || path == format!("{base_path}/")
+        || path.strip_prefix(base_path).is_some_and(|rest| rest.starts_with('/'));
+    if !under
+        || joined.host_str() != base.host_str()
+        || joined.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(bad_path("the path leaves the connection's base URL"));
+    }
+    Ok(url)
+}
+
 impl ProxyRequest {
     /// Digest of what was asked: method, URL, header names and values, body digest.
     /// Bodies and headers are never stored, only this hash.
@@ -249,6 +321,46 @@ mod tests {
         let mut big = base();
         big.body = Some("x".repeat(2000));
         assert_eq!(big.into_proxy_request(1024).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn gateway_paths_stay_under_the_base_url() {
+        let base = "https://api.example.com/v1";
+        let ok = [
+            ("", None, "https://api.example.com/v1"),
+            ("/", None, "https://api.example.com/v1/"),
+            ("/chat/completions", Some("a=1&b=%2F"), "https://api.example.com/v1/chat/completions?a=1&b=%2F"),
+            ("/items/a%20b/%E2%9C%93", None, "https://api.example.com/v1/items/a%20b/%E2%9C%93"),
+            ("/file.v2..txt/...", None, "https://api.example.com/v1/file.v2..txt/..."),
+        ];
+        for (suffix, query, expected) in ok {
+            assert_eq!(gateway_url(base, suffix, query).unwrap(), expected, "{suffix}");
+        }
+        let refused = [
+            "/..",
+            "/../admin",
+            "/a/../../admin",
+            "/..%2F..%2Fheaders",
+            "/%2e%2e/admin",
+            "/.%2E/admin",
+            "/%2E/x",
+            "/./x",
+            "/x%3Fa=1",
+            "/x%23frag",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/a%00b",
+            "/a%zz",
+            "/a%2",
+        ];
+        for suffix in refused {
+            let e = gateway_url(base, suffix, None).expect_err(suffix);
+            assert_eq!((e.status, e.code.as_str()), (400, "invalid_path"), "{suffix}");
+        }
+        // A base URL without a path works the same way.
+        assert_eq!(gateway_url("http://127.0.0.1:9", "/a", None).unwrap(), "http://127.0.0.1:9/a");
+        assert!(gateway_url("http://127.0.0.1:9", "/..", None).is_err());
     }
 
     #[test]

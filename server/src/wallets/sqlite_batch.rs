@@ -23,6 +23,28 @@ use super::{Alert, Reservation, Resolved, crossed_alerts, refusal, windows, zone
 use crate::storage::sqlite_reads::Columns;
 use crate::storage::{now, sql_time, sqlite_internal as internal};
 
+/// A hold: within both limits, and reservations stay under the spend ceiling
+/// (`wallets::SPEND_CEILING_MICROS`), so no sum here can overflow.
+static HOLD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE wallets SET reserved_micros = reserved_micros + ?1, updated_at = ?2 WHERE agent_id = ?3 \
+         AND (daily_limit_micros = 0 OR daily_spent_micros + reserved_micros + ?1 <= daily_limit_micros) \
+         AND (monthly_limit_micros = 0 OR monthly_spent_micros + reserved_micros + ?1 <= monthly_limit_micros) \
+         AND reserved_micros <= {} - ?1",
+        crate::wallets::SPEND_CEILING_MICROS
+    )
+});
+
+/// A settlement: spend saturates at the ceiling instead of overflowing.
+static SETTLE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE wallets SET reserved_micros = reserved_micros - ?1, daily_spent_micros = {}, \
+         monthly_spent_micros = {}, updated_at = ?3 WHERE agent_id = ?4",
+        crate::wallets::saturating_add_sql("daily_spent_micros", "?2"),
+        crate::wallets::saturating_add_sql("monthly_spent_micros", "?2"),
+    )
+});
+
 /// The windows a batch has already rolled over, by agent (read once per batch).
 #[derive(Default)]
 pub struct Rolled(HashMap<Uuid, (String, String)>);
@@ -82,11 +104,7 @@ pub fn reserve(
     let at = now();
     let (day, month) = rolled.roll(tx, agent_id, at)?;
     let held = tx
-        .prepare_cached(
-            "UPDATE wallets SET reserved_micros = reserved_micros + ?1, updated_at = ?2 WHERE agent_id = ?3 \
-             AND (daily_limit_micros = 0 OR daily_spent_micros + reserved_micros + ?1 <= daily_limit_micros) \
-             AND (monthly_limit_micros = 0 OR monthly_spent_micros + reserved_micros + ?1 <= monthly_limit_micros)",
-        )
+        .prepare_cached(&HOLD_SQL)
         .and_then(|mut s| s.execute(params![amount, sql_time(at), agent_id.as_bytes()]))
         .map_err(internal)?
         == 1;
@@ -138,12 +156,9 @@ pub fn resolve(
     let Some((agent_id, reserved)) = claimed else { return Ok(None) };
     rolled.roll(tx, agent_id, at)?;
     let charged = actual.unwrap_or(0);
-    tx.prepare_cached(
-        "UPDATE wallets SET reserved_micros = reserved_micros - ?1, daily_spent_micros = daily_spent_micros + ?2, \
-         monthly_spent_micros = monthly_spent_micros + ?2, updated_at = ?3 WHERE agent_id = ?4",
-    )
-    .and_then(|mut s| s.execute(params![reserved, charged, sql_time(at), agent_id.as_bytes()]))
-    .map_err(internal)?;
+    tx.prepare_cached(&SETTLE_SQL)
+        .and_then(|mut s| s.execute(params![reserved, charged, sql_time(at), agent_id.as_bytes()]))
+        .map_err(internal)?;
     let alerts = if charged > 0 { claim_alerts(tx, agent_id)? } else { Vec::new() };
     Ok(Some(Resolved { agent_id, alerts }))
 }

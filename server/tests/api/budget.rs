@@ -255,3 +255,81 @@ async fn limited_agent(
     assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.text);
     (r.body["agent"]["id"].as_str().unwrap().to_owned(), r.body["api_key"].as_str().unwrap().to_owned())
 }
+
+/// Spend counters of a wallet without limits cannot overflow: they saturate at the
+/// documented ceiling (`SPEND_CEILING_MICROS`), stay integers, and the calls go on
+/// being served — through the group-committed path (the writer thread on SQLite,
+/// sea-orm on PostgreSQL) and the standalone one.
+#[tokio::test]
+async fn spend_counters_saturate_at_the_ceiling_instead_of_overflowing() {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use server::wallets::SPEND_CEILING_MICROS;
+
+    let mock = crate::mock::MockUpstream::start().await;
+    let s = TestServer::start_with(&[
+        ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32"),
+        // The breaker's spend window would trip on 10^15 a call; not under test here.
+        ("AEGIS_BREAKER_SPEND_MICROS", "0"),
+    ])
+    .await;
+    let sponsor = s.sponsor("rich").await;
+    let (id, key) = s
+        .agent_with(
+            &sponsor,
+            json!({"name": "whale", "policy": "permissive", "daily_limit_micros": 0, "monthly_limit_micros": 0}),
+        )
+        .await;
+    let agent: uuid::Uuid = id.parse().unwrap();
+    let db = &s.running.services.db;
+    let set = |col: entity::wallets::Column, v: i64| {
+        entity::wallets::Entity::update_many()
+            .col_expr(col, Expr::value(v))
+            .filter(entity::wallets::Column::AgentId.eq(agent))
+            .exec(db)
+    };
+    // Counters at the very edge of i64 (as years of 10^15 charges would leave them).
+    set(entity::wallets::Column::DailySpentMicros, i64::MAX - 10).await.unwrap();
+    set(entity::wallets::Column::MonthlySpentMicros, i64::MAX - 10).await.unwrap();
+    let max = app::money::MAX_MICROS;
+    for _ in 0..3 {
+        let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": max})).await;
+        assert_eq!(r.status, reqwest::StatusCode::OK, "{}", r.text);
+    }
+    let w = s.running.services.wallets.get(agent).await.unwrap().unwrap();
+    assert_eq!((w.daily_spent_micros, w.monthly_spent_micros), (SPEND_CEILING_MICROS, SPEND_CEILING_MICROS));
+    assert_eq!(w.reserved_micros, 0);
+    // The standalone settlement path saturates too.
+    let wallets = s.running.services.wallets.clone();
+    assert!(matches!(
+        wallets.reserve(agent, "direct-1", max).await.unwrap(),
+        server::wallets::Reservation::Held
+    ));
+    assert!(wallets.settle("direct-1", max).await.unwrap());
+    let w = wallets.get(agent).await.unwrap().unwrap();
+    assert_eq!(w.daily_spent_micros, SPEND_CEILING_MICROS);
+    if !s.on_postgres() {
+        // Stored as an integer, never as SQLite's overflow float.
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT typeof(daily_spent_micros) AS t FROM wallets WHERE daily_spent_micros > 0",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.try_get::<String>("", "t").unwrap(), "integer");
+    }
+    // Reservations cannot climb past the ceiling either: the hold is refused, not wrapped.
+    set(entity::wallets::Column::ReservedMicros, SPEND_CEILING_MICROS - 5).await.unwrap();
+    let r = s.execute(&key, json!({"method": "GET", "url": mock.url("/echo"), "cost_micros": 10})).await;
+    assert_eq!(
+        (r.status, r.body["stage"].as_str()),
+        (reqwest::StatusCode::FORBIDDEN, Some("budget")),
+        "{}",
+        r.text
+    );
+    let w = wallets.get(agent).await.unwrap().unwrap();
+    assert_eq!(w.reserved_micros, SPEND_CEILING_MICROS - 5);
+}

@@ -11,6 +11,7 @@ mod budget;
 mod dashboard;
 mod demo;
 mod docs;
+mod doors;
 mod errors;
 mod events;
 mod exfiltration;
