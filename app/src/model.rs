@@ -295,6 +295,10 @@ pub struct SecretView {
 pub struct NewSecret {
     pub name: String,
     pub value: String,
+    /// Where the secret may be sent: `[http://|https://]host[:port]`, `host` exact or
+    /// `*.domain`. No scheme means https only; no port means the scheme's default
+    /// (`:*` for any). Plain http only where written (`http://api.internal.example:8080`).
+    /// Checked on the request and again on every redirect hop.
     pub allowed_hosts: Vec<String>,
     pub inject: Injection,
     #[serde(default)]

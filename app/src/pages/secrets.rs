@@ -92,8 +92,8 @@ fn NewSecretForm(
                 <div class="field wide">
                     <label for="secret-hosts">"Allowed hosts"</label>
                     <textarea id="secret-hosts" name="allowed_hosts" rows="2" required
-                        placeholder="api.stripe.com, *.example.com"></textarea>
-                    <span class="hint muted small">"Comma or line separated. The secret is only ever sent to these hosts."</span>
+                        placeholder="api.stripe.com, *.example.com, http://10.0.0.5:8080"></textarea>
+                    <span class="hint muted small">"Comma or line separated. The secret is only ever sent to these hosts: https on port 443 unless you write a scheme (http://) or a port (:8443, :* for any)."</span>
                 </div>
                 <fieldset class="field wide injection">
                     <legend>"Inject as"</legend>

@@ -52,7 +52,10 @@ pub struct ExecuteRequest {
     /// A free label such as "github.create_issue", for policy and audit.
     #[serde(default)]
     pub action: Option<String>,
-    /// Follow redirects (each hop re-checked, at most 5). Off by default.
+    /// Follow redirects (at most 5; each hop re-checked by the egress guard). Off by
+    /// default. With a `secret`, a hop whose scheme, host and port the secret is not
+    /// allowed for is not followed: the 3xx itself is the answer. No `Referer` is sent.
+    /// Policies see it as `input.action.follow_redirects`.
     #[serde(default)]
     pub follow_redirects: bool,
 }
