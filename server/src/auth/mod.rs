@@ -403,6 +403,41 @@ mod tests {
         }
     }
 
+    async fn service() -> (AuthService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::connect(&crate::db::resolve_url(None, dir.path())).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let window = Duration::from_secs(900);
+        let throttle = LoginThrottle::new(Arc::new(throttle::MemoryCounter::default()), 5, 50, window);
+        let tokens = AccessTokens::new(b"0123456789abcdef0123456789abcdef", window);
+        (AuthService::new(db, tokens, throttle, Duration::from_secs(86_400)), dir)
+    }
+
+    /// Requests that present one refresh token while its rotation is in progress
+    /// share that rotation; once it has finished, the same token again is reuse and
+    /// ends the session (no cached answer hands the new pair to a replayer).
+    #[tokio::test]
+    async fn browser_refresh_is_single_flight_and_a_later_replay_is_reuse() {
+        let (auth, _dir) = service().await;
+        let client = ClientMeta::default();
+        let reg = Registration {
+            email: "a@example.com".into(),
+            password: "correct horse 9".into(),
+            name: "A".into(),
+        };
+        let old = auth.register(reg, client.clone()).await.unwrap().tokens.refresh_token;
+        // join_all polls every future before the first rotation's database round trip ends.
+        let results = futures::future::join_all((0..8).map(|_| auth.refresh_shared(&old, &client))).await;
+        let fresh: Vec<String> = results.into_iter().map(|r| r.unwrap().tokens.refresh_token).collect();
+        assert!(fresh.iter().all(|t| *t == fresh[0] && *t != old), "one shared rotation: {fresh:?}");
+        assert!(auth.in_flight.lock().unwrap().is_empty(), "nothing remembered after the rotation");
+
+        let replay = auth.refresh_shared(&old, &client).await.unwrap_err();
+        assert_eq!((replay.status, replay.code.as_str()), (401, "refresh_token_reused"));
+        let after = auth.refresh(&fresh[0], &client).await.unwrap_err();
+        assert_eq!(after.code, "invalid_refresh_token", "the whole family is revoked");
+    }
+
     #[test]
     fn names_are_trimmed_and_bounded() {
         assert_eq!(clean_name("  Ada ").unwrap(), "Ada");
