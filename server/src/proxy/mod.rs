@@ -437,7 +437,7 @@ impl Pipeline {
             Ok(u) => u,
             Err(e) => deny!(Stage::Egress, format!("malformed target URL: {e}"), json!({})),
         };
-        trail.host = parsed.host_str().map(|h| h.to_ascii_lowercase());
+        trail.host = parsed.host_str().map(|_| policy::normalised_host(&parsed));
         trail.path = Some(parsed.path().to_owned());
 
         // Stage: policy.

@@ -7,6 +7,14 @@ use serde_json::{Value, json};
 
 use super::request::ProxyRequest;
 
+/// The target's host as the egress guard judges it: lower case, no trailing dot, IPv6
+/// without brackets (the URL parser already applied IDNA and every IPv4 spelling).
+/// The policy input and the audit record both use it, so the host a sponsor writes a
+/// rule for is the host the audit log shows.
+pub fn normalised_host(url: &url::Url) -> String {
+    url.host_str().unwrap_or("").trim_end_matches('.').trim_matches(['[', ']']).to_ascii_lowercase()
+}
+
 /// The policy input. Documented in the README ("Policy input"); never contains
 /// secret values — secrets are injected after the decision.
 pub fn input(
@@ -18,8 +26,7 @@ pub fn input(
     at: DateTime<Utc>,
 ) -> Value {
     let tags: Vec<String> = serde_json::from_str(&agent.tags).unwrap_or_default();
-    let host =
-        url.host_str().unwrap_or("").trim_end_matches('.').trim_matches(['[', ']']).to_ascii_lowercase();
+    let host = normalised_host(url);
     let w = |f: fn(&wallets::Model) -> i64| wallet.map_or(0, f);
     json!({
         "agent": {

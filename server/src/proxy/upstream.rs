@@ -184,7 +184,7 @@ struct Hop {
 
 /// What to do with a redirect answer.
 enum Next {
-    Follow(Hop),
+    Follow(Box<Hop>),
     /// Answer the 3xx itself.
     Stop,
 }
@@ -280,7 +280,7 @@ impl Upstream {
             super::secret::inject(secret, &mut headers, &mut url)
                 .map_err(|_| UpstreamError::Unreachable("redirect could not carry the secret".into()))?;
         }
-        Ok(Next::Follow(Hop { method, url, headers, body }))
+        Ok(Next::Follow(Box::new(Hop { method, url, headers, body })))
     }
 
     /// Performs the call and reads the whole answer. `url` was checked by the egress
@@ -336,7 +336,7 @@ impl Upstream {
                         )));
                     }
                     followed += 1;
-                    hop = next;
+                    hop = *next;
                 }
             }
         };

@@ -181,3 +181,32 @@ async fn the_key_is_checked_before_the_body_is_read_and_slow_bodies_time_out() {
     .expect("gateway: no answer before the body was complete");
     assert_eq!(status, 401);
 }
+
+/// The audit log records the host as the egress guard and the policy judged it (lower
+/// case, no trailing dot, IDNA applied), not as the agent spelled it.
+#[tokio::test]
+async fn the_audit_log_records_the_normalised_host() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK, ("AEGIS_BREAKER_DENIAL_RATE_PCT", "0")]).await;
+    let sponsor = s.sponsor("h").await;
+    let (_, key) = s.agent_with(&sponsor, json!({"name": "spell", "policy": "permissive"})).await;
+    for (url, host) in [
+        (format!("http://127.0.0.1.:{}/echo", mock.port), "127.0.0.1"),
+        ("https://API.Example.COM./x".to_owned(), "api.example.com"),
+        ("https://BÜCHER.example/x".to_owned(), "xn--bcher-kva.example"),
+    ] {
+        let r = s.execute(&key, json!({"method": "GET", "url": url})).await;
+        let request_id = r.body["request_id"].as_str().unwrap();
+        let a = s.get(&format!("/api/audit?request_id={request_id}&limit=50"), &sponsor.access).await;
+        let items: Vec<&Value> = a.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"].as_str().unwrap().starts_with("proxy."))
+            .collect();
+        assert!(!items.is_empty(), "{url}: {}", a.text);
+        for item in items {
+            assert_eq!(item["host"], host, "{url}: {item}");
+        }
+    }
+}
