@@ -618,8 +618,12 @@ pub async fn dry_run(source: String, input: serde_json::Value) -> Result<Evaluat
 }
 
 fn evaluate_compiled(compiled: &Compiled, input: serde_json::Value) -> Evaluation {
+    evaluate_compiled_value(compiled, Value::from(input))
+}
+
+fn evaluate_compiled_value(compiled: &Compiled, input: Value) -> Evaluation {
     let policy_sha256 = compiled.sha256.clone();
-    match verdict(compiled.eval(Value::from(input))) {
+    match verdict(compiled.eval(input)) {
         Ok(Verdict { decision, reasons, forward_credentials }) => {
             Evaluation { decision, reasons, policy_sha256, forward_credentials, error: None }
         }
@@ -720,8 +724,7 @@ impl PolicyEngine {
                 );
             }
         };
-        let sponsor = input["agent"]["sponsor"].as_str().map(str::to_owned);
-        if let Some(sponsor) = &sponsor
+        if let Some(sponsor) = input["agent"]["sponsor"].as_str()
             && self.in_quarantine(sponsor)
         {
             return Evaluation::denied(
@@ -733,10 +736,15 @@ impl PolicyEngine {
                 ),
             );
         }
-        let evaluation = evaluate_compiled(&compiled, input);
+        // A cheap handle (reference-counted) on the input, to name the sponsor in
+        // the rare case the policy hits a limit.
+        let input = Value::from(input);
+        let kept = input.clone();
+        let evaluation = evaluate_compiled_value(&compiled, input);
         if evaluation.hit_limit()
-            && let Some(sponsor) = sponsor
+            && let Ok(sponsor) = kept["agent"]["sponsor"].as_string()
         {
+            let sponsor = sponsor.to_string();
             tracing::warn!(sponsor = %sponsor, policy = %compiled.sha256, error = ?evaluation.error, "policy hit a limit; sponsor in quarantine");
             self.put_in_quarantine(sponsor);
         }

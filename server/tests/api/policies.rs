@@ -287,8 +287,14 @@ async fn hostile_policies_get_a_clear_answer_while_other_tenants_are_served() {
                 );
                 assert!(["policy_limit_exceeded", "policy_busy"].contains(&r.code()), "{}", r.text);
                 assert!(started.elapsed() < bound, "answered after {:?}", started.elapsed());
+                // Denied at stage policy — or, once enough denials piled up, by the
+                // circuit breaker that suspends the agent.
                 let r = s.execute(hostile_key, json!({"method": "GET", "url": echo})).await;
-                assert_eq!(r.body["stage"], "policy", "{}", r.text);
+                assert!(
+                    ["policy", "breaker"].contains(&r.body["stage"].as_str().unwrap_or("")),
+                    "{}",
+                    r.text
+                );
                 answered += 2;
             }
             answered
