@@ -511,17 +511,13 @@ fn vet_call(fcn: &Expr, params: &[regorus::unstable::Ref<Expr>]) -> Result<(), S
                 return Err(format!("`sprintf` takes at most {MAX_SPRINTF_VERBS} verbs"));
             }
         }
-        "concat" => {
-            if !arg(0).and_then(str_literal).is_some_and(|d| d.len() <= MAX_REPEATED_LITERAL) {
+        "concat" | "replace" => {
+            // The literal repeated once per element or match: the delimiter, the replacement.
+            let (index, what) = if name == "concat" { (0, "delimiter") } else { (2, "replacement") };
+            let small = arg(index).and_then(str_literal).is_some_and(|l| l.len() <= MAX_REPEATED_LITERAL);
+            if !small {
                 return Err(format!(
-                    "`concat` takes a string literal of at most {MAX_REPEATED_LITERAL} bytes as its delimiter"
-                ));
-            }
-        }
-        "replace" => {
-            if !arg(2).and_then(str_literal).is_some_and(|r| r.len() <= MAX_REPEATED_LITERAL) {
-                return Err(format!(
-                    "`replace` takes a string literal of at most {MAX_REPEATED_LITERAL} bytes as its replacement"
+                    "`{name}` takes a string literal of at most {MAX_REPEATED_LITERAL} bytes as its {what}"
                 ));
             }
         }
