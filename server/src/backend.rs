@@ -31,7 +31,6 @@ use crate::storage::sqlite_reads::SqliteReads;
 use crate::trust::TrustService;
 use crate::wallets::WalletService;
 
-
 pub struct Services {
     pub config: Config,
     pub db: DatabaseConnection,
@@ -167,11 +166,11 @@ impl Backend for Services {
     }
 
     fn cookie(&self, name: &str, value: &str, path: &str, max_age: u64) -> String {
-        crate::http::browser::set_cookie(&self.config, name, value, path, max_age)
+        crate::auth::cookies::set_cookie(&self.config, name, value, path, max_age)
     }
 
     fn session_cookies(&self, tokens: Option<&TokenPair>) -> Vec<String> {
-        crate::http::browser::session_cookies(&self.config, tokens)
+        crate::auth::cookies::session_cookies(&self.config, tokens)
     }
 
     async fn list_agents(

@@ -33,7 +33,7 @@ pub struct Config {
     /// Where the master key file lives: `AEGIS_MASTER_KEY_FILE`, else
     /// `$XDG_CONFIG_HOME/aegis/master.key`, else `$HOME/.config/aegis/master.key` —
     /// outside the data directory. `None` (no home either) falls back to the data
-    /// directory ([`crate::data_dir::master_key_path`]).
+    /// directory (see `data_dir::master_key_path`).
     pub master_key_file: Option<PathBuf>,
     /// Hex-encoded 32-byte seed of the audit checkpoint signing key.
     pub audit_signing_key: Option<String>,
@@ -103,6 +103,14 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Config {
+    /// Where the vault's master key comes from.
+    pub fn master_key_settings(&self) -> crate::data_dir::MasterKeySettings<'_> {
+        crate::data_dir::MasterKeySettings {
+            env_key: self.master_key.as_deref(),
+            file: self.master_key_file.as_deref(),
+        }
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -250,7 +258,9 @@ impl Config {
             },
             proxy_max_body_bytes: number("AEGIS_PROXY_MAX_BODY_BYTES", 10 << 20)? as usize,
             proxy_max_in_flight: number("AEGIS_PROXY_MAX_IN_FLIGHT", 1024)?.max(1) as usize,
-            proxy_body_timeout: Duration::from_secs(number("AEGIS_PROXY_BODY_TIMEOUT_SECS", 30)?.clamp(1, 3600)),
+            proxy_body_timeout: Duration::from_secs(
+                number("AEGIS_PROXY_BODY_TIMEOUT_SECS", 30)?.clamp(1, 3600),
+            ),
             log_format,
             metrics_token,
             reservation_ttl: Duration::from_secs(

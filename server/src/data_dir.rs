@@ -68,13 +68,13 @@ impl DataDir {
     /// The vault's master keys: the current one (`AEGIS_MASTER_KEY`, else the file at
     /// [`master_key_path`], created on first use) and the retired ones `aegis rekey`
     /// left in [`retired_path`].
-    pub fn master_keys(&self, config: &crate::config::Config) -> Result<(KeyBytes, Vec<KeyBytes>), KeyError> {
-        if let Some(value) = config.master_key.as_deref() {
+    pub fn master_keys(&self, keys: MasterKeySettings<'_>) -> Result<(KeyBytes, Vec<KeyBytes>), KeyError> {
+        if let Some(value) = keys.env_key {
             let key = decode(value, MASTER_KEY_LEN)
                 .ok_or(KeyError::BadEnvKey { var: "AEGIS_MASTER_KEY", len: 32 })?;
             return Ok((key, Vec::new()));
         }
-        let path = master_key_path(self, config);
+        let path = master_key_path(self, keys);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
@@ -85,20 +85,30 @@ impl DataDir {
     }
 }
 
+/// Where the master key comes from, as configured (`Config::master_key_settings`):
+/// a key from the environment, else the key file.
+#[derive(Debug, Clone, Copy)]
+pub struct MasterKeySettings<'a> {
+    /// `AEGIS_MASTER_KEY`.
+    pub env_key: Option<&'a str>,
+    /// `AEGIS_MASTER_KEY_FILE` or its default.
+    pub file: Option<&'a Path>,
+}
+
 pub const MASTER_KEY_FILE: &str = "master.key";
 pub const MASTER_KEY_LEN: usize = 32;
 
-/// Where the master key file is: [`crate::config::Config::master_key_file`]
+/// Where the master key file is: `Config::master_key_file`
 /// (`AEGIS_MASTER_KEY_FILE`, else `$XDG_CONFIG_HOME/aegis/master.key`, else
 /// `$HOME/.config/aegis/master.key`), outside the data directory. Two exceptions keep
 /// existing set-ups working: a `master.key` already in the data directory (from
 /// before this default) is used while the configured file does not exist (a warning
 /// says to move it), and without a configured place (no `HOME`) the data directory is
 /// used.
-pub fn master_key_path(data: &DataDir, config: &crate::config::Config) -> PathBuf {
+pub fn master_key_path(data: &DataDir, keys: MasterKeySettings<'_>) -> PathBuf {
     let legacy = data.root.join(MASTER_KEY_FILE);
-    match &config.master_key_file {
-        Some(path) if path.exists() || !legacy.exists() => path.clone(),
+    match keys.file {
+        Some(path) if path.exists() || !legacy.exists() => path.to_owned(),
         Some(path) => {
             tracing::warn!(
                 legacy = %legacy.display(), recommended = %path.display(),
@@ -256,25 +266,29 @@ mod tests {
             ("HOME", home.display().to_string()),
         ]);
         let data = DataDir::open(&data_path).unwrap();
-        let (key, retired) = data.master_keys(&c).unwrap();
+        let (key, retired) = data.master_keys(c.master_key_settings()).unwrap();
         let file = home.join(".config/aegis/master.key");
         assert_eq!(fs::read_to_string(&file).unwrap(), hex::encode(&key.0));
         assert!(retired.is_empty());
         assert!(!data_path.join(MASTER_KEY_FILE).exists(), "no key in the data directory");
         assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
-        assert_eq!(data.master_keys(&c).unwrap().0.0, key.0, "the same key on the next start");
+        assert_eq!(
+            data.master_keys(c.master_key_settings()).unwrap().0.0,
+            key.0,
+            "the same key on the next start"
+        );
 
         let xdg = dir.path().join("xdg");
         let c =
             config(&[("XDG_CONFIG_HOME", xdg.display().to_string()), ("HOME", home.display().to_string())]);
-        assert_eq!(master_key_path(&data, &c), xdg.join("aegis/master.key"));
+        assert_eq!(master_key_path(&data, c.master_key_settings()), xdg.join("aegis/master.key"));
         let explicit = dir.path().join("k");
         let c = config(&[
             ("AEGIS_MASTER_KEY_FILE", explicit.display().to_string()),
             ("HOME", home.display().to_string()),
         ]);
-        assert_eq!(master_key_path(&data, &c), explicit);
+        assert_eq!(master_key_path(&data, c.master_key_settings()), explicit);
     }
 
     /// An existing deployment's `data/master.key` keeps working (until it is moved);
@@ -287,9 +301,12 @@ mod tests {
         let legacy = data.key(MASTER_KEY_FILE, 32, "AEGIS_MASTER_KEY", None).unwrap();
         let home = dir.path().join("home");
         let c = config(&[("HOME", home.display().to_string())]);
-        assert_eq!(data.master_keys(&c).unwrap().0.0, legacy.0);
+        assert_eq!(data.master_keys(c.master_key_settings()).unwrap().0.0, legacy.0);
         assert!(!home.join(".config/aegis/master.key").exists());
-        assert_eq!(master_key_path(&data, &config(&[])), data_path.join(MASTER_KEY_FILE));
+        assert_eq!(
+            master_key_path(&data, config(&[]).master_key_settings()),
+            data_path.join(MASTER_KEY_FILE)
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod policies;
 pub mod proxy;
 pub mod redis_link;
+pub mod rekey;
 pub mod secrets;
 pub mod storage;
 pub mod trust;
@@ -57,7 +58,7 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
     let data = DataDir::open(&config.data_dir)?;
     let jwt_key = data.key("jwt.key", 32, "AEGIS_JWT_SECRET", config.jwt_secret.as_deref())?;
     // Encrypts vault secrets at rest; kept outside the data directory by default.
-    let (master_key, retired_keys) = data.master_keys(&config)?;
+    let (master_key, retired_keys) = data.master_keys(config.master_key_settings())?;
     // Signs audit checkpoints; its public key verifies them.
     let audit_signer = audit::signer_from(&data, &config)?;
 

@@ -245,7 +245,7 @@ async fn open_audit(config: &Config) -> Result<AuditLog, server::StartError> {
 }
 
 async fn rekey(config: Config) -> ExitCode {
-    match server::secrets::vault::rekey(&config).await {
+    match server::rekey::rekey(&config).await {
         Ok(report) => {
             println!(
                 "master key {} rotated: key {} -> {}; {} vault secrets re-sealed",

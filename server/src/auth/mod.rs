@@ -1,6 +1,7 @@
 //! Sponsor accounts and sessions: registration, sign-in, refresh-token rotation with
 //! reuse detection, sign-out, and access-token checks.
 
+pub mod cookies;
 pub mod password;
 pub mod throttle;
 pub mod tokens;

@@ -97,8 +97,8 @@ pub const MAX_WAIT_SECS: u64 = 60;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
-    /// Hold the request up to this many seconds (at most 60) until the approval is
-    /// decided (and, if approved, performed).
+    /// Hold the request up to this many seconds until the approval is decided (and,
+    /// if approved, performed). Waits are at most 60 seconds: a larger value waits 60.
     #[serde(default)]
     pub wait: Option<u64>,
 }

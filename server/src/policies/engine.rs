@@ -614,12 +614,8 @@ pub async fn dry_run(source: String, input: serde_json::Value) -> Result<Evaluat
 }
 
 fn evaluate_compiled(compiled: &Compiled, input: serde_json::Value) -> Evaluation {
-    evaluate_compiled_value(compiled, Value::from(input))
-}
-
-fn evaluate_compiled_value(compiled: &Compiled, input: Value) -> Evaluation {
     let policy_sha256 = compiled.sha256.clone();
-    match verdict(compiled.eval(input)) {
+    match verdict(compiled.eval(Value::from(input))) {
         Ok(Verdict { decision, reasons, forward_credentials }) => {
             Evaluation { decision, reasons, policy_sha256, forward_credentials, error: None }
         }
@@ -732,15 +728,11 @@ impl PolicyEngine {
                 ),
             );
         }
-        // A cheap handle (reference-counted) on the input, to name the sponsor in
-        // the rare case the policy hits a limit.
-        let input = Value::from(input);
-        let kept = input.clone();
-        let evaluation = evaluate_compiled_value(&compiled, input);
+        let sponsor = input["agent"]["sponsor"].as_str().map(str::to_owned);
+        let evaluation = evaluate_compiled(&compiled, input);
         if evaluation.hit_limit()
-            && let Ok(sponsor) = kept["agent"]["sponsor"].as_string()
+            && let Some(sponsor) = sponsor
         {
-            let sponsor = sponsor.to_string();
             tracing::warn!(sponsor = %sponsor, policy = %compiled.sha256, error = ?evaluation.error, "policy hit a limit; sponsor in quarantine");
             self.put_in_quarantine(sponsor);
         }

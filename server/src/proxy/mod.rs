@@ -507,7 +507,11 @@ impl Pipeline {
             Some(name) => match self.secrets.open(
                 granted_secret.as_ref(),
                 name,
-                &crate::secrets::hosts::Destination { scheme: &target.scheme, host: &target.host, port: target.port },
+                &crate::secrets::hosts::Destination {
+                    scheme: &target.scheme,
+                    host: &target.host,
+                    port: target.port,
+                },
             ) {
                 Ok(Ok(s)) => Some(s),
                 Ok(Err(denied)) => deny!(Stage::Secret, denied.0, json!({})),

@@ -109,6 +109,16 @@ async fn bad_input_table() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
         ),
+        // serde fills a struct from an array too: `["y"]` would create an agent named "y".
+        case(
+            "array standing in for an object",
+            Method::POST,
+            "/api/agents",
+            json_ct,
+            b" [\"y\"]",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
         case(
             "no content type",
             Method::POST,

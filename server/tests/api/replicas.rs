@@ -130,18 +130,17 @@ async fn two_processes_share_budgets_audit_approvals_and_events() {
     assert_eq!(b.get("/api/auth/me", token).await.status, StatusCode::OK);
 
     // B's dashboard socket hears what happens on A.
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async({
-            // The token in a header, never the URL (`?token=` is refused).
-            let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                format!("{}/ws", b.base.replace("http", "ws")),
-            )
-            .unwrap();
-            req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-            req
-        })
-            .await
-            .expect("WebSocket on B");
+    let (mut ws, _) = tokio_tungstenite::connect_async({
+        // The token in a header, never the URL (`?token=` is refused).
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            format!("{}/ws", b.base.replace("http", "ws")),
+        )
+        .unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    })
+    .await
+    .expect("WebSocket on B");
     let r = a
         .post(
             "/api/agents",

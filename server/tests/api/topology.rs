@@ -175,18 +175,17 @@ async fn nginx_in_front_of_two_replicas_with_failover() {
     let token = r.body["access_token"].as_str().unwrap().to_owned();
 
     // The dashboard socket is upgraded through nginx.
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async({
-            // The token in a header, never the URL (`?token=` is refused).
-            let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                format!("{}/ws", edge.replace("http", "ws")),
-            )
-            .unwrap();
-            req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-            req
-        })
-            .await
-            .expect("WebSocket through nginx");
+    let (mut ws, _) = tokio_tungstenite::connect_async({
+        // The token in a header, never the URL (`?token=` is refused).
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            format!("{}/ws", edge.replace("http", "ws")),
+        )
+        .unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    })
+    .await
+    .expect("WebSocket through nginx");
     let r = read(
         client
             .post(format!("{edge}/api/agents"))
