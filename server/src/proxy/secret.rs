@@ -424,16 +424,7 @@ mod tests {
                 }
             })
             .collect();
-        let pct_lower: String = value
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02x}")
-                }
-            })
-            .collect();
+        let pct_lower = pct_lower_hex(&pct_upper);
         let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
         let json_min = serde_json::to_string(value).unwrap();
         let json_ascii = "sk\\/live+\\\"q\\\\\\u00e9=1&2 ~x-ABCDEFGH";
