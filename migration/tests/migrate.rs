@@ -29,7 +29,7 @@ const TABLES: [&str; 18] = [
 ];
 
 /// A sample of named indexes, one per kind (plain, composite, unique, raw SQL).
-const INDEXES: [(&str, &str); 7] = [
+const INDEXES: [(&str, &str); 9] = [
     ("agents", "ux_agents_sponsor_name_live"),
     ("agents", "ix_agents_sponsor_id_created_at"),
     ("policy_versions", "ux_policy_versions_policy_id_version"),
@@ -37,10 +37,13 @@ const INDEXES: [(&str, &str); 7] = [
     ("ledger_entries", "ix_ledger_entries_status_expires_at"),
     ("audit_events", "ix_audit_events_kind_seq"),
     ("approvals", "ix_approvals_status_expires_at"),
+    ("approvals", "ix_approvals_status_decided_at"),
+    ("idempotency_records", "ix_idempotency_records_created_at"),
 ];
 
-/// How many migrations there are (the initial schema, the audit guards, breakers).
-const MIGRATIONS: usize = 3;
+/// How many migrations there are (the initial schema, the audit guards, breakers,
+/// the approvals' plain columns and retention indexes).
+const MIGRATIONS: usize = 4;
 
 async fn assert_tables(db: &DatabaseConnection, present: bool) {
     let manager = SchemaManager::new(db);
