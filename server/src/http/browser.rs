@@ -70,7 +70,7 @@ fn harden(response: &mut Response, config: &Config) {
     );
     set("x-frame-options", "DENY");
     set("x-content-type-options", "nosniff");
-    set("referrer-policy", "no-referrer");
+    set("referrer-policy", "same-origin");
     set("cross-origin-opener-policy", "same-origin");
     set("cross-origin-resource-policy", "same-origin");
     set("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()");

@@ -252,7 +252,7 @@ async fn dashboard_answers_carry_security_headers() {
         assert!(get("content-security-policy").contains("frame-ancestors 'none'"), "{what}");
         assert_eq!(get("x-frame-options"), "DENY", "{what}");
         assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
-        assert_eq!(get("referrer-policy"), "no-referrer", "{what}");
+        assert_eq!(get("referrer-policy"), "same-origin", "{what}");
         assert_eq!(get("cross-origin-opener-policy"), "same-origin", "{what}");
         assert!(h.get("strict-transport-security").is_none(), "no HSTS over plain http: {what}");
     }
