@@ -22,17 +22,8 @@ pub fn target_of(url: &str, masked_query_param: Option<&str>) -> Option<Approval
         _ => host.clone(),
     };
     if let Some(param) = masked_query_param {
-        let kept: Vec<(String, String)> = parsed
-            .query_pairs()
-            .filter(|(k, _)| k != param)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let mut pairs = parsed.query_pairs_mut();
-        pairs.clear();
-        for (k, v) in kept {
-            pairs.append_pair(&k, &v);
-        }
-        pairs.append_pair(param, MASK);
+        // Where the injection will put the secret, exactly as it will (one rule).
+        crate::proxy::secret::set_query_param(&mut parsed, param, MASK);
     }
     Some(ApprovalTarget {
         url: parsed.as_str().to_owned(),
