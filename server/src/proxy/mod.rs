@@ -615,42 +615,32 @@ impl Pipeline {
             Err(e) => undecided!(storage_failure(request_id, e)),
         }
 
-        // Perform. Gateway answers stream through; execute answers are read whole.
-        let called = if request.stream_response {
-            self.upstream
-                .call_streaming(
-                    request.method.clone(),
-                    url,
-                    headers,
-                    request.body.clone(),
-                    request.follow_redirects,
-                    secret.as_ref(),
-                )
-                .await
-                .map(|mut r| {
-                    if let Some(s) = &secret {
-                        secret::scrub_headers(s, &mut r.headers);
-                        r.body = secret::scrub_stream(r.body, secret::Scrubber::new(s));
-                    }
-                    Answer::Streaming(r)
-                })
-        } else {
-            self.upstream
-                .call(
-                    request.method.clone(),
-                    url,
-                    headers,
-                    request.body.clone(),
-                    request.follow_redirects,
-                    secret.as_ref(),
-                )
-                .await
-                .map(|mut r| {
-                    if let Some(s) = &secret {
-                        r.body = secret::scrub(s, &mut r.headers, std::mem::take(&mut r.body));
-                    }
-                    Answer::Whole(r)
-                })
+        // Perform. The answer is scrubbed as it arrives; gateway answers stream through,
+        // execute answers are read whole.
+        let called = match self
+            .upstream
+            .call_streaming(
+                request.method.clone(),
+                url,
+                headers,
+                request.body.clone(),
+                request.follow_redirects,
+                secret.as_ref(),
+            )
+            .await
+        {
+            Ok(mut r) => {
+                if let Some(s) = &secret {
+                    secret::scrub_headers(s, &mut r.headers);
+                    r.body = secret::scrub_stream(r.body, secret::Scrubber::new(s));
+                }
+                if request.stream_response {
+                    Ok(Answer::Streaming(r))
+                } else {
+                    r.read_whole().await.map(Answer::Whole)
+                }
+            }
+            Err(e) => Err(e),
         };
         drop(secret);
 

@@ -104,6 +104,18 @@ pub struct StreamingResponse {
     pub body: BodyStream,
 }
 
+impl StreamingResponse {
+    /// Reads the rest of the body: the whole answer (execute mode).
+    pub async fn read_whole(self) -> Result<UpstreamResponse, UpstreamError> {
+        let StreamingResponse { status, headers, body: mut stream } = self;
+        let mut body = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk?);
+        }
+        Ok(UpstreamResponse { status, headers, body: body.freeze() })
+    }
+}
+
 impl std::fmt::Debug for StreamingResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamingResponse").field("status", &self.status).finish_non_exhaustive()
@@ -283,27 +295,6 @@ impl Upstream {
         Ok(Next::Follow(Box::new(Hop { method, url, headers, body })))
     }
 
-    /// Performs the call and reads the whole answer. `url` was checked by the egress
-    /// guard; the client's resolver re-checks every address it connects to.
-    /// `secret` is the secret already injected into `headers`/`url`, if any.
-    pub async fn call(
-        &self,
-        method: Method,
-        url: url::Url,
-        headers: HeaderMap,
-        body: Bytes,
-        follow_redirects: bool,
-        secret: Option<&UsableSecret>,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let StreamingResponse { status, headers, body: mut stream } =
-            self.call_streaming(method, url, headers, body, follow_redirects, secret).await?;
-        let mut body = BytesMut::new();
-        while let Some(chunk) = stream.next().await {
-            body.extend_from_slice(&chunk?);
-        }
-        Ok(UpstreamResponse { status, headers, body: body.freeze() })
-    }
-
     /// Performs the call and hands back the answer as it arrives. The size cap still
     /// holds: past it the stream ends with an error (the status is already sent).
     pub async fn call_streaming(
@@ -315,10 +306,8 @@ impl Upstream {
         follow_redirects: bool,
         secret: Option<&UsableSecret>,
     ) -> Result<StreamingResponse, UpstreamError> {
-        // Whatever the caller built, the answer must come back readable by the scrubber.
-        for name in NEVER_FORWARDED {
-            headers.remove(*name);
-        }
+        // The agent's own `Accept-Encoding` never got here ([`outgoing_headers`]): ask for
+        // an answer the scrubber can read.
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let mut hop = Hop { method, url, headers, body };
         let mut followed = 0;
