@@ -36,8 +36,12 @@ test: tools chromium nginx e2e-deps build-debug test-rust test-postgres test-red
 build-debug:
 	cargo leptos build
 
+# Every pass selects the same packages: a different selection unifies the dependencies'
+# features differently and rebuilds much of the tree a second time (time and disk).
+CARGO_TEST := cargo test --workspace --exclude frontend
+
 test-rust: ## Unit, migration and API integration tests (SQLite)
-	cargo test --workspace --exclude frontend
+	$(CARGO_TEST)
 
 # A second pass of the database-facing tests on PostgreSQL when DATABASE_URL points at one.
 test-postgres:
@@ -45,8 +49,8 @@ test-postgres:
 		echo "PostgreSQL pass: API integration and migration tests against $${DATABASE_URL%%@*}@…"; \
 		echo "(with REDIS_URL set this includes the two-process multi-replica test and, with nginx, the deployment-topology test)"; \
 		env $${REDIS_URL:+AEGIS_TEST_REDIS_URL="$$REDIS_URL"} AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" \
-			cargo test -p server --test api && \
-		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" cargo test -p migration -p entity; \
+			$(CARGO_TEST) --test api && \
+		AEGIS_TEST_DATABASE_URL="$$DATABASE_URL" $(CARGO_TEST) --test migrate --test audit_guards --test roundtrip; \
 	else \
 		echo "skipped: PostgreSQL pass (set DATABASE_URL=postgres://… to run it)"; \
 	fi
@@ -55,8 +59,8 @@ test-postgres:
 test-redis:
 	@if [[ "$${REDIS_URL:-}" == redis* ]]; then \
 		echo "Redis pass: event fan-out and breaker-window tests against $${REDIS_URL##*@}"; \
-		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --lib -- breaker::windows auth::throttle && \
-		AEGIS_TEST_REDIS_URL="$$REDIS_URL" cargo test -p server --test api -- events:: breaker::; \
+		AEGIS_TEST_REDIS_URL="$$REDIS_URL" $(CARGO_TEST) --lib -- breaker::windows auth::throttle && \
+		AEGIS_TEST_REDIS_URL="$$REDIS_URL" $(CARGO_TEST) --test api -- events:: breaker::; \
 	else \
 		echo "skipped: Redis pass (set REDIS_URL=redis://… to run it)"; \
 	fi

@@ -42,6 +42,21 @@ fn cpu_bound(c: &mut Criterion) {
         b.iter(|| engine.evaluate(DEFAULT_POLICY, std::hint::black_box(&input)))
     });
 
+    // The same, as the proxy runs it: contained on the evaluators' threads (a hop to
+    // a pool thread and back to the async task), on a two-worker runtime.
+    let contained = std::sync::Arc::new(PolicyEngine::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    c.bench_function("policy/evaluate default, contained (pool hop)", |b| {
+        b.iter(|| {
+            let (engine, input) = (contained.clone(), input.clone());
+            runtime.block_on(async move { engine.evaluate_contained(DEFAULT_POLICY.to_owned(), input).await })
+        })
+    });
+    c.bench_function("policy/pool hop alone (an empty job)", |b| {
+        let pool = server::policies::contain::Evaluators::new("bench", 2, std::time::Duration::from_secs(1));
+        b.iter(|| runtime.block_on(pool.run(Some("s"), std::time::Duration::from_secs(1), || 1u8)))
+    });
+
     // The two engines alone, on the same input value (no hashing, no JSON): what the
     // RVM saves over the tree-walking interpreter.
     let compiled =

@@ -90,7 +90,10 @@ impl Services {
         let proxy = Pipeline {
             db: db.clone(),
             policies: policies.clone(),
-            engine: Arc::new(PolicyEngine::new()),
+            engine: {
+                crate::policies::engine::set_process_memory_ceiling(config.policy_memory_ceiling);
+                Arc::new(PolicyEngine::new())
+            },
             upstream: Upstream::new(&egress, config.upstream.clone()),
             egress,
             secrets: secrets.clone(),

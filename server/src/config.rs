@@ -60,6 +60,9 @@ pub struct Config {
     pub proxy_max_in_flight: usize,
     /// How long an authenticated agent may take to send its request body (408 past it).
     pub proxy_body_timeout: Duration,
+    /// Above this much memory allocated by the whole process, policy builtins stop
+    /// inside their loops and evaluations are denied (`AEGIS_POLICY_MEMORY_CEILING_MIB`).
+    pub policy_memory_ceiling: u64,
     pub log_format: LogFormat,
     /// How long a parked request waits for its sponsor (`None`: until decided).
     pub approval_ttl: Option<Duration>,
@@ -261,6 +264,12 @@ impl Config {
             proxy_body_timeout: Duration::from_secs(
                 number("AEGIS_PROXY_BODY_TIMEOUT_SECS", 30)?.clamp(1, 3600),
             ),
+            policy_memory_ceiling: number(
+                "AEGIS_POLICY_MEMORY_CEILING_MIB",
+                crate::policies::engine::PROCESS_MEMORY_CEILING >> 20,
+            )?
+            .clamp(64, 1 << 20)
+                << 20,
             log_format,
             metrics_token,
             reservation_ttl: Duration::from_secs(

@@ -349,7 +349,7 @@ async fn replay(config: Config, seq: i64) -> ExitCode {
         Err(e) => return error(format!("database {}: {e}", server::config::redact_url(&url))),
     };
     let policies = server::policies::PolicyService::new(db.clone(), None);
-    let engine = server::policies::engine::PolicyEngine::new();
+    let engine = std::sync::Arc::new(server::policies::engine::PolicyEngine::new());
     match server::policies::replay::replay(&db, &policies, &engine, seq, None).await {
         Ok(report) => {
             println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());

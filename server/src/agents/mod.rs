@@ -716,6 +716,39 @@ async fn apply_wallet_update(
 mod tests {
     use super::*;
 
+    /// Key checks past [`MAX_KEY_CHECKS_IN_FLIGHT`] wait [`KEY_CHECK_WAIT`], then are
+    /// told `overloaded` (503) without touching the database; once places free up,
+    /// keys are checked again.
+    #[tokio::test]
+    async fn key_checks_past_the_cap_wait_then_are_told_overloaded() {
+        use migration::MigratorTrait;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+        let db = crate::db::connect(&url).await.unwrap();
+        migration::Migrator::up(&db, None).await.unwrap();
+        let signer = crate::audit::checkpoint::CheckpointSigner::from_seed(&[7; 32]).unwrap();
+        let service = AgentService::new(
+            db.clone(),
+            None,
+            PolicyService::new(db.clone(), None),
+            AuditLog::new(db.clone(), signer, 1000),
+            EventBus::from_config(None),
+        );
+        let key = api_keys::generate().plaintext;
+        assert!(service.authenticate(&key).await.unwrap().is_none(), "an unknown key is no agent");
+
+        let all =
+            service.key_checks.clone().acquire_many_owned(MAX_KEY_CHECKS_IN_FLIGHT as u32).await.unwrap();
+        let started = std::time::Instant::now();
+        let e = service.authenticate(&key).await.unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (503, "overloaded"), "{}", e.message);
+        assert!(started.elapsed() >= KEY_CHECK_WAIT, "it waited for a place first");
+        // A malformed key needs no place: refused at once.
+        assert!(service.authenticate("not-a-key").await.unwrap().is_none());
+        drop(all);
+        assert!(service.authenticate(&key).await.unwrap().is_none());
+    }
+
     #[test]
     fn validation_table() {
         assert!(validate(Some("bot"), None, None, Some(0), Some(MAX_MICROS)).is_ok());

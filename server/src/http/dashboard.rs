@@ -23,7 +23,7 @@ use super::openapi::ErrorBody;
         (status = 200, description = "The decision and its reasons", body = PolicyVerdict),
         (status = 404, description = "`not_found`: no such agent or policy of yours", body = ErrorBody),
         (status = 422, description = "`policy_invalid`: `source` does not compile or uses a builtin the engine refuses (the message, with its line)\n`policy_limit_exceeded`: the evaluation was cut off at one of the engine's limits (time, instructions, memory)\n`invalid_request`: bad method, URL, header or cost", body = ErrorBody),
-        (status = 503, description = "`policy_busy`: the bounded policy compile pool stayed full for 1 s; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`policy_busy`: the bounded policy compile pool stayed full for 3 s; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn evaluate_policy(
     State(s): State<AppState>,

@@ -39,7 +39,7 @@ pub async fn list_policies(
         (status = 201, description = "The policy, version 1", body = PolicyView),
         (status = 409, description = "`policy_name_taken`: a policy with this name exists", body = ErrorBody),
         (status = 422, description = "`policy_invalid`: the source does not compile or uses a builtin the engine refuses (the message, with its line)\n`validation_failed`: bad name or source too large", body = ErrorBody),
-        (status = 503, description = "`policy_busy`: the bounded policy compile pool stayed full for 1 s; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`policy_busy`: the bounded policy compile pool stayed full for 3 s; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn create_policy(
     State(s): State<AppState>,
@@ -76,7 +76,7 @@ pub async fn get_policy(
         (status = 403, description = "`builtin_policy`: built-in policies are read-only", body = ErrorBody),
         (status = 404, description = "`not_found`: no such policy visible to you", body = ErrorBody),
         (status = 422, description = "`policy_invalid`: the source does not compile or uses a builtin the engine refuses\n`validation_failed`: source too large", body = ErrorBody),
-        (status = 503, description = "`policy_busy`: the bounded policy compile pool stayed full for 1 s; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`policy_busy`: the bounded policy compile pool stayed full for 3 s; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn update_policy(
     State(s): State<AppState>,

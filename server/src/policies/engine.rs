@@ -30,17 +30,18 @@
 //!   VM instruction) and a process-wide ceiling ([`PROCESS_MEMORY_CEILING`]) that
 //!   builtins check inside their own loops. regorus' allocator (mimalloc with its
 //!   counters, feature `allocator-memory-limits`) is the process's allocator.
-//! * **Compiles for validation and dry runs** run on a small bounded pool of
-//!   blocking threads ([`on_pool`]), never on the async workers: past the bound a
-//!   caller waits at most [`POOL_WAIT`] and then gets `policy_busy`; a job that has
-//!   not answered after [`POOL_DEADLINE`] is answered `policy_limit_exceeded` (its
-//!   slot stays taken until it ends, so stuck jobs never pile up beyond the bound).
-//!   The pool has half the CPUs ([`pool_size`], at least one).
-//! * The hot path evaluates inline (a pool hop would cost about as much as the
-//!   evaluation itself), bounded by the limits above; a sponsor whose policy hits
-//!   a limit there is in quarantine for [`QUARANTINE`] (their evaluations are
-//!   denied without running), so a hostile policy costs one cut-off run per
-//!   period, not one per call.
+//! * **Nothing a sponsor wrote runs on an async worker.** A single instruction can
+//!   outrun every limit above (a comparison of values built from shared parts walks
+//!   2^depth leaves; see [`super::contain`]), and a thread cannot be killed. Hot-path
+//!   evaluations ([`PolicyEngine::evaluate_contained`]) run on a pool of dedicated
+//!   threads (one per CPU); compiles for validation and dry runs ([`on_pool`]) on a
+//!   second one with half the CPUs. A caller waits at most [`CALL_DEADLINE`] (dry
+//!   runs: [`POOL_DEADLINE`] after [`POOL_WAIT`] in the queue); a job still running
+//!   past [`STUCK_AFTER`] is abandoned to the least scheduling priority and replaced,
+//!   and its sponsor's evaluations are refused until it ends.
+//! * A sponsor whose policy hits a limit on the hot path is in quarantine for
+//!   [`QUARANTINE`] (their evaluations are denied without running), so a hostile
+//!   policy costs one cut-off run per period, not one per call.
 
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64};
@@ -57,6 +58,7 @@ use regorus::unstable::{Expr, Literal, Module, Query, Rule, RuleHead};
 use regorus::{CompiledPolicy, Engine, LimitError, MemoryBudgetConfig, Value};
 use serde::{Deserialize, Serialize};
 
+use super::contain::{Contained, Evaluators};
 use crate::storage::sha256_hex;
 
 /// Longest a single evaluation may run before it is cut off (and denied). It is
@@ -71,7 +73,8 @@ pub const MAX_INSTRUCTIONS: usize = 2_000_000;
 /// The policy input is a few kilobytes.
 pub const EVAL_MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
 /// Above this much allocated memory in the whole process, builtins stop inside their
-/// loops and evaluations fail (deny).
+/// loops and evaluations fail (deny). The default; `AEGIS_POLICY_MEMORY_CEILING_MIB`
+/// sets it ([`set_process_memory_ceiling`]).
 pub const PROCESS_MEMORY_CEILING: u64 = 2 * 1024 * 1024 * 1024;
 /// Most elements `numbers.range` / `numbers.range_step` may produce.
 pub const MAX_RANGE: i64 = 100_000;
@@ -89,10 +92,19 @@ pub const QUARANTINE: Duration = Duration::from_secs(30);
 /// Sponsors remembered in quarantine at most (past it, expired entries are dropped,
 /// then the oldest).
 const QUARANTINE_LIMIT: usize = 10_000;
-/// Longest a caller waits for a pool slot before `policy_busy`.
+/// With [`POOL_DEADLINE`], the longest a caller waits for a compile or dry run:
+/// `policy_busy` when its job has not started by then.
 pub const POOL_WAIT: Duration = Duration::from_secs(1);
-/// Longest a caller waits for its pool job's answer.
+/// A compile or dry run running longer is abandoned (`policy_limit_exceeded`).
 pub const POOL_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest a caller waits for a contained evaluation's answer (queueing included).
+pub const CALL_DEADLINE: Duration = Duration::from_secs(1);
+/// A contained evaluation still running after this long is abandoned (see
+/// [`super::contain`]): twice [`EVAL_TIME_LIMIT`], which only an evaluation stuck
+/// inside one instruction passes (or one starved of CPU: it still answers its caller
+/// when it ends). Shorter than [`CALL_DEADLINE`], so the sponsor's queued calls are
+/// refused as held rather than left to time out.
+pub const STUCK_AFTER: Duration = Duration::from_millis(500);
 /// Marks an evaluation error that is a resource limit (time, instructions, memory).
 pub const LIMIT_MARK: &str = "resource limit exceeded";
 
@@ -303,6 +315,13 @@ fn install_limits() {
         ));
         regorus::set_global_memory_limit(Some(PROCESS_MEMORY_CEILING));
     });
+}
+
+/// Sets the process-wide ceiling ([`PROCESS_MEMORY_CEILING`] unless configured):
+/// above it, builtins stop inside their loops and evaluations are denied.
+pub fn set_process_memory_ceiling(bytes: u64) {
+    install_limits();
+    regorus::set_global_memory_limit(Some(bytes));
 }
 
 /// Compiles `source`; the error is the compiler's message (or what [`vet`] refuses),
@@ -546,38 +565,47 @@ fn str_literal(e: &Expr) -> Option<String> {
     }
 }
 
-/// Runs `job` on the bounded pool of blocking threads (see the module's docs).
-pub async fn on_pool<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
-    static POOL: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    let pool = POOL.get_or_init(|| tokio::sync::Semaphore::new(pool_size()));
-    let permit = match tokio::time::timeout(POOL_WAIT, pool.acquire()).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            return Err(AppError {
-                retry_after_secs: Some(1),
-                ..AppError::unavailable(
-                    "policy_busy",
-                    "the policy engine is busy with other compiles; try again shortly",
-                )
-            });
-        }
-    };
-    let handle = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        job()
-    });
-    match tokio::time::timeout(POOL_DEADLINE, handle).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "policy job failed");
-            Err(AppError::new(422, "policy_invalid", "the policy engine failed on this policy"))
-        }
-        Err(_) => Err(AppError::new(
+/// Runs `job` on the bounded pool for compiles and dry runs (see the module's docs),
+/// tagged with the sponsor it runs for.
+pub async fn on_pool<T: Send + 'static>(
+    tag: Option<&str>,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AppError> {
+    static POOL: OnceLock<Evaluators> = OnceLock::new();
+    let pool = POOL.get_or_init(|| Evaluators::new("policy-admin", pool_size(), POOL_DEADLINE));
+    match pool.run(tag, POOL_DEADLINE + POOL_WAIT, job).await {
+        Ok(value) => Ok(value),
+        Err(Contained::Busy) => Err(AppError {
+            retry_after_secs: Some(1),
+            ..AppError::unavailable(
+                "policy_busy",
+                "the policy engine is busy with other compiles; try again shortly",
+            )
+        }),
+        Err(Contained::Overran) => Err(AppError::new(
             422,
             "policy_limit_exceeded",
             format!("the policy did not finish within {} s", POOL_DEADLINE.as_secs()),
         )),
+        Err(Contained::Held) => Err(AppError::new(
+            422,
+            "policy_limit_exceeded",
+            "an earlier run of this sponsor's policy is still running past the engine's limits; try again when it ends",
+        )),
+        Err(Contained::Failed) => {
+            tracing::error!("policy job failed (panic)");
+            Err(AppError::new(422, "policy_invalid", "the policy engine failed on this policy"))
+        }
     }
+}
+
+/// The hot path's contained evaluators: one thread per CPU (at least two).
+fn hot_pool() -> &'static Evaluators {
+    static POOL: OnceLock<Evaluators> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Evaluators::new("policy", cpus.max(2), STUCK_AFTER)
+    })
 }
 
 /// Compile and dry-run jobs running at once, on blocking threads: half the CPUs
@@ -589,7 +617,9 @@ pub fn pool_size() -> usize {
 /// Compiles `source` on the pool (nothing cached): the check a sponsor's new policy
 /// passes before it is stored.
 pub async fn validate(source: String) -> Result<(), AppError> {
-    on_pool(move || compile(&source).map(|_| ())).await?.map_err(|e| AppError::new(422, "policy_invalid", e))
+    on_pool(None, move || compile(&source).map(|_| ()))
+        .await?
+        .map_err(|e| AppError::new(422, "policy_invalid", e))
 }
 
 /// A dry run: compiles `source` (never cached) and evaluates it against `input` on
@@ -597,7 +627,8 @@ pub async fn validate(source: String) -> Result<(), AppError> {
 /// limit is `policy_limit_exceeded`; any other failure is a deny with its error, as
 /// on the hot path.
 pub async fn dry_run(source: String, input: serde_json::Value) -> Result<Evaluation, AppError> {
-    let evaluation = on_pool(move || {
+    let sponsor = input["agent"]["sponsor"].as_str().map(str::to_owned);
+    let evaluation = on_pool(sponsor.as_deref(), move || {
         let compiled = compile(&source).map(|policy| Compiled::new(&source, policy))?;
         Ok::<_, String>(evaluate_compiled(&compiled, input))
     })
@@ -737,6 +768,41 @@ impl PolicyEngine {
             self.put_in_quarantine(sponsor);
         }
         evaluation
+    }
+
+    /// [`Self::evaluate_value`] on the contained pool ([`super::contain`]): the
+    /// hot path's evaluation. It never runs on the caller's (async) thread; an
+    /// evaluation that does not answer within [`CALL_DEADLINE`] is a deny at a limit
+    /// and puts its sponsor in quarantine, and while it still runs (abandoned, at
+    /// the least priority) its sponsor's evaluations are refused without running.
+    pub async fn evaluate_contained(
+        self: &Arc<Self>,
+        source: String,
+        input: serde_json::Value,
+    ) -> Evaluation {
+        let sponsor = input["agent"]["sponsor"].as_str().map(str::to_owned);
+        let source: Arc<str> = source.into();
+        let (engine, job_source) = (self.clone(), source.clone());
+        let job = move || engine.evaluate_value(&job_source, input);
+        let refused = match hot_pool().run(sponsor.as_deref(), CALL_DEADLINE, job).await {
+            Ok(evaluation) => return evaluation,
+            Err(Contained::Overran) => {
+                if let Some(sponsor) = sponsor {
+                    tracing::warn!(sponsor = %sponsor, "policy evaluation did not answer in time; sponsor in quarantine");
+                    self.put_in_quarantine(sponsor);
+                }
+                format!("{LIMIT_MARK}: the policy did not answer within {} ms", CALL_DEADLINE.as_millis())
+            }
+            Err(Contained::Held) => format!(
+                "{LIMIT_MARK}: an evaluation of this sponsor's policy is still running past the engine's \
+                 limits; its evaluations are refused until it ends"
+            ),
+            Err(Contained::Busy) => {
+                "the policy engine is busy; the call is denied (try again shortly)".to_owned()
+            }
+            Err(Contained::Failed) => "the policy engine failed (panic)".to_owned(),
+        };
+        Evaluation::denied(sha256_hex(source.as_bytes()), refused)
     }
 
     fn in_quarantine(&self, sponsor: &str) -> bool {
@@ -1157,5 +1223,66 @@ decision := "allow" if { count(input.agent.tags) == 2 with input.agent.tags as [
         assert!(e.message.contains("net.cidr_expand"), "{}", e.message);
         let ok = dry_run(PERMISSIVE.to_owned(), input("GET", 500, 0)).await.unwrap();
         assert_eq!(ok.decision, Decision::Allow);
+    }
+
+    /// `a{i} := [a{i-1}, a{i-1}]` (and `b` alike) `depth` times over an input leaf,
+    /// then `a == b`: one comparison walking 2^depth leaves, inside one instruction.
+    fn shared_parts(depth: usize) -> String {
+        let levels: String =
+            (1..=depth).map(|i| format!("a{i} := [a{p}, a{p}]\nb{i} := [b{p}, b{p}]\n", p = i - 1)).collect();
+        format!(
+            "package aegis\nimport rego.v1\na0 := [input.action.method]\nb0 := [input.action.method]\n\
+             {levels}decision := \"allow\" if a{depth} == b{depth}\n"
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_evaluation_stuck_inside_one_instruction_is_denied_in_bounded_time_and_contained() {
+        let engine = Arc::new(PolicyEngine::new());
+        let hostile = shared_parts(48);
+        assert!(compile(&hostile).is_ok(), "nothing in the source gives it away");
+        let mut stuck_input = input("GET", 500, 0);
+        stuck_input["agent"]["sponsor"] = json!("sponsor-stuck-inside-one-instruction");
+
+        let started = Instant::now();
+        let e = engine.evaluate_contained(hostile.clone(), stuck_input.clone()).await;
+        assert_eq!(e.decision, Decision::Deny);
+        assert!(e.hit_limit(), "{e:?}");
+        assert_eq!(e.policy_sha256, sha256_hex(hostile.as_bytes()));
+        assert!(started.elapsed() < CALL_DEADLINE * 3, "answered after {:?}", started.elapsed());
+
+        // Another sponsor is served while that evaluation still runs.
+        for _ in 0..20 {
+            let e = engine.evaluate_contained(PERMISSIVE.to_owned(), input("GET", 500, 0)).await;
+            assert_eq!((e.decision, e.error), (Decision::Allow, None));
+        }
+        // The stuck sponsor's next calls are refused without running.
+        let started = Instant::now();
+        let e = engine.evaluate_contained(hostile, stuck_input).await;
+        assert!(e.hit_limit(), "{e:?}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    }
+
+    /// A chain of rules each built on the one before recurses once a rule in the
+    /// engine: thousands of them (what fits in the source limit) must neither overflow
+    /// an evaluator's stack — which would abort the whole process — nor stall it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_chain_of_rules_neither_overflows_the_stack_nor_stalls() {
+        let engine = Arc::new(PolicyEngine::new());
+        for depth in [400, 3500] {
+            let levels: String = (1..=depth).map(|i| format!("a{i} := [a{p}]\n", p = i - 1)).collect();
+            let source = format!(
+                "package aegis\nimport rego.v1\na0 := [input.action.method]\n{levels}\
+                 decision := \"allow\" if count(a{depth}) == 1\n"
+            );
+            assert!(source.len() <= 64 * 1024);
+            let mut chained = input("GET", 500, 0);
+            chained["agent"]["sponsor"] = json!(format!("sponsor-chain-{depth}"));
+            let started = Instant::now();
+            let e = engine.evaluate_contained(source, chained).await;
+            // Allowed, or cut off at a limit: either way an answer, and the process lives.
+            assert!(e.decision == Decision::Allow || e.hit_limit(), "{depth}: {e:?}");
+            assert!(started.elapsed() < CALL_DEADLINE * 3, "{depth}: answered after {:?}", started.elapsed());
+        }
     }
 }

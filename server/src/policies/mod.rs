@@ -11,6 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+pub mod contain;
 pub mod engine;
 pub mod replay;
 

@@ -3,6 +3,8 @@
 //! whether the verdict is the same. Decisions are deterministic, so any difference
 //! means the record, the stored policy or the engine changed.
 
+use std::sync::Arc;
+
 use app::error::AppError;
 use entity::audit_events;
 use sea_orm::{DatabaseConnection, EntityTrait};
@@ -29,7 +31,7 @@ pub struct ReplayReport {
 pub async fn replay(
     db: &DatabaseConnection,
     policies: &PolicyService,
-    engine: &PolicyEngine,
+    engine: &Arc<PolicyEngine>,
     seq: i64,
     sponsor: Option<Uuid>,
 ) -> Result<ReplayReport, AppError> {
@@ -53,7 +55,7 @@ pub async fn replay(
         AppError::new(409, "policy_version_missing", "the policy version this decision cites is not stored")
     })?;
     let input: serde_json::Value = serde_json::from_str(input).map_err(|_| not_replayable())?;
-    let evaluation = engine.evaluate(&version.source, &input);
+    let evaluation = engine.evaluate_contained(version.source, input).await;
     Ok(ReplayReport {
         seq,
         matches: evaluation.decision == recorded

@@ -463,7 +463,7 @@ impl Pipeline {
         };
         let input = policy::input(&agent.agent, &request, &parsed, estimate, wallet.as_ref(), at);
         let canonical_input = canonical_json(&input);
-        let evaluation = self.engine.evaluate_value(&version.source, input);
+        let evaluation = self.engine.evaluate_contained(version.source, input).await;
         trail.policy_hash = Some(evaluation.policy_sha256.clone());
         trail.policy_input = Some(canonical_input);
         reasons = evaluation.reasons.clone();

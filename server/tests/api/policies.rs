@@ -185,6 +185,21 @@ fn memory_hog() -> String {
     source
 }
 
+/// Values built from shared parts: each level is one instruction and a few bytes,
+/// and the one comparison at the end walks 2^depth leaves — no limit of the engine
+/// fires inside it. (The leaves come from the input, so nothing is folded at compile
+/// time.)
+pub(crate) fn shared_parts_compared(depth: usize) -> String {
+    let mut source = String::from(
+        "package aegis\nimport rego.v1\na0 := [input.action.method]\nb0 := [input.action.method]\n",
+    );
+    for i in 1..=depth {
+        source.push_str(&format!("a{i} := [a{p}, a{p}]\nb{i} := [b{p}, b{p}]\n", p = i - 1));
+    }
+    source.push_str(&format!("decision := \"allow\" if a{depth} == b{depth}\n"));
+    source
+}
+
 /// The 99th percentile of `n` sequential allowed calls.
 async fn p99_of_calls(s: &TestServer, key: &str, url: &str, n: usize) -> std::time::Duration {
     let mut times = Vec::with_capacity(n);
@@ -232,6 +247,7 @@ async fn hostile_policies_get_a_clear_answer_while_other_tenants_are_served() {
         ("huge sprintf width", allow_if("sprintf(\"%999999999d\", [1]) != \"\""), "policy_invalid"),
         ("string doubling", memory_hog(), "policy_limit_exceeded"),
         ("deep loop", allow_if(LOOPING), "policy_limit_exceeded"),
+        ("shared parts compared", shared_parts_compared(48), "policy_limit_exceeded"),
     ];
     for (name, source, code) in &hostile {
         let started = std::time::Instant::now();
@@ -269,6 +285,46 @@ async fn hostile_policies_get_a_clear_answer_while_other_tenants_are_served() {
         assert!(r.body["reason"].as_str().unwrap().contains("resource limit exceeded"), "{}", r.text);
         assert!(started.elapsed() < bound, "answered after {:?}", started.elapsed());
     }
+
+    // Stuck inside one instruction (no limit fires): the call is still denied in
+    // bounded time, and the sponsor's next calls are refused without running.
+    let attacker2 = s.sponsor("attacker2").await;
+    let r = s
+        .post(
+            "/api/policies",
+            Some(&attacker2.access),
+            json!({"name": "shared", "source": shared_parts_compared(48)}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let (_, stuck_key) = s.agent_with(&attacker2, json!({"name": "stuck", "policy": "shared"})).await;
+    let stuck_calls = (0..4).map(|_| async {
+        let started = std::time::Instant::now();
+        let r = s.execute(&stuck_key, json!({"method": "GET", "url": echo})).await;
+        (r, started.elapsed())
+    });
+    let victim_during_stall = p99_of_calls(&s, &victim_key, &echo, 20);
+    let (stuck, during_stall) = tokio::join!(futures::future::join_all(stuck_calls), victim_during_stall);
+    for (r, took) in stuck {
+        assert_eq!(
+            (r.status, r.body["stage"].as_str()),
+            (StatusCode::FORBIDDEN, Some("policy")),
+            "{}",
+            r.text
+        );
+        assert!(r.body["reason"].as_str().unwrap().contains("resource limit exceeded"), "{}", r.text);
+        assert!(took < bound, "answered after {took:?}");
+    }
+    let started = std::time::Instant::now();
+    let r = s.execute(&stuck_key, json!({"method": "GET", "url": echo})).await;
+    assert_eq!(r.body["stage"].as_str(), Some("policy"), "{}", r.text);
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused without running");
+    eprintln!("victim p99 while a policy was stuck inside one instruction: {during_stall:?}");
+    let stall_limit = (before * 10).max(std::time::Duration::from_millis(500));
+    assert!(
+        during_stall <= stall_limit,
+        "another tenant's p99: {before:?} before, {during_stall:?} while a policy was stuck (bound {stall_limit:?})"
+    );
 
     // The attack, sustained (two callers each on dry runs and on the hot path), while
     // the other tenant's calls are measured again.
