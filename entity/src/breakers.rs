@@ -3,6 +3,11 @@
 
 use sea_orm::entity::prelude::*;
 
+/// The values of `state`.
+pub const CLOSED: &str = "closed";
+pub const OPEN: &str = "open";
+pub const HALF_OPEN: &str = "half_open";
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "breakers")]
 pub struct Model {

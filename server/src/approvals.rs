@@ -61,9 +61,9 @@ use uuid::Uuid;
 
 use crate::audit::query::seq_of;
 use crate::audit::{Appended, AuditEntry, AuditLog};
+use crate::call::interrupted_answer;
+use crate::call::request::{Origin, ProxyRequest};
 use crate::events::{self, Event, EventBus};
-use crate::proxy::interrupted_answer;
-use crate::proxy::request::{Origin, ProxyRequest};
 use crate::secrets::vault::Vault;
 use crate::storage::{canonical_json, internal, now};
 use crate::trust::{TrustEvent, TrustService};
@@ -962,12 +962,12 @@ impl ApprovalService {
         Ok(closed)
     }
 
-    /// Retention of stored answers ([`answer`]): deletes idempotency records older
-    /// than [`answer::IDEMPOTENCY_RETENTION`] and drops the bodies of approval
-    /// outcomes decided more than [`answer::OUTCOME_RETENTION`] ago (status and hash
-    /// stay). Bounded work per call. Returns how many rows it changed.
-    pub async fn prune_stored_answers(&self) -> Result<u64, AppError> {
-        let mut changed = crate::proxy::idempotency::prune(&self.db, answer::IDEMPOTENCY_RETENTION).await?;
+    /// Retention of approval outcomes ([`answer`]): drops the bodies of outcomes
+    /// decided more than [`answer::OUTCOME_RETENTION`] ago (status and hash stay).
+    /// Bounded work per call. Returns how many rows it changed. (With the
+    /// idempotency records' retention: `Services::prune_stored_answers`.)
+    pub async fn prune_outcomes(&self) -> Result<u64, AppError> {
+        let mut changed = 0;
         let cutoff = now() - chrono::Duration::from_std(answer::OUTCOME_RETENTION).unwrap_or_default();
         let due: Vec<(Uuid, Option<String>)> = approvals::Entity::find()
             .select_only()
@@ -1357,7 +1357,7 @@ mod tests {
     use super::*;
 
     fn request() -> ProxyRequest {
-        let input: crate::proxy::request::ExecuteRequest = serde_json::from_value(json!({
+        let input: crate::call::request::ExecuteRequest = serde_json::from_value(json!({
             "method": "post", "url": "https://api.example.com/v1/things?x=1",
             "headers": {"Authorization": "Bearer agent-own", "X-Trace": "7"},
             "body_base64": B64.encode([0u8, 1, 2, 255]), "secret": "gh", "cost_micros": 42,

@@ -144,6 +144,15 @@ impl Services {
     ) -> Result<AuthResponse, AppError> {
         self.auth.refresh_shared(token, client).await
     }
+
+    /// Retention of stored answers: idempotency records older than
+    /// [`crate::approvals::answer::IDEMPOTENCY_RETENTION`], and the bodies of approval
+    /// outcomes past theirs. Bounded work per call; returns how many rows changed.
+    pub async fn prune_stored_answers(&self) -> Result<u64, AppError> {
+        let retention = crate::approvals::answer::IDEMPOTENCY_RETENTION;
+        let pruned = crate::proxy::idempotency::prune(&self.db, retention).await?;
+        Ok(pruned + self.approvals.prune_outcomes().await?)
+    }
 }
 
 #[async_trait::async_trait]

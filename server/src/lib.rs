@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod bench;
+pub mod call;
 pub mod config;
 pub mod connections;
 pub mod dashboard;
@@ -60,7 +61,7 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
     // Encrypts vault secrets at rest; kept outside the data directory by default.
     let (master_key, retired_keys) = data.master_keys(config.master_key_settings())?;
     // Signs audit checkpoints; its public key verifies them.
-    let audit_signer = audit::signer_from(&data, &config)?;
+    let audit_signer = audit::signer_from(&data, config.audit_signing_key.as_deref())?;
 
     let url = db::resolve_url(config.database_url.as_deref(), data.path());
     let db_error = |source| StartError::Database { url: config::redact_url(&url), source };
@@ -197,7 +198,7 @@ fn spawn_janitor(services: Arc<Services>) -> tokio::task::JoinHandle<()> {
                 tracing::error!(error = %e.message, "could not close interrupted approved calls");
             }
             // Stored answers past their retention (idempotency 24 h, approval outcomes 7 days).
-            if let Err(e) = services.approvals.prune_stored_answers().await {
+            if let Err(e) = services.prune_stored_answers().await {
                 tracing::error!(error = %e.message, "could not prune stored answers");
             }
         }

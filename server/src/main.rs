@@ -236,7 +236,7 @@ async fn migrate(config: Config) -> Result<(), server::StartError> {
 /// AEGIS has already set up.
 async fn open_audit(config: &Config) -> Result<AuditLog, server::StartError> {
     let data = server::data_dir::DataDir::open(&config.data_dir)?;
-    let signer = server::audit::signer_from(&data, config)?;
+    let signer = server::audit::signer_from(&data, config.audit_signing_key.as_deref())?;
     let url = server::db::resolve_url(config.database_url.as_deref(), data.path());
     let db = server::db::connect(&url)
         .await

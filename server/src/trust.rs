@@ -48,13 +48,13 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
-use crate::proxy::Stage;
+use crate::call::Stage;
 use crate::storage::{internal, now};
 
 pub const MIN_SCORE: i32 = 0;
 pub const MAX_SCORE: i32 = 1000;
 /// Where new agents start and where idle agents drift back to.
-pub const BASELINE: i32 = crate::agents::INITIAL_TRUST;
+pub const BASELINE: i32 = 500;
 /// Gain per counted success below [`SLOW_GAIN_FROM`].
 pub const SUCCESS_GAIN: i32 = 2;
 /// From this score on, a counted success adds [`SLOW_SUCCESS_GAIN`] only.

@@ -25,7 +25,8 @@ use crate::policies::{DEFAULT_POLICY, PolicyService};
 use crate::storage::sqlite_reads::{Columns, SqliteReads};
 use crate::storage::{internal, now, unique_or_internal};
 
-pub const INITIAL_TRUST: i32 = 500;
+/// Where a new agent starts: trust's baseline.
+pub const INITIAL_TRUST: i32 = crate::trust::BASELINE;
 const MAX_PAGE: u32 = 200;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_TAGS: usize = 20;
@@ -442,7 +443,7 @@ impl AgentService {
             active.updated_at = Set(at);
             active.update(txn.conn()).await.map_err(internal)?;
             // A sponsor's suspension stays until the sponsor lifts it: no half-open.
-            crate::proxy::breaker::close_by_sponsor(txn.conn(), id).await?;
+            close_breaker_by_sponsor(txn.conn(), id).await?;
             let appended = txn
                 .append(lifecycle("agent.suspended", sponsor_id, id, serde_json::json!({ "reason": reason })))
                 .await?;
@@ -469,7 +470,7 @@ impl AgentService {
             active.suspended_reason = Set(None);
             active.updated_at = Set(now());
             active.update(txn.conn()).await.map_err(internal)?;
-            let breaker_reset = crate::proxy::breaker::close_by_sponsor(txn.conn(), id).await?;
+            let breaker_reset = close_breaker_by_sponsor(txn.conn(), id).await?;
             let appended = txn
                 .append(lifecycle(
                     "agent.resumed",
@@ -710,6 +711,23 @@ async fn apply_wallet_update(
         stmt.exec(db).await.map_err(internal)?;
     }
     Ok(())
+}
+
+/// Closes an agent's breaker because its sponsor resumed or suspended it by hand
+/// (a sponsor's decision overrides the automatic one). Returns whether it was open
+/// or half-open. Runs in the caller's transaction.
+async fn close_breaker_by_sponsor(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<bool, AppError> {
+    use entity::breakers::{self, CLOSED};
+    Ok(breakers::Entity::update_many()
+        .col_expr(breakers::Column::State, Expr::value(CLOSED))
+        .col_expr(breakers::Column::UpdatedAt, Expr::value(now()))
+        .filter(breakers::Column::AgentId.eq(agent_id))
+        .filter(breakers::Column::State.ne(CLOSED))
+        .exec(db)
+        .await
+        .map_err(internal)?
+        .rows_affected
+        == 1)
 }
 
 #[cfg(test)]

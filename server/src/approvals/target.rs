@@ -23,7 +23,7 @@ pub fn target_of(url: &str, masked_query_param: Option<&str>) -> Option<Approval
     };
     if let Some(param) = masked_query_param {
         // Where the injection will put the secret, exactly as it will (one rule).
-        crate::proxy::secret::set_query_param(&mut parsed, param, MASK);
+        crate::secrets::query::set_query_param(&mut parsed, param, MASK);
     }
     Some(ApprovalTarget {
         url: parsed.as_str().to_owned(),

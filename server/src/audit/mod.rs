@@ -35,7 +35,6 @@ pub use query::{AuditFilter, AuditQuery, AuditRecord};
 pub use record::{GENESIS_HASH, record_hash};
 pub use verify::{CheckpointStatus, VerifyReport};
 
-use crate::config::Config;
 use crate::data_dir::{DataDir, KeyError};
 use crate::storage::internal;
 
@@ -77,9 +76,8 @@ pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
 
 /// The checkpoint signer from `AEGIS_AUDIT_SIGNING_KEY` or the data directory's
 /// `audit-signing.key` (created on first use), like `jwt.key`.
-pub fn signer_from(data: &DataDir, config: &Config) -> Result<CheckpointSigner, KeyError> {
-    let seed =
-        data.key(SIGNING_KEY_FILE, 32, "AEGIS_AUDIT_SIGNING_KEY", config.audit_signing_key.as_deref())?;
+pub fn signer_from(data: &DataDir, configured: Option<&str>) -> Result<CheckpointSigner, KeyError> {
+    let seed = data.key(SIGNING_KEY_FILE, 32, "AEGIS_AUDIT_SIGNING_KEY", configured)?;
     // `key` guarantees 32 bytes, so this cannot fail.
     Ok(CheckpointSigner::from_seed(&seed.0).expect("a 32-byte seed"))
 }

@@ -23,7 +23,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
-use crate::proxy::Stage;
+use crate::call::Stage;
 
 #[derive(OpenApi)]
 #[openapi(

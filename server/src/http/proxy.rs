@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::extract::{Agent, ApiJson};
 use super::openapi::{ErrorBody, ExecuteAllowed, ExecuteDenied, ExecuteFailed, ExecutePending};
 use super::{AppState, RequestId};
-use crate::proxy::request::{ExecuteRequest, Origin, ProxyRequest};
+use crate::call::request::{ExecuteRequest, Origin, ProxyRequest};
 use crate::proxy::{self, upstream};
 
 /// Authentication failures answer in the pipeline's shape too, so an agent can
@@ -240,7 +240,7 @@ async fn forward(
         return ApiError(AppError::not_found("connection")).into_response();
     };
     let (parts, body) = request.into_parts();
-    let url = match crate::proxy::request::gateway_url(&conn.base_url, &suffix, parts.uri.query()) {
+    let url = match crate::call::request::gateway_url(&conn.base_url, &suffix, parts.uri.query()) {
         Ok(u) => u,
         Err(e) => return ApiError(e).into_response(),
     };
@@ -262,7 +262,7 @@ async fn forward(
         .filter(|(name, _)| !GATEWAY_DROP.contains(&name.as_str()) && !name.as_str().starts_with("x-aegis-"))
         .collect();
     // The same methods as the execute door: no TRACE, no CONNECT.
-    let method = match crate::proxy::request::parse_method(parts.method.as_str()) {
+    let method = match crate::call::request::parse_method(parts.method.as_str()) {
         Ok(m) => m,
         Err(_) => {
             return ApiError(AppError::new(
@@ -303,7 +303,7 @@ async fn forward(
         Ok(r) => r,
         Err(e) => return ApiError(e).into_response(),
     };
-    match proxy::take_answer(&mut result) {
+    match take_answer(&mut result) {
         Some((status, upstream_headers, body)) => {
             let mut response = Response::new(body);
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -318,6 +318,24 @@ async fn forward(
             let response =
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), Json(body)).into_response();
             tagged(with_retry_after(response, &result), "x-aegis-request-id", &result.request_id)
+        }
+    }
+}
+
+/// Used by gateway mode, which answers with the upstream's own status and headers.
+fn take_answer(result: &mut proxy::ProxyResult) -> Option<(u16, HeaderMap, axum::body::Body)> {
+    let proxy::Outcome::Performed { upstream, .. } = &mut result.outcome else {
+        return None;
+    };
+    match upstream {
+        proxy::Answer::Whole(r) => Some((
+            r.status,
+            std::mem::take(&mut r.headers),
+            axum::body::Body::from(std::mem::take(&mut r.body)),
+        )),
+        proxy::Answer::Streaming(r) => {
+            let body = std::mem::replace(&mut r.body, Box::pin(futures::stream::empty()));
+            Some((r.status, std::mem::take(&mut r.headers), axum::body::Body::from_stream(body)))
         }
     }
 }

@@ -367,6 +367,17 @@ mod tests {
         }
     }
 
+    /// Runs [`uncooperative`] under `tag` on a task of its own.
+    fn spawn_uncooperative(
+        pool: &Evaluators,
+        tag: &'static str,
+        deadline: Duration,
+        go: &Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<Result<u32, Contained>> {
+        let (pool, go) = (pool.clone(), go.clone());
+        tokio::spawn(async move { pool.run(Some(tag), deadline, uncooperative(go)).await })
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_that_never_ends_is_abandoned_its_tag_held_and_the_pool_keeps_serving() {
         let pool = Evaluators::new("test", 1, Duration::from_millis(200));
@@ -435,12 +446,7 @@ mod tests {
     async fn one_job_a_tag_at_a_time_so_a_stuck_sponsor_takes_one_thread_not_the_pool() {
         let pool = Evaluators::new("test", 2, Duration::from_secs(30));
         let go = Arc::new(AtomicBool::new(false));
-        let first = {
-            let (pool, go) = (pool.clone(), go.clone());
-            tokio::spawn(
-                async move { pool.run(Some("evil"), Duration::from_secs(10), uncooperative(go)).await },
-            )
-        };
+        let first = spawn_uncooperative(&pool, "evil", Duration::from_secs(10), &go);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = {
             let pool = pool.clone();
@@ -460,12 +466,7 @@ mod tests {
     async fn queued_jobs_of_a_sponsor_with_a_stranded_job_are_refused_without_running() {
         let pool = Evaluators::new("test", 2, Duration::from_millis(200));
         let go = Arc::new(AtomicBool::new(false));
-        let stuck = {
-            let (pool, go) = (pool.clone(), go.clone());
-            tokio::spawn(
-                async move { pool.run(Some("evil"), Duration::from_secs(5), uncooperative(go)).await },
-            )
-        };
+        let stuck = spawn_uncooperative(&pool, "evil", Duration::from_secs(5), &go);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();

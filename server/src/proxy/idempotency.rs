@@ -105,7 +105,7 @@ async fn settle_stale(
         return if taken { Ok(Claim::Claimed) } else { Err(in_progress()) };
     };
     let outcome = seq_of(db, &stale.request_id, "proxy.outcome").await?;
-    let body = super::interrupted_answer(
+    let body = crate::call::interrupted_answer(
         &stale.request_id,
         Some(outcome.unwrap_or(intent)),
         Some(intent),

@@ -14,7 +14,6 @@ pub mod commit;
 pub mod egress;
 pub mod idempotency;
 pub mod policy;
-pub mod request;
 pub mod secret;
 pub mod upstream;
 
@@ -30,6 +29,8 @@ use uuid::Uuid;
 use crate::agents::AgentPrincipal;
 use crate::approvals::ApprovalService;
 use crate::audit::{AuditEntry, AuditLog};
+pub use crate::call::Stage;
+use crate::call::request::{self, ProxyRequest};
 use crate::events::{self, Event, EventBus};
 use crate::policies::PolicyService;
 use crate::policies::engine::{Decision, PolicyEngine};
@@ -41,41 +42,7 @@ use breaker::windows::{Kind, Observation};
 use breaker::{Admission, BreakerService};
 use commit::{GroupCommit, Intent};
 use egress::EgressGuard;
-use request::ProxyRequest;
 use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    Auth,
-    Breaker,
-    Policy,
-    Egress,
-    Secret,
-    Budget,
-    Approval,
-    Upstream,
-    Storage,
-    /// Shed before any stage ran: too many calls in flight.
-    Overload,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Auth => "auth",
-            Stage::Breaker => "breaker",
-            Stage::Policy => "policy",
-            Stage::Egress => "egress",
-            Stage::Secret => "secret",
-            Stage::Budget => "budget",
-            Stage::Approval => "approval",
-            Stage::Upstream => "upstream",
-            Stage::Storage => "storage",
-            Stage::Overload => "overload",
-        }
-    }
-}
 
 /// What each stage decided and how long it took, in order.
 #[derive(Debug, Serialize)]
@@ -718,7 +685,7 @@ impl Pipeline {
         // timeouts and unreachable upstreams change nothing; a blocked redirect hop
         // is an egress block.
         let vouched = request.secret.is_some()
-            || matches!(request.origin, crate::proxy::request::Origin::Gateway { .. })
+            || matches!(request.origin, request::Origin::Gateway { .. })
             || approved.is_some();
         let trust_event = match (&outcome, status) {
             (Outcome::Performed { .. }, Some(code)) if crate::trust::counts_as_success(code, vouched) => {
@@ -799,21 +766,6 @@ fn storage_failure(request_id: String, e: AppError) -> ProxyResult {
             status: 503,
         },
     }
-}
-
-/// The answer (HTTP 502) for a call whose process died before answering it (see
-/// `approvals::close_interrupted` and `idempotency`): `reason` says what was cut,
-/// the two audit seqs how far the call got (the outcome's, if any, means it
-/// completed; the intent alone, that it may have reached the upstream).
-pub fn interrupted_answer(
-    request_id: &str,
-    audit_seq: Option<i64>,
-    intent_audit_seq: Option<i64>,
-    outcome_audit_seq: Option<i64>,
-    reason: &str,
-) -> Value {
-    json!({"request_id": request_id, "audit_seq": audit_seq, "decision": "error", "stage": Stage::Upstream,
-           "reason": reason, "intent_audit_seq": intent_audit_seq, "outcome_audit_seq": outcome_audit_seq})
 }
 
 /// [`Pipeline::run_detached`], on its own for testing.
@@ -930,24 +882,6 @@ impl ProxyResult {
                 json!({"request_id": self.request_id, "audit_seq": self.audit_seq, "decision": "error",
                        "stage": stage, "reason": reason}),
             ),
-        }
-    }
-}
-
-/// Used by gateway mode, which answers with the upstream's own status and headers.
-pub fn take_answer(result: &mut ProxyResult) -> Option<(u16, HeaderMap, axum::body::Body)> {
-    let Outcome::Performed { upstream, .. } = &mut result.outcome else {
-        return None;
-    };
-    match upstream {
-        Answer::Whole(r) => Some((
-            r.status,
-            std::mem::take(&mut r.headers),
-            axum::body::Body::from(std::mem::take(&mut r.body)),
-        )),
-        Answer::Streaming(r) => {
-            let body = std::mem::replace(&mut r.body, Box::pin(futures::stream::empty()));
-            Some((r.status, std::mem::take(&mut r.headers), axum::body::Body::from_stream(body)))
         }
     }
 }

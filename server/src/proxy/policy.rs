@@ -5,7 +5,7 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use entity::{agents, wallets};
 use serde_json::{Value, json};
 
-use super::request::ProxyRequest;
+use crate::call::request::ProxyRequest;
 
 /// The target's host as the egress guard judges it: lower case, no trailing dot, IPv6
 /// without brackets (the URL parser already applied IDNA and every IPv4 spelling).
@@ -84,7 +84,7 @@ impl super::Pipeline {
             (None, Some(id)) => self.policies.get(agent.sponsor_id, id).await?.source,
             (None, None) => self.policies.source_for(agent.policy_id).await?.source,
         };
-        let request = super::request::ExecuteRequest {
+        let request = crate::call::request::ExecuteRequest {
             method: trial.method,
             url: trial.url,
             headers: trial.headers,

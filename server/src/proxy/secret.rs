@@ -6,22 +6,9 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::secrets::UsableSecret;
+use crate::secrets::query::set_query_param;
 
 pub const REDACTED: &str = "[REDACTED]";
-
-/// Sets query parameter `name` to `value`: every occurrence the URL already had is
-/// dropped (an agent cannot smuggle its own value next to the injected one), the
-/// others keep their order.
-pub fn set_query_param(url: &mut url::Url, name: &str, value: &str) {
-    let kept: Vec<(String, String)> =
-        url.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    let mut pairs = url.query_pairs_mut();
-    pairs.clear();
-    for (k, v) in kept {
-        pairs.append_pair(&k, &v);
-    }
-    pairs.append_pair(name, value);
-}
 
 /// Adds the secret to `headers` or `url` as its injection says. Any header of the
 /// same name the agent sent is replaced.

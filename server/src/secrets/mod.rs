@@ -3,6 +3,7 @@
 //! never returned by any API after they are stored.
 
 pub mod hosts;
+pub mod query;
 pub mod vault;
 
 use std::collections::HashMap;

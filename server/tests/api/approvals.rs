@@ -575,7 +575,7 @@ async fn large_answers_are_stored_bounded_sealed_and_expire() {
         .exec(db)
         .await
         .unwrap();
-    assert_eq!(s.running.services.approvals.prune_stored_answers().await.unwrap(), 3);
+    assert_eq!(s.running.services.prune_stored_answers().await.unwrap(), 3);
     let left: Vec<String> = entity::idempotency_records::Entity::find()
         .select_only()
         .column(entity::idempotency_records::Column::IdempotencyKey)

@@ -795,7 +795,11 @@ async fn two_processes_share_one_linear_chain() {
     let url = server::db::resolve_url(config.database_url.as_deref(), data.path());
     let other_db = server::db::connect(&url).await.unwrap();
     // It signs a checkpoint after each of its appends; all must verify.
-    let other = AuditLog::new(other_db, server::audit::signer_from(&data, config).unwrap(), 1);
+    let other = AuditLog::new(
+        other_db,
+        server::audit::signer_from(&data, config.audit_signing_key.as_deref()).unwrap(),
+        1,
+    );
     let mut tasks = Vec::new();
     for i in 0..50 {
         let log = if i % 2 == 0 { audit(&s).clone() } else { other.clone() };

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
+use server::call::request::ExecuteRequest;
 use server::proxy::egress::{EgressGuard, EgressRules};
-use server::proxy::request::ExecuteRequest;
 
 fn config() -> ProptestConfig {
     ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }

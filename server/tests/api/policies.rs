@@ -213,6 +213,17 @@ async fn p99_of_calls(s: &TestServer, key: &str, url: &str, n: usize) -> std::ti
     times[(n * 99 / 100).min(n - 1)]
 }
 
+/// A hot-path answer: denied at stage `policy` at one of the engine's limits, within `bound`.
+fn denied_at_a_limit_within(
+    r: &crate::support::Response,
+    took: std::time::Duration,
+    bound: std::time::Duration,
+) {
+    assert_eq!((r.status, r.body["stage"].as_str()), (StatusCode::FORBIDDEN, Some("policy")), "{}", r.text);
+    assert!(r.body["reason"].as_str().unwrap().contains("resource limit exceeded"), "{}", r.text);
+    assert!(took < bound, "answered after {took:?}");
+}
+
 /// A sponsor's own Rego can neither crash nor stall the server: each hostile policy
 /// gets a clear answer in bounded time — refused before it runs (`policy_invalid`),
 /// or cut off at a limit (`policy_limit_exceeded` in a dry run, a deny at stage
@@ -276,14 +287,7 @@ async fn hostile_policies_get_a_clear_answer_while_other_tenants_are_served() {
     for _ in 0..2 {
         let started = std::time::Instant::now();
         let r = s.execute(&hostile_key, json!({"method": "GET", "url": echo})).await;
-        assert_eq!(
-            (r.status, r.body["stage"].as_str()),
-            (StatusCode::FORBIDDEN, Some("policy")),
-            "{}",
-            r.text
-        );
-        assert!(r.body["reason"].as_str().unwrap().contains("resource limit exceeded"), "{}", r.text);
-        assert!(started.elapsed() < bound, "answered after {:?}", started.elapsed());
+        denied_at_a_limit_within(&r, started.elapsed(), bound);
     }
 
     // Stuck inside one instruction (no limit fires): the call is still denied in
@@ -306,14 +310,7 @@ async fn hostile_policies_get_a_clear_answer_while_other_tenants_are_served() {
     let victim_during_stall = p99_of_calls(&s, &victim_key, &echo, 20);
     let (stuck, during_stall) = tokio::join!(futures::future::join_all(stuck_calls), victim_during_stall);
     for (r, took) in stuck {
-        assert_eq!(
-            (r.status, r.body["stage"].as_str()),
-            (StatusCode::FORBIDDEN, Some("policy")),
-            "{}",
-            r.text
-        );
-        assert!(r.body["reason"].as_str().unwrap().contains("resource limit exceeded"), "{}", r.text);
-        assert!(took < bound, "answered after {took:?}");
+        denied_at_a_limit_within(&r, took, bound);
     }
     let started = std::time::Instant::now();
     let r = s.execute(&stuck_key, json!({"method": "GET", "url": echo})).await;

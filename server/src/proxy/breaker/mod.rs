@@ -134,9 +134,7 @@ pub enum Admission {
     Probe,
 }
 
-pub const CLOSED: &str = "closed";
-pub const OPEN: &str = "open";
-pub const HALF_OPEN: &str = "half_open";
+pub use entity::breakers::{CLOSED, HALF_OPEN, OPEN};
 
 #[derive(Clone)]
 pub struct BreakerService {
@@ -476,22 +474,6 @@ impl BreakerService {
             ..AuditEntry::default()
         }
     }
-}
-
-/// Closes an agent's breaker because its sponsor resumed or suspended it by hand
-/// (a sponsor's decision overrides the automatic one). Returns whether it was open
-/// or half-open. Runs in the caller's transaction.
-pub async fn close_by_sponsor(db: &impl sea_orm::ConnectionTrait, agent_id: Uuid) -> Result<bool, AppError> {
-    Ok(breakers::Entity::update_many()
-        .col_expr(breakers::Column::State, Expr::value(CLOSED))
-        .col_expr(breakers::Column::UpdatedAt, Expr::value(now()))
-        .filter(breakers::Column::AgentId.eq(agent_id))
-        .filter(breakers::Column::State.ne(CLOSED))
-        .exec(db)
-        .await
-        .map_err(internal)?
-        .rows_affected
-        == 1)
 }
 
 #[cfg(test)]
