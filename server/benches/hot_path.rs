@@ -46,12 +46,19 @@ fn cpu_bound(c: &mut Criterion) {
     // a pool thread and back to the async task), on a two-worker runtime.
     let contained = std::sync::Arc::new(PolicyEngine::new());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    c.bench_function("policy/evaluate default, contained (pool hop)", |b| {
-        b.iter(|| {
-            let (engine, input) = (contained.clone(), input.clone());
-            runtime.block_on(async move { engine.evaluate_contained(DEFAULT_POLICY.to_owned(), input).await })
-        })
-    });
+    // A shipped policy runs inline; a sponsor's (here the same rules, as a sponsor's
+    // copy) takes the hop.
+    let sponsors_copy = format!("{DEFAULT_POLICY}\n# a sponsor's copy\n");
+    for (name, source) in
+        [("shipped, inline", DEFAULT_POLICY.to_owned()), ("a sponsor's, pool hop", sponsors_copy)]
+    {
+        c.bench_function(&format!("policy/evaluate default, contained ({name})"), |b| {
+            b.iter(|| {
+                let (engine, input, source) = (contained.clone(), input.clone(), source.clone());
+                runtime.block_on(async move { engine.evaluate_contained(source, input).await })
+            })
+        });
+    }
     c.bench_function("policy/pool hop alone (an empty job)", |b| {
         let pool = server::policies::contain::Evaluators::new("bench", 2, std::time::Duration::from_secs(1));
         b.iter(|| runtime.block_on(pool.run(Some("s"), std::time::Duration::from_secs(1), || 1u8)))

@@ -775,11 +775,18 @@ impl PolicyEngine {
     /// evaluation that does not answer within [`CALL_DEADLINE`] is a deny at a limit
     /// and puts its sponsor in quarantine, and while it still runs (abandoned, at
     /// the least priority) its sponsor's evaluations are refused without running.
+    ///
+    /// The shipped policies ([`super::BUILTIN`]) are AEGIS's own code, not a
+    /// sponsor's: they run inline, without the hop (about 16 µs, more than the
+    /// evaluation itself).
     pub async fn evaluate_contained(
         self: &Arc<Self>,
         source: String,
         input: serde_json::Value,
     ) -> Evaluation {
+        if super::BUILTIN.iter().any(|(_, _, shipped)| *shipped == source) {
+            return self.evaluate_value(&source, input);
+        }
         let sponsor = input["agent"]["sponsor"].as_str().map(str::to_owned);
         let source: Arc<str> = source.into();
         let (engine, job_source) = (self.clone(), source.clone());
