@@ -57,6 +57,7 @@ impl Services {
         auth: AuthService,
         audit: AuditLog,
         vault: Vault,
+        render: crate::proxy::Render,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let audit = audit.with_metrics(metrics.clone());
@@ -112,6 +113,7 @@ impl Services {
             ),
             in_flight: tokio_util::task::TaskTracker::new(),
             admission: Arc::new(tokio::sync::Semaphore::new(config.proxy_max_in_flight)),
+            render,
         };
         let agents =
             AgentService::new(db.clone(), reads.clone(), policies.clone(), audit.clone(), events.clone());
@@ -270,18 +272,7 @@ impl Backend for Services {
         id: Uuid,
         input: ApproveRequest,
     ) -> Result<ApprovalView, AppError> {
-        let claimed = self.approvals.approve(sponsor.user_id, sponsor.user_id, id, input).await?;
-        let agent = self.agents.principal(claimed.approval.agent_id).await?;
-        // Performed on its own task: a sponsor closing the tab mid-call must not
-        // leave the approved call without its settlement and outcome.
-        let (proxy, approvals) = (self.proxy.clone(), self.approvals.clone());
-        self.proxy
-            .run_detached(async move {
-                let result = proxy.run_approved(&agent, claimed.request, claimed.request_id, id).await;
-                let (status, body) = result.to_json();
-                approvals.record_outcome(id, status, &body, result.audit_seq).await;
-            })
-            .await?;
+        self.proxy.approve_and_perform(&self.agents, sponsor.user_id, id, input).await?;
         self.approvals.get(sponsor.user_id, id).await
     }
 

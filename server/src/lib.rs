@@ -80,7 +80,7 @@ pub async fn build_services(config: Config) -> Result<Arc<Services>, StartError>
     let vault = secrets::vault::Vault::new(&master_key.0)
         .and_then(|v| v.with_retired(&retired_keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>()))
         .map_err(|e| StartError::Other(e.to_string()))?;
-    let services = Services::new(config, db, auth, audit, vault);
+    let services = Services::new(config, db, auth, audit, vault, http::proxy::render);
     services.policies.seed_builtins().await.map_err(|e| StartError::Other(e.message))?;
     Ok(services)
 }

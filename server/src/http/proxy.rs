@@ -12,8 +12,10 @@ use super::error::ApiError;
 use super::extract::{Agent, ApiJson};
 use super::openapi::{ErrorBody, ExecuteAllowed, ExecuteDenied, ExecuteFailed, ExecutePending};
 use super::{AppState, RequestId};
+use crate::call::Stage;
+use crate::call::outcome::{Answer, Failure, Outcome, ProxyResult};
 use crate::call::request::{ExecuteRequest, Origin, ProxyRequest};
-use crate::proxy::{self, upstream};
+use crate::proxy::upstream;
 
 /// Authentication failures answer in the pipeline's shape too, so an agent can
 /// always read `decision` and `stage`.
@@ -69,8 +71,8 @@ fn body_timeout(s: &AppState) -> Response {
 }
 
 /// A shed call (503 `overload`) says when to come back.
-fn with_retry_after(mut response: Response, result: &proxy::ProxyResult) -> Response {
-    if matches!(result.outcome, proxy::Outcome::Failed { stage: proxy::Stage::Overload, .. }) {
+fn with_retry_after(mut response: Response, result: &ProxyResult) -> Response {
+    if matches!(result.outcome, Outcome::Failed { stage: Stage::Overload, .. }) {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
@@ -142,7 +144,7 @@ pub async fn execute(
     };
     match s.services.proxy.run(request_id, &principal, request).await {
         Ok(result) => {
-            let (status, body) = result.to_json();
+            let (status, body) = render(&result);
             let response =
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(body)).into_response();
             with_request_id(with_retry_after(response, &result), &result.request_id)
@@ -314,7 +316,7 @@ async fn forward(
             tagged(response, "x-aegis-request-id", &result.request_id)
         }
         None => {
-            let (status, body) = result.to_json();
+            let (status, body) = render(&result);
             let response =
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), Json(body)).into_response();
             tagged(with_retry_after(response, &result), "x-aegis-request-id", &result.request_id)
@@ -323,19 +325,91 @@ async fn forward(
 }
 
 /// Used by gateway mode, which answers with the upstream's own status and headers.
-fn take_answer(result: &mut proxy::ProxyResult) -> Option<(u16, HeaderMap, axum::body::Body)> {
-    let proxy::Outcome::Performed { upstream, .. } = &mut result.outcome else {
+fn take_answer(result: &mut ProxyResult) -> Option<(u16, HeaderMap, axum::body::Body)> {
+    let Outcome::Performed { upstream, .. } = &mut result.outcome else {
         return None;
     };
     match upstream {
-        proxy::Answer::Whole(r) => Some((
+        Answer::Whole(r) => Some((
             r.status,
             std::mem::take(&mut r.headers),
             axum::body::Body::from(std::mem::take(&mut r.body)),
         )),
-        proxy::Answer::Streaming(r) => {
+        Answer::Streaming(r) => {
             let body = std::mem::replace(&mut r.body, Box::pin(futures::stream::empty()));
             Some((r.status, std::mem::take(&mut r.headers), axum::body::Body::from_stream(body)))
         }
+    }
+}
+
+/// The `POST /api/proxy/execute` answer to a result: HTTP status and JSON body.
+/// Also what an idempotency key replays and an approved call's poll answers
+/// (handed to the pipeline as its `render`).
+pub fn render(result: &ProxyResult) -> (u16, serde_json::Value) {
+    match &result.outcome {
+        Outcome::Replayed { status, body } => {
+            let mut body = body.clone();
+            body["replayed"] = json!(true);
+            (*status, body)
+        }
+        Outcome::Performed { upstream, cost_micros } => {
+            let (status, headers_in) = match upstream {
+                Answer::Whole(r) => (r.status, &r.headers),
+                Answer::Streaming(r) => (r.status, &r.headers),
+            };
+            let mut headers = serde_json::Map::new();
+            for (name, value) in headers_in {
+                if let Ok(v) = value.to_str() {
+                    headers.insert(name.as_str().to_owned(), json!(v));
+                }
+            }
+            let mut up = json!({"status": status, "headers": headers});
+            match upstream {
+                // Only gateway answers stream, and they never become JSON.
+                Answer::Streaming(_) => up["streamed"] = json!(true),
+                Answer::Whole(r) => match std::str::from_utf8(&r.body) {
+                    Ok(text) => up["body"] = json!(text),
+                    Err(_) => {
+                        use base64::Engine;
+                        up["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.body));
+                    }
+                },
+            }
+            (
+                200,
+                json!({"request_id": result.request_id, "audit_seq": result.audit_seq, "decision": "allow",
+                           "reasons": result.reasons, "cost_micros": cost_micros, "upstream": up}),
+            )
+        }
+        Outcome::Pending { approval_id, expires_at } => (
+            202,
+            json!({"request_id": result.request_id, "audit_seq": result.audit_seq, "decision": "pending_approval",
+                       "stage": Stage::Approval, "reasons": result.reasons, "approval_id": approval_id,
+                       "expires_at": expires_at, "poll_url": format!("/api/proxy/approvals/{approval_id}")}),
+        ),
+        Outcome::Denied { stage, reason, extra } => {
+            let mut body = json!({"request_id": result.request_id, "audit_seq": result.audit_seq, "decision": "deny",
+                                      "stage": stage, "reason": reason, "reasons": result.reasons});
+            if let Some(map) = extra.as_object() {
+                for (k, v) in map {
+                    body[k] = v.clone();
+                }
+            }
+            (403, body)
+        }
+        Outcome::Failed { stage, reason, failure } => (
+            failure_status(*failure),
+            json!({"request_id": result.request_id, "audit_seq": result.audit_seq, "decision": "error",
+                       "stage": stage, "reason": reason}),
+        ),
+    }
+}
+
+/// 503 when AEGIS could not take the call, 504 when the upstream timed out, 502 otherwise.
+fn failure_status(failure: Failure) -> u16 {
+    match failure {
+        Failure::Unavailable => 503,
+        Failure::Timeout => 504,
+        Failure::BadUpstream => 502,
     }
 }

@@ -1,0 +1,74 @@
+//! Stage `policy`: the agent's Rego policy decides `allow`, `deny` or
+//! `require_approval` on the documented input document (`proxy/policy.rs` builds
+//! it). The reads the call needs are made here at once (wallet, the policy's
+//! current version, the named secret with its grant): each is a round trip and none
+//! depends on another. Fetching the secret has no effect; the secret stage decides
+//! whether it may be used. Tested over HTTP in `tests/api/policies.rs`.
+
+use std::ops::ControlFlow::{Break, Continue};
+
+use serde_json::json;
+
+use super::super::Pipeline;
+use super::super::context::{Call, Flow, Stop};
+use super::super::policy::input;
+use crate::call::Stage;
+use crate::policies::engine::Decision;
+use crate::storage::{canonical_json, now};
+
+/// What the policy decided that later stages act on.
+pub struct Verdict {
+    /// `require_approval`, and this call is not the approved one: the approval stage asks.
+    pub needs_approval: bool,
+    /// The policy lets the agent's own `Authorization`/`Cookie` through.
+    pub forward_credentials: bool,
+    /// The named secret's row, if it exists and is granted to this agent.
+    pub granted_secret: Option<entity::secrets::Model>,
+}
+
+pub async fn decide(p: &Pipeline, call: &mut Call<'_>, target: &url::Url) -> Flow<Verdict> {
+    let agent = &call.agent.agent;
+    let granted_secret = async {
+        match &call.request.secret {
+            Some(name) => p.secrets.granted(agent.sponsor_id, agent.id, name).await,
+            None => Ok(None),
+        }
+    };
+    let (wallet, version, granted_secret) =
+        tokio::join!(p.wallets.get(agent.id), p.policies.source_for(agent.policy_id), granted_secret);
+    let (wallet, version, granted_secret) = match (wallet, version, granted_secret) {
+        (Ok(w), Ok(v), Ok(s)) => (w, v, s),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Break(Stop::Storage(e)),
+    };
+    let input = input(agent, &call.request, target, call.estimate(), wallet.as_ref(), now());
+    let canonical_input = canonical_json(&input);
+    let evaluation = p.engine.evaluate_contained(version.source, input).await;
+    call.policy_hash = Some(evaluation.policy_sha256.clone());
+    call.policy_input = Some(canonical_input);
+    call.reasons = evaluation.reasons.clone();
+    call.policy_verdict =
+        json!({"decision": evaluation.decision, "reasons": evaluation.reasons, "error": evaluation.error});
+    let mut verdict = Verdict {
+        needs_approval: false,
+        forward_credentials: evaluation.forward_credentials,
+        granted_secret,
+    };
+    match evaluation.decision {
+        Decision::Allow => call.record.note("policy", "allow"),
+        Decision::Deny => {
+            let reason = evaluation
+                .error
+                .or_else(|| (!call.reasons.is_empty()).then(|| call.reasons.join("; ")))
+                .unwrap_or_else(|| "denied by policy".into());
+            return Break(Stop::deny(Stage::Policy, reason));
+        }
+        Decision::RequireApproval => match call.approved {
+            Some(id) => call.record.note("policy", format!("require_approval: approved ({id})")),
+            None => {
+                verdict.needs_approval = true;
+                call.record.note("policy", "require_approval")
+            }
+        },
+    }
+    Continue(verdict)
+}
