@@ -27,7 +27,7 @@ use crate::proxy::egress::EgressGuard;
 use crate::proxy::upstream::Upstream;
 use crate::secrets::SecretService;
 use crate::secrets::vault::Vault;
-use crate::storage::sqlite_reads::SqliteReads;
+use crate::store::{CallStore, GroupCommit};
 use crate::trust::TrustService;
 use crate::wallets::WalletService;
 
@@ -46,8 +46,8 @@ pub struct Services {
     pub trust: TrustService,
     pub approvals: ApprovalService,
     pub metrics: Arc<Metrics>,
-    /// The hot path's inline reads on a SQLite file; `None` on PostgreSQL.
-    pub sqlite_reads: Option<SqliteReads>,
+    /// What a call reads and writes on its own path ([`crate::store`]).
+    pub store: Arc<dyn CallStore>,
 }
 
 impl Services {
@@ -61,15 +61,15 @@ impl Services {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let audit = audit.with_metrics(metrics.clone());
-        // The proxy's per-call reads, inline on a SQLite file (None on PostgreSQL).
-        let reads = SqliteReads::for_file(&db, metrics.clone());
-        let policies = PolicyService::new(db.clone(), reads.clone());
-        let secrets = SecretService::new(db.clone(), reads.clone(), vault.clone());
+        // The hot path's store: SQLite's own on a SQLite file, sea-orm otherwise.
+        let store = crate::store::open(&db, &audit, metrics.clone());
+        let policies = PolicyService::new(db.clone(), store.clone());
+        let secrets = SecretService::new(db.clone(), store.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());
-        let connections = ConnectionService::new(db.clone(), reads.clone(), secrets.clone(), egress.clone());
+        let connections = ConnectionService::new(db.clone(), store.clone(), secrets.clone(), egress.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).
         let events = EventBus::from_config(config.redis_url.as_deref());
-        let wallets = WalletService::new(db.clone(), reads.clone(), events.clone(), config.reservation_ttl);
+        let wallets = WalletService::new(db.clone(), store.clone(), events.clone(), config.reservation_ttl);
         let trust = TrustService::new(db.clone(), audit.clone(), events.clone());
         let approvals = ApprovalService::new(
             db.clone(),
@@ -105,10 +105,16 @@ impl Services {
             approvals: approvals.clone(),
             breaker,
             metrics: metrics.clone(),
-            commit: crate::proxy::commit::GroupCommit::new(
-                &db,
-                audit.clone(),
-                wallets.clone(),
+            commit: GroupCommit::new(
+                store.clone(),
+                config.reservation_ttl,
+                {
+                    let wallets = wallets.clone();
+                    Arc::new(move |resolved| {
+                        let wallets = wallets.clone();
+                        Box::pin(async move { wallets.announce(resolved).await })
+                    })
+                },
                 metrics.clone(),
             ),
             in_flight: tokio_util::task::TaskTracker::new(),
@@ -116,7 +122,7 @@ impl Services {
             render,
         };
         let agents =
-            AgentService::new(db.clone(), reads.clone(), policies.clone(), audit.clone(), events.clone());
+            AgentService::new(db.clone(), store.clone(), policies.clone(), audit.clone(), events.clone());
         Arc::new(Self {
             config,
             db,
@@ -132,7 +138,7 @@ impl Services {
             trust,
             approvals,
             metrics,
-            sqlite_reads: reads,
+            store,
         })
     }
 

@@ -2,6 +2,8 @@
 //! `/api/gw/{name}` reaches `base_url` through the full pipeline, with the
 //! connection's secret swapped in for the agent's AEGIS key.
 
+use std::sync::Arc;
+
 use app::error::AppError;
 use app::model::{ConnectionView, NewConnection};
 use app::money::MAX_MICROS;
@@ -11,14 +13,14 @@ use uuid::Uuid;
 
 use crate::proxy::egress::EgressGuard;
 use crate::secrets::{SecretService, hosts};
-use crate::storage::sqlite_reads::{Columns, SqliteReads};
 use crate::storage::{internal, now, unique_or_internal};
+use crate::store::CallStore;
 
 #[derive(Clone)]
 pub struct ConnectionService {
     db: DatabaseConnection,
-    /// [`Self::by_name`] inline on a SQLite file (every gateway call makes it).
-    reads: Option<SqliteReads>,
+    /// The hot path's reads ([`crate::store`]).
+    store: Arc<dyn CallStore>,
     secrets: SecretService,
     egress: EgressGuard,
 }
@@ -38,11 +40,11 @@ fn view(row: connections::Model, secret: Option<String>) -> ConnectionView {
 impl ConnectionService {
     pub fn new(
         db: DatabaseConnection,
-        reads: Option<SqliteReads>,
+        store: Arc<dyn CallStore>,
         secrets: SecretService,
         egress: EgressGuard,
     ) -> Self {
-        Self { db, reads, secrets, egress }
+        Self { db, store, secrets, egress }
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
@@ -128,40 +130,6 @@ impl ConnectionService {
         sponsor_id: Uuid,
         name: &str,
     ) -> Result<Option<(connections::Model, Option<String>)>, AppError> {
-        if let Some(reads) = &self.reads {
-            return reads.optional_row(
-                BY_NAME_SQL,
-                rusqlite::params![sponsor_id.as_bytes(), name],
-                connection_and_secret,
-            );
-        }
-        connections::Entity::find()
-            .filter(connections::Column::SponsorId.eq(sponsor_id))
-            .filter(connections::Column::Name.eq(name))
-            .find_also_related(secrets::Entity)
-            .one(&self.db)
-            .await
-            .map_err(internal)
-            .map(|r| r.map(|(c, s)| (c, s.map(|s| s.name))))
+        self.store.connection(sponsor_id, name).await
     }
-}
-
-/// [`ConnectionService::by_name`]'s query as SQL on the file (keep the two in step):
-/// the connection and the name of its secret, if any.
-const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_url, c.secret_id, c.cost_micros, c.created_at, \
-     c.updated_at, s.name FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
-     WHERE c.sponsor_id = ?1 AND c.name = ?2 LIMIT 1";
-
-fn connection_and_secret(r: &rusqlite::Row<'_>) -> rusqlite::Result<(connections::Model, Option<String>)> {
-    let connection = connections::Model {
-        id: r.uuid(0)?,
-        sponsor_id: r.uuid(1)?,
-        name: r.get(2)?,
-        base_url: r.get(3)?,
-        secret_id: r.opt_uuid(4)?,
-        cost_micros: r.get(5)?,
-        created_at: r.time(6)?,
-        updated_at: r.time(7)?,
-    };
-    Ok((connection, r.get(8)?))
 }

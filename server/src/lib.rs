@@ -22,7 +22,9 @@ pub mod proxy;
 pub mod redis_link;
 pub mod rekey;
 pub mod secrets;
+pub mod spend;
 pub mod storage;
+pub mod store;
 pub mod trust;
 pub mod wallets;
 

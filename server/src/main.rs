@@ -348,7 +348,10 @@ async fn replay(config: Config, seq: i64) -> ExitCode {
         Ok(db) => db,
         Err(e) => return error(format!("database {}: {e}", server::config::redact_url(&url))),
     };
-    let policies = server::policies::PolicyService::new(db.clone(), None);
+    let policies = server::policies::PolicyService::new(
+        db.clone(),
+        std::sync::Arc::new(server::store::orm::OrmStore::read_only(db.clone())),
+    );
     let engine = std::sync::Arc::new(server::policies::engine::PolicyEngine::new());
     match server::policies::replay::replay(&db, &policies, &engine, seq, None).await {
         Ok(report) => {

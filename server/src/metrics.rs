@@ -166,7 +166,7 @@ impl Metrics {
         self.group_commit_writes.inc_by(writes as u64);
     }
 
-    /// One hot-path read done inline on a SQLite file ([`crate::storage::sqlite_reads`]).
+    /// One hot-path read done inline on a SQLite file ([`crate::store::sqlite::reads`]).
     pub fn inline_read(&self) {
         self.inline_reads.inc();
     }

@@ -1,7 +1,5 @@
 //! Small helpers every service uses at the database boundary.
 
-pub mod sqlite_reads;
-
 use app::error::AppError;
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{DbErr, SqlErr};
@@ -16,23 +14,6 @@ pub fn now() -> DateTime<Utc> {
 pub fn internal(e: DbErr) -> AppError {
     tracing::error!(error = %e, "database error");
     AppError::internal()
-}
-
-/// The same for the SQLite writer thread's own connection ([`crate::proxy::commit`]).
-pub fn sqlite_internal(e: rusqlite::Error) -> AppError {
-    tracing::error!(error = %e, "database error");
-    AppError::internal()
-}
-
-/// A time as SQLite stores it when sea-orm/sqlx write it (RFC 3339, `+00:00`), so
-/// rows written by the writer thread read back, compare and sort like the others.
-pub fn sql_time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
-}
-
-/// The inverse of [`sql_time`].
-pub fn from_sql_time(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// Maps a unique-constraint violation to `conflict`, anything else to [`internal`].

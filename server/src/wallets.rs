@@ -11,43 +11,33 @@
 //! the first settlement that crosses it in a window emits one `budget.alert` event,
 //! claimed with a conditional UPDATE so replicas never announce it twice.
 
-pub mod sqlite_batch;
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use app::error::AppError;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use entity::{ledger_entries, wallets};
-use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 use crate::events::{self, Event, EventBus};
-use crate::storage::sqlite_reads::SqliteReads;
+use crate::spend::Alert;
+pub(crate) use crate::spend::zone;
+pub use crate::spend::{Reservation, Resolved, SPEND_CEILING_MICROS, windows};
 use crate::storage::{begin_write, internal, now};
+use crate::store::CallStore;
+use crate::store::orm::wallets::{WalletBatch, reserve_in, resolve_in, roll_windows};
 
 /// A hold left behind by a crash is released after this long, unless configured
 /// otherwise (`AEGIS_RESERVATION_TTL_SECS`).
 pub const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reservation {
-    Held,
-    /// Over a limit: what was left of each at the time.
-    Refused {
-        daily_remaining_micros: Option<i64>,
-        monthly_remaining_micros: Option<i64>,
-    },
-}
-
 #[derive(Clone)]
 pub struct WalletService {
     db: DatabaseConnection,
-    /// [`Self::get`] inline on a SQLite file (the proxy reads the wallet on every call).
-    reads: Option<SqliteReads>,
+    /// [`Self::get`]: the proxy reads the wallet on every call.
+    store: Arc<dyn CallStore>,
     events: EventBus,
     reservation_ttl: Duration,
 }
@@ -61,17 +51,6 @@ pub fn parse_timezone(name: &str) -> Result<Tz, AppError> {
             format!("{name:?} is not an IANA time zone such as Europe/Paris"),
         )
     })
-}
-
-/// A stored zone; an unreadable one (never written by AEGIS) counts as UTC.
-pub(crate) fn zone(name: &str) -> Tz {
-    name.parse().unwrap_or(Tz::UTC)
-}
-
-/// The calendar windows spend is counted in, in `tz`.
-pub fn windows(at: DateTime<Utc>, tz: Tz) -> (String, String) {
-    let local = at.with_timezone(&tz);
-    (local.format("%Y-%m-%d").to_string(), local.format("%Y-%m").to_string())
 }
 
 /// When the current day and month windows of `tz` end, as instants.
@@ -91,225 +70,16 @@ pub fn next_resets(at: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) 
     (start(tomorrow), start(next_month))
 }
 
-/// What one write transaction of holds and settlements (the proxy's group commit
-/// batch) has done so far: the windows already rolled over, by agent, so each
-/// wallet's windows are read once, not once per write; and the new holds' ledger
-/// rows, inserted together by [`Self::flush`] (one statement, not one per hold).
-/// Only valid within that one transaction.
-#[derive(Debug, Default)]
-pub struct WalletBatch {
-    rolled: std::collections::HashMap<Uuid, (String, String)>,
-    holds: Vec<ledger_entries::ActiveModel>,
-}
-
-impl WalletBatch {
-    async fn roll(
-        &mut self,
-        db: &impl ConnectionTrait,
-        agent_id: Uuid,
-        at: DateTime<Utc>,
-    ) -> Result<(String, String), AppError> {
-        if let Some(done) = self.rolled.get(&agent_id) {
-            return Ok(done.clone());
-        }
-        let done = roll_windows(db, agent_id, at).await?;
-        self.rolled.insert(agent_id, done.clone());
-        Ok(done)
-    }
-
-    /// Inserts the held ledger rows. Before commit: a hold is its wallet's
-    /// reservation plus this row. Nothing in the batch reads them before (a
-    /// request's settlement always comes in a later batch than its hold).
-    pub async fn flush(&mut self, db: &impl ConnectionTrait) -> Result<(), AppError> {
-        let holds = std::mem::take(&mut self.holds);
-        if !holds.is_empty() {
-            ledger_entries::Entity::insert_many(holds).exec_without_returning(db).await.map_err(internal)?;
-        }
-        Ok(())
-    }
-}
-
-/// Zeroes the spend of windows that have ended and returns the current (day,
-/// month) windows in the wallet's time zone. Idempotent and safe to race.
-async fn roll_windows(
-    db: &impl ConnectionTrait,
-    agent_id: Uuid,
-    at: DateTime<Utc>,
-) -> Result<(String, String), AppError> {
-    // One read; the conditional UPDATEs run only when a window has actually ended
-    // (rarely: once a day), and stay safe to race when they do.
-    let stored: Option<(String, String, String)> = wallets::Entity::find_by_id(agent_id)
-        .select_only()
-        .column(wallets::Column::Timezone)
-        .column(wallets::Column::DayWindow)
-        .column(wallets::Column::MonthWindow)
-        .into_tuple()
-        .one(db)
-        .await
-        .map_err(internal)?;
-    let Some((tz, stored_day, stored_month)) = stored else {
-        return Ok(windows(at, Tz::UTC));
-    };
-    let (day, month) = windows(at, zone(&tz));
-    if stored_day != day {
-        wallets::Entity::update_many()
-            .col_expr(wallets::Column::DailySpentMicros, Expr::value(0i64))
-            .col_expr(wallets::Column::DayWindow, Expr::value(day.clone()))
-            .filter(wallets::Column::AgentId.eq(agent_id))
-            .filter(wallets::Column::DayWindow.ne(day.clone()))
-            .exec(db)
-            .await
-            .map_err(internal)?;
-    }
-    if stored_month != month {
-        wallets::Entity::update_many()
-            .col_expr(wallets::Column::MonthlySpentMicros, Expr::value(0i64))
-            .col_expr(wallets::Column::MonthWindow, Expr::value(month.clone()))
-            .filter(wallets::Column::AgentId.eq(agent_id))
-            .filter(wallets::Column::MonthWindow.ne(month.clone()))
-            .exec(db)
-            .await
-            .map_err(internal)?;
-    }
-    Ok((day, month))
-}
-
-/// A hold resolved inside a transaction: the alerts it claimed are announced
-/// ([`WalletService::announce`]) only once that transaction committed.
-pub struct Resolved {
-    agent_id: Uuid,
-    alerts: Vec<Alert>,
-}
-
-impl Resolved {
-    /// Whether [`WalletService::announce`] has anything to say.
-    pub fn has_alerts(&self) -> bool {
-        !self.alerts.is_empty()
-    }
-}
-
-/// A threshold crossed for the first time in a window.
-struct Alert {
-    window: &'static str,
-    period: String,
-    spent_micros: i64,
-    limit_micros: i64,
-    threshold_pct: i32,
-}
-
-/// Claims the day and month alerts a settlement crossed (once per window).
-async fn claim_alerts(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<Vec<Alert>, AppError> {
-    let Some(w) = wallets::Entity::find_by_id(agent_id).one(db).await.map_err(internal)? else {
-        return Ok(Vec::new());
-    };
-    let mut alerts = Vec::new();
-    for (alert, sent_col) in crossed_alerts(&w) {
-        let claimed = wallets::Entity::update_many()
-            .col_expr(sent_col, Expr::value(alert.period.clone()))
-            .filter(wallets::Column::AgentId.eq(agent_id))
-            .filter(Condition::any().add(sent_col.is_null()).add(sent_col.ne(alert.period.clone())))
-            .exec(db)
-            .await
-            .map_err(internal)?
-            .rows_affected
-            == 1;
-        if claimed {
-            alerts.push(alert);
-        }
-    }
-    Ok(alerts)
-}
-
-/// The windows whose spend has reached the wallet's alert threshold, each with the
-/// column that records the window its alert was sent for (claimed by the caller).
-fn crossed_alerts(w: &wallets::Model) -> Vec<(Alert, wallets::Column)> {
-    let Some(pct) = w.alert_threshold_pct.filter(|p| *p > 0) else { return Vec::new() };
-    let crossed =
-        |spent: i64, limit: i64| limit > 0 && i128::from(spent) * 100 >= i128::from(limit) * i128::from(pct);
-    [
-        ("daily", w.daily_spent_micros, w.daily_limit_micros, &w.day_window, wallets::Column::AlertSentDay),
-        (
-            "monthly",
-            w.monthly_spent_micros,
-            w.monthly_limit_micros,
-            &w.month_window,
-            wallets::Column::AlertSentMonth,
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, spent, limit, _, _)| crossed(*spent, *limit))
-    .map(|(window, spent, limit, period, sent_col)| {
-        let alert = Alert {
-            window,
-            period: period.clone(),
-            spent_micros: spent,
-            limit_micros: limit,
-            threshold_pct: pct,
-        };
-        (alert, sent_col)
-    })
-    .collect()
-}
-
-/// A refused hold: what was left of each limit (nothing without a wallet).
-fn refusal(wallet: Option<&wallets::Model>) -> Reservation {
-    let remaining =
-        |limit: i64, spent: i64, reserved: i64| (limit > 0).then(|| Ord::max(limit - spent - reserved, 0));
-    match wallet {
-        Some(w) => Reservation::Refused {
-            daily_remaining_micros: remaining(w.daily_limit_micros, w.daily_spent_micros, w.reserved_micros),
-            monthly_remaining_micros: remaining(
-                w.monthly_limit_micros,
-                w.monthly_spent_micros,
-                w.reserved_micros,
-            ),
-        },
-        None => Reservation::Refused { daily_remaining_micros: Some(0), monthly_remaining_micros: Some(0) },
-    }
-}
-
 /// `limit = 0 OR spent + reserved + amount <= limit`
-/// The most a wallet's spend counters and its reservations can hold: 10^18
-/// micro-units (a trillion units). A wallet without limits that reaches it stays at
-/// it (spend is recorded saturated, and the ledger keeps every charge exactly); a
-/// hold that would take reservations past it is refused. Far below `i64::MAX`
-/// (≈ 9.2 × 10^18), so `spent + reserved + amount` can never overflow in SQL, where
-/// SQLite would turn an overflowing sum into a float and PostgreSQL would raise
-/// (and the failed batch would be retried write by write, slowing every tenant).
-pub const SPEND_CEILING_MICROS: i64 = 1_000_000_000_000_000_000;
-
-/// `column + amount`, saturated at [`SPEND_CEILING_MICROS`], in portable SQL (no
-/// intermediate value can overflow: the comparison subtracts from the ceiling).
-fn saturating_add(column: wallets::Column, amount: i64) -> SimpleExpr {
-    let amount = amount.clamp(0, SPEND_CEILING_MICROS);
-    Expr::case(Expr::col(column).gt(SPEND_CEILING_MICROS - amount), Expr::value(SPEND_CEILING_MICROS))
-        .finally(Expr::col(column).add(amount))
-        .into()
-}
-
-/// The portable SQL of [`saturating_add`] for the writer thread's statements: `{col}`
-/// saturated at the ceiling after adding `?{param}`.
-pub(crate) fn saturating_add_sql(col: &str, param: &str) -> String {
-    format!(
-        "CASE WHEN {col} > {SPEND_CEILING_MICROS} - {param} THEN {SPEND_CEILING_MICROS} ELSE {col} + {param} END"
-    )
-}
-
-fn within(limit: wallets::Column, spent: wallets::Column, amount: i64) -> Condition {
-    Condition::any().add(Expr::col(limit).eq(0i64)).add(
-        Expr::col(spent).add(Expr::col(wallets::Column::ReservedMicros)).add(amount).lte(Expr::col(limit)),
-    )
-}
-
 impl WalletService {
     /// `reservation_ttl`: how long a hold may stay unresolved before the janitor releases it.
     pub fn new(
         db: DatabaseConnection,
-        reads: Option<SqliteReads>,
+        store: Arc<dyn CallStore>,
         events: EventBus,
         reservation_ttl: Duration,
     ) -> Self {
-        Self { db, reads, events, reservation_ttl }
+        Self { db, store, events, reservation_ttl }
     }
 
     /// How long a call may go unresolved before it is deemed dead (a crash).
@@ -326,7 +96,8 @@ impl WalletService {
     ) -> Result<Reservation, AppError> {
         let txn = begin_write(&self.db).await?;
         let mut batch = WalletBatch::default();
-        let reservation = self.reserve_in(&txn, &mut batch, agent_id, request_id, amount).await?;
+        let reservation =
+            reserve_in(&txn, &mut batch, agent_id, request_id, amount, self.reservation_ttl).await?;
         match reservation {
             Reservation::Held => {
                 batch.flush(&txn).await?;
@@ -337,56 +108,6 @@ impl WalletService {
         Ok(reservation)
     }
 
-    /// [`Self::reserve`] inside the caller's write transaction, which commits it (the
-    /// proxy's group commit puts the hold and its intent record in one transaction).
-    /// The hold's ledger row waits in `batch`: [`WalletBatch::flush`] it before commit.
-    /// A refusal changes nothing but the idempotent window roll-over.
-    pub async fn reserve_in(
-        &self,
-        db: &impl ConnectionTrait,
-        batch: &mut WalletBatch,
-        agent_id: Uuid,
-        request_id: &str,
-        amount: i64,
-    ) -> Result<Reservation, AppError> {
-        let at = now();
-        let (day, month) = batch.roll(db, agent_id, at).await?;
-        let held = wallets::Entity::update_many()
-            .col_expr(wallets::Column::ReservedMicros, Expr::col(wallets::Column::ReservedMicros).add(amount))
-            .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
-            .filter(wallets::Column::AgentId.eq(agent_id))
-            .filter(within(wallets::Column::DailyLimitMicros, wallets::Column::DailySpentMicros, amount))
-            .filter(within(wallets::Column::MonthlyLimitMicros, wallets::Column::MonthlySpentMicros, amount))
-            .filter(
-                Expr::col(wallets::Column::ReservedMicros)
-                    .lte(SPEND_CEILING_MICROS - amount.clamp(0, SPEND_CEILING_MICROS)),
-            )
-            .exec(db)
-            .await
-            .map_err(internal)?
-            .rows_affected
-            == 1;
-        if !held {
-            let wallet = wallets::Entity::find_by_id(agent_id).one(db).await.map_err(internal)?;
-            return Ok(refusal(wallet.as_ref()));
-        }
-        batch.holds.push(ledger_entries::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            agent_id: Set(agent_id),
-            request_id: Set(request_id.to_owned()),
-            status: Set("held".into()),
-            reserved_micros: Set(amount),
-            settled_micros: Set(None),
-            day_window: Set(day),
-            month_window: Set(month),
-            created_at: Set(at),
-            expires_at: Set(at + chrono::Duration::from_std(self.reservation_ttl).unwrap_or_default()),
-            resolved_at: Set(None),
-        });
-        Ok(Reservation::Held)
-    }
-
-    /// Settles a hold at `actual` (charged even when above the estimate: the call
     /// happened). Returns false if it was already settled or released.
     pub async fn settle(&self, request_id: &str, actual: i64) -> Result<bool, AppError> {
         self.resolve(request_id, "settled", Some(actual)).await
@@ -400,7 +121,7 @@ impl WalletService {
     async fn resolve(&self, request_id: &str, status: &str, actual: Option<i64>) -> Result<bool, AppError> {
         let txn = begin_write(&self.db).await?;
         let Some(resolved) =
-            self.resolve_in(&txn, &mut WalletBatch::default(), request_id, status, actual).await?
+            resolve_in(&txn, &mut WalletBatch::default(), request_id, status, actual).await?
         else {
             txn.rollback().await.map_err(internal)?;
             return Ok(false);
@@ -408,55 +129,6 @@ impl WalletService {
         txn.commit().await.map_err(internal)?;
         self.announce(resolved).await;
         Ok(true)
-    }
-
-    /// Resolves a hold inside the caller's write transaction: `status` is `settled`
-    /// (charging `actual`), `released` or `expired`. `None` if it was no longer held.
-    /// Hand the result to [`Self::announce`] once the transaction committed.
-    pub async fn resolve_in(
-        &self,
-        db: &impl ConnectionTrait,
-        batch: &mut WalletBatch,
-        request_id: &str,
-        status: &str,
-        actual: Option<i64>,
-    ) -> Result<Option<Resolved>, AppError> {
-        let at = now();
-        // Claimed and read back in one statement (RETURNING).
-        let claimed = ledger_entries::Entity::update_many()
-            .col_expr(ledger_entries::Column::Status, Expr::value(status))
-            .col_expr(ledger_entries::Column::SettledMicros, Expr::value(actual))
-            .col_expr(ledger_entries::Column::ResolvedAt, Expr::value(at))
-            .filter(ledger_entries::Column::RequestId.eq(request_id))
-            .filter(ledger_entries::Column::Status.eq("held"))
-            .exec_with_returning(db)
-            .await
-            .map_err(internal)?;
-        let Some(entry) = claimed.into_iter().next() else {
-            return Ok(None);
-        };
-        batch.roll(db, entry.agent_id, at).await?;
-        let charged = actual.unwrap_or(0);
-        wallets::Entity::update_many()
-            .col_expr(
-                wallets::Column::ReservedMicros,
-                Expr::col(wallets::Column::ReservedMicros).sub(entry.reserved_micros),
-            )
-            .col_expr(
-                wallets::Column::DailySpentMicros,
-                saturating_add(wallets::Column::DailySpentMicros, charged),
-            )
-            .col_expr(
-                wallets::Column::MonthlySpentMicros,
-                saturating_add(wallets::Column::MonthlySpentMicros, charged),
-            )
-            .col_expr(wallets::Column::UpdatedAt, Expr::value(at))
-            .filter(wallets::Column::AgentId.eq(entry.agent_id))
-            .exec(db)
-            .await
-            .map_err(internal)?;
-        let alerts = if charged > 0 { claim_alerts(db, entry.agent_id).await? } else { Vec::new() };
-        Ok(Some(Resolved { agent_id: entry.agent_id, alerts }))
     }
 
     /// Publishes the budget alerts a committed resolution claimed.
@@ -533,10 +205,7 @@ impl WalletService {
     }
 
     pub async fn get(&self, agent_id: Uuid) -> Result<Option<wallets::Model>, AppError> {
-        if let Some(reads) = &self.reads {
-            return reads.read(|conn| sqlite_batch::wallet(conn, agent_id));
-        }
-        wallets::Entity::find_by_id(agent_id).one(&self.db).await.map_err(internal)
+        self.store.wallet(agent_id).await
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod api_keys;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use app::error::AppError;
 use app::model::{
@@ -22,8 +23,8 @@ use uuid::Uuid;
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
 use crate::events::{self, Event, EventBus};
 use crate::policies::{DEFAULT_POLICY, PolicyService};
-use crate::storage::sqlite_reads::{Columns, SqliteReads};
 use crate::storage::{internal, now, unique_or_internal};
+use crate::store::CallStore;
 
 /// Where a new agent starts: trust's baseline.
 pub const INITIAL_TRUST: i32 = crate::trust::BASELINE;
@@ -41,8 +42,8 @@ pub struct AgentPrincipal {
 #[derive(Clone)]
 pub struct AgentService {
     db: DatabaseConnection,
-    /// [`Self::authenticate`]'s lookup inline on a SQLite file (every agent call makes it).
-    reads: Option<SqliteReads>,
+    /// The hot path's reads ([`crate::store`]).
+    store: Arc<dyn CallStore>,
     policies: PolicyService,
     audit: AuditLog,
     events: EventBus,
@@ -153,58 +154,18 @@ fn revoked() -> AppError {
     )
 }
 
-/// [`AgentService::authenticate`]'s lookup as SQL on the file (keep the two in
-/// step): the unrevoked key with this id and its agent.
-const LIVE_KEY_SQL: &str = "SELECT k.id, k.agent_id, k.key_id, k.key_hash, k.created_at, k.revoked_at, k.last_used_at, \
-     a.id, a.sponsor_id, a.name, a.description, a.status, a.policy_id, a.trust_score, a.tags, \
-     a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at \
-     FROM agent_keys k LEFT JOIN agents a ON a.id = k.agent_id \
-     WHERE k.key_id = ?1 AND k.revoked_at IS NULL LIMIT 1";
-
-fn key_and_agent(r: &rusqlite::Row<'_>) -> rusqlite::Result<(agent_keys::Model, Option<agents::Model>)> {
-    let key = agent_keys::Model {
-        id: r.uuid(0)?,
-        agent_id: r.uuid(1)?,
-        key_id: r.get(2)?,
-        key_hash: r.get(3)?,
-        created_at: r.time(4)?,
-        revoked_at: r.opt_time(5)?,
-        last_used_at: r.opt_time(6)?,
-    };
-    let agent = match r.get_ref(7)? {
-        rusqlite::types::ValueRef::Null => None,
-        _ => Some(agents::Model {
-            id: r.uuid(7)?,
-            sponsor_id: r.uuid(8)?,
-            name: r.get(9)?,
-            description: r.get(10)?,
-            status: r.get(11)?,
-            policy_id: r.opt_uuid(12)?,
-            trust_score: r.get(13)?,
-            tags: r.get(14)?,
-            created_at: r.time(15)?,
-            updated_at: r.time(16)?,
-            suspended_at: r.opt_time(17)?,
-            suspended_reason: r.get(18)?,
-            deleted_at: r.opt_time(19)?,
-            last_seen_at: r.opt_time(20)?,
-        }),
-    };
-    Ok((key, agent))
-}
-
 impl AgentService {
     /// Every change is recorded in the audit log in the same transaction as the
     /// change itself: both commit, or neither does.
     pub fn new(
         db: DatabaseConnection,
-        reads: Option<SqliteReads>,
+        store: Arc<dyn CallStore>,
         policies: PolicyService,
         audit: AuditLog,
         events: EventBus,
     ) -> Self {
         let key_checks = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_KEY_CHECKS_IN_FLIGHT));
-        Self { db, reads, policies, audit, events, key_checks }
+        Self { db, store, policies, audit, events, key_checks }
     }
 
     /// Tells the sponsor's dashboards, once the change is committed.
@@ -549,16 +510,7 @@ impl AgentService {
         let Ok(Ok(_permit)) = tokio::time::timeout(KEY_CHECK_WAIT, self.key_checks.acquire()).await else {
             return Err(AppError::new(503, "overloaded", "too many key checks in flight; retry shortly"));
         };
-        let found = match &self.reads {
-            Some(reads) => reads.optional_row(LIVE_KEY_SQL, [key_id], key_and_agent)?,
-            None => agent_keys::Entity::find()
-                .filter(agent_keys::Column::KeyId.eq(key_id))
-                .filter(agent_keys::Column::RevokedAt.is_null())
-                .find_also_related(agents::Entity)
-                .one(&self.db)
-                .await
-                .map_err(internal)?,
-        };
+        let found = self.store.live_key(key_id).await?;
         Ok(match found {
             Some((key, Some(agent)))
                 if api_keys::matches(presented, &key.key_hash) && agent.deleted_at.is_none() =>
@@ -745,11 +697,13 @@ mod tests {
         let db = crate::db::connect(&url).await.unwrap();
         migration::Migrator::up(&db, None).await.unwrap();
         let signer = crate::audit::checkpoint::CheckpointSigner::from_seed(&[7; 32]).unwrap();
+        let audit = AuditLog::new(db.clone(), signer, 1000);
+        let store = crate::store::open(&db, &audit, std::sync::Arc::new(crate::metrics::Metrics::new()));
         let service = AgentService::new(
             db.clone(),
-            None,
-            PolicyService::new(db.clone(), None),
-            AuditLog::new(db.clone(), signer, 1000),
+            store.clone(),
+            PolicyService::new(db.clone(), store),
+            audit,
             EventBus::from_config(None),
         );
         let key = api_keys::generate().plaintext;

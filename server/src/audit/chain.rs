@@ -40,7 +40,7 @@ pub const AUDIT_LOCK_KEY: i64 = 0x4145_4749_5341_5544;
 const INSERT_ROWS: usize = 64;
 
 /// Shared by every clone of one `AuditLog`.
-pub(super) struct ChainState {
+pub(crate) struct ChainState {
     pub db: DatabaseConnection,
     pub signer: CheckpointSigner,
     pub checkpoint_every: u64,
@@ -196,7 +196,7 @@ impl AuditTxn {
 }
 
 /// The record after the head (`head_seq`, `head_hash`): seq, time and hash final.
-pub(super) fn next_record(entry: AuditEntry, head_seq: i64, head_hash: String) -> audit_events::Model {
+pub(crate) fn next_record(entry: AuditEntry, head_seq: i64, head_hash: String) -> audit_events::Model {
     let mut record = audit_events::Model {
         seq: head_seq + 1,
         id: Uuid::now_v7(),
@@ -226,7 +226,7 @@ pub(super) fn next_record(entry: AuditEntry, head_seq: i64, head_hash: String) -
 
 impl ChainState {
     /// The signed checkpoint due at `appended` (every `checkpoint_every` records).
-    pub(super) fn checkpoint_due(&self, appended: &Appended) -> Option<Checkpoint> {
+    pub(crate) fn checkpoint_due(&self, appended: &Appended) -> Option<Checkpoint> {
         let every = self.checkpoint_every;
         (every > 0 && (appended.seq as u64).is_multiple_of(every))
             .then(|| self.signer.sign(appended.seq, &appended.hash, now()))

@@ -17,7 +17,6 @@ pub mod checkpoint;
 pub mod incremental;
 pub mod query;
 pub mod record;
-pub mod sqlite_batch;
 pub mod verify;
 
 use std::sync::Arc;
@@ -130,9 +129,16 @@ impl AuditLog {
         chain::begin(self.state.clone()).await
     }
 
-    /// The chain as the SQLite group-commit writer thread appends to it.
-    pub fn sqlite_chain(&self) -> sqlite_batch::SqliteChain {
-        sqlite_batch::SqliteChain { state: self.state.clone() }
+    /// The chain's shared state, for a store that appends with its own statements
+    /// ([`crate::store::sqlite`]).
+    pub(crate) fn chain_state(&self) -> Arc<chain::ChainState> {
+        self.state.clone()
+    }
+
+    /// The in-process lock SQLite appends take turns on (held from `BEGIN
+    /// IMMEDIATE` to commit by every appender in this process).
+    pub fn chain_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.state.sqlite_lock.clone()
     }
 
     /// Appends one record; it is durably committed when this returns.

@@ -2,12 +2,13 @@
 //! Every version is kept, addressed by the SHA-256 of its source, so a recorded
 //! decision can be replayed against the exact policy that made it.
 
+use std::sync::Arc;
+
 use app::error::AppError;
 use app::model::{NewPolicy, PolicySummary, PolicyUpdate, PolicyView, SessionUser};
 use entity::{policies, policy_versions};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
 };
 use uuid::Uuid;
 
@@ -15,8 +16,8 @@ pub mod contain;
 pub mod engine;
 pub mod replay;
 
-use crate::storage::sqlite_reads::SqliteReads;
 use crate::storage::{internal, now, sha256_hex};
+use crate::store::CallStore;
 
 pub const DEFAULT_POLICY: &str = "default";
 
@@ -51,14 +52,14 @@ const VERSION_CACHE_LIMIT: usize = 1024;
 #[derive(Clone)]
 pub struct PolicyService {
     db: DatabaseConnection,
-    /// The per-call `current_version` read inline on a SQLite file.
-    reads: Option<SqliteReads>,
+    /// The hot path's reads ([`crate::store`]).
+    store: Arc<dyn CallStore>,
     versions: std::sync::Arc<VersionCache>,
 }
 
 impl PolicyService {
-    pub fn new(db: DatabaseConnection, reads: Option<SqliteReads>) -> Self {
-        Self { db, reads, versions: Default::default() }
+    pub fn new(db: DatabaseConnection, store: Arc<dyn CallStore>) -> Self {
+        Self { db, store, versions: Default::default() }
     }
 
     /// Makes the stored built-ins match the shipped sources, adding a version when
@@ -291,21 +292,7 @@ impl PolicyService {
     /// or the built-in default when it has none.
     pub async fn source_for(&self, policy_id: Option<Uuid>) -> Result<policy_versions::Model, AppError> {
         let id = policy_id.unwrap_or_else(|| builtin_id(DEFAULT_POLICY));
-        let current: Option<i32> = match &self.reads {
-            // The same read as below, as SQL on the file.
-            Some(reads) => reads.optional_row(
-                "SELECT current_version FROM policies WHERE id = ?1",
-                [id.as_bytes()],
-                |r| r.get(0),
-            )?,
-            None => policies::Entity::find_by_id(id)
-                .select_only()
-                .column(policies::Column::CurrentVersion)
-                .into_tuple()
-                .one(&self.db)
-                .await
-                .map_err(internal)?,
-        };
+        let current = self.store.current_version(id).await?;
         let Some(current) = current else { return Err(AppError::internal()) };
         let cached = self.versions.read().unwrap_or_else(|e| e.into_inner()).get(&(id, current)).cloned();
         if let Some(version) = cached {

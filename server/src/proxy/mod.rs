@@ -19,12 +19,11 @@
 //!
 //! A stop before the upstream is answered by `stages/stop.rs` (a denial is
 //! audited, counted and announced). Each "+" is one transaction, group-committed
-//! with other calls' (`commit.rs`). Every stage notes what it decided and how long
+//! with other calls' ([`crate::store::batch`]). Every stage notes what it decided and how long
 //! it took in the call's [`DecisionRecord`], kept with the audit record.
 
 pub mod approved;
 pub mod breaker;
-pub mod commit;
 pub mod context;
 pub mod egress;
 pub mod idempotency;
@@ -71,7 +70,7 @@ pub struct Pipeline {
     pub breaker: breaker::BreakerService,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Holds + intents and settlements + outcomes, many requests per transaction.
-    pub commit: commit::GroupCommit,
+    pub commit: crate::store::GroupCommit,
     /// Accepted calls, each on its own task ([`in_flight`]); shutdown waits for them.
     pub in_flight: tokio_util::task::TaskTracker,
     /// One permit per agent call being performed (`AEGIS_PROXY_MAX_IN_FLIGHT`).

@@ -8,6 +8,8 @@ pub mod vault;
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use app::error::AppError;
 use app::model::{Injection, NewSecret, SecretUpdate, SecretView};
 use entity::{agents, secret_grants, secrets};
@@ -18,8 +20,8 @@ use sea_orm::{
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::storage::sqlite_reads::{Columns, SqliteReads};
 use crate::storage::{internal, now, unique_or_internal};
+use crate::store::CallStore;
 use vault::Vault;
 
 const MAX_VALUE_BYTES: usize = 8192;
@@ -69,8 +71,8 @@ pub struct SecretDenied(pub String);
 #[derive(Clone)]
 pub struct SecretService {
     db: DatabaseConnection,
-    /// [`Self::granted`] inline on a SQLite file (read on every call that names a secret).
-    reads: Option<SqliteReads>,
+    /// The hot path's reads ([`crate::store`]).
+    store: Arc<dyn CallStore>,
     vault: Vault,
 }
 
@@ -165,32 +167,9 @@ fn name_taken() -> AppError {
     AppError::conflict("secret_name_taken", "you already have a secret with this name")
 }
 
-/// [`SecretService::granted`]'s query as SQL on the file (keep the two in step).
-const GRANTED_SQL: &str = "SELECT s.id, s.sponsor_id, s.name, s.ciphertext, s.nonce, s.allowed_hosts, s.inject_header, \
-     s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at \
-     FROM secrets s JOIN secret_grants g ON g.secret_id = s.id \
-     WHERE s.sponsor_id = ?1 AND s.name = ?2 AND g.agent_id = ?3 LIMIT 1";
-
-fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<secrets::Model> {
-    Ok(secrets::Model {
-        id: r.uuid(0)?,
-        sponsor_id: r.uuid(1)?,
-        name: r.get(2)?,
-        ciphertext: r.get(3)?,
-        nonce: r.get(4)?,
-        allowed_hosts: r.get(5)?,
-        inject_header: r.get(6)?,
-        inject_format: r.get(7)?,
-        inject_query_param: r.get(8)?,
-        created_at: r.time(9)?,
-        updated_at: r.time(10)?,
-        rotated_at: r.opt_time(11)?,
-    })
-}
-
 impl SecretService {
-    pub fn new(db: DatabaseConnection, reads: Option<SqliteReads>, vault: Vault) -> Self {
-        Self { db, reads, vault }
+    pub fn new(db: DatabaseConnection, store: Arc<dyn CallStore>, vault: Vault) -> Self {
+        Self { db, store, vault }
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewSecret) -> Result<SecretView, AppError> {
@@ -336,18 +315,7 @@ impl SecretService {
         agent_id: Uuid,
         name: &str,
     ) -> Result<Option<secrets::Model>, AppError> {
-        if let Some(reads) = &self.reads {
-            let params = rusqlite::params![sponsor_id.as_bytes(), name, agent_id.as_bytes()];
-            return reads.optional_row(GRANTED_SQL, params, secret_row);
-        }
-        secrets::Entity::find()
-            .inner_join(secret_grants::Entity)
-            .filter(secrets::Column::SponsorId.eq(sponsor_id))
-            .filter(secrets::Column::Name.eq(name))
-            .filter(secret_grants::Column::AgentId.eq(agent_id))
-            .one(&self.db)
-            .await
-            .map_err(internal)
+        self.store.granted_secret(sponsor_id, agent_id, name).await
     }
 
     /// Decrypts a [`Self::granted`] secret for a call to `to`, if the secret may go

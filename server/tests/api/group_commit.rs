@@ -6,7 +6,7 @@ use entity::{audit_events, ledger_entries};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use server::audit::AuditEntry;
-use server::proxy::commit::Intent;
+use server::store::Intent;
 use uuid::Uuid;
 
 use crate::support::TestServer;
@@ -43,7 +43,7 @@ async fn request_at(s: &TestServer, seq: i64) -> Option<String> {
 /// one thread, so the writer task — PostgreSQL — cannot run before they are all
 /// queued either; the SQLite writer thread waits for the lock.)
 async fn as_one_batch<T>(s: &TestServer, writes: impl std::future::Future<Output = T>) -> T {
-    let lock = s.running.services.audit.sqlite_chain().lock();
+    let lock = s.running.services.audit.chain_lock();
     let held = lock.lock_owned().await;
     let mut writes = std::pin::pin!(writes);
     // One poll queues every write (each then waits for its answer).
@@ -231,7 +231,7 @@ async fn on_sqlite_the_writer_thread_and_the_pool_share_one_chain_and_one_format
     );
     let (intents, plain) = tokio::join!(intents, plain);
     assert!(plain.iter().all(Result::is_ok));
-    assert_eq!(commit.backend(), "sqlite-thread");
+    assert_eq!(commit.backend(), "sqlite");
     assert!(sqlite_writer_threads() >= 1, "the writer thread runs");
     assert!(commit.stats().commits > before.commits);
 

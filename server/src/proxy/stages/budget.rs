@@ -11,11 +11,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::super::Pipeline;
-use super::super::commit::Intent;
 use super::super::context::{Call, Flow, Stop};
 use crate::audit::AuditEntry;
 use crate::call::Stage;
 use crate::events::{self, Event};
+use crate::store::Intent;
 use crate::wallets::Reservation;
 
 pub async fn hold(p: &Pipeline, call: &mut Call<'_>, grant: Option<Uuid>) -> Flow<()> {

@@ -1,13 +1,13 @@
 //! The wallet writes of a group-commit batch on SQLite, as prepared statements on
-//! the writer thread's own connection ([`crate::proxy::commit`]): the hot path's
-//! holds and settlements without a hop to a pool worker per statement.
+//! the writer thread's own connection: the hot path's holds and settlements
+//! without a hop to a pool worker per statement.
 //!
-//! The SQL is the same as [`super::WalletService::reserve_in`] and
-//! [`super::WalletService::resolve_in`] (which PostgreSQL, and every other SQLite
-//! write, use): one conditional UPDATE per hold, so a hold is exact; a settlement
+//! The SQL does what [`crate::store::orm::wallets::reserve_in`] and
+//! [`crate::store::orm::wallets::resolve_in`] do (which PostgreSQL, and every
+//! other wallet write, use): one conditional UPDATE per hold, so a hold is exact; a settlement
 //! claimed with `UPDATE … RETURNING`; alerts claimed once per window. The
-//! decisions built from what they read ([`super::refusal`],
-//! [`super::crossed_alerts`]) are shared. The API suite runs on both backends.
+//! decisions built from what they read ([`crate::spend::refusal`],
+//! [`crate::spend::crossed_alerts`]) are shared. The API suite runs on both backends.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,19 +19,23 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use sea_orm::IdenStatic;
 use uuid::Uuid;
 
-use super::{Alert, Reservation, Resolved, crossed_alerts, refusal, windows, zone};
-use crate::storage::sqlite_reads::Columns;
-use crate::storage::{now, sql_time, sqlite_internal as internal};
+use super::columns::Columns;
+use super::columns::{internal, sql_time};
+use crate::spend::{
+    Alert, Reservation, Resolved, SPEND_CEILING_MICROS, crossed_alerts, refusal, saturating_add_sql, windows,
+    zone,
+};
+use crate::storage::now;
 
 /// A hold: within both limits, and reservations stay under the spend ceiling
-/// (`wallets::SPEND_CEILING_MICROS`), so no sum here can overflow.
+/// (`SPEND_CEILING_MICROS`), so no sum here can overflow.
 static HOLD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE wallets SET reserved_micros = reserved_micros + ?1, updated_at = ?2 WHERE agent_id = ?3 \
          AND (daily_limit_micros = 0 OR daily_spent_micros + reserved_micros + ?1 <= daily_limit_micros) \
          AND (monthly_limit_micros = 0 OR monthly_spent_micros + reserved_micros + ?1 <= monthly_limit_micros) \
          AND reserved_micros <= {} - ?1",
-        crate::wallets::SPEND_CEILING_MICROS
+        SPEND_CEILING_MICROS
     )
 });
 
@@ -40,8 +44,8 @@ static SETTLE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE wallets SET reserved_micros = reserved_micros - ?1, daily_spent_micros = {}, \
          monthly_spent_micros = {}, updated_at = ?3 WHERE agent_id = ?4",
-        crate::wallets::saturating_add_sql("daily_spent_micros", "?2"),
-        crate::wallets::saturating_add_sql("monthly_spent_micros", "?2"),
+        saturating_add_sql("daily_spent_micros", "?2"),
+        saturating_add_sql("monthly_spent_micros", "?2"),
     )
 });
 
@@ -182,7 +186,7 @@ fn claim_alerts(tx: &Transaction, agent_id: Uuid) -> Result<Vec<Alert>, AppError
     Ok(alerts)
 }
 
-/// The wallet row; also [`super::WalletService::get`]'s inline read on a SQLite file.
+/// The wallet row: the hot path's wallet read, and what a refusal or an alert is computed from.
 pub fn wallet(conn: &Connection, agent_id: Uuid) -> Result<Option<wallets::Model>, AppError> {
     conn.prepare_cached(
         "SELECT daily_limit_micros, monthly_limit_micros, daily_spent_micros, monthly_spent_micros, reserved_micros, \

@@ -1,10 +1,10 @@
-//! Appending to the chain from SQLite's group-commit writer thread
-//! ([`crate::proxy::commit`]): the same records as [`super::AuditTxn`] — built by
-//! the same [`next_record`], checkpointed by the same rule — inserted with a
-//! prepared statement on the writer's own connection.
+//! Appending to the chain from SQLite's group-commit writer thread: the same
+//! records as [`crate::audit::AuditTxn`] — built by the same [`next_record`],
+//! checkpointed by the same rule — inserted with a prepared statement on the
+//! writer's own connection.
 //!
 //! The writer holds the in-process chain lock ([`SqliteChain::lock`], the one
-//! [`super::AuditTxn`] takes on SQLite) for the whole transaction and begins it
+//! [`crate::audit::AuditTxn`] takes on SQLite) for the whole transaction and begins it
 //! with `BEGIN IMMEDIATE`, so the head it reads is the head.
 
 use std::sync::Arc;
@@ -14,18 +14,21 @@ use app::error::AppError;
 use rusqlite::{OptionalExtension, Transaction, params};
 use tokio::sync::Mutex;
 
-use super::chain::{ChainState, next_record};
-use super::record::GENESIS_HASH;
-use super::{Appended, AuditEntry, Checkpoint};
-use crate::storage::{sql_time, sqlite_internal as internal};
+use super::columns::{internal, sql_time};
+use crate::audit::chain::{ChainState, next_record};
+use crate::audit::{Appended, AuditEntry, Checkpoint, GENESIS_HASH};
 
 /// The chain, as the SQLite writer thread appends to it.
 #[derive(Clone)]
 pub struct SqliteChain {
-    pub(super) state: Arc<ChainState>,
+    state: Arc<ChainState>,
 }
 
 impl SqliteChain {
+    pub(crate) fn new(state: Arc<ChainState>) -> Self {
+        Self { state }
+    }
+
     /// The in-process chain lock; hold it from `BEGIN IMMEDIATE` to commit.
     pub fn lock(&self) -> Arc<Mutex<()>> {
         self.state.sqlite_lock.clone()
@@ -105,8 +108,8 @@ impl ChainBatch<'_> {
     }
 
     /// Stores the checkpoints that fell due; call before commit.
-    pub fn finish(self, tx: &Transaction) -> Result<usize, AppError> {
-        for cp in &self.checkpoints {
+    pub fn finish(&mut self, tx: &Transaction) -> Result<(), AppError> {
+        for cp in std::mem::take(&mut self.checkpoints) {
             tx.prepare_cached(
                 "INSERT INTO audit_checkpoints (seq, head_hash, at, signature, public_key) \
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
@@ -116,7 +119,15 @@ impl ChainBatch<'_> {
             })
             .map_err(internal)?;
         }
-        Ok(self.appended)
+        Ok(())
+    }
+
+    /// Times the committed transaction's appends, if it had any
+    /// (`aegis_audit_append_duration_seconds`).
+    pub fn committed(self, took: Duration) {
+        if self.appended > 0 {
+            self.chain.committed(took);
+        }
     }
 }
 

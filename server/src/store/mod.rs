@@ -1,0 +1,90 @@
+//! The hot-path store: exactly what a proxied call needs from the database on its
+//! own path, behind one port ([`CallStore`]) with one implementation per backend.
+//!
+//! A call needs five point reads — the agent's live key with its agent, its wallet,
+//! its policy's current version, the secret granted to it and, in gateway mode, the
+//! connection — and two durable writes, each one entry of a group-commit batch:
+//! the budget hold with its `proxy.intent` record before the upstream call, the
+//! settlement with its `proxy.outcome` record after it. The batch algorithm
+//! (gather, apply in one lock order, commit, answer each caller, retry one by one
+//! when a batch fails) is written once in [`batch`], over [`batch::Batches`].
+//!
+//! Implementations:
+//! - [`sqlite`]: a SQLite file. Reads run inline on the calling thread over
+//!   connections of their own; batches are applied on a writer thread of its own
+//!   as prepared statements. All SQLite-specific SQL of the hot path lives there.
+//! - [`orm`]: sea-orm, for PostgreSQL and an in-memory SQLite (the scale-out issue
+//!   replaces it with a fast PostgreSQL implementation).
+//!
+//! Everything off the hot path uses sea-orm directly. The same conformance suite
+//! (`server/tests/api/store.rs`) runs against every implementation.
+
+pub mod batch;
+pub mod orm;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use app::error::AppError;
+use entity::{agent_keys, agents, connections, secrets, wallets};
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+pub use batch::{CommitStats, GroupCommit, Intent, MAX_BATCH, Settled};
+
+use crate::audit::AuditLog;
+use crate::metrics::Metrics;
+
+/// One read's answer, later (boxed so the port stays object-safe: one allocation
+/// per read, against a read of microseconds at best).
+pub type Read<'a, T> = Pin<Box<dyn Future<Output = Result<T, AppError>> + Send + 'a>>;
+
+/// What a call reads and writes on its own path. Every read sees the latest
+/// committed state; a failed read is an error (the caller fails closed), never a
+/// default.
+pub trait CallStore: Send + Sync {
+    /// Which implementation this is: `"sqlite"` or `"sea-orm"`.
+    fn name(&self) -> &'static str;
+
+    /// The unrevoked key with this key id, with its agent (`None` if that row is
+    /// gone). The caller checks the secret part and the agent's deletion.
+    fn live_key<'a>(
+        &'a self,
+        key_id: &'a str,
+    ) -> Read<'a, Option<(agent_keys::Model, Option<agents::Model>)>>;
+
+    /// The agent's wallet row.
+    fn wallet(&self, agent_id: Uuid) -> Read<'_, Option<wallets::Model>>;
+
+    /// The current version number of a policy.
+    fn current_version(&self, policy_id: Uuid) -> Read<'_, Option<i32>>;
+
+    /// The sponsor's secret `name`, if it is granted to `agent_id`.
+    fn granted_secret<'a>(
+        &'a self,
+        sponsor_id: Uuid,
+        agent_id: Uuid,
+        name: &'a str,
+    ) -> Read<'a, Option<secrets::Model>>;
+
+    /// The sponsor's connection `name`, with the name of its secret if it has one.
+    fn connection<'a>(
+        &'a self,
+        sponsor_id: Uuid,
+        name: &'a str,
+    ) -> Read<'a, Option<(connections::Model, Option<String>)>>;
+
+    /// Starts the writer that applies this store's group-commit batches (see
+    /// [`batch::Writer::serve`]). Called once, inside the runtime, on the first write.
+    fn start_writer(&self, writer: batch::Writer);
+}
+
+/// The store for `db`: the SQLite one on a SQLite file, sea-orm otherwise.
+pub fn open(db: &DatabaseConnection, audit: &AuditLog, metrics: Arc<Metrics>) -> Arc<dyn CallStore> {
+    match sqlite::SqliteStore::for_file(db, audit, metrics) {
+        Some(store) => Arc::new(store),
+        None => Arc::new(orm::OrmStore::new(db.clone(), audit.clone())),
+    }
+}

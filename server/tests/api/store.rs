@@ -1,0 +1,380 @@
+//! The hot-path store's conformance suite: the same test bodies run against every
+//! implementation of `server::store::CallStore` this pass's database has — on a
+//! SQLite file the SQLite store and the sea-orm store over the same file, on
+//! PostgreSQL the sea-orm store — with sea-orm's read of the rows as the truth.
+//! A new implementation is correct when it passes here. And the proxy really
+//! takes its server's store: four reads a call inline on SQLite, none on PostgreSQL.
+
+use std::sync::Arc;
+
+use entity::{audit_events, ledger_entries};
+use reqwest::{Method, StatusCode};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
+use server::audit::AuditEntry;
+use server::store::orm::OrmStore;
+use server::store::sqlite::SqliteStore;
+use server::store::{CallStore, GroupCommit, Intent};
+use server::wallets::Reservation;
+use uuid::Uuid;
+
+use crate::mock::MockUpstream;
+use crate::observability::{sample, scrape};
+use crate::support::TestServer;
+
+const ALLOW_LOOPBACK: (&str, &str) = ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32");
+
+/// Every implementation that can serve this server's database.
+fn stores(s: &TestServer) -> Vec<Arc<dyn CallStore>> {
+    let services = &s.running.services;
+    let mut all: Vec<Arc<dyn CallStore>> =
+        vec![Arc::new(OrmStore::new(services.db.clone(), services.audit.clone()))];
+    if let Some(sqlite) = SqliteStore::for_file(&services.db, &services.audit, services.metrics.clone()) {
+        all.push(Arc::new(sqlite));
+    }
+    let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
+    assert_eq!(names, if s.on_postgres() { vec!["sea-orm"] } else { vec!["sea-orm", "sqlite"] });
+    all
+}
+
+async fn inline_reads(s: &TestServer) -> f64 {
+    sample(&scrape(s).await, "aegis_db_inline_reads_total", &[]).unwrap_or(0.0)
+}
+
+/// A sponsor with an agent (wallet limits, tags), a secret granted to it and two
+/// connections (with and without a secret), made through the API.
+struct Fixture {
+    sponsor: crate::support::Sponsor,
+    sponsor_id: Uuid,
+    agent: String,
+    agent_id: Uuid,
+    key: String,
+    secret_id: Uuid,
+}
+
+async fn fixture(s: &TestServer, mock: &MockUpstream) -> Fixture {
+    let sponsor = s.sponsor("store").await;
+    let sponsor_id: Uuid = sponsor.id.parse().unwrap();
+    let (agent, key) = s
+        .agent_with(
+            &sponsor,
+            json!({"name": "reader", "description": "reads things", "policy": "permissive",
+                   "daily_limit_micros": 5_000_000, "monthly_limit_micros": 9_000_000, "tags": ["a", "b"]}),
+        )
+        .await;
+    let agent_id: Uuid = agent.parse().unwrap();
+    let created = s
+        .post(
+            "/api/secrets",
+            Some(&sponsor.access),
+            json!({"name": "api", "value": "v-1", "allowed_hosts": ["http://127.0.0.1:*"],
+                   "inject": {"header": "Authorization", "format": "Bearer {secret}"}, "agents": [agent]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let secret_id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
+    for body in [
+        json!({"name": "gw", "base_url": mock.url("/echo"), "secret": "api", "cost_micros": 10}),
+        json!({"name": "plain", "base_url": mock.url("/echo")}),
+    ] {
+        let r = s.post("/api/connections", Some(&sponsor.access), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    Fixture { sponsor, sponsor_id, agent, agent_id, key, secret_id }
+}
+
+/// The proxy's reads go through its server's store: on a SQLite file exactly four
+/// inline reads for an execute call and five for a gateway call; none on PostgreSQL.
+#[tokio::test]
+async fn the_proxy_reads_through_its_servers_store() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
+    let f = fixture(&s, &mock).await;
+    let before = inline_reads(&s).await;
+    let r = s
+        .execute(
+            &f.key,
+            json!({"method": "GET", "url": mock.url("/echo"), "secret": "api", "cost_micros": 1_234}),
+        )
+        .await;
+    assert_eq!((r.status, r.body["decision"].as_str()), (StatusCode::OK, Some("allow")), "{}", r.text);
+    let done = inline_reads(&s).await - before;
+    let before = inline_reads(&s).await;
+    let gw = s.http.get(s.url("/api/gw/gw/x")).bearer_auth(&f.key).send().await.unwrap();
+    assert_eq!(gw.status(), StatusCode::OK);
+    let gateway_done = inline_reads(&s).await - before;
+    let services = &s.running.services;
+    if s.on_postgres() {
+        assert_eq!(services.store.name(), "sea-orm");
+        assert_eq!((done, gateway_done), (0.0, 0.0), "PostgreSQL reads through sea-orm");
+    } else {
+        assert_eq!(services.store.name(), "sqlite");
+        assert_eq!(done, 4.0, "key, wallet, policy version, secret");
+        assert_eq!(gateway_done, 5.0, "key, connection, wallet, policy version, secret");
+    }
+    let wallet = services.wallets.get(f.agent_id).await.unwrap().unwrap();
+    assert_eq!(wallet.daily_spent_micros, 1_234 + 10, "the settled calls are read at once");
+}
+
+/// Each read of every store equals sea-orm's read of the same rows, field for
+/// field (optional times and ids set and unset), and sees every change at once.
+#[tokio::test]
+async fn every_store_reads_exactly_what_the_rows_hold() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
+    let f = fixture(&s, &mock).await;
+    let db = &s.running.services.db;
+    let stores = stores(&s);
+    let key_id = server::agents::api_keys::key_id(&f.key).unwrap().to_owned();
+    let agent_row =
+        || async { entity::agents::Entity::find_by_id(f.agent_id).one(db).await.unwrap().unwrap() };
+    let key_row = || async {
+        entity::agent_keys::Entity::find()
+            .filter(entity::agent_keys::Column::KeyId.eq(key_id.as_str()))
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let secret_row = || async { entity::secrets::Entity::find_by_id(f.secret_id).one(db).await.unwrap() };
+
+    for store in &stores {
+        let name = store.name();
+        let (key, agent) = store.live_key(&key_id).await.unwrap().expect("the live key is found");
+        assert_eq!((key, agent), (key_row().await, Some(agent_row().await)), "{name}");
+        assert_eq!(store.live_key("ak_nosuchkey").await.unwrap(), None, "{name}");
+
+        let wallet = entity::wallets::Entity::find_by_id(f.agent_id).one(db).await.unwrap();
+        assert!(wallet.is_some());
+        assert_eq!(store.wallet(f.agent_id).await.unwrap(), wallet, "{name}");
+        assert_eq!(store.wallet(Uuid::new_v4()).await.unwrap(), None, "{name}");
+
+        let policy_id = agent_row().await.policy_id.unwrap();
+        let policy = entity::policies::Entity::find_by_id(policy_id).one(db).await.unwrap().unwrap();
+        assert_eq!(store.current_version(policy_id).await.unwrap(), Some(policy.current_version), "{name}");
+        assert_eq!(store.current_version(Uuid::new_v4()).await.unwrap(), None, "{name}");
+
+        assert_eq!(store.granted_secret(f.sponsor_id, f.agent_id, "api").await.unwrap(), secret_row().await);
+        assert_eq!(store.granted_secret(Uuid::new_v4(), f.agent_id, "api").await.unwrap(), None, "{name}");
+        assert_eq!(store.granted_secret(f.sponsor_id, f.agent_id, "other").await.unwrap(), None, "{name}");
+        assert_eq!(store.granted_secret(f.sponsor_id, Uuid::new_v4(), "api").await.unwrap(), None, "{name}");
+
+        for (conn_name, secret) in [("gw", Some("api")), ("plain", None)] {
+            let (connection, secret_name) = store.connection(f.sponsor_id, conn_name).await.unwrap().unwrap();
+            let row = entity::connections::Entity::find_by_id(connection.id).one(db).await.unwrap();
+            assert_eq!((Some(connection), secret_name.as_deref()), (row, secret), "{name}");
+        }
+        assert!(store.connection(f.sponsor_id, "nope").await.unwrap().is_none(), "{name}");
+        assert!(store.connection(Uuid::new_v4(), "gw").await.unwrap().is_none(), "{name}");
+    }
+
+    // Changes are seen at once, by every store: a suspension (optional time and
+    // text set), a rotated secret, a revoked grant, a rotated key, a deletion.
+    let suspended = s
+        .post(
+            &format!("/api/agents/{}/suspend", f.agent),
+            Some(&f.sponsor.access),
+            json!({"reason": "checking"}),
+        )
+        .await;
+    assert_eq!(suspended.status, StatusCode::OK, "{}", suspended.text);
+    let rotated = s
+        .send(
+            Method::PUT,
+            &format!("/api/secrets/{}", f.secret_id),
+            Some(&f.sponsor.access),
+            Some(json!({"value": "v-2"})),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    for store in &stores {
+        let (_, agent) = store.live_key(&key_id).await.unwrap().unwrap();
+        let agent = agent.unwrap();
+        assert!(agent.suspended_at.is_some() && agent.suspended_reason.is_some(), "{}", store.name());
+        assert_eq!(agent, agent_row().await);
+        let secret = store.granted_secret(f.sponsor_id, f.agent_id, "api").await.unwrap().unwrap();
+        assert!(secret.rotated_at.is_some());
+        assert_eq!(Some(secret), secret_row().await, "the rotated value is read at once");
+    }
+    let revoke = s
+        .send(
+            Method::DELETE,
+            &format!("/api/secrets/{}/agents/{}", f.secret_id, f.agent),
+            Some(&f.sponsor.access),
+            None,
+        )
+        .await;
+    assert!(revoke.status.is_success(), "{}", revoke.text);
+    let new_key =
+        s.send(Method::POST, &format!("/api/agents/{}/keys", f.agent), Some(&f.sponsor.access), None).await;
+    assert_eq!(new_key.status, StatusCode::CREATED, "{}", new_key.text);
+    let new_key_id =
+        server::agents::api_keys::key_id(new_key.body["api_key"].as_str().unwrap()).unwrap().to_owned();
+    for store in &stores {
+        let name = store.name();
+        assert_eq!(
+            store.granted_secret(f.sponsor_id, f.agent_id, "api").await.unwrap(),
+            None,
+            "{name}: revoked"
+        );
+        assert_eq!(store.live_key(&key_id).await.unwrap(), None, "{name}: the old key is revoked");
+        assert!(store.live_key(&new_key_id).await.unwrap().is_some(), "{name}");
+    }
+    let deleted =
+        s.send(Method::DELETE, &format!("/api/agents/{}", f.agent), Some(&f.sponsor.access), None).await;
+    assert!(deleted.status.is_success(), "{}", deleted.text);
+    for store in &stores {
+        // A deletion revokes the agent's keys.
+        assert_eq!(store.live_key(&new_key_id).await.unwrap(), None, "{}", store.name());
+    }
+    assert!(
+        s.running
+            .services
+            .agents
+            .authenticate(new_key.body["api_key"].as_str().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+fn entry(agent: Uuid, kind: &str, request_id: &str) -> AuditEntry {
+    AuditEntry {
+        agent_id: Some(agent),
+        request_id: Some(request_id.to_owned()),
+        kind: kind.to_owned(),
+        decision: Some("allow".into()),
+        ..Default::default()
+    }
+}
+
+/// Every store applies group-commit batches the same way: queued writes in one
+/// transaction in arrival order, holds exact at the limit, settlements charged
+/// once, one bad write failing only itself, and the chain intact.
+#[tokio::test]
+async fn every_store_applies_batches_exactly() {
+    let s = TestServer::start().await;
+    let services = &s.running.services;
+    let sponsor = s.sponsor("batches").await;
+    for store in stores(&s) {
+        let name = store.name();
+        let r = s
+            .post(
+                "/api/agents",
+                Some(&sponsor.access),
+                json!({"name": format!("batch-{name}"), "daily_limit_micros": 5_000}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let agent: Uuid = r.body["agent"]["id"].as_str().unwrap().parse().unwrap();
+        let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
+        let commit = GroupCommit::new(
+            store.clone(),
+            services.wallets.reservation_ttl(),
+            announce,
+            services.metrics.clone(),
+        );
+        assert_eq!(commit.backend(), name);
+
+        // Eight intents of 1,000 against a 5,000 limit, queued while the chain lock
+        // is held: one batch; the first five (in arrival order) are held.
+        let ids: Vec<String> = (0..8).map(|i| format!("req-{name}-{i}")).collect();
+        let lock = services.audit.chain_lock();
+        let held = lock.lock_owned().await;
+        let mut intents = std::pin::pin!(futures::future::join_all(ids.iter().map(|id| commit.intent(
+            agent,
+            id,
+            1_000,
+            entry(agent, "proxy.intent", id)
+        ))));
+        assert!(futures::poll!(intents.as_mut()).is_pending());
+        drop(held);
+        let intents = intents.await;
+        let stats = commit.stats();
+        assert_eq!((stats.commits, stats.writes), (1, 8), "{name}: one transaction for the batch");
+        let mut last = 0;
+        for (i, (id, intent)) in ids.iter().zip(intents).enumerate() {
+            match intent.unwrap() {
+                Intent::Recorded(a) if i < 5 => {
+                    assert!(last == 0 || a.seq == last + 1, "{name}: gap-free, in arrival order");
+                    last = a.seq;
+                    let record =
+                        audit_events::Entity::find_by_id(a.seq).one(&services.db).await.unwrap().unwrap();
+                    assert_eq!((record.request_id.as_deref(), record.hash), (Some(id.as_str()), a.hash));
+                }
+                Intent::Refused(Reservation::Refused { daily_remaining_micros, .. }) if i >= 5 => {
+                    assert_eq!(daily_remaining_micros, Some(0), "{name}");
+                }
+                other => panic!("{name}: write {i} came to {other:?}"),
+            }
+        }
+        let holds = ledger_entries::Entity::find()
+            .filter(ledger_entries::Column::AgentId.eq(agent))
+            .all(&services.db)
+            .await
+            .unwrap();
+        assert_eq!(holds.len(), 5, "{name}: a hold exists exactly for each recorded intent");
+        let hold = &holds[0];
+        assert_eq!((hold.expires_at - hold.created_at).to_std().unwrap(), services.wallets.reservation_ttl());
+        let wallet = services.wallets.get(agent).await.unwrap().unwrap();
+        assert_eq!((wallet.reserved_micros, wallet.daily_spent_micros), (5_000, 0), "{name}");
+
+        // Settle two (one above its estimate: the call happened), release one,
+        // resolve one twice: charged once.
+        let settled =
+            commit.outcome(agent, &ids[0], Some(700), entry(agent, "proxy.outcome", &ids[0])).await.unwrap();
+        assert!(settled.resolved && settled.appended.seq > last, "{name}");
+        assert!(
+            commit
+                .outcome(agent, &ids[1], Some(1_500), entry(agent, "proxy.outcome", &ids[1]))
+                .await
+                .unwrap()
+                .resolved
+        );
+        assert!(
+            commit
+                .outcome(agent, &ids[2], None, entry(agent, "proxy.outcome", &ids[2]))
+                .await
+                .unwrap()
+                .resolved
+        );
+        let again =
+            commit.outcome(agent, &ids[0], Some(700), entry(agent, "proxy.outcome", &ids[0])).await.unwrap();
+        assert!(!again.resolved, "{name}: already settled; the outcome is still recorded");
+        let wallet = services.wallets.get(agent).await.unwrap().unwrap();
+        assert_eq!((wallet.reserved_micros, wallet.daily_spent_micros), (2_000, 2_200), "{name}");
+        let statuses: Vec<(String, Option<i64>)> = ledger_entries::Entity::find()
+            .filter(ledger_entries::Column::AgentId.eq(agent))
+            .all(&services.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.request_id == ids[0] || e.request_id == ids[2])
+            .map(|e| (e.status, e.settled_micros))
+            .collect();
+        assert!(
+            statuses.contains(&("settled".into(), Some(700)))
+                && statuses.contains(&("released".into(), None)),
+            "{name}: {statuses:?}"
+        );
+
+        // A write the audit log refuses (no kind) fails alone; the rest commit.
+        let before = commit.stats();
+        let bad: Vec<String> = (0..3).map(|i| format!("req-{name}-bad-{i}")).collect();
+        let lock = services.audit.chain_lock();
+        let held = lock.lock_owned().await;
+        let mut results = std::pin::pin!(futures::future::join_all(bad.iter().enumerate().map(|(i, id)| {
+            let kind = if i == 1 { "" } else { "proxy.outcome" };
+            commit.outcome(agent, id, Some(1), entry(agent, kind, id))
+        })));
+        assert!(futures::poll!(results.as_mut()).is_pending());
+        drop(held);
+        let results = results.await;
+        let after = commit.stats();
+        assert_eq!(after.retried_batches - before.retried_batches, 1, "{name}");
+        assert_eq!((after.commits - before.commits, after.writes - before.writes), (2, 2), "{name}");
+        assert!(results[0].is_ok() && results[2].is_ok(), "{name}");
+        assert_eq!(results[1].as_ref().unwrap_err().status, 500, "{name}");
+    }
+    assert!(services.audit.verify(None).await.unwrap().valid);
+}
