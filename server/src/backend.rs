@@ -410,6 +410,6 @@ impl Backend for Services {
         sponsor: &SessionUser,
         range: StatsRange,
     ) -> Result<DashboardStats, AppError> {
-        crate::dashboard::stats(&self.db, &self.audit, sponsor.user_id, range, crate::storage::now()).await
+        crate::overview::stats(&self.db, &self.audit, sponsor.user_id, range, crate::db::now()).await
     }
 }

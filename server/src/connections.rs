@@ -11,9 +11,9 @@ use entity::{connections, secrets};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 use uuid::Uuid;
 
+use crate::db::{internal, now, unique_or_internal};
 use crate::proxy::egress::EgressGuard;
 use crate::secrets::{SecretService, hosts};
-use crate::storage::{internal, now, unique_or_internal};
 use crate::store::CallStore;
 
 #[derive(Clone)]
@@ -48,7 +48,7 @@ impl ConnectionService {
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
-        let name = crate::storage::identifier(&input.name, "connection name")?;
+        let name = crate::names::identifier(&input.name, "connection name")?;
         let base = input.base_url.trim().trim_end_matches('/').to_owned();
         let target = self
             .egress

@@ -1,13 +1,17 @@
 //! Database connection: SQLite by default (WAL, foreign keys on), PostgreSQL by URL.
-//! Migrations run at start, so a fresh data directory is ready to serve.
+//! Migrations run at start, so a fresh data directory is ready to serve. And the
+//! small rules every service follows at the database boundary: times at stored
+//! precision, errors logged and reported generically, write transactions.
 
 use std::path::Path;
 use std::time::Duration;
 
+use app::error::AppError;
+use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr, TransactionTrait,
 };
 
 /// The URL AEGIS uses: `DATABASE_URL`, or the SQLite file in the data directory.
@@ -94,4 +98,39 @@ pub async fn check_ready(db: &DatabaseConnection) -> Result<(), String> {
     tokio::time::timeout(READY_TIMEOUT, check)
         .await
         .unwrap_or_else(|_| Err("database check timed out".into()))
+}
+
+/// Now, at the microsecond precision both SQLite and PostgreSQL store, so a value
+/// read back compares equal to the value written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Storage failures are logged with their detail and reported as a generic error.
+pub fn internal(e: DbErr) -> AppError {
+    tracing::error!(error = %e, "database error");
+    AppError::internal()
+}
+
+/// Maps a unique-constraint violation to `conflict`, anything else to [`internal`].
+pub fn unique_or_internal(e: DbErr, conflict: AppError) -> AppError {
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => conflict,
+        _ => internal(e),
+    }
+}
+
+/// A transaction that writes: on SQLite it takes the write lock at `BEGIN`
+/// (IMMEDIATE), so a transaction that reads first cannot fail with "database is
+/// locked" when it later writes after another writer committed.
+pub async fn begin_write(db: &sea_orm::DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, AppError> {
+    use sea_orm::{DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    let options = match db.get_database_backend() {
+        DbBackend::Sqlite => TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        },
+        _ => TransactionOptions::default(),
+    };
+    db.begin_with_options(options).await.map_err(internal)
 }

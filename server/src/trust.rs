@@ -49,7 +49,7 @@ use uuid::Uuid;
 
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
 use crate::call::Stage;
-use crate::storage::{internal, now};
+use crate::db::{internal, now};
 
 pub const MIN_SCORE: i32 = 0;
 pub const MAX_SCORE: i32 = 1000;

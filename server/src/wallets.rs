@@ -21,11 +21,11 @@ use entity::{ledger_entries, wallets};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
+use crate::db::{begin_write, internal, now};
 use crate::events::{self, Event, EventBus};
 use crate::spend::Alert;
 pub(crate) use crate::spend::zone;
 pub use crate::spend::{Reservation, Resolved, SPEND_CEILING_MICROS, windows};
-use crate::storage::{begin_write, internal, now};
 use crate::store::CallStore;
 use crate::store::orm::wallets::{WalletBatch, reserve_in, resolve_in, roll_windows};
 

@@ -4,7 +4,7 @@
 
 use subtle::ConstantTimeEq;
 
-use crate::storage::{random_hex, sha256_hex};
+use crate::digest::{random_hex, sha256_hex};
 
 pub const PREFIX: &str = "aegis_";
 const ID_HEX: usize = 16;

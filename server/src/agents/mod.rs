@@ -21,9 +21,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
+use crate::db::{internal, now, unique_or_internal};
 use crate::events::{self, Event, EventBus};
 use crate::policies::{DEFAULT_POLICY, PolicyService};
-use crate::storage::{internal, now, unique_or_internal};
 use crate::store::CallStore;
 
 /// Where a new agent starts: trust's baseline.

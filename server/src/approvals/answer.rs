@@ -22,8 +22,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::digest::canonical_json;
 use crate::secrets::vault::Vault;
-use crate::storage::canonical_json;
 
 /// Most upstream-body bytes a stored answer keeps (64 KiB).
 pub const MAX_STORED_BODY_BYTES: usize = 64 << 10;

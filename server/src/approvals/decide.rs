@@ -17,8 +17,9 @@ use super::summary::{Summary, summaries};
 use super::{ApprovalService, Claimed, MAX_PARKED_BODY_BYTES, Parked, grants};
 use crate::audit::{Appended, AuditEntry};
 use crate::call::request::ProxyRequest;
+use crate::db::{internal, now};
+use crate::digest::canonical_json;
 use crate::events::{self, Event};
-use crate::storage::{canonical_json, internal, now};
 use crate::trust::TrustEvent;
 
 const MAX_REASON_CHARS: usize = 500;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::ApprovalService;
 use super::summary::{Summary, summaries};
-use crate::storage::{internal, now};
+use crate::db::{internal, now};
 
 pub const MAX_GRANT_ACTIONS: i32 = 1000;
 pub const MAX_GRANT_MINUTES: i32 = 24 * 60;

@@ -19,8 +19,8 @@ use super::summary::{Summary, summaries};
 use super::{APPROVAL_PERFORMED, ApprovalService, answer};
 use crate::audit::query::seq_of;
 use crate::call::interrupted_answer;
+use crate::db::{internal, now};
 use crate::events::Event;
-use crate::storage::{internal, now};
 
 impl ApprovalService {
     /// Keeps what happened when the approved request was performed: bounded,

@@ -17,7 +17,8 @@ use uuid::Uuid;
 use super::summary::Summary;
 use super::{ApprovalService, UNREADABLE_REQUEST_ID, not_found};
 use crate::call::request::{Origin, ProxyRequest};
-use crate::storage::{canonical_json, internal};
+use crate::db::internal;
+use crate::digest::canonical_json;
 
 /// The parked request: everything needed to perform it again, byte for byte.
 /// (No `Debug`: it holds the agent's header values.)

@@ -25,7 +25,7 @@ use super::grants::default_prefix;
 use super::sealed::{ParkedRequest, outcome_context};
 use super::summary::{Summary, summaries};
 use super::{ApprovalService, WAIT_RECHECK, answer, not_found, target};
-use crate::storage::internal;
+use crate::db::internal;
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;

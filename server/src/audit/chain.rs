@@ -30,7 +30,7 @@ use uuid::Uuid;
 use super::checkpoint::{Checkpoint, CheckpointSigner};
 use super::record::{GENESIS_HASH, record_hash};
 use super::{Appended, AuditEntry};
-use crate::storage::{internal, now};
+use crate::db::{internal, now};
 
 /// The PostgreSQL advisory-lock key that serialises appends ("AEGISAUD").
 pub const AUDIT_LOCK_KEY: i64 = 0x4145_4749_5341_5544;

@@ -35,7 +35,7 @@ use uuid::Uuid;
 use super::chain::ChainState;
 use super::checkpoint::Checkpoint;
 use super::record::{GENESIS_HASH, record_hash};
-use crate::storage::internal;
+use crate::db::internal;
 
 /// Most records one call walks.
 pub const STEP: u64 = 2000;

@@ -26,7 +26,7 @@ use entity::audit_checkpoints;
 use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
 use uuid::Uuid;
 
-pub use crate::storage::canonical_json;
+pub use crate::digest::canonical_json;
 pub use chain::{AUDIT_LOCK_KEY, AuditTxn};
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use incremental::SponsorVerifyReport;
@@ -35,7 +35,7 @@ pub use record::{GENESIS_HASH, record_hash};
 pub use verify::{CheckpointStatus, VerifyReport};
 
 use crate::data_dir::{DataDir, KeyError};
-use crate::storage::internal;
+use crate::db::internal;
 
 /// What a caller records; the log adds seq, time, prev_hash and hash.
 #[derive(Debug, Clone, Default)]
@@ -195,7 +195,7 @@ impl AuditLog {
         }
         let seq = report.checked as i64;
         let head = report.head_hash.unwrap_or_else(|| GENESIS_HASH.to_owned());
-        let signed = self.state.signer.sign(seq, &head, crate::storage::now());
+        let signed = self.state.signer.sign(seq, &head, crate::db::now());
         chain::insert_checkpoint(&self.state.db, &signed).await?;
         // Another process may have stored one for this seq first; the stored one wins.
         Ok(audit_checkpoints::Entity::find_by_id(seq)

@@ -11,7 +11,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Se
 use uuid::Uuid;
 
 use super::AuditLog;
-use crate::storage::internal;
+use crate::db::internal;
 
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 200;

@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_is_compact() {
-        use crate::storage::canonical_json;
+        use crate::digest::canonical_json;
         let v = serde_json::json!({"b": 1, "a": {"d": [1, "x"], "c": null}, "é": "\"q\""});
         assert_eq!(canonical_json(&v), r#"{"a":{"c":null,"d":[1,"x"]},"b":1,"é":"\"q\""}"#);
     }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::chain::ChainState;
 use super::checkpoint::Checkpoint;
 use super::record::{GENESIS_HASH, record_hash};
-use crate::storage::internal;
+use crate::db::internal;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {

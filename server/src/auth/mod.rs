@@ -22,7 +22,8 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::storage::{internal, now, random_hex, sha256_hex, unique_or_internal};
+use crate::db::{internal, now, unique_or_internal};
+use crate::digest::{random_hex, sha256_hex};
 use password::Passwords;
 use throttle::LoginThrottle;
 use tokens::AccessTokens;

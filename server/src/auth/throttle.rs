@@ -154,7 +154,7 @@ impl SharedCounter {
     }
 
     fn redis_key(key: &str) -> String {
-        format!("aegis:throttle:{}", crate::storage::sha256_hex(key.as_bytes()))
+        format!("aegis:throttle:{}", crate::digest::sha256_hex(key.as_bytes()))
     }
 }
 

@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::storage::{canonical_json, sha256_hex};
+use crate::digest::{canonical_json, sha256_hex};
 
 pub const MAX_HEADERS: usize = 64;
 const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];

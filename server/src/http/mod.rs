@@ -2,17 +2,20 @@
 //! functions) everywhere else, `/healthz`, `/readyz`, `/metrics`, and the API's
 //! documentation (`/api/openapi.json`, `/docs`).
 
-pub mod api;
+pub mod account;
+pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod browser;
-pub mod dashboard;
+pub mod connections;
 pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod overview;
+pub mod policies;
 pub mod proxy;
-pub mod vault;
+pub mod secrets;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -51,30 +54,36 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi::openapi_json))
-        .route("/auth/register", post(api::register))
-        .route("/auth/login", post(api::login))
-        .route("/auth/refresh", post(api::refresh))
-        .route("/auth/logout", post(api::logout))
-        .route("/auth/me", get(api::me))
-        .route("/agents", get(api::list_agents).post(api::create_agent))
-        .route("/agents/{id}", get(api::get_agent).patch(api::update_agent).delete(api::delete_agent))
-        .route("/agents/{id}/keys", post(api::rotate_agent_key))
-        .route("/agents/{id}/suspend", post(api::suspend_agent))
-        .route("/agents/{id}/resume", post(api::resume_agent))
-        .route("/agents/{id}/trust", get(api::agent_trust))
-        .route("/agents/{id}/wallet", get(api::agent_wallet).put(api::update_agent_wallet))
-        .route("/agent/me", get(api::agent_self))
-        .route("/policies", get(vault::list_policies).post(vault::create_policy))
-        .route("/policies/{id}", get(vault::get_policy).put(vault::update_policy))
-        .route("/secrets", get(vault::list_secrets).post(vault::create_secret))
-        .route("/secrets/{id}", get(vault::get_secret).put(vault::update_secret).delete(vault::delete_secret))
+        .route("/auth/register", post(account::register))
+        .route("/auth/login", post(account::login))
+        .route("/auth/refresh", post(account::refresh))
+        .route("/auth/logout", post(account::logout))
+        .route("/auth/me", get(account::me))
+        .route("/agents", get(agents::list_agents).post(agents::create_agent))
+        .route(
+            "/agents/{id}",
+            get(agents::get_agent).patch(agents::update_agent).delete(agents::delete_agent),
+        )
+        .route("/agents/{id}/keys", post(agents::rotate_agent_key))
+        .route("/agents/{id}/suspend", post(agents::suspend_agent))
+        .route("/agents/{id}/resume", post(agents::resume_agent))
+        .route("/agents/{id}/trust", get(agents::agent_trust))
+        .route("/agents/{id}/wallet", get(agents::agent_wallet).put(agents::update_agent_wallet))
+        .route("/agent/me", get(agents::agent_self))
+        .route("/policies", get(policies::list_policies).post(policies::create_policy))
+        .route("/policies/{id}", get(policies::get_policy).put(policies::update_policy))
+        .route("/secrets", get(secrets::list_secrets).post(secrets::create_secret))
+        .route(
+            "/secrets/{id}",
+            get(secrets::get_secret).put(secrets::update_secret).delete(secrets::delete_secret),
+        )
         .route(
             "/secrets/{id}/agents/{agent_id}",
-            axum::routing::put(vault::grant_secret).delete(vault::revoke_secret),
+            axum::routing::put(secrets::grant_secret).delete(secrets::revoke_secret),
         )
-        .route("/connections", get(vault::list_connections).post(vault::create_connection))
-        .route("/connections/{id}", axum::routing::delete(vault::delete_connection))
-        .route("/audit/{seq}/replay", get(vault::replay_decision))
+        .route("/connections", get(connections::list_connections).post(connections::create_connection))
+        .route("/connections/{id}", axum::routing::delete(connections::delete_connection))
+        .route("/audit/{seq}/replay", get(policies::replay_decision))
         .route("/audit", get(audit::list))
         .route("/audit/export.csv", get(audit::export_csv))
         .route("/audit/verify", get(audit::verify))
@@ -83,10 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/approvals/{id}/approve", post(approvals::approve))
         .route("/approvals/{id}/reject", post(approvals::reject))
         .route("/proxy/approvals/{id}", get(approvals::poll))
-        .route("/policies/evaluate", post(dashboard::evaluate_policy))
-        .route("/auth/sessions", get(dashboard::list_sessions))
-        .route("/auth/sessions/{id}", axum::routing::delete(dashboard::revoke_session))
-        .route("/dashboard/stats", get(dashboard::stats))
+        .route("/policies/evaluate", post(policies::evaluate_policy))
+        .route("/auth/sessions", get(account::list_sessions))
+        .route("/auth/sessions/{id}", axum::routing::delete(account::revoke_session))
+        .route("/dashboard/stats", get(overview::stats))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))

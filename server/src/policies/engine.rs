@@ -59,7 +59,7 @@ use regorus::{CompiledPolicy, Engine, LimitError, MemoryBudgetConfig, Value};
 use serde::{Deserialize, Serialize};
 
 use super::contain::{Contained, Evaluators};
-use crate::storage::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// Longest a single evaluation may run before it is cut off (and denied). It is
 /// wall-clock time: an ordinary policy takes well under a millisecond, and the
@@ -869,7 +869,7 @@ pub fn verdict(output: Result<Value, String>) -> Result<Verdict, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::canonical_json;
+    use crate::digest::canonical_json;
     use serde_json::json;
 
     const DEFAULT: &str = include_str!("../../../policies/default.rego");

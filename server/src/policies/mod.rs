@@ -16,7 +16,8 @@ pub mod contain;
 pub mod engine;
 pub mod replay;
 
-use crate::storage::{internal, now, sha256_hex};
+use crate::db::{internal, now};
+use crate::digest::sha256_hex;
 use crate::store::CallStore;
 
 pub const DEFAULT_POLICY: &str = "default";
@@ -173,7 +174,7 @@ pub(crate) async fn validate_source(source: &str) -> Result<(), AppError> {
 }
 
 fn validate_policy_name(name: &str) -> Result<String, AppError> {
-    crate::storage::identifier(name, "policy name")
+    crate::names::identifier(name, "policy name")
 }
 
 impl PolicyService {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::PolicyService;
 use super::engine::{Decision, PolicyEngine};
-use crate::storage::internal;
+use crate::db::internal;
 
 #[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReplayReport {

@@ -13,7 +13,7 @@ use crate::audit::AuditEntry;
 use crate::call::Stage;
 use crate::call::outcome::DecisionRecord;
 use crate::call::request::ProxyRequest;
-use crate::storage::canonical_json;
+use crate::digest::canonical_json;
 
 /// A stage's answer: `Continue(what the next stages need)` or `Break(why the call stops)`.
 pub type Flow<T> = ControlFlow<Stop, T>;

@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use crate::approvals::answer;
 use crate::audit::query::seq_of;
+use crate::db::{internal, now};
 use crate::secrets::vault::Vault;
-use crate::storage::{internal, now};
 
 /// Marks a claimed key whose outcome is not known yet.
 const IN_PROGRESS: i32 = 0;

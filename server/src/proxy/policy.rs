@@ -102,7 +102,7 @@ impl super::Pipeline {
         })?;
         let wallet = self.wallets.get(agent.id).await?;
         let estimate = request.declared_cost_micros.max(request.minimum_cost_micros);
-        let input = input(agent, &request, &url, estimate, wallet.as_ref(), crate::storage::now());
+        let input = input(agent, &request, &url, estimate, wallet.as_ref(), crate::db::now());
         // Compiled afresh and evaluated on the engine's bounded pool, never cached:
         // a dry run may be any Rego at all.
         let evaluation = crate::policies::engine::dry_run(source, input.clone()).await?;

@@ -20,7 +20,7 @@ use sea_orm::{
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::storage::{internal, now, unique_or_internal};
+use crate::db::{internal, now, unique_or_internal};
 use crate::store::CallStore;
 use vault::Vault;
 
@@ -77,7 +77,7 @@ pub struct SecretService {
 }
 
 fn validate_name(name: &str) -> Result<String, AppError> {
-    crate::storage::identifier(name, "secret name")
+    crate::names::identifier(name, "secret name")
 }
 
 fn validate_value(value: &str) -> Result<(), AppError> {
@@ -123,7 +123,7 @@ fn validate_injection(inject: &Injection) -> Result<Injection, AppError> {
             Ok(Injection::Header { header, format: format.clone() })
         }
         Injection::QueryParam { query_param } => {
-            let query_param = crate::storage::identifier(query_param, "inject.query_param")?;
+            let query_param = crate::names::identifier(query_param, "inject.query_param")?;
             Ok(Injection::QueryParam { query_param })
         }
     }

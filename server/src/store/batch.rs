@@ -190,7 +190,7 @@ enum Failed {
 type Finished = (Done, Option<Resolved>);
 
 /// What each write of a batch came to, in the batch's order.
-type Applied = Vec<Result<Finished, AppError>>;
+type Results = Vec<Result<Finished, AppError>>;
 
 impl Writer {
     /// Gathers whatever queued up, applies it as one transaction of `batches`,
@@ -220,7 +220,7 @@ impl Writer {
         }
     }
 
-    async fn commit<B: Batches>(&self, batches: &mut B, writes: &[Write]) -> Applied {
+    async fn commit<B: Batches>(&self, batches: &mut B, writes: &[Write]) -> Results {
         let n = writes.len();
         match self.transact(batches, writes).await {
             Ok(applied) => applied.into_iter().map(Ok).collect(),
@@ -296,7 +296,7 @@ async fn apply<T: BatchTxn>(txn: &mut T, writes: &[Write]) -> Result<Vec<Finishe
 /// Answers every waiter with its own result (a waiter that went away — its client
 /// hung up — changes nothing). Returns the holds the batch resolved, whose budget
 /// alerts are announced now that they are committed.
-fn answer(replies: Vec<oneshot::Sender<Result<Done, AppError>>>, applied: Applied) -> Vec<Resolved> {
+fn answer(replies: Vec<oneshot::Sender<Result<Done, AppError>>>, applied: Results) -> Vec<Resolved> {
     let mut resolved_holds = Vec::new();
     for (reply, result) in replies.into_iter().zip(applied) {
         let _ = reply.send(result.map(|(done, resolved)| {

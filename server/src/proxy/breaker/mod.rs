@@ -36,8 +36,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::db::{internal, now};
+use crate::digest::canonical_json;
 use crate::events::{self, Event, EventBus};
-use crate::storage::{canonical_json, internal, now};
 use crate::trust::{TrustEvent, TrustService};
 use windows::{Kind, Observation, Stats, Windows};
 

@@ -13,8 +13,9 @@ use super::super::Pipeline;
 use super::super::context::{Call, Flow, Stop};
 use super::super::policy::input;
 use crate::call::Stage;
+use crate::db::now;
+use crate::digest::canonical_json;
 use crate::policies::engine::Decision;
-use crate::storage::{canonical_json, now};
 
 /// What the policy decided that later stages act on.
 pub struct Verdict {

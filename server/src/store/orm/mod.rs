@@ -15,8 +15,8 @@ use self::wallets::{WalletBatch, reserve_in, resolve_in};
 use super::batch::{BatchTxn, Batches, Writer};
 use super::{CallStore, Read};
 use crate::audit::{Appended, AuditEntry, AuditLog, AuditTxn};
+use crate::db::internal;
 use crate::spend::{Reservation, Resolved};
-use crate::storage::internal;
 
 /// The sea-orm store. Cheap to clone.
 #[derive(Clone)]

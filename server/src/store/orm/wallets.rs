@@ -14,10 +14,10 @@ use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
+use crate::db::{internal, now};
 use crate::spend::{
     Alert, Reservation, Resolved, SPEND_CEILING_MICROS, crossed_alerts, refusal, windows, zone,
 };
-use crate::storage::{internal, now};
 
 /// What one write transaction of holds and settlements (the proxy's group commit
 /// batch) has done so far: the windows already rolled over, by agent, so each

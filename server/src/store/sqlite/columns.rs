@@ -25,7 +25,7 @@ pub fn from_sql_time(text: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Column decoders for rows sqlx wrote: a UUID is its 16 bytes, a time RFC 3339
-/// text ([`crate::storage::sql_time`]). Anything else is a decode error, never a default.
+/// text ([`sql_time`]). Anything else is a decode error, never a default.
 pub trait Columns {
     fn uuid(&self, i: usize) -> rusqlite::Result<Uuid>;
     fn opt_uuid(&self, i: usize) -> rusqlite::Result<Option<Uuid>>;
@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn columns_decode_what_sqlx_writes_and_refuse_anything_else() {
         let id = Uuid::now_v7();
-        let at = crate::storage::now();
+        let at = crate::db::now();
         let conn = Connection::open_in_memory().unwrap();
         let (got_id, got_at): (Uuid, DateTime<Utc>) = conn
             .query_row("SELECT ?1, ?2", rusqlite::params![id.as_bytes(), sql_time(at)], |r| {

@@ -21,11 +21,11 @@ use uuid::Uuid;
 
 use super::columns::Columns;
 use super::columns::{internal, sql_time};
+use crate::db::now;
 use crate::spend::{
     Alert, Reservation, Resolved, SPEND_CEILING_MICROS, crossed_alerts, refusal, saturating_add_sql, windows,
     zone,
 };
-use crate::storage::now;
 
 /// A hold: within both limits, and reservations stay under the spend ceiling
 /// (`SPEND_CEILING_MICROS`), so no sum here can overflow.

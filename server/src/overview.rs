@@ -13,7 +13,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySe
 use uuid::Uuid;
 
 use crate::audit::AuditLog;
-use crate::storage::internal;
+use crate::db::internal;
 use crate::trust::Tier;
 
 /// The records that are an agent call's final word: performed, failed or denied.
