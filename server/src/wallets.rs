@@ -15,10 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::error::AppError;
+use app::model::WalletUpdate;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use entity::{ledger_entries, wallets};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QuerySelect, Set,
+};
 use uuid::Uuid;
 
 use crate::db::{begin_write, internal, now};
@@ -207,6 +212,69 @@ impl WalletService {
     pub async fn get(&self, agent_id: Uuid) -> Result<Option<wallets::Model>, AppError> {
         self.store.wallet(agent_id).await
     }
+}
+
+/// The wallet of a new agent: its limits, no spend, UTC windows from `at`. In the
+/// caller's transaction (the agent's creation).
+pub(crate) async fn insert_new(
+    db: &impl ConnectionTrait,
+    agent_id: Uuid,
+    daily: i64,
+    monthly: i64,
+    at: DateTime<Utc>,
+) -> Result<(), AppError> {
+    let (day_window, month_window) = windows(at, Tz::UTC);
+    wallets::ActiveModel {
+        agent_id: Set(agent_id),
+        daily_limit_micros: Set(daily),
+        monthly_limit_micros: Set(monthly),
+        daily_spent_micros: Set(0),
+        monthly_spent_micros: Set(0),
+        reserved_micros: Set(0),
+        day_window: Set(day_window),
+        month_window: Set(month_window),
+        timezone: Set("UTC".into()),
+        alert_threshold_pct: Set(None),
+        alert_sent_day: Set(None),
+        alert_sent_month: Set(None),
+        updated_at: Set(at),
+    }
+    .insert(db)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+/// Writes the wallet fields present in `update` (already validated) and notes
+/// each in `changes`. A new time zone starts new windows at the next call.
+pub(crate) async fn apply_update(
+    db: &impl sea_orm::ConnectionTrait,
+    id: Uuid,
+    update: &WalletUpdate,
+    changes: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), AppError> {
+    let mut stmt = wallets::Entity::update_many().filter(wallets::Column::AgentId.eq(id));
+    if let Some(daily) = update.daily_limit_micros {
+        stmt = stmt.col_expr(wallets::Column::DailyLimitMicros, Expr::value(daily));
+        changes.insert("daily_limit_micros".into(), daily.into());
+    }
+    if let Some(monthly) = update.monthly_limit_micros {
+        stmt = stmt.col_expr(wallets::Column::MonthlyLimitMicros, Expr::value(monthly));
+        changes.insert("monthly_limit_micros".into(), monthly.into());
+    }
+    if let Some(tz) = &update.timezone {
+        stmt = stmt.col_expr(wallets::Column::Timezone, Expr::value(tz.clone()));
+        changes.insert("timezone".into(), tz.clone().into());
+    }
+    if let Some(pct) = update.alert_threshold_pct {
+        let pct = (pct > 0).then_some(pct);
+        stmt = stmt.col_expr(wallets::Column::AlertThresholdPct, Expr::value(pct));
+        changes.insert("alert_threshold_pct".into(), pct.into());
+    }
+    if !changes.is_empty() {
+        stmt.exec(db).await.map_err(internal)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

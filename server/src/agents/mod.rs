@@ -3,6 +3,9 @@
 //! "not found".
 
 pub mod api_keys;
+pub mod keys;
+
+pub use keys::{KEY_CHECK_WAIT, MAX_KEY_CHECKS_IN_FLIGHT};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,21 +45,12 @@ pub struct AgentPrincipal {
 #[derive(Clone)]
 pub struct AgentService {
     db: DatabaseConnection,
-    /// The hot path's reads ([`crate::store`]).
-    store: Arc<dyn CallStore>,
     policies: PolicyService,
     audit: AuditLog,
     events: EventBus,
-    /// Key look-ups under way (callers not yet authenticated): bounded, so a flood of
-    /// made-up keys cannot queue unbounded work on the database.
-    key_checks: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Presented keys checked against the store ([`keys::KeyChecks`]).
+    keys: keys::KeyChecks,
 }
-
-/// Key look-ups in flight at once, at most (as many as agent calls may be performed
-/// at once by default). A caller past it waits up to [`KEY_CHECK_WAIT`] for a place,
-/// then is answered 503 `overloaded` (with `Retry-After`) before anything else happens.
-pub const MAX_KEY_CHECKS_IN_FLIGHT: usize = 1024;
-pub const KEY_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Validated {
     name: Option<String>,
@@ -164,8 +158,8 @@ impl AgentService {
         audit: AuditLog,
         events: EventBus,
     ) -> Self {
-        let key_checks = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_KEY_CHECKS_IN_FLIGHT));
-        Self { db, store, policies, audit, events, key_checks }
+        let keys = keys::KeyChecks::new(store);
+        Self { db, policies, audit, events, keys }
     }
 
     /// Tells the sponsor's dashboards, once the change is committed.
@@ -209,26 +203,8 @@ impl AgentService {
         .insert(txn.conn())
         .await
         .map_err(|e| unique_or_internal(e, name_taken()))?;
-        let (day_window, month_window) = crate::wallets::windows(at, chrono_tz::Tz::UTC);
-        wallets::ActiveModel {
-            agent_id: Set(id),
-            daily_limit_micros: Set(daily),
-            monthly_limit_micros: Set(monthly),
-            daily_spent_micros: Set(0),
-            monthly_spent_micros: Set(0),
-            reserved_micros: Set(0),
-            day_window: Set(day_window),
-            month_window: Set(month_window),
-            timezone: Set("UTC".into()),
-            alert_threshold_pct: Set(None),
-            alert_sent_day: Set(None),
-            alert_sent_month: Set(None),
-            updated_at: Set(at),
-        }
-        .insert(txn.conn())
-        .await
-        .map_err(internal)?;
-        insert_key(txn.conn(), id, &key).await?;
+        crate::wallets::insert_new(txn.conn(), id, daily, monthly, at).await?;
+        keys::insert(txn.conn(), id, &key).await?;
         let appended = txn
             .append(lifecycle(
                 "agent.created",
@@ -329,7 +305,7 @@ impl AgentService {
             monthly_limit_micros: v.monthly,
             ..WalletUpdate::default()
         };
-        apply_wallet_update(txn.conn(), id, &wallet, &mut changes).await?;
+        crate::wallets::apply_update(txn.conn(), id, &wallet, &mut changes).await?;
         txn.append(lifecycle("agent.updated", sponsor_id, id, serde_json::json!({ "changed": changes })))
             .await?;
         txn.commit().await?;
@@ -357,7 +333,7 @@ impl AgentService {
             WalletUpdate { daily_limit_micros: v.daily, monthly_limit_micros: v.monthly, timezone, ..update };
         let mut changes = serde_json::Map::new();
         let mut txn = self.audit.begin().await?;
-        apply_wallet_update(txn.conn(), id, &update, &mut changes).await?;
+        crate::wallets::apply_update(txn.conn(), id, &update, &mut changes).await?;
         if !changes.is_empty() {
             txn.append(lifecycle("agent.updated", sponsor_id, id, serde_json::json!({ "changed": changes })))
                 .await?;
@@ -372,8 +348,8 @@ impl AgentService {
         let key = api_keys::generate();
         let key_prefix = api_keys::display_prefix(&key.key_id);
         let mut txn = self.audit.begin().await?;
-        revoke_keys(txn.conn(), id).await?;
-        insert_key(txn.conn(), id, &key).await?;
+        keys::revoke_all(txn.conn(), id).await?;
+        keys::insert(txn.conn(), id, &key).await?;
         txn.append(lifecycle(
             "agent.key_rotated",
             sponsor_id,
@@ -473,7 +449,7 @@ impl AgentService {
             active.deleted_at = Set(Some(at));
             active.updated_at = Set(at);
             active.update(txn.conn()).await.map_err(internal)?;
-            revoke_keys(txn.conn(), id).await?;
+            keys::revoke_all(txn.conn(), id).await?;
             let appended = txn
                 .append(lifecycle("agent.deleted", sponsor_id, id, serde_json::json!({ "name": name })))
                 .await?;
@@ -504,21 +480,7 @@ impl AgentService {
     /// Finds the agent a presented API key belongs to. Unknown, malformed, revoked and
     /// wrong keys are all the same `None`.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<AgentPrincipal>, AppError> {
-        let Some(key_id) = api_keys::key_id(presented) else {
-            return Ok(None);
-        };
-        let Ok(Ok(_permit)) = tokio::time::timeout(KEY_CHECK_WAIT, self.key_checks.acquire()).await else {
-            return Err(AppError::new(503, "overloaded", "too many key checks in flight; retry shortly"));
-        };
-        let found = self.store.live_key(key_id).await?;
-        Ok(match found {
-            Some((key, Some(agent)))
-                if api_keys::matches(presented, &key.key_hash) && agent.deleted_at.is_none() =>
-            {
-                Some(AgentPrincipal { agent, key_id: key.key_id })
-            }
-            _ => None,
-        })
+        self.keys.authenticate(presented).await
     }
 
     /// The agent if it belongs to the sponsor; otherwise "not found", whether it
@@ -602,69 +564,6 @@ impl AgentService {
     }
 }
 
-async fn insert_key(
-    db: &impl ConnectionTrait,
-    agent_id: Uuid,
-    key: &api_keys::NewKey,
-) -> Result<(), AppError> {
-    agent_keys::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        agent_id: Set(agent_id),
-        key_id: Set(key.key_id.clone()),
-        key_hash: Set(key.hash.clone()),
-        created_at: Set(now()),
-        revoked_at: Set(None),
-        last_used_at: Set(None),
-    }
-    .insert(db)
-    .await
-    .map_err(internal)?;
-    Ok(())
-}
-
-async fn revoke_keys(db: &impl ConnectionTrait, agent_id: Uuid) -> Result<(), AppError> {
-    agent_keys::Entity::update_many()
-        .col_expr(agent_keys::Column::RevokedAt, Expr::value(now()))
-        .filter(agent_keys::Column::AgentId.eq(agent_id))
-        .filter(agent_keys::Column::RevokedAt.is_null())
-        .exec(db)
-        .await
-        .map_err(internal)?;
-    Ok(())
-}
-
-/// Writes the wallet fields present in `update` (already validated) and notes
-/// each in `changes`. A new time zone starts new windows at the next call.
-async fn apply_wallet_update(
-    db: &impl sea_orm::ConnectionTrait,
-    id: Uuid,
-    update: &WalletUpdate,
-    changes: &mut serde_json::Map<String, serde_json::Value>,
-) -> Result<(), AppError> {
-    let mut stmt = wallets::Entity::update_many().filter(wallets::Column::AgentId.eq(id));
-    if let Some(daily) = update.daily_limit_micros {
-        stmt = stmt.col_expr(wallets::Column::DailyLimitMicros, Expr::value(daily));
-        changes.insert("daily_limit_micros".into(), daily.into());
-    }
-    if let Some(monthly) = update.monthly_limit_micros {
-        stmt = stmt.col_expr(wallets::Column::MonthlyLimitMicros, Expr::value(monthly));
-        changes.insert("monthly_limit_micros".into(), monthly.into());
-    }
-    if let Some(tz) = &update.timezone {
-        stmt = stmt.col_expr(wallets::Column::Timezone, Expr::value(tz.clone()));
-        changes.insert("timezone".into(), tz.clone().into());
-    }
-    if let Some(pct) = update.alert_threshold_pct {
-        let pct = (pct > 0).then_some(pct);
-        stmt = stmt.col_expr(wallets::Column::AlertThresholdPct, Expr::value(pct));
-        changes.insert("alert_threshold_pct".into(), pct.into());
-    }
-    if !changes.is_empty() {
-        stmt.exec(db).await.map_err(internal)?;
-    }
-    Ok(())
-}
-
 /// Closes an agent's breaker because its sponsor resumed or suspended it by hand
 /// (a sponsor's decision overrides the automatic one). Returns whether it was open
 /// or half-open. Runs in the caller's transaction.
@@ -685,41 +584,6 @@ async fn close_breaker_by_sponsor(db: &impl ConnectionTrait, agent_id: Uuid) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Key checks past [`MAX_KEY_CHECKS_IN_FLIGHT`] wait [`KEY_CHECK_WAIT`], then are
-    /// told `overloaded` (503) without touching the database; once places free up,
-    /// keys are checked again.
-    #[tokio::test]
-    async fn key_checks_past_the_cap_wait_then_are_told_overloaded() {
-        use migration::MigratorTrait;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
-        let db = crate::db::connect(&url).await.unwrap();
-        migration::Migrator::up(&db, None).await.unwrap();
-        let signer = crate::audit::checkpoint::CheckpointSigner::from_seed(&[7; 32]).unwrap();
-        let audit = AuditLog::new(db.clone(), signer, 1000);
-        let store = crate::store::open(&db, &audit, std::sync::Arc::new(crate::metrics::Metrics::new()));
-        let service = AgentService::new(
-            db.clone(),
-            store.clone(),
-            PolicyService::new(db.clone(), store),
-            audit,
-            EventBus::from_config(None),
-        );
-        let key = api_keys::generate().plaintext;
-        assert!(service.authenticate(&key).await.unwrap().is_none(), "an unknown key is no agent");
-
-        let all =
-            service.key_checks.clone().acquire_many_owned(MAX_KEY_CHECKS_IN_FLIGHT as u32).await.unwrap();
-        let started = std::time::Instant::now();
-        let e = service.authenticate(&key).await.unwrap_err();
-        assert_eq!((e.status, e.code.as_str()), (503, "overloaded"), "{}", e.message);
-        assert!(started.elapsed() >= KEY_CHECK_WAIT, "it waited for a place first");
-        // A malformed key needs no place: refused at once.
-        assert!(service.authenticate("not-a-key").await.unwrap().is_none());
-        drop(all);
-        assert!(service.authenticate(&key).await.unwrap().is_none());
-    }
 
     #[test]
     fn validation_table() {
