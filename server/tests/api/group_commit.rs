@@ -20,7 +20,8 @@ async fn agent_with_limit(s: &TestServer, daily: i64) -> Uuid {
     r.body["agent"]["id"].as_str().unwrap().parse().unwrap()
 }
 
-fn entry(agent: Uuid, kind: &str, request_id: &str) -> AuditEntry {
+/// An audit entry for `agent`'s request (also the store conformance suite's).
+pub(crate) fn entry(agent: Uuid, kind: &str, request_id: &str) -> AuditEntry {
     AuditEntry {
         agent_id: Some(agent),
         request_id: Some(request_id.to_owned()),

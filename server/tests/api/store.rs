@@ -11,13 +11,13 @@ use entity::{audit_events, ledger_entries};
 use reqwest::{Method, StatusCode};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
-use server::audit::AuditEntry;
 use server::store::orm::OrmStore;
 use server::store::sqlite::SqliteStore;
 use server::store::{CallStore, GroupCommit, Intent};
 use server::wallets::Reservation;
 use uuid::Uuid;
 
+use crate::group_commit::entry;
 use crate::mock::MockUpstream;
 use crate::observability::{sample, scrape};
 use crate::support::TestServer;
@@ -236,16 +236,6 @@ async fn every_store_reads_exactly_what_the_rows_hold() {
             .unwrap()
             .is_none()
     );
-}
-
-fn entry(agent: Uuid, kind: &str, request_id: &str) -> AuditEntry {
-    AuditEntry {
-        agent_id: Some(agent),
-        request_id: Some(request_id.to_owned()),
-        kind: kind.to_owned(),
-        decision: Some("allow".into()),
-        ..Default::default()
-    }
 }
 
 /// Every store applies group-commit batches the same way: queued writes in one
