@@ -197,7 +197,11 @@ fn spawn_janitor(services: Arc<Services>) -> tokio::task::JoinHandle<()> {
                 Ok(n) => tracing::warn!(released = n, "released expired budget holds"),
                 Err(e) => tracing::error!(error = %e.message, "could not release expired budget holds"),
             }
-            if let Err(e) = services.approvals.close_interrupted(services.config.reservation_ttl).await {
+            if let Err(e) = services
+                .approvals
+                .close_interrupted(services.config.reservation_ttl, services.proxy.render)
+                .await
+            {
                 tracing::error!(error = %e.message, "could not close interrupted approved calls");
             }
             // Stored answers past their retention (idempotency 24 h, approval outcomes 7 days).

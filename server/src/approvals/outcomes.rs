@@ -18,7 +18,7 @@ use super::sealed::outcome_context;
 use super::summary::{Summary, summaries};
 use super::{APPROVAL_PERFORMED, ApprovalService, answer};
 use crate::audit::query::seq_of;
-use crate::call::interrupted_answer;
+use crate::call::outcome::{ProxyResult, Render};
 use crate::db::{internal, now};
 use crate::events::Event;
 
@@ -69,8 +69,9 @@ impl ApprovalService {
     /// the approval's outcome says it was interrupted, with what the audit log knows
     /// (its intent and outcome records, if any), audited as `approval.interrupted`.
     /// The agent polling it gets an answer instead of `approved` for ever. Returns
-    /// how many were closed.
-    pub async fn close_interrupted(&self, stale_after: Duration) -> Result<u64, AppError> {
+    /// how many were closed. `render`: how the interrupted answer is stored (the
+    /// HTTP layer's rule).
+    pub async fn close_interrupted(&self, stale_after: Duration, render: Render) -> Result<u64, AppError> {
         let cutoff = now() - chrono::Duration::from_std(stale_after).unwrap_or_default();
         let stale = summaries()
             .filter(approvals::Column::Status.eq(ApprovalStatus::Approved.as_str()))
@@ -93,9 +94,13 @@ impl ApprovalService {
             let mut txn = self.audit.begin().await?;
             // Claimed only if still without an outcome (a late answer from a live
             // replica wins), the row first and the chain after, like every decision.
+            let answered = |audit_seq: Option<i64>| {
+                render(&ProxyResult::interrupted(&request_id, audit_seq, intent, performed, reason))
+            };
+            let status = answered(None).0;
             let outcome = |audit_seq: Option<i64>| {
-                let body = interrupted_answer(&request_id, audit_seq, intent, performed, reason);
-                answer::seal(&self.vault, &outcome_context(row.id), 502, &body)
+                let (status, body) = answered(audit_seq);
+                answer::seal(&self.vault, &outcome_context(row.id), status, &body)
             };
             let store = |audit_seq: Option<i64>| {
                 approvals::Entity::update_many()
@@ -119,7 +124,7 @@ impl ApprovalService {
             store(Some(appended.seq)).exec(txn.conn()).await.map_err(internal)?;
             txn.commit().await?;
             tracing::warn!(approval = %row.id, request = %request_id, "an approved call was interrupted; its approval now says so");
-            self.announce_performed(row.id, 502).await;
+            self.announce_performed(row.id, status).await;
             closed += 1;
         }
         Ok(closed)

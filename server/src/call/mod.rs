@@ -9,4 +9,4 @@ pub mod request;
 pub mod stage;
 pub mod upstream;
 
-pub use stage::{Stage, interrupted_answer};
+pub use stage::Stage;

@@ -84,6 +84,10 @@ pub enum Failure {
     Timeout,
     /// The upstream was unreachable, failed, or answered what cannot be passed on.
     BadUpstream,
+    /// The AEGIS process performing the call stopped before answering it: how far it
+    /// got, by the audit seqs of its intent and outcome (an outcome means it completed;
+    /// an intent alone, that it may have reached the upstream).
+    Interrupted { intent_audit_seq: Option<i64>, outcome_audit_seq: Option<i64> },
 }
 
 #[derive(Debug)]
@@ -144,6 +148,26 @@ impl ProxyResult {
             audit_seq: None,
             reasons: vec![],
             outcome: Outcome::Failed { stage, reason: reason.into(), failure },
+        }
+    }
+
+    /// A call whose process died before answering it (see
+    /// `approvals::close_interrupted` and `proxy::idempotency`); `reason` says what was cut.
+    pub fn interrupted(
+        request_id: &str,
+        audit_seq: Option<i64>,
+        intent_audit_seq: Option<i64>,
+        outcome_audit_seq: Option<i64>,
+        reason: &str,
+    ) -> Self {
+        ProxyResult {
+            audit_seq,
+            ..Self::failed(
+                request_id.to_owned(),
+                Stage::Upstream,
+                reason,
+                Failure::Interrupted { intent_audit_seq, outcome_audit_seq },
+            )
         }
     }
 

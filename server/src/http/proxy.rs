@@ -397,19 +397,24 @@ pub fn render(result: &ProxyResult) -> (u16, serde_json::Value) {
             }
             (403, body)
         }
-        Outcome::Failed { stage, reason, failure } => (
-            failure_status(*failure),
-            json!({"request_id": result.request_id, "audit_seq": result.audit_seq, "decision": "error",
-                       "stage": stage, "reason": reason}),
-        ),
+        Outcome::Failed { stage, reason, failure } => {
+            let mut body = json!({"request_id": result.request_id, "audit_seq": result.audit_seq,
+                                  "decision": "error", "stage": stage, "reason": reason});
+            if let Failure::Interrupted { intent_audit_seq, outcome_audit_seq } = failure {
+                body["intent_audit_seq"] = json!(intent_audit_seq);
+                body["outcome_audit_seq"] = json!(outcome_audit_seq);
+            }
+            (failure_status(*failure), body)
+        }
     }
 }
 
-/// 503 when AEGIS could not take the call, 504 when the upstream timed out, 502 otherwise.
+/// 503 when AEGIS could not take the call, 504 when the upstream timed out, 502
+/// otherwise (an upstream that failed, a call cut short by its process stopping).
 fn failure_status(failure: Failure) -> u16 {
     match failure {
         Failure::Unavailable => 503,
         Failure::Timeout => 504,
-        Failure::BadUpstream => 502,
+        Failure::BadUpstream | Failure::Interrupted { .. } => 502,
     }
 }

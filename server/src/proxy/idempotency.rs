@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::approvals::answer;
 use crate::audit::query::seq_of;
+use crate::call::outcome::{ProxyResult, Render};
 use crate::db::{internal, now};
 use crate::secrets::vault::Vault;
 
@@ -44,15 +45,26 @@ fn context(agent_id: Uuid, key: &str) -> String {
     format!("aegis-idempotency:v1:{agent_id}:{key}")
 }
 
+/// One request's attempt at an idempotency key.
+pub struct Attempt<'a> {
+    pub agent_id: Uuid,
+    pub key: &'a str,
+    pub request_id: &'a str,
+    pub request_hash: &'a str,
+}
+
+/// Claims the key for this request, or says what became of the request that holds
+/// it. A claim older than `stale_after` without an answer was cut short by its
+/// process: taken over if it performed nothing, otherwise answered (as `render`
+/// answers an interrupted call) without performing it again.
 pub async fn claim(
     db: &DatabaseConnection,
     vault: &Vault,
-    agent_id: Uuid,
-    key: &str,
-    request_id: &str,
-    request_hash: &str,
+    attempt: Attempt<'_>,
     stale_after: Duration,
+    render: Render,
 ) -> Result<Claim, AppError> {
+    let Attempt { agent_id, key, request_id, request_hash } = attempt;
     match try_claim(db, vault, agent_id, key, request_id, request_hash).await? {
         Tried::Done(claim) => Ok(claim),
         Tried::Running(existing) => {
@@ -60,7 +72,7 @@ pub async fn claim(
             if existing.created_at >= cutoff {
                 return Err(in_progress());
             }
-            settle_stale(db, vault, existing, request_id, request_hash).await
+            settle_stale(db, vault, existing, request_id, request_hash, render).await
         }
     }
 }
@@ -84,6 +96,7 @@ async fn settle_stale(
     stale: idempotency_records::Model,
     request_id: &str,
     request_hash: &str,
+    render: Render,
 ) -> Result<Claim, AppError> {
     let still_stale = |q: sea_orm::UpdateMany<idempotency_records::Entity>| {
         q.filter(idempotency_records::Column::AgentId.eq(stale.agent_id))
@@ -105,7 +118,7 @@ async fn settle_stale(
         return if taken { Ok(Claim::Claimed) } else { Err(in_progress()) };
     };
     let outcome = seq_of(db, &stale.request_id, "proxy.outcome").await?;
-    let body = crate::call::interrupted_answer(
+    let (status, body) = render(&ProxyResult::interrupted(
         &stale.request_id,
         Some(outcome.unwrap_or(intent)),
         Some(intent),
@@ -113,12 +126,12 @@ async fn settle_stale(
         "interrupted: the AEGIS process performing the first request with this idempotency_key \
          stopped before answering; it is not performed again (intent_audit_seq and \
          outcome_audit_seq say how far it got)",
-    );
+    ));
     still_stale(idempotency_records::Entity::update_many())
-        .col_expr(idempotency_records::Column::ResponseStatus, Expr::value(502))
+        .col_expr(idempotency_records::Column::ResponseStatus, Expr::value(i32::from(status)))
         .col_expr(
             idempotency_records::Column::ResponseJson,
-            Expr::value(answer::seal(vault, &context(stale.agent_id, &stale.idempotency_key), 502, &body)),
+            Expr::value(answer::seal(vault, &context(stale.agent_id, &stale.idempotency_key), status, &body)),
         )
         .exec(db)
         .await

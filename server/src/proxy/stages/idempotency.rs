@@ -28,11 +28,14 @@ pub async fn once(
     let claim = match idempotency::claim(
         &p.db,
         vault,
-        agent.agent.id,
-        &key,
-        &request_id,
-        &request.request_hash(),
+        idempotency::Attempt {
+            agent_id: agent.agent.id,
+            key: &key,
+            request_id: &request_id,
+            request_hash: &request.request_hash(),
+        },
         ttl,
+        p.render,
     )
     .await
     {
