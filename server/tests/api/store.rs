@@ -24,6 +24,26 @@ use crate::support::TestServer;
 
 const ALLOW_LOOPBACK: (&str, &str) = ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32");
 
+/// A server on an in-memory SQLite database (shared between the pool's
+/// connections), where the sea-orm store serves the hot path; `None` on the
+/// PostgreSQL pass, where the server's database is PostgreSQL whatever is asked.
+async fn in_memory_server(vars: &[(&str, &str)]) -> Option<TestServer> {
+    let url = format!("sqlite:file:aegis-store-{}?mode=memory&cache=shared", Uuid::new_v4().simple());
+    let mut vars = vars.to_vec();
+    vars.push(("DATABASE_URL", &url));
+    let s = TestServer::start_with(&vars).await;
+    if s.on_postgres() {
+        eprintln!("the in-memory SQLite variant runs on the SQLite pass only");
+        return None;
+    }
+    assert_eq!(
+        s.running.services.store.name(),
+        "sea-orm",
+        "an in-memory database has no file for the SQLite store"
+    );
+    Some(s)
+}
+
 /// Every implementation that can serve this server's database.
 fn stores(s: &TestServer) -> Vec<Arc<dyn CallStore>> {
     let services = &s.running.services;
@@ -32,8 +52,10 @@ fn stores(s: &TestServer) -> Vec<Arc<dyn CallStore>> {
     if let Some(sqlite) = SqliteStore::for_file(&services.db, &services.audit, services.metrics.clone()) {
         all.push(Arc::new(sqlite));
     }
+    let on_file = services.db.get_database_backend() == sea_orm::DbBackend::Sqlite
+        && services.db.get_sqlite_connection_pool().connect_options().get_filename().is_file();
     let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
-    assert_eq!(names, if s.on_postgres() { vec!["sea-orm"] } else { vec!["sea-orm", "sqlite"] });
+    assert_eq!(names, if on_file { vec!["sea-orm", "sqlite"] } else { vec!["sea-orm"] });
     all
 }
 
@@ -121,10 +143,22 @@ async fn the_proxy_reads_through_its_servers_store() {
 #[tokio::test]
 async fn every_store_reads_exactly_what_the_rows_hold() {
     let mock = MockUpstream::start().await;
-    let s = TestServer::start_with(&[ALLOW_LOOPBACK]).await;
-    let f = fixture(&s, &mock).await;
+    reads_conform(&TestServer::start_with(&[ALLOW_LOOPBACK]).await, &mock).await;
+}
+
+/// The same, on an in-memory SQLite database.
+#[tokio::test]
+async fn every_store_reads_exactly_what_the_rows_hold_in_memory() {
+    let mock = MockUpstream::start().await;
+    if let Some(s) = in_memory_server(&[ALLOW_LOOPBACK]).await {
+        reads_conform(&s, &mock).await;
+    }
+}
+
+async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
+    let f = fixture(s, mock).await;
     let db = &s.running.services.db;
-    let stores = stores(&s);
+    let stores = stores(s);
     let key_id = server::agents::api_keys::key_id(&f.key).unwrap().to_owned();
     let agent_row =
         || async { entity::agents::Entity::find_by_id(f.agent_id).one(db).await.unwrap().unwrap() };
@@ -243,10 +277,21 @@ async fn every_store_reads_exactly_what_the_rows_hold() {
 /// once, one bad write failing only itself, and the chain intact.
 #[tokio::test]
 async fn every_store_applies_batches_exactly() {
-    let s = TestServer::start().await;
+    batches_conform(&TestServer::start().await).await;
+}
+
+/// The same, on an in-memory SQLite database.
+#[tokio::test]
+async fn every_store_applies_batches_exactly_in_memory() {
+    if let Some(s) = in_memory_server(&[]).await {
+        batches_conform(&s).await;
+    }
+}
+
+async fn batches_conform(s: &TestServer) {
     let services = &s.running.services;
     let sponsor = s.sponsor("batches").await;
-    for store in stores(&s) {
+    for store in stores(s) {
         let name = store.name();
         let r = s
             .post(
