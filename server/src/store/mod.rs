@@ -17,7 +17,8 @@
 //!   replaces it with a fast PostgreSQL implementation).
 //!
 //! Everything off the hot path uses sea-orm directly. The same conformance suite
-//! (`server/tests/api/store.rs`) runs against every implementation.
+//! (`server/tests/api/store.rs`) runs against every implementation: a SQLite file
+//! (both stores), an in-memory SQLite, PostgreSQL when its URL is set.
 
 pub mod batch;
 pub mod orm;
