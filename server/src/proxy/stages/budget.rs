@@ -1,8 +1,8 @@
 //! Stage `budget`, with the intent: the hold on the agent's wallet and the
 //! `proxy.intent` audit record commit in one transaction (group-committed with
-//! other calls', `proxy/commit.rs`), durable before anything leaves AEGIS. Over a
+//! other calls', `store/batch.rs`), durable before anything leaves AEGIS. Over a
 //! limit, nothing is held or recorded and the call is denied with what remains.
-//! Tested over HTTP in `tests/api/budget.rs` and `group_commit.rs`.
+//! Tested over HTTP in `tests/api/budget.rs`, `group_commit.rs` and `store.rs`.
 
 use std::ops::ControlFlow::{Break, Continue};
 
