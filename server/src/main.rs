@@ -122,10 +122,15 @@ enum AuditCommand {
 const EXIT_BROKEN: u8 = 1;
 const EXIT_ERROR: u8 = 2;
 
-fn init_logging(format: LogFormat, default_filter: &str) {
+/// `to_stderr`: for the commands whose standard output is their result (`--json`
+/// documents, reports), so a log line never breaks what a program reads.
+fn init_logging(format: LogFormat, default_filter: &str, to_stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+        if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) }
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -150,7 +155,8 @@ async fn main() -> std::process::ExitCode {
         Command::VerifyAudit { .. } | Command::Audit { .. } | Command::Replay { .. } => "warn",
         Command::Bench(_) | Command::Demo(_) => "warn,sqlx=error,sea_orm=error",
     };
-    init_logging(config.log_format, default_filter);
+    let prints_result = !matches!(command, Command::Serve | Command::Migrate | Command::Rekey);
+    init_logging(config.log_format, default_filter, prints_result);
     let result = match command {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,

@@ -53,3 +53,32 @@ async fn the_bench_harness_measures_all_targets_and_stages() {
     assert!(text.contains("Where the time goes: execute"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 }
+
+/// `aegis bench --json` writes exactly one JSON document on standard output: its
+/// log lines (here the warning that, without a home directory, the fresh data
+/// directory keeps its own master key) go to standard error.
+#[tokio::test]
+async fn bench_json_output_is_only_the_document() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_aegis"))
+        .args([
+            "bench",
+            "--json",
+            "--rates",
+            "50",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+            "--concurrency",
+            "2",
+        ])
+        .env_clear()
+        .output()
+        .await
+        .expect("run aegis bench");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON document");
+    assert_eq!(report["targets"].as_array().map(Vec::len), Some(3));
+    assert!(stderr.contains("master key"), "the log line went to stderr: {stderr}");
+}
