@@ -127,9 +127,9 @@ const EXIT_ERROR: u8 = 2;
 fn init_logging(format: LogFormat, default_filter: &str, to_stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
-        if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) }
-    });
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let writer =
+        if to_stderr { BoxMakeWriter::new(std::io::stderr) } else { BoxMakeWriter::new(std::io::stdout) };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use app::error::AppError;
@@ -172,7 +172,6 @@ pub struct Writer {
     queue: mpsc::UnboundedReceiver<Queued>,
     reservation_ttl: Duration,
     announce: Announce,
-    runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
     counters: Arc<Counters>,
 }
@@ -195,10 +194,11 @@ type Results = Vec<Result<Finished, AppError>>;
 impl Writer {
     /// Gathers whatever queued up, applies it as one transaction of `batches`,
     /// answers each waiter, announces the budget alerts it claimed; until the
-    /// queue closes.
-    pub(crate) async fn serve<B: Batches>(mut self, mut batches: B) {
+    /// queue closes. Alerts are announced on `runtime` (the writer may run on a
+    /// thread of its own).
+    pub(crate) async fn serve<B: Batches>(mut self, mut batches: B, runtime: tokio::runtime::Handle) {
+        let exclusive = batches.exclusive();
         while let Some(first) = self.queue.recv().await {
-            let exclusive = batches.exclusive();
             let held = match &exclusive {
                 Some(lock) => Some(lock.lock().await),
                 None => None,
@@ -215,7 +215,7 @@ impl Writer {
             let applied = self.commit(&mut batches, &writes).await;
             drop(held);
             for resolved in answer(replies, applied).into_iter().filter(Resolved::has_alerts) {
-                self.runtime.spawn((self.announce)(resolved));
+                runtime.spawn((self.announce)(resolved));
             }
         }
     }
@@ -307,21 +307,15 @@ fn answer(replies: Vec<oneshot::Sender<Result<Done, AppError>>>, applied: Result
     resolved_holds
 }
 
-/// The writer until the first write starts it.
-struct Unstarted {
-    queue: mpsc::UnboundedReceiver<Queued>,
-    reservation_ttl: Duration,
-    announce: Announce,
-    metrics: Arc<Metrics>,
-}
-
 /// The handle callers queue writes on. Clones share one writer, started on first
 /// use (inside the runtime) by the store.
 #[derive(Clone)]
 pub struct GroupCommit {
     store: Arc<dyn CallStore>,
     queue: mpsc::UnboundedSender<Queued>,
-    pending: Arc<Mutex<Option<Unstarted>>>,
+    /// The writer until the first write hands it to the store.
+    unstarted: Arc<Mutex<Option<Writer>>>,
+    started: Arc<Once>,
     counters: Arc<Counters>,
 }
 
@@ -335,8 +329,10 @@ impl GroupCommit {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        let pending = Unstarted { queue: rx, reservation_ttl, announce, metrics };
-        Self { store, queue, pending: Arc::new(Mutex::new(Some(pending))), counters: Arc::default() }
+        let counters = Arc::<Counters>::default();
+        let writer = Writer { queue: rx, reservation_ttl, announce, metrics, counters: counters.clone() };
+        let unstarted = Arc::new(Mutex::new(Some(writer)));
+        Self { store, queue, unstarted, started: Arc::new(Once::new()), counters }
     }
 
     /// Holds `amount` for `request_id` and records `entry` (the intent) in the same
@@ -385,17 +381,12 @@ impl GroupCommit {
     }
 
     async fn submit(&self, write: Write) -> Result<Done, AppError> {
-        let unstarted = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(u) = unstarted {
-            self.store.start_writer(Writer {
-                queue: u.queue,
-                reservation_ttl: u.reservation_ttl,
-                announce: u.announce,
-                runtime: tokio::runtime::Handle::current(),
-                metrics: u.metrics,
-                counters: self.counters.clone(),
-            });
-        }
+        // After the first write, one atomic load.
+        self.started.call_once(|| {
+            if let Some(writer) = self.unstarted.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                self.store.start_writer(writer, tokio::runtime::Handle::current());
+            }
+        });
         let (reply, answer) = oneshot::channel();
         if self.queue.send(Queued { write, reply }).is_err() {
             tracing::error!("the group-commit writer is gone");

@@ -78,8 +78,8 @@ pub trait CallStore: Send + Sync {
     ) -> Read<'a, Option<(connections::Model, Option<String>)>>;
 
     /// Starts the writer that applies this store's group-commit batches (see
-    /// [`batch::Writer::serve`]). Called once, inside the runtime, on the first write.
-    fn start_writer(&self, writer: batch::Writer);
+    /// [`batch::Writer::serve`], announcing on `runtime`). Called once, on the first write.
+    fn start_writer(&self, writer: batch::Writer, runtime: tokio::runtime::Handle);
 }
 
 /// The store for `db`: the SQLite one on a SQLite file, sea-orm otherwise.

@@ -110,9 +110,11 @@ impl CallStore for OrmStore {
         })
     }
 
-    fn start_writer(&self, writer: Writer) {
+    fn start_writer(&self, writer: Writer, runtime: tokio::runtime::Handle) {
         match &self.audit {
-            Some(audit) => drop(tokio::spawn(writer.serve(OrmBatches { audit: audit.clone() }))),
+            Some(audit) => {
+                drop(runtime.spawn(writer.serve(OrmBatches { audit: audit.clone() }, runtime.clone())))
+            }
             // The queue's receiver goes with the writer: every write fails closed.
             None => tracing::error!("a read-only store was asked to write"),
         }

@@ -114,12 +114,12 @@ impl CallStore for SqliteStore {
         self.row(reads::BY_NAME_SQL, params, reads::connection_and_secret)
     }
 
-    fn start_writer(&self, writer: Writer) {
+    fn start_writer(&self, writer: Writer, runtime: tokio::runtime::Handle) {
         let batches =
             SqliteBatches { path: self.path.clone(), conn: None, broken: false, chain: self.chain.clone() };
         let spawned = std::thread::Builder::new()
             .name("aegis-db-writer".into())
-            .spawn(move || futures::executor::block_on(writer.serve(batches)));
+            .spawn(move || futures::executor::block_on(writer.serve(batches, runtime)));
         if let Err(e) = spawned {
             // The queue's receiver went with the closure: every write fails closed.
             tracing::error!(error = %e, "no SQLite writer thread; hot-path writes fail");

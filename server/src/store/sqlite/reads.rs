@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use app::error::AppError;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
-
 use entity::{agent_keys, agents, connections, secrets};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
 use super::columns::{Columns, internal as sqlite_internal};
 use crate::metrics::Metrics;
@@ -63,9 +62,7 @@ impl ReadPool {
         }
         Ok(value)
     }
-}
 
-impl ReadPool {
     /// At most one row of `sql` (a cached prepared statement), decoded by `row`.
     pub fn optional_row<T>(
         &self,
