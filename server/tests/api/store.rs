@@ -413,3 +413,27 @@ async fn batches_conform(s: &TestServer) {
     }
     assert!(services.audit.verify(None).await.unwrap().valid);
 }
+
+/// A read-only store (what `aegis replay` reads through) serves reads but refuses
+/// every write: nothing is held or recorded through it.
+#[tokio::test]
+async fn a_read_only_store_refuses_writes() {
+    let s = TestServer::start().await;
+    let services = &s.running.services;
+    let sponsor = s.sponsor("readonly").await;
+    let (agent, _) = s.agent(&sponsor, "reader").await;
+    let agent: Uuid = agent["id"].as_str().unwrap().parse().unwrap();
+    let store: Arc<dyn CallStore> = Arc::new(OrmStore::read_only(services.db.clone()));
+    assert!(store.wallet(agent).await.unwrap().is_some(), "reads work");
+    let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
+    let commit =
+        GroupCommit::new(store, services.wallets.reservation_ttl(), announce, services.metrics.clone());
+    let refused = commit.intent(agent, "req-readonly", 1, entry(agent, "proxy.intent", "req-readonly")).await;
+    assert_eq!(refused.unwrap_err().status, 500);
+    let holds = ledger_entries::Entity::find()
+        .filter(ledger_entries::Column::RequestId.eq("req-readonly"))
+        .all(&services.db)
+        .await
+        .unwrap();
+    assert!(holds.is_empty(), "nothing was held");
+}
