@@ -16,6 +16,7 @@ mod m20261126_000001_initial;
 mod m20261126_000002_audit_guards;
 mod m20261127_000003_breakers;
 mod m20261206_000010_approvals_hardening;
+mod m20261207_000011_chain_head;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_audit_guards::Migration),
             Box::new(m20261127_000003_breakers::Migration),
             Box::new(m20261206_000010_approvals_hardening::Migration),
+            Box::new(m20261207_000011_chain_head::Migration),
         ]
     }
 }

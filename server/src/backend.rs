@@ -61,8 +61,12 @@ impl Services {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let audit = audit.with_metrics(metrics.clone());
-        // The hot path's store: SQLite's own on a SQLite file, sea-orm otherwise.
-        let store = crate::store::open(&db, &audit, metrics.clone());
+        // The hot path's store: the backend's own (PostgreSQL, a SQLite file), else sea-orm.
+        let store = if config.portable_store {
+            Arc::new(crate::store::orm::OrmStore::new(db.clone(), audit.clone()))
+        } else {
+            crate::store::open(&db, &audit, metrics.clone())
+        };
         let policies = PolicyService::new(db.clone(), store.clone());
         let secrets = SecretService::new(db.clone(), store.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());

@@ -27,6 +27,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// PostgreSQL pool size (default [`crate::db::DEFAULT_PG_POOL`]).
     pub db_max_connections: Option<u32>,
+    /// `AEGIS_HOT_PATH_STORE=portable`: the hot path through sea-orm on every
+    /// database instead of the backend's own store (`fast`, the default). For
+    /// comparison (`aegis bench --variants`) and as a fallback.
+    pub portable_store: bool,
     /// Hex-encoded keys given explicitly instead of the generated files.
     pub jwt_secret: Option<String>,
     pub master_key: Option<String>,
@@ -224,6 +228,16 @@ impl Config {
                 None => None,
                 Some(_) => Some(number("AEGIS_DB_MAX_CONNECTIONS", 0)?.clamp(2, 1000) as u32),
             },
+            portable_store: match var("AEGIS_HOT_PATH_STORE").as_deref().map(str::trim) {
+                None | Some("fast") => false,
+                Some("portable") => true,
+                Some(v) => {
+                    return Err(ConfigError {
+                        var: "AEGIS_HOT_PATH_STORE",
+                        reason: format!("expected fast or portable, got {v:?}"),
+                    });
+                }
+            },
             jwt_secret: var("AEGIS_JWT_SECRET"),
             master_key: var("AEGIS_MASTER_KEY"),
             master_key_file: var("AEGIS_MASTER_KEY_FILE").map(PathBuf::from).or_else(|| {
@@ -319,6 +333,8 @@ mod tests {
         assert!(c.database_url.is_none() && c.redis_url.is_none());
         assert!(!c.secure_cookies);
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert!(!c.portable_store, "the backend's own hot-path store by default");
+        assert!(with(&[("AEGIS_HOT_PATH_STORE", "portable")]).unwrap().portable_store);
     }
 
     #[test]
@@ -334,6 +350,7 @@ mod tests {
             ("AEGIS_PUBLIC_URL", "ftp://x"),
             ("AEGIS_EGRESS_ALLOW", "not a cidr/99"),
             ("AEGIS_EGRESS_PORTS", "http"),
+            ("AEGIS_HOT_PATH_STORE", "fastest"),
             ("AEGIS_BREAKER_DENIAL_RATE_PCT", "150"),
             ("AEGIS_APPROVAL_TTL_SECS", "soon"),
             ("AEGIS_METRICS_TOKEN", "two words"),

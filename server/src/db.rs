@@ -38,7 +38,13 @@ pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Dat
         .connect_timeout(Duration::from_secs(10))
         // Under a burst, requests queue for a connection rather than fail; beyond this
         // they are refused (503, stage storage) with nothing performed.
-        .acquire_timeout(Duration::from_secs(30));
+        .acquire_timeout(Duration::from_secs(30))
+        // sqlx pings a pooled connection on every checkout by default: a second round
+        // trip (and a query for PostgreSQL to answer) per statement on the hot path.
+        // Only a connection idle long enough to have been dropped by the server, a
+        // proxy or a firewall is pinged; a broken one still fails its statement,
+        // which the caller answers as `storage` (fail closed).
+        .test_before_acquire_if_idle_for(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         options.max_connections(8).min_connections(1).map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
@@ -50,6 +56,20 @@ pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Dat
         });
     } else {
         options.max_connections(max_connections.unwrap_or(DEFAULT_PG_POOL).max(2)).min_connections(1);
+        // Every new connection gets TCP_NODELAY (sqlx has no option for it; see nodelay.rs).
+        if let Ok(pg) = url.parse::<sea_orm::sqlx::postgres::PgConnectOptions>() {
+            let (host, port) = (pg.get_host().to_owned(), pg.get_port());
+            options.map_sqlx_postgres_pool_opts(move |pool| {
+                let (host, port) = (host.clone(), port);
+                pool.after_connect(move |_, _| {
+                    let host = host.clone();
+                    Box::pin(async move {
+                        crate::nodelay::for_peers(&crate::nodelay::resolve(&host, port).await);
+                        Ok(())
+                    })
+                })
+            });
+        }
     }
     Database::connect(options).await
 }

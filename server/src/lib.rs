@@ -18,6 +18,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod names;
+pub mod nodelay;
 pub mod overview;
 pub mod policies;
 pub mod proxy;

@@ -103,6 +103,10 @@ struct BenchArgs {
     variants: bool,
     #[arg(long, default_value_t = 1000.0)]
     variant_rate: f64,
+    /// With --variants and --database-url: also run the PostgreSQL rows with this
+    /// round trip (ms) added between AEGIS and the database (a delaying forwarder).
+    #[arg(long, default_value_t = 0)]
+    db_delay_ms: u64,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
@@ -193,6 +197,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         target: args.target,
         variants: args.variants,
         variant_rate: args.variant_rate,
+        db_delay: std::time::Duration::from_millis(args.db_delay_ms),
     };
     match server::bench::run(&opts).await {
         Ok(report) if args.json => {

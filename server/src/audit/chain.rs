@@ -4,9 +4,10 @@
 //!
 //! Serialisation, so the chain never forks:
 //! - PostgreSQL: `pg_advisory_xact_lock(AUDIT_LOCK_KEY)` inside the transaction,
-//!   taken right before the head is read and held until commit or rollback. It
-//!   works across processes sharing the database. The transaction runs at READ
-//!   COMMITTED, so the head is read with a snapshot taken after the lock.
+//!   taken by `aegis_audit_head()` right before it reads the head, and held until
+//!   commit or rollback. It works across processes sharing the database. The
+//!   transaction runs at READ COMMITTED and the function's head read is its own
+//!   statement, so the head is read with a snapshot taken after the lock.
 //! - SQLite (single-process deployments): an in-process async mutex, taken before
 //!   `BEGIN IMMEDIATE`. The mutex queues appenders without holding pool connections;
 //!   `BEGIN IMMEDIATE` takes SQLite's write lock up front, so even another process
@@ -103,35 +104,37 @@ impl AuditTxn {
         &self.txn
     }
 
-    /// Takes the chain lock (PostgreSQL) once per transaction.
-    async fn lock_chain(&mut self) -> Result<(), AppError> {
-        if !self.locked {
-            self.txn
-                .execute_raw(Statement::from_sql_and_values(
+    /// The last record's (seq, hash), or (0, genesis) for an empty chain. On
+    /// PostgreSQL the first call takes the chain lock and reads the head in one
+    /// round trip (`aegis_audit_head()`, installed by a migration); the lock is
+    /// held until commit.
+    pub(super) async fn head(&mut self) -> Result<(i64, String), AppError> {
+        let head: Option<(i64, String)> = if self.locked {
+            audit_events::Entity::find()
+                .select_only()
+                .column(audit_events::Column::Seq)
+                .column(audit_events::Column::Hash)
+                .order_by_desc(audit_events::Column::Seq)
+                .limit(1)
+                .into_tuple()
+                .one(&self.txn)
+                .await
+                .map_err(internal)?
+        } else {
+            let row = self
+                .txn
+                .query_one_raw(Statement::from_string(
                     DbBackend::Postgres,
-                    "SELECT pg_advisory_xact_lock($1)",
-                    [AUDIT_LOCK_KEY.into()],
+                    "SELECT head_seq, head_hash FROM aegis_audit_head()",
                 ))
                 .await
-                .map_err(internal)?;
+                .map_err(internal)?
+                .ok_or_else(AppError::internal)?;
             self.locked = true;
-        }
-        Ok(())
-    }
-
-    /// The last record's (seq, hash), or (0, genesis) for an empty chain.
-    pub(super) async fn head(&mut self) -> Result<(i64, String), AppError> {
-        self.lock_chain().await?;
-        let head: Option<(i64, String)> = audit_events::Entity::find()
-            .select_only()
-            .column(audit_events::Column::Seq)
-            .column(audit_events::Column::Hash)
-            .order_by_desc(audit_events::Column::Seq)
-            .limit(1)
-            .into_tuple()
-            .one(&self.txn)
-            .await
-            .map_err(internal)?;
+            let seq: Option<i64> = row.try_get("", "head_seq").map_err(internal)?;
+            let hash: Option<String> = row.try_get("", "head_hash").map_err(internal)?;
+            seq.zip(hash)
+        };
         Ok(head.unwrap_or_else(|| (0, GENESIS_HASH.to_owned())))
     }
 

@@ -6,7 +6,9 @@
 //! and `gateway` — at fixed rates (open loop) and to saturation (closed loop), and
 //! reads the per-stage timings back from the audit log.
 
+pub mod floors;
 pub mod load;
+pub mod relay;
 pub mod report;
 
 use std::collections::HashMap;
@@ -37,6 +39,9 @@ pub struct Options {
     pub target: Option<String>,
     pub variants: bool,
     pub variant_rate: f64,
+    /// Round trip added between AEGIS and PostgreSQL in the `--variants` rows
+    /// marked `far` (a delaying forwarder); zero: no such rows.
+    pub db_delay: Duration,
 }
 
 impl Default for Options {
@@ -53,6 +58,7 @@ impl Default for Options {
             target: None,
             variants: false,
             variant_rate: 1000.0,
+            db_delay: Duration::ZERO,
         }
     }
 }
@@ -117,6 +123,33 @@ struct Instance {
 
 impl Instance {
     async fn start(database_url: Option<&str>, redis_url: Option<&str>) -> Result<Self, String> {
+        let mut pg = None;
+        let mut url = None;
+        if let Some(admin) = database_url {
+            let name = format!("aegis_bench_{}", uuid::Uuid::new_v4().simple());
+            url = Some(create_database(admin, &name).await?);
+            pg = Some((admin.to_owned(), name));
+        }
+        match Self::launch(url.as_deref(), redis_url, &[]).await {
+            Ok(mut instance) => {
+                instance.pg = pg;
+                Ok(instance)
+            }
+            Err(e) => {
+                if let Some((admin, name)) = pg {
+                    drop_database(&admin, &name).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// An AEGIS on `database_url` as it is (SQLite in its temp dir when `None`).
+    async fn launch(
+        database_url: Option<&str>,
+        redis_url: Option<&str>,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("aegis-bench-{}", uuid::Uuid::new_v4().simple()));
         let mut instance = Instance { base: String::new(), running: None, dir: Some(dir.clone()), pg: None };
         let mut vars: HashMap<&str, String> = HashMap::from([
@@ -128,14 +161,14 @@ impl Instance {
             ("AEGIS_BREAKER_SPEND_MICROS", "0".to_owned()),
             ("AEGIS_BREAKER_NEW_HOSTS", "0".to_owned()),
         ]);
-        if let Some(admin) = database_url {
-            let name = format!("aegis_bench_{}", uuid::Uuid::new_v4().simple());
-            let url = create_database(admin, &name).await?;
-            instance.pg = Some((admin.to_owned(), name));
-            vars.insert("DATABASE_URL", url);
+        if let Some(url) = database_url {
+            vars.insert("DATABASE_URL", url.to_owned());
         }
         if let Some(r) = redis_url {
             vars.insert("REDIS_URL", r.to_owned());
+        }
+        for (k, v) in extra {
+            vars.insert(k, (*v).to_owned());
         }
         let config = Config::from_lookup(|k| vars.get(k).cloned()).map_err(|e| e.to_string());
         let started = match config {
@@ -404,13 +437,15 @@ async fn run_with_mock(opts: &Options, mock: &str) -> Result<Report, String> {
         throughput_ratio: Vec::new(),
         stages,
         variants: Vec::new(),
+        floors: None,
     };
     report.compare();
     if opts.variants {
         if opts.target.is_some() {
             eprintln!("aegis bench: --variants needs the in-process AEGIS; skipped with --target");
         } else {
-            report.variants = variants(opts, &client, mock).await?;
+            report.variants = variants(opts, mock).await?;
+            report.floors = Some(measure_floors(opts).await);
         }
     }
     Ok(report)
@@ -443,26 +478,177 @@ async fn measure(
     Ok((reports, stages))
 }
 
-/// The execute target under each available storage configuration, one row each.
-async fn variants(opts: &Options, client: &reqwest::Client, mock: &str) -> Result<Vec<VariantRow>, String> {
-    let mut list: Vec<(&str, String, Option<&str>, Option<&str>)> =
-        vec![("sqlite", "SQLite (WAL) in a temp dir, no Redis".into(), None, None)];
-    if let Some(r) = opts.redis_url.as_deref() {
-        list.push(("sqlite+redis", "SQLite, Redis for shared state and events".into(), None, Some(r)));
+/// One storage configuration of `--variants`.
+struct Shape {
+    name: String,
+    description: String,
+    postgres: bool,
+    redis: Option<String>,
+    /// The hot path through sea-orm (`AEGIS_HOT_PATH_STORE=portable`): the
+    /// PostgreSQL hot path as it was before its own store.
+    portable: bool,
+    replicas: usize,
+    /// Behind the `--db-delay-ms` forwarder.
+    far: bool,
+}
+
+/// The shapes this run can measure: SQLite (with Redis if given); with a
+/// PostgreSQL URL, its own store and the portable one, one and two replicas
+/// (behind a round-robin balancer), local and — with `--db-delay-ms` — far.
+fn shapes(opts: &Options) -> Vec<Shape> {
+    let shape =
+        |name: &str, description: String, postgres, redis: Option<&String>, portable, replicas, far| Shape {
+            name: name.to_owned(),
+            description,
+            postgres,
+            redis: redis.cloned(),
+            portable,
+            replicas,
+            far,
+        };
+    let mut list =
+        vec![shape("sqlite", "SQLite (WAL) in a temp dir, no Redis".into(), false, None, false, 1, false)];
+    if let Some(r) = opts.redis_url.as_ref() {
+        list.push(shape(
+            "sqlite+redis",
+            "SQLite, Redis for shared state and events".into(),
+            false,
+            Some(r),
+            false,
+            1,
+            false,
+        ));
     }
-    if let Some(db) = opts.database_url.as_deref() {
-        list.push(("postgres", "PostgreSQL (throw-away database), no Redis".into(), Some(db), None));
-        if let Some(r) = opts.redis_url.as_deref() {
-            list.push(("postgres+redis", "PostgreSQL and Redis".into(), Some(db), Some(r)));
+    if opts.database_url.is_some() {
+        let redis = opts.redis_url.as_ref();
+        let with = if redis.is_some() { "PostgreSQL and Redis" } else { "PostgreSQL, no Redis" };
+        let delays: &[bool] = if opts.db_delay.is_zero() { &[false] } else { &[false, true] };
+        for &far in delays {
+            for portable in [true, false] {
+                for replicas in [1, 2] {
+                    let name = format!(
+                        "pg{}{}{}",
+                        if portable { "-orm" } else { "" },
+                        if replicas > 1 { "x2" } else { "" },
+                        if far { "-far" } else { "" }
+                    );
+                    let description = format!(
+                        "{with}; {} store; {replicas} replica{}{}{}",
+                        if portable { "sea-orm (portable)" } else { "PostgreSQL's own" },
+                        if replicas > 1 { "s" } else { "" },
+                        if replicas > 1 { " behind a round-robin balancer" } else { "" },
+                        if far {
+                            format!("; database {} ms away (round trip)", opts.db_delay.as_millis())
+                        } else {
+                            String::new()
+                        }
+                    );
+                    list.push(shape(&name, description, true, redis, portable, replicas, far));
+                }
+            }
         }
     }
+    list
+}
+
+/// A shape running: its replicas, the relays in front of them and of the
+/// database, and the throw-away database.
+struct Deployment {
+    base: String,
+    instances: Vec<Instance>,
+    _relays: Vec<relay::Relay>,
+    pg: Option<(String, String)>,
+}
+
+impl Deployment {
+    async fn start(shape: &Shape, opts: &Options) -> Result<Self, String> {
+        let mut d = Deployment { base: String::new(), instances: Vec::new(), _relays: Vec::new(), pg: None };
+        match d.launch(shape, opts).await {
+            Ok(()) => Ok(d),
+            Err(e) => {
+                d.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(&mut self, shape: &Shape, opts: &Options) -> Result<(), String> {
+        let mut url = None;
+        if shape.postgres {
+            let admin = opts.database_url.as_deref().ok_or("no --database-url")?;
+            let name = format!("aegis_bench_{}", uuid::Uuid::new_v4().simple());
+            let created = create_database(admin, &name).await?;
+            self.pg = Some((admin.to_owned(), name));
+            url = Some(if shape.far { self.behind_delay(&created, opts.db_delay).await? } else { created });
+        }
+        // Replicas share their keys, as a deployment's must (a secret sealed by one
+        // opens on the other, a session signed by one is valid on the other).
+        let key = || format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let (jwt, master, signing) = (key(), key(), key());
+        let mut extra: Vec<(&'static str, &str)> = vec![
+            ("AEGIS_JWT_SECRET", &jwt),
+            ("AEGIS_MASTER_KEY", &master),
+            ("AEGIS_AUDIT_SIGNING_KEY", &signing),
+        ];
+        if shape.portable {
+            extra.push(("AEGIS_HOT_PATH_STORE", "portable"));
+        }
+        for _ in 0..shape.replicas {
+            self.instances.push(Instance::launch(url.as_deref(), shape.redis.as_deref(), &extra).await?);
+        }
+        self.base = if shape.replicas > 1 {
+            let addrs = self.instances.iter().filter_map(|i| i.running.as_ref().map(|r| r.addr)).collect();
+            let balancer = relay::Relay::start(addrs, Duration::ZERO).await.map_err(|e| e.to_string())?;
+            let base = format!("http://{}", balancer.addr);
+            self._relays.push(balancer);
+            base
+        } else {
+            self.instances.first().map(|i| i.base.clone()).ok_or("no replica")?
+        };
+        Ok(())
+    }
+
+    /// `url` rewritten to reach its server through a forwarder adding `round_trip`.
+    async fn behind_delay(&mut self, url: &str, round_trip: Duration) -> Result<String, String> {
+        let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = parsed.port().unwrap_or(5432);
+        let server = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("PostgreSQL host does not resolve")?;
+        let forwarder = relay::Relay::start(vec![server], round_trip / 2).await.map_err(|e| e.to_string())?;
+        parsed.set_host(Some("127.0.0.1")).map_err(|e| e.to_string())?;
+        parsed.set_port(Some(forwarder.addr.port())).map_err(|_| "cannot set port")?;
+        self._relays.push(forwarder);
+        Ok(parsed.to_string())
+    }
+
+    async fn stop(self) {
+        for instance in self.instances {
+            instance.stop().await;
+        }
+        drop(self._relays);
+        if let Some((admin, name)) = self.pg {
+            drop_database(&admin, &name).await;
+        }
+    }
+}
+
+/// The execute target under each storage configuration, one row each.
+async fn variants(opts: &Options, mock: &str) -> Result<Vec<VariantRow>, String> {
     let mut rows = Vec::new();
-    for (name, description, db, redis) in list {
-        eprintln!("aegis bench: variant {name}");
-        let instance = Instance::start(db, redis).await?;
+    for shape in shapes(opts) {
+        eprintln!("aegis bench: variant {}", shape.name);
+        // A client of its own: dropping it closes the connections this row opened
+        // (thousands when a slow row queues), so no row inherits another's sockets.
+        let client = &client()?;
+        let deployment = Deployment::start(&shape, opts).await?;
+        let base = deployment.base.clone();
         let row = async {
-            let s = setup(client, &instance.base, mock).await?;
-            let t = targets(&instance.base, mock, &s).swap_remove(1);
+            let s = setup(client, &base, mock).await?;
+            let t = targets(&base, mock, &s).swap_remove(1);
             let fixed = load::open_loop(
                 client,
                 &t,
@@ -474,20 +660,64 @@ async fn variants(opts: &Options, client: &reqwest::Client, mock: &str) -> Resul
             .await;
             let saturation =
                 load::closed_loop(client, &t, opts.concurrency, opts.warmup, opts.saturation).await;
-            let table =
-                stage_table(client, &instance.base, &s.token, &s.execute.0, "execute", 100_000).await?;
+            let table = stage_table(client, &base, &s.token, &s.execute.0, "execute", 100_000).await?;
             let policy_share_pct = table.stages.iter().find(|r| r.stage == "policy").map(|r| r.share_pct);
             Ok::<_, String>(VariantRow {
-                variant: name.to_owned(),
-                description: format!("{description}; open loop at {} req/s", opts.variant_rate),
+                variant: shape.name.clone(),
+                description: format!("{}; open loop at {} req/s", shape.description, opts.variant_rate),
                 fixed,
                 saturation,
                 policy_share_pct,
             })
         }
         .await;
-        instance.stop().await;
+        deployment.stop().await;
         rows.push(row?);
     }
     Ok(rows)
+}
+
+/// The floors of this run ([`floors`]).
+async fn measure_floors(opts: &Options) -> floors::Floors {
+    let mut out = floors::Floors::default();
+    let dir = std::env::temp_dir().join(format!("aegis-bench-floor-{}", uuid::Uuid::new_v4().simple()));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        eprintln!("aegis bench: floor: bare durable SQLite transactions");
+        match floors::sqlite_txn(&dir, 500) {
+            Ok((p50, p99)) => (out.sqlite_txn_p50_us, out.sqlite_txn_p99_us) = (Some(p50), Some(p99)),
+            Err(e) => eprintln!("aegis bench: SQLite floor: {e}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if let Some(admin) = opts.database_url.as_deref() {
+        let name = format!("aegis_bench_{}", uuid::Uuid::new_v4().simple());
+        match create_database(admin, &name).await {
+            Ok(url) => {
+                eprintln!("aegis bench: floor: durable PostgreSQL transactions (32 clients)");
+                match floors::postgres_tps(&url, 32, opts.duration).await {
+                    Ok(tps) => out.postgres_tps = Some(tps),
+                    Err(e) => eprintln!("aegis bench: PostgreSQL floor: {e}"),
+                }
+                if !opts.db_delay.is_zero() {
+                    let mut d = Deployment {
+                        base: String::new(),
+                        instances: Vec::new(),
+                        _relays: Vec::new(),
+                        pg: None,
+                    };
+                    match d.behind_delay(&url, opts.db_delay).await {
+                        Ok(far) => match floors::postgres_tps(&far, 32, opts.duration).await {
+                            Ok(tps) => out.postgres_delayed_tps = Some(tps),
+                            Err(e) => eprintln!("aegis bench: PostgreSQL floor (far): {e}"),
+                        },
+                        Err(e) => eprintln!("aegis bench: forwarder: {e}"),
+                    }
+                    d.stop().await;
+                }
+                drop_database(admin, &name).await;
+            }
+            Err(e) => eprintln!("aegis bench: PostgreSQL floor: {e}"),
+        }
+    }
+    out
 }

@@ -113,6 +113,68 @@ pub struct Report {
     pub throughput_ratio: Vec<Ratio>,
     pub stages: Vec<StageTable>,
     pub variants: Vec<VariantRow>,
+    /// The floors of `--variants` ([`super::floors`]).
+    pub floors: Option<super::floors::Floors>,
+}
+
+/// One of the scale-out goals, as a ratio measured in this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: Option<f64>,
+    pub wanted: String,
+}
+
+impl Report {
+    /// The scale-out goals this run has the rows for (issue #18's numbering).
+    pub fn goals(&self) -> Vec<Goal> {
+        let sat = |name: &str| {
+            self.variants.iter().find(|v| v.variant == name).map(|v| v.saturation.throughput_rps)
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let mut goals = vec![
+            Goal {
+                goal: "1. one PostgreSQL replica / one SQLite replica (saturation)".into(),
+                measured: ratio(sat("pg"), sat("sqlite+redis").or(sat("sqlite"))),
+                wanted: ">= 0.5".into(),
+            },
+            Goal {
+                goal: "2. two PostgreSQL replicas / one, database far".into(),
+                measured: ratio(sat("pgx2-far"), sat("pg-far")),
+                wanted: ">= 1.6".into(),
+            },
+            Goal {
+                goal: "2. two PostgreSQL replicas / one, database local".into(),
+                measured: ratio(sat("pgx2"), sat("pg")),
+                wanted: ">= 1.0".into(),
+            },
+        ];
+        if let Some(pg) = self.variants.iter().find(|v| v.variant == "pg") {
+            goals.push(Goal {
+                goal: format!(
+                    "3. one PostgreSQL replica at {} req/s: share shed or failed",
+                    pg.fixed.rate.unwrap_or(0.0)
+                ),
+                measured: Some((pg.fixed.errors + pg.fixed.dropped) as f64 / pg.fixed.sent.max(1) as f64),
+                wanted: "0".into(),
+            });
+        }
+        let floor = self.floors.as_ref().and_then(|f| f.sqlite_txn_p50_us);
+        let added = self.variants.iter().find(|v| v.variant == "sqlite").and_then(|v| {
+            let direct = self.targets.iter().find(|t| t.target == "direct")?;
+            let base = direct.fixed.iter().find(|d| d.rate == v.fixed.rate)?;
+            Some(v.fixed.latency.p50_us as f64 - base.latency.p50_us as f64)
+        });
+        goals.push(Goal {
+            goal: "5. SQLite added p50 / two bare durable SQLite transactions".into(),
+            measured: ratio(added, floor.map(|f| 2.0 * f as f64)),
+            wanted: "<= 1.3".into(),
+        });
+        goals
+    }
 }
 
 impl Report {
@@ -319,6 +381,24 @@ pub fn render(r: &Report) -> String {
         }
         for v in &r.variants {
             let _ = writeln!(out, "  {}: {}", v.variant, v.description);
+        }
+    }
+    if let Some(f) = &r.floors {
+        let us = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        let tps = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        let _ = writeln!(
+            out,
+            "\nFloors: bare durable SQLite transaction p50 {} / p99 {} us; durable PostgreSQL \
+             transactions (TPC-B-like, 32 clients) {} /s local, {} /s far",
+            us(f.sqlite_txn_p50_us),
+            us(f.sqlite_txn_p99_us),
+            tps(f.postgres_tps),
+            tps(f.postgres_delayed_tps)
+        );
+        let _ = writeln!(out, "Goals (ratios of this run):");
+        for g in r.goals() {
+            let m = g.measured.map_or("-".to_owned(), |m| format!("{m:.2}"));
+            let _ = writeln!(out, "  {:<66} {:>7}  (wanted {})", g.goal, m, g.wanted);
         }
     }
     out

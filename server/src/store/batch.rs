@@ -116,6 +116,12 @@ pub(crate) struct Queued {
 /// One open transaction of a store, as the batch algorithm drives it. Dropping it
 /// uncommitted rolls it back.
 pub(crate) trait BatchTxn {
+    /// Before the batch's first wallet write, with all its writes: a store may
+    /// read and lock what they touch at once (PostgreSQL does). Nothing by default.
+    async fn prepare(&mut self, writes: &[Write]) -> Result<(), AppError> {
+        let _ = writes;
+        Ok(())
+    }
     /// Holds `amount` for `request_id` if both limits allow it (with its ledger row).
     async fn reserve(
         &mut self,
@@ -260,6 +266,7 @@ async fn apply<T: BatchTxn>(txn: &mut T, writes: &[Write]) -> Result<Vec<Finishe
         Reserved(Reservation),
         Resolved(Option<Resolved>),
     }
+    txn.prepare(writes).await?;
     let mut order: Vec<usize> = (0..writes.len()).collect();
     order.sort_by_key(|&i| writes[i].agent_id());
     let mut wallet: Vec<Option<Wallet>> = (0..writes.len()).map(|_| None).collect();
@@ -367,7 +374,7 @@ impl GroupCommit {
         }
     }
 
-    /// Which store applies the batches (`"sqlite"` or `"sea-orm"`).
+    /// Which store applies the batches (`"sqlite"`, `"postgres"` or `"sea-orm"`).
     pub fn backend(&self) -> &'static str {
         self.store.name()
     }

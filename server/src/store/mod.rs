@@ -13,15 +13,23 @@
 //! - [`sqlite`]: a SQLite file. Reads run inline on the calling thread over
 //!   connections of their own; batches are applied on a writer thread of its own
 //!   as prepared statements. All SQLite-specific SQL of the hot path lives there.
-//! - [`orm`]: sea-orm, for PostgreSQL and an in-memory SQLite (the scale-out issue
-//!   replaces it with a fast PostgreSQL implementation).
+//! - [`postgres`]: PostgreSQL. Reads are one static statement each over the pool;
+//!   a batch costs a fixed number of round trips whatever its size (the touched
+//!   rows locked `FOR UPDATE`, the rules applied in memory by
+//!   [`crate::spend::locked`], everything written back in one statement). All
+//!   PostgreSQL-specific SQL of the hot path lives there.
+//! - [`orm`]: sea-orm, portable: an in-memory SQLite, and any database with
+//!   `AEGIS_HOT_PATH_STORE=portable` (what PostgreSQL used before its own store;
+//!   `aegis bench --variants` measures both).
 //!
 //! Everything off the hot path uses sea-orm directly. The same conformance suite
 //! (`server/tests/api/store.rs`) runs against every implementation: a SQLite file
-//! (both stores), an in-memory SQLite, PostgreSQL when its URL is set.
+//! (SQLite's store and sea-orm's), an in-memory SQLite, PostgreSQL when its URL is
+//! set (PostgreSQL's store and sea-orm's).
 
 pub mod batch;
 pub mod orm;
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
@@ -46,7 +54,7 @@ pub type Read<'a, T> = Pin<Box<dyn Future<Output = Result<T, AppError>> + Send +
 /// committed state; a failed read is an error (the caller fails closed), never a
 /// default.
 pub trait CallStore: Send + Sync {
-    /// Which implementation this is: `"sqlite"` or `"sea-orm"`.
+    /// Which implementation this is: `"sqlite"`, `"postgres"` or `"sea-orm"`.
     fn name(&self) -> &'static str;
 
     /// The unrevoked key with this key id, with its agent (`None` if that row is
@@ -82,8 +90,12 @@ pub trait CallStore: Send + Sync {
     fn start_writer(&self, writer: batch::Writer, runtime: tokio::runtime::Handle);
 }
 
-/// The store for `db`: the SQLite one on a SQLite file, sea-orm otherwise.
+/// The store for `db`: PostgreSQL's on PostgreSQL, the SQLite one on a SQLite
+/// file, sea-orm otherwise (an in-memory SQLite).
 pub fn open(db: &DatabaseConnection, audit: &AuditLog, metrics: Arc<Metrics>) -> Arc<dyn CallStore> {
+    if let Some(store) = postgres::PgStore::for_postgres(db, audit) {
+        return Arc::new(store);
+    }
     match sqlite::SqliteStore::for_file(db, audit, metrics) {
         Some(store) => Arc::new(store),
         None => Arc::new(orm::OrmStore::new(db.clone(), audit.clone())),

@@ -179,7 +179,10 @@ async fn kill_9_mid_load_loses_no_intent_and_leaks_no_hold() {
     let mut first = Proc::start(&owner, &vars, &log).await;
     let (_, _, key) = first.spender(1_000_000_000).await;
 
-    let calls = launch(&first.base, &key, &mock.url("/slowish"), 1000, 200);
+    // Half answer quickly, half stay in flight for seconds: however fast the
+    // server is, the kill lands with calls answered and calls still going.
+    let mut calls = launch(&first.base, &key, &mock.url("/slowish?ms=200"), 1000, 100);
+    calls.extend(launch(&first.base, &key, &mock.url("/slowish?ms=5000"), 1000, 100));
     let db = &owner.running.services.db;
     // Mid-load: some calls answered, many in flight or queued.
     eventually(30, "calls completing", || async { audit_of_kind(db, "proxy.outcome").await.len() >= 5 })

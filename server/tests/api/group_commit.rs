@@ -206,20 +206,16 @@ fn sqlite_writer_threads() -> usize {
         .unwrap_or(0)
 }
 
-/// On a SQLite file the batches run on the writer thread's own connection, beside
-/// the pool's sea-orm writers: what it writes reads back through sea-orm exactly
-/// (times, ids, the hold's expiry), and its appends interleave with the pool's
+/// The hot-path store's batches (SQLite: the writer thread's own connection;
+/// PostgreSQL: the writer task's own connection and its own SQL) run beside the
+/// pool's sea-orm writers: what they write reads back through sea-orm exactly
+/// (times, ids, the hold's expiry), and their appends interleave with the pool's
 /// appends without forking the chain.
 #[tokio::test]
-async fn on_sqlite_the_writer_thread_and_the_pool_share_one_chain_and_one_format() {
+async fn the_hot_path_writer_and_the_pool_share_one_chain_and_one_format() {
     let s = TestServer::start().await;
     let services = &s.running.services;
     let commit = services.proxy.commit.clone();
-    if s.on_postgres() {
-        assert_eq!(commit.backend(), "sea-orm");
-        eprintln!("SKIPPED the SQLite writer-thread test: this pass runs on PostgreSQL");
-        return;
-    }
     let agent = agent_with_limit(&s, 0).await;
     let before = commit.stats();
     let ids: Vec<String> = (0..30).map(|i| format!("req-mixed-{i}")).collect();
@@ -232,8 +228,12 @@ async fn on_sqlite_the_writer_thread_and_the_pool_share_one_chain_and_one_format
     );
     let (intents, plain) = tokio::join!(intents, plain);
     assert!(plain.iter().all(Result::is_ok));
-    assert_eq!(commit.backend(), "sqlite");
-    assert!(sqlite_writer_threads() >= 1, "the writer thread runs");
+    if s.on_postgres() {
+        assert_eq!(commit.backend(), "postgres");
+    } else {
+        assert_eq!(commit.backend(), "sqlite");
+        assert!(sqlite_writer_threads() >= 1, "the writer thread runs");
+    }
     assert!(commit.stats().commits > before.commits);
 
     let settled =

@@ -1,9 +1,10 @@
 //! The hot-path store's conformance suite: the same test bodies run against every
 //! implementation of `server::store::CallStore` this pass's database has — on a
 //! SQLite file the SQLite store and the sea-orm store over the same file, on
-//! PostgreSQL the sea-orm store — with sea-orm's read of the rows as the truth.
-//! A new implementation is correct when it passes here. And the proxy really
-//! takes its server's store: four reads a call inline on SQLite, none on PostgreSQL.
+//! PostgreSQL the PostgreSQL store and the sea-orm store — with sea-orm's read of
+//! the rows as the truth. A new implementation is correct when it passes here. And
+//! the proxy really takes its server's store: four reads a call inline on SQLite,
+//! none on PostgreSQL.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use reqwest::{Method, StatusCode};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use server::store::orm::OrmStore;
+use server::store::postgres::PgStore;
 use server::store::sqlite::SqliteStore;
 use server::store::{CallStore, GroupCommit, Intent};
 use server::wallets::Reservation;
@@ -52,10 +54,17 @@ fn stores(s: &TestServer) -> Vec<Arc<dyn CallStore>> {
     if let Some(sqlite) = SqliteStore::for_file(&services.db, &services.audit, services.metrics.clone()) {
         all.push(Arc::new(sqlite));
     }
-    // The SQLite store serves exactly where the server itself chose it (a file).
+    if let Some(pg) = PgStore::for_postgres(&services.db, &services.audit) {
+        all.push(Arc::new(pg));
+    }
+    // Each fast store serves exactly where the server itself chose it.
     let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
-    let on_file = services.store.name() == "sqlite";
-    assert_eq!(names, if on_file { vec!["sea-orm", "sqlite"] } else { vec!["sea-orm"] });
+    let expected = match services.store.name() {
+        "sqlite" => vec!["sea-orm", "sqlite"],
+        "postgres" => vec!["sea-orm", "postgres"],
+        _ => vec!["sea-orm"],
+    };
+    assert_eq!(names, expected);
     all
 }
 
@@ -127,8 +136,8 @@ async fn the_proxy_reads_through_its_servers_store() {
     let gateway_done = inline_reads(&s).await - before;
     let services = &s.running.services;
     if s.on_postgres() {
-        assert_eq!(services.store.name(), "sea-orm");
-        assert_eq!((done, gateway_done), (0.0, 0.0), "PostgreSQL reads through sea-orm");
+        assert_eq!(services.store.name(), "postgres");
+        assert_eq!((done, gateway_done), (0.0, 0.0), "PostgreSQL reads over its pool");
     } else {
         assert_eq!(services.store.name(), "sqlite");
         assert_eq!(done, 4.0, "key, wallet, policy version, secret");
@@ -423,17 +432,69 @@ async fn a_read_only_store_refuses_writes() {
     let sponsor = s.sponsor("readonly").await;
     let (agent, _) = s.agent(&sponsor, "reader").await;
     let agent: Uuid = agent["id"].as_str().unwrap().parse().unwrap();
-    let store: Arc<dyn CallStore> = Arc::new(OrmStore::read_only(services.db.clone()));
-    assert!(store.wallet(agent).await.unwrap().is_some(), "reads work");
-    let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
-    let commit =
-        GroupCommit::new(store, services.wallets.reservation_ttl(), announce, services.metrics.clone());
-    let refused = commit.intent(agent, "req-readonly", 1, entry(agent, "proxy.intent", "req-readonly")).await;
-    assert_eq!(refused.unwrap_err().status, 500);
+    let mut read_only: Vec<Arc<dyn CallStore>> = vec![Arc::new(OrmStore::read_only(services.db.clone()))];
+    read_only.extend(PgStore::read_only(&services.db).map(|pg| Arc::new(pg) as Arc<dyn CallStore>));
+    for store in read_only {
+        assert!(store.wallet(agent).await.unwrap().is_some(), "reads work");
+        let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
+        let commit =
+            GroupCommit::new(store, services.wallets.reservation_ttl(), announce, services.metrics.clone());
+        let refused =
+            commit.intent(agent, "req-readonly", 1, entry(agent, "proxy.intent", "req-readonly")).await;
+        assert_eq!(refused.unwrap_err().status, 500);
+    }
     let holds = ledger_entries::Entity::find()
         .filter(ledger_entries::Column::RequestId.eq("req-readonly"))
         .all(&services.db)
         .await
         .unwrap();
     assert!(holds.is_empty(), "nothing was held");
+}
+
+/// Every store's batch waits for the chain's lock while another appender holds it,
+/// and reads the head only once it has the lock: its record follows the other's
+/// (a head read before the lock would reuse a seq and fail, or fork the chain).
+#[tokio::test]
+async fn appends_wait_for_the_chain_lock_and_read_the_head_after_it() {
+    let s = TestServer::start().await;
+    let services = &s.running.services;
+    let sponsor = s.sponsor("chainlock").await;
+    for store in stores(&s) {
+        let name = store.name();
+        let r = s
+            .post(
+                "/api/agents",
+                Some(&sponsor.access),
+                json!({"name": format!("lock-{name}"), "daily_limit_micros": 5_000}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let agent: Uuid = r.body["agent"]["id"].as_str().unwrap().parse().unwrap();
+        let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
+        let commit = GroupCommit::new(
+            store.clone(),
+            services.wallets.reservation_ttl(),
+            announce,
+            services.metrics.clone(),
+        );
+
+        let mut first = services.audit.begin().await.unwrap();
+        let a = first.append(entry(agent, "test.first", &format!("first-{name}"))).await.unwrap();
+        let id = format!("second-{name}");
+        let waiting = {
+            let commit = commit.clone();
+            let id = id.clone();
+            tokio::spawn(
+                async move { commit.intent(agent, &id, 1_000, entry(agent, "proxy.intent", &id)).await },
+            )
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "{name}: the batch waits for the chain lock");
+        first.commit().await.unwrap();
+        let Intent::Recorded(b) = waiting.await.unwrap().unwrap() else { panic!("{name}: refused") };
+        assert_eq!(b.seq, a.seq + 1, "{name}: the head was read after the lock");
+        let record = audit_events::Entity::find_by_id(b.seq).one(&services.db).await.unwrap().unwrap();
+        assert_eq!(record.prev_hash, a.hash, "{name}");
+    }
+    assert!(services.audit.verify(None).await.unwrap().valid);
 }
