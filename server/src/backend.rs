@@ -109,6 +109,7 @@ impl Services {
             approvals: approvals.clone(),
             breaker,
             metrics: metrics.clone(),
+            store: store.clone(),
             commit: GroupCommit::new(
                 store.clone(),
                 config.reservation_ttl,

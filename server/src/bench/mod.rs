@@ -438,6 +438,7 @@ async fn run_with_mock(opts: &Options, mock: &str) -> Result<Report, String> {
         stages,
         variants: Vec::new(),
         floors: None,
+        goals: Vec::new(),
     };
     report.compare();
     if opts.variants {
@@ -446,6 +447,7 @@ async fn run_with_mock(opts: &Options, mock: &str) -> Result<Report, String> {
         } else {
             report.variants = variants(opts, mock).await?;
             report.floors = Some(measure_floors(opts).await);
+            report.goals = report.compute_goals();
         }
     }
     Ok(report)

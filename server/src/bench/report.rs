@@ -115,6 +115,8 @@ pub struct Report {
     pub variants: Vec<VariantRow>,
     /// The floors of `--variants` ([`super::floors`]).
     pub floors: Option<super::floors::Floors>,
+    /// The scale-out goals as ratios of this run (with `--variants`).
+    pub goals: Vec<Goal>,
 }
 
 /// One of the scale-out goals, as a ratio measured in this run.
@@ -127,7 +129,7 @@ pub struct Goal {
 
 impl Report {
     /// The scale-out goals this run has the rows for (issue #18's numbering).
-    pub fn goals(&self) -> Vec<Goal> {
+    pub fn compute_goals(&self) -> Vec<Goal> {
         let sat = |name: &str| {
             self.variants.iter().find(|v| v.variant == name).map(|v| v.saturation.throughput_rps)
         };
@@ -396,7 +398,7 @@ pub fn render(r: &Report) -> String {
             tps(f.postgres_delayed_tps)
         );
         let _ = writeln!(out, "Goals (ratios of this run):");
-        for g in r.goals() {
+        for g in &r.goals {
             let m = g.measured.map_or("-".to_owned(), |m| format!("{m:.2}"));
             let _ = writeln!(out, "  {:<66} {:>7}  (wanted {})", g.goal, m, g.wanted);
         }

@@ -292,8 +292,23 @@ impl PolicyService {
     /// The source an agent's decisions are made with: its policy's current version,
     /// or the built-in default when it has none.
     pub async fn source_for(&self, policy_id: Option<Uuid>) -> Result<policy_versions::Model, AppError> {
-        let id = policy_id.unwrap_or_else(|| builtin_id(DEFAULT_POLICY));
+        let id = Self::decides_with(policy_id);
         let current = self.store.current_version(id).await?;
+        self.source_at(id, current).await
+    }
+
+    /// The policy an agent's decisions are made with: its own, or the built-in default.
+    pub fn decides_with(policy_id: Option<Uuid>) -> Uuid {
+        policy_id.unwrap_or_else(|| builtin_id(DEFAULT_POLICY))
+    }
+
+    /// Version `current` (as just read) of policy `id`, from the cache when it is
+    /// there. A policy without a current version is an error (fail closed).
+    pub async fn source_at(
+        &self,
+        id: Uuid,
+        current: Option<i32>,
+    ) -> Result<policy_versions::Model, AppError> {
         let Some(current) = current else { return Err(AppError::internal()) };
         let cached = self.versions.read().unwrap_or_else(|e| e.into_inner()).get(&(id, current)).cloned();
         if let Some(version) = cached {

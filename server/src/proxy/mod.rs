@@ -69,6 +69,8 @@ pub struct Pipeline {
     pub approvals: ApprovalService,
     pub breaker: breaker::BreakerService,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The hot path's reads ([`crate::store::CallStore`]).
+    pub store: Arc<dyn crate::store::CallStore>,
     /// Holds + intents and settlements + outcomes, many requests per transaction.
     pub commit: crate::store::GroupCommit,
     /// Accepted calls, each on its own task ([`in_flight`]); shutdown waits for them.

@@ -50,6 +50,14 @@ use crate::metrics::Metrics;
 /// per read, against a read of microseconds at best).
 pub type Read<'a, T> = Pin<Box<dyn Future<Output = Result<T, AppError>> + Send + 'a>>;
 
+/// What [`CallStore::call_rows`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRows {
+    pub wallet: Option<wallets::Model>,
+    pub policy_version: Option<i32>,
+    pub granted_secret: Option<secrets::Model>,
+}
+
 /// What a call reads and writes on its own path. Every read sees the latest
 /// committed state; a failed read is an error (the caller fails closed), never a
 /// default.
@@ -84,6 +92,32 @@ pub trait CallStore: Send + Sync {
         sponsor_id: Uuid,
         name: &'a str,
     ) -> Read<'a, Option<(connections::Model, Option<String>)>>;
+
+    /// The policy stage's reads together: the agent's wallet, the current version
+    /// of `policy_id`, and the sponsor's secret `secret` if it is granted to the
+    /// agent (none asked: `None`). Each part equals its own read above; by default
+    /// the three are made at once, and a store may make them one statement
+    /// (PostgreSQL's does: one round trip and one statement for the server to run
+    /// instead of three).
+    fn call_rows<'a>(
+        &'a self,
+        sponsor_id: Uuid,
+        agent_id: Uuid,
+        policy_id: Uuid,
+        secret: Option<&'a str>,
+    ) -> Read<'a, CallRows> {
+        Box::pin(async move {
+            let granted = async {
+                match secret {
+                    Some(name) => self.granted_secret(sponsor_id, agent_id, name).await,
+                    None => Ok(None),
+                }
+            };
+            let (wallet, policy_version, granted_secret) =
+                tokio::join!(self.wallet(agent_id), self.current_version(policy_id), granted);
+            Ok(CallRows { wallet: wallet?, policy_version: policy_version?, granted_secret: granted_secret? })
+        })
+    }
 
     /// Starts the writer that applies this store's group-commit batches (see
     /// [`batch::Writer::serve`], announcing on `runtime`). Called once, on the first write.

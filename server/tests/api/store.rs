@@ -15,7 +15,7 @@ use serde_json::json;
 use server::store::orm::OrmStore;
 use server::store::postgres::PgStore;
 use server::store::sqlite::SqliteStore;
-use server::store::{CallStore, GroupCommit, Intent};
+use server::store::{CallRows, CallStore, GroupCommit, Intent};
 use server::wallets::Reservation;
 use uuid::Uuid;
 
@@ -164,6 +164,27 @@ async fn every_store_reads_exactly_what_the_rows_hold_in_memory() {
     }
 }
 
+/// `call_rows` equals the three reads it stands for, for these arguments.
+async fn call_rows_conform(
+    store: &dyn CallStore,
+    sponsor: Uuid,
+    agent: Uuid,
+    policy: Uuid,
+    secret: Option<&str>,
+) {
+    let rows = store.call_rows(sponsor, agent, policy, secret).await.unwrap();
+    let granted = match secret {
+        Some(name) => store.granted_secret(sponsor, agent, name).await.unwrap(),
+        None => None,
+    };
+    let expected = CallRows {
+        wallet: store.wallet(agent).await.unwrap(),
+        policy_version: store.current_version(policy).await.unwrap(),
+        granted_secret: granted,
+    };
+    assert_eq!(rows, expected, "{}: call_rows({secret:?})", store.name());
+}
+
 async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
     let f = fixture(s, mock).await;
     let db = &s.running.services.db;
@@ -209,6 +230,20 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
         }
         assert!(store.connection(f.sponsor_id, "nope").await.unwrap().is_none(), "{name}");
         assert!(store.connection(Uuid::new_v4(), "gw").await.unwrap().is_none(), "{name}");
+
+        // The policy stage's reads together: everything found, each part missing.
+        let rows = store.call_rows(f.sponsor_id, f.agent_id, policy_id, Some("api")).await.unwrap();
+        assert!(rows.wallet.is_some() && rows.policy_version.is_some() && rows.granted_secret.is_some());
+        for (sponsor, agent, policy, secret) in [
+            (f.sponsor_id, f.agent_id, policy_id, Some("api")),
+            (f.sponsor_id, f.agent_id, policy_id, None),
+            (f.sponsor_id, f.agent_id, policy_id, Some("other")),
+            (f.sponsor_id, f.agent_id, Uuid::new_v4(), Some("api")),
+            (f.sponsor_id, Uuid::new_v4(), policy_id, Some("api")),
+            (Uuid::new_v4(), f.agent_id, policy_id, Some("api")),
+        ] {
+            call_rows_conform(store.as_ref(), sponsor, agent, policy, secret).await;
+        }
     }
 
     // Changes are seen at once, by every store: a suspension (optional time and
@@ -262,6 +297,8 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
         );
         assert_eq!(store.live_key(&key_id).await.unwrap(), None, "{name}: the old key is revoked");
         assert!(store.live_key(&new_key_id).await.unwrap().is_some(), "{name}");
+        let rows = store.call_rows(f.sponsor_id, f.agent_id, Uuid::new_v4(), Some("api")).await.unwrap();
+        assert_eq!(rows.granted_secret, None, "{name}: revoked, read together too");
     }
     let deleted =
         s.send(Method::DELETE, &format!("/api/agents/{}", f.agent), Some(&f.sponsor.access), None).await;

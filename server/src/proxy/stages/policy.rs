@@ -1,8 +1,8 @@
 //! Stage `policy`: the agent's Rego policy decides `allow`, `deny` or
 //! `require_approval` on the documented input document (`proxy/policy.rs` builds
-//! it). The reads the call needs are made here at once (wallet, the policy's
-//! current version, the named secret with its grant): each is a round trip and none
-//! depends on another. Fetching the secret has no effect; the secret stage decides
+//! it). The reads the call needs are made here together, as one
+//! [`crate::store::CallStore::call_rows`] (wallet, the policy's current version, the
+//! named secret with its grant): none depends on another. Fetching the secret has no effect; the secret stage decides
 //! whether it may be used. Tested over HTTP in `tests/api/policies.rs`.
 
 use std::ops::ControlFlow::{Break, Continue};
@@ -15,7 +15,9 @@ use super::super::policy::input;
 use crate::call::Stage;
 use crate::db::now;
 use crate::digest::canonical_json;
+use crate::policies::PolicyService;
 use crate::policies::engine::Decision;
+use crate::store::CallRows;
 
 /// What the policy decided that later stages act on.
 pub struct Verdict {
@@ -29,17 +31,15 @@ pub struct Verdict {
 
 pub async fn decide(p: &Pipeline, call: &mut Call<'_>, target: &url::Url) -> Flow<Verdict> {
     let agent = &call.agent.agent;
-    let granted_secret = async {
-        match &call.request.secret {
-            Some(name) => p.secrets.granted(agent.sponsor_id, agent.id, name).await,
-            None => Ok(None),
-        }
+    let policy_id = PolicyService::decides_with(agent.policy_id);
+    let rows = p.store.call_rows(agent.sponsor_id, agent.id, policy_id, call.request.secret.as_deref()).await;
+    let CallRows { wallet, policy_version, granted_secret } = match rows {
+        Ok(rows) => rows,
+        Err(e) => return Break(Stop::Storage(e)),
     };
-    let (wallet, version, granted_secret) =
-        tokio::join!(p.wallets.get(agent.id), p.policies.source_for(agent.policy_id), granted_secret);
-    let (wallet, version, granted_secret) = match (wallet, version, granted_secret) {
-        (Ok(w), Ok(v), Ok(s)) => (w, v, s),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Break(Stop::Storage(e)),
+    let version = match p.policies.source_at(policy_id, policy_version).await {
+        Ok(version) => version,
+        Err(e) => return Break(Stop::Storage(e)),
     };
     let input = input(agent, &call.request, target, call.estimate(), wallet.as_ref(), now());
     let canonical_input = canonical_json(&input);

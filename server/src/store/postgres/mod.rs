@@ -1,7 +1,8 @@
 //! The hot-path store on PostgreSQL: sqlx directly, static SQL, no ORM on the path.
 //!
 //! - Reads ([`reads`]): one statement each over sea-orm's own sqlx pool,
-//!   prepared once per connection (sqlx caches statements by text).
+//!   prepared once per connection (sqlx caches statements by text); the policy
+//!   stage's three reads (wallet, policy version, granted secret) as one.
 //! - Batches ([`writer`]): a task with a connection of its own (outside the
 //!   pool, so reads never wait behind it). Each batch costs a fixed number of
 //!   round trips whatever its size: claim the settlements' ledger rows, lock the
@@ -26,7 +27,7 @@ use uuid::Uuid;
 use self::reads::internal;
 use self::writer::PgBatches;
 use super::batch::Writer;
-use super::{CallStore, Read};
+use super::{CallRows, CallStore, Read};
 use crate::audit::AuditLog;
 use crate::audit::chain::ChainState;
 
@@ -104,6 +105,21 @@ impl CallStore for PgStore {
     ) -> Read<'a, Option<(connections::Model, Option<String>)>> {
         let query = sqlx::query(reads::BY_NAME_SQL).bind(sponsor_id).bind(name);
         self.row(query, reads::connection_and_secret)
+    }
+
+    fn call_rows<'a>(
+        &'a self,
+        sponsor_id: Uuid,
+        agent_id: Uuid,
+        policy_id: Uuid,
+        secret: Option<&'a str>,
+    ) -> Read<'a, CallRows> {
+        let query =
+            sqlx::query(reads::CALL_ROWS_SQL).bind(agent_id).bind(policy_id).bind(sponsor_id).bind(secret);
+        Box::pin(async move {
+            let row = query.fetch_one(&self.pool).await.map_err(internal)?;
+            reads::call_rows(&row).map_err(internal)
+        })
     }
 
     fn start_writer(&self, writer: Writer, runtime: tokio::runtime::Handle) {

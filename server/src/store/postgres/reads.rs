@@ -61,19 +61,24 @@ pub(super) const GRANTED_SQL: &str = "SELECT s.id, s.sponsor_id, s.name, s.ciphe
      WHERE s.sponsor_id = $1 AND s.name = $2 AND g.agent_id = $3 LIMIT 1";
 
 pub(super) fn secret_row(r: &PgRow) -> sqlx::Result<secrets::Model> {
+    secret_at(r, 0)
+}
+
+/// A secret's columns from `at` on (in [`GRANTED_SQL`]'s order).
+fn secret_at(r: &PgRow, at: usize) -> sqlx::Result<secrets::Model> {
     Ok(secrets::Model {
-        id: r.try_get(0)?,
-        sponsor_id: r.try_get(1)?,
-        name: r.try_get(2)?,
-        ciphertext: r.try_get(3)?,
-        nonce: r.try_get(4)?,
-        allowed_hosts: r.try_get(5)?,
-        inject_header: r.try_get(6)?,
-        inject_format: r.try_get(7)?,
-        inject_query_param: r.try_get(8)?,
-        created_at: r.try_get(9)?,
-        updated_at: r.try_get(10)?,
-        rotated_at: r.try_get(11)?,
+        id: r.try_get(at)?,
+        sponsor_id: r.try_get(at + 1)?,
+        name: r.try_get(at + 2)?,
+        ciphertext: r.try_get(at + 3)?,
+        nonce: r.try_get(at + 4)?,
+        allowed_hosts: r.try_get(at + 5)?,
+        inject_header: r.try_get(at + 6)?,
+        inject_format: r.try_get(at + 7)?,
+        inject_query_param: r.try_get(at + 8)?,
+        created_at: r.try_get(at + 9)?,
+        updated_at: r.try_get(at + 10)?,
+        rotated_at: r.try_get(at + 11)?,
     })
 }
 
@@ -115,19 +120,52 @@ pub(super) const WALLET_SQL: &str =
     concat!("SELECT ", wallet_columns!(), " FROM wallets WHERE agent_id = $1");
 
 pub(super) fn wallet_row(r: &PgRow) -> sqlx::Result<wallets::Model> {
+    wallet_at(r, 0)
+}
+
+/// A wallet's columns from `at` on (in [`wallet_columns`]'s order).
+fn wallet_at(r: &PgRow, at: usize) -> sqlx::Result<wallets::Model> {
     Ok(wallets::Model {
-        agent_id: r.try_get(0)?,
-        daily_limit_micros: r.try_get(1)?,
-        monthly_limit_micros: r.try_get(2)?,
-        daily_spent_micros: r.try_get(3)?,
-        monthly_spent_micros: r.try_get(4)?,
-        reserved_micros: r.try_get(5)?,
-        day_window: r.try_get(6)?,
-        month_window: r.try_get(7)?,
-        timezone: r.try_get(8)?,
-        alert_threshold_pct: r.try_get(9)?,
-        alert_sent_day: r.try_get(10)?,
-        alert_sent_month: r.try_get(11)?,
-        updated_at: r.try_get(12)?,
+        agent_id: r.try_get(at)?,
+        daily_limit_micros: r.try_get(at + 1)?,
+        monthly_limit_micros: r.try_get(at + 2)?,
+        daily_spent_micros: r.try_get(at + 3)?,
+        monthly_spent_micros: r.try_get(at + 4)?,
+        reserved_micros: r.try_get(at + 5)?,
+        day_window: r.try_get(at + 6)?,
+        month_window: r.try_get(at + 7)?,
+        timezone: r.try_get(at + 8)?,
+        alert_threshold_pct: r.try_get(at + 9)?,
+        alert_sent_day: r.try_get(at + 10)?,
+        alert_sent_month: r.try_get(at + 11)?,
+        updated_at: r.try_get(at + 12)?,
     })
+}
+
+/// [`crate::store::CallStore::call_rows`] as one statement: the wallet (13
+/// columns, all NULL without one), the policy's current version, the granted
+/// secret (12 columns, all NULL without one). `$4` NULL asks for no secret.
+pub(super) const CALL_ROWS_SQL: &str = concat!(
+    "SELECT w.agent_id, w.daily_limit_micros, w.monthly_limit_micros, w.daily_spent_micros, ",
+    "w.monthly_spent_micros, w.reserved_micros, w.day_window, w.month_window, w.timezone, ",
+    "w.alert_threshold_pct, w.alert_sent_day, w.alert_sent_month, w.updated_at, ",
+    "(SELECT current_version FROM policies WHERE id = $2), ",
+    "s.id, s.sponsor_id, s.name, s.ciphertext, s.nonce, s.allowed_hosts, s.inject_header, ",
+    "s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at ",
+    "FROM (SELECT 1) AS one ",
+    "LEFT JOIN wallets w ON w.agent_id = $1 ",
+    "LEFT JOIN LATERAL (SELECT s.* FROM secrets s JOIN secret_grants g ON g.secret_id = s.id ",
+    "WHERE s.sponsor_id = $3 AND s.name = $4 AND g.agent_id = $1 LIMIT 1) s ON true"
+);
+
+pub(super) fn call_rows(r: &PgRow) -> sqlx::Result<crate::store::CallRows> {
+    let wallet = match r.try_get::<Option<uuid::Uuid>, _>(0)? {
+        Some(_) => Some(wallet_at(r, 0)?),
+        None => None,
+    };
+    let granted_secret = match r.try_get::<Option<uuid::Uuid>, _>(14)? {
+        Some(_) => Some(secret_at(r, 14)?),
+        None => None,
+    };
+    Ok(crate::store::CallRows { wallet, policy_version: r.try_get(13)?, granted_secret })
 }
