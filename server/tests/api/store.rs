@@ -334,27 +334,39 @@ async fn every_store_applies_batches_exactly_in_memory() {
     }
 }
 
+/// A new agent with a 5,000 daily limit, and a group commit of its own over `store`.
+async fn agent_and_commit(
+    s: &TestServer,
+    sponsor: &crate::support::Sponsor,
+    store: &Arc<dyn CallStore>,
+    prefix: &str,
+) -> (Uuid, GroupCommit) {
+    let r = s
+        .post(
+            "/api/agents",
+            Some(&sponsor.access),
+            json!({"name": format!("{prefix}-{}", store.name()), "daily_limit_micros": 5_000}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let agent: Uuid = r.body["agent"]["id"].as_str().unwrap().parse().unwrap();
+    let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
+    let services = &s.running.services;
+    let commit = GroupCommit::new(
+        store.clone(),
+        services.wallets.reservation_ttl(),
+        announce,
+        services.metrics.clone(),
+    );
+    (agent, commit)
+}
+
 async fn batches_conform(s: &TestServer) {
     let services = &s.running.services;
     let sponsor = s.sponsor("batches").await;
     for store in stores(s) {
         let name = store.name();
-        let r = s
-            .post(
-                "/api/agents",
-                Some(&sponsor.access),
-                json!({"name": format!("batch-{name}"), "daily_limit_micros": 5_000}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        let agent: Uuid = r.body["agent"]["id"].as_str().unwrap().parse().unwrap();
-        let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
-        let commit = GroupCommit::new(
-            store.clone(),
-            services.wallets.reservation_ttl(),
-            announce,
-            services.metrics.clone(),
-        );
+        let (agent, commit) = agent_and_commit(s, &sponsor, &store, "batch").await;
         assert_eq!(commit.backend(), name);
 
         // Eight intents of 1,000 against a 5,000 limit, queued while the chain lock
@@ -498,22 +510,7 @@ async fn appends_wait_for_the_chain_lock_and_read_the_head_after_it() {
     let sponsor = s.sponsor("chainlock").await;
     for store in stores(&s) {
         let name = store.name();
-        let r = s
-            .post(
-                "/api/agents",
-                Some(&sponsor.access),
-                json!({"name": format!("lock-{name}"), "daily_limit_micros": 5_000}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        let agent: Uuid = r.body["agent"]["id"].as_str().unwrap().parse().unwrap();
-        let announce: server::store::batch::Announce = Arc::new(|_| Box::pin(async {}));
-        let commit = GroupCommit::new(
-            store.clone(),
-            services.wallets.reservation_ttl(),
-            announce,
-            services.metrics.clone(),
-        );
+        let (agent, commit) = agent_and_commit(&s, &sponsor, &store, "lock").await;
 
         let mut first = services.audit.begin().await.unwrap();
         let a = first.append(entry(agent, "test.first", &format!("first-{name}"))).await.unwrap();
