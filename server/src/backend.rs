@@ -62,13 +62,9 @@ impl Services {
         let metrics = Arc::new(Metrics::new());
         let audit = audit.with_metrics(metrics.clone());
         // The hot path's store: the backend's own (PostgreSQL, a SQLite file), else sea-orm.
-        let store = if config.portable_store {
-            Arc::new(crate::store::orm::OrmStore::new(db.clone(), audit.clone()))
-        } else {
-            crate::store::open(&db, &audit, metrics.clone())
-        };
+        let store = crate::store::open(&db, &audit, metrics.clone(), config.portable_store);
         let policies = PolicyService::new(db.clone(), store.clone());
-        let secrets = SecretService::new(db.clone(), store.clone(), vault.clone());
+        let secrets = SecretService::new(db.clone(), vault.clone());
         let egress = EgressGuard::new(config.egress.clone());
         let connections = ConnectionService::new(db.clone(), store.clone(), secrets.clone(), egress.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).

@@ -108,7 +108,8 @@ mod tests {
         migration::Migrator::up(&db, None).await.unwrap();
         let signer = crate::audit::checkpoint::CheckpointSigner::from_seed(&[7; 32]).unwrap();
         let audit = AuditLog::new(db.clone(), signer, 1000);
-        let store = crate::store::open(&db, &audit, std::sync::Arc::new(crate::metrics::Metrics::new()));
+        let store =
+            crate::store::open(&db, &audit, std::sync::Arc::new(crate::metrics::Metrics::new()), false);
         let service = AgentService::new(
             db.clone(),
             store.clone(),

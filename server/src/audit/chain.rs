@@ -150,22 +150,18 @@ impl AuditTxn {
     /// of records is one statement. Nothing in the transaction may read the audit
     /// table for it in between.
     pub async fn hold(&mut self, entry: AuditEntry) -> Result<Appended, AppError> {
-        if entry.kind.trim().is_empty() {
-            tracing::error!("audit entry without a kind");
-            return Err(AppError::internal());
-        }
+        check_kind(&entry)?;
         // The chain lock is held from the first head read until commit, so the
         // record appended last in this transaction is still the head.
         let (head_seq, head_hash) = match self.appended.last() {
             Some(last) => (last.seq, last.hash.clone()),
             None => self.head().await?,
         };
-        let record = next_record(entry, head_seq, head_hash);
-        let appended = Appended { seq: record.seq, hash: record.hash.clone() };
-        self.held.push(audit_events::ActiveModel::from(record));
-        self.held_checkpoints.extend(self.state.checkpoint_due(&appended));
-        self.appended.push(appended.clone());
-        Ok(appended)
+        let linked = self.state.link(entry, head_seq, head_hash);
+        self.held.push(audit_events::ActiveModel::from(linked.record));
+        self.held_checkpoints.extend(linked.checkpoint);
+        self.appended.push(linked.appended.clone());
+        Ok(linked.appended)
     }
 
     /// Inserts the held records (in chain order), then their checkpoints. Commit
@@ -199,7 +195,7 @@ impl AuditTxn {
 }
 
 /// The record after the head (`head_seq`, `head_hash`): seq, time and hash final.
-pub(crate) fn next_record(entry: AuditEntry, head_seq: i64, head_hash: String) -> audit_events::Model {
+fn next_record(entry: AuditEntry, head_seq: i64, head_hash: String) -> audit_events::Model {
     let mut record = audit_events::Model {
         seq: head_seq + 1,
         id: Uuid::now_v7(),
@@ -227,7 +223,35 @@ pub(crate) fn next_record(entry: AuditEntry, head_seq: i64, head_hash: String) -
     record
 }
 
+/// Every appender's first check: an entry without a kind is refused (before the
+/// chain's head is asked for).
+pub(crate) fn check_kind(entry: &AuditEntry) -> Result<(), AppError> {
+    if entry.kind.trim().is_empty() {
+        tracing::error!("audit entry without a kind");
+        return Err(AppError::internal());
+    }
+    Ok(())
+}
+
+/// One record chained after a head, as every appender (sea-orm's [`AuditTxn`], the
+/// SQLite and PostgreSQL hot-path stores) inserts it.
+pub(crate) struct Linked {
+    /// Seq, time and hash final.
+    pub record: audit_events::Model,
+    pub appended: Appended,
+    /// The signed checkpoint this record makes due, if any.
+    pub checkpoint: Option<Checkpoint>,
+}
+
 impl ChainState {
+    /// `entry` chained after (`head_seq`, `head_hash`), with the checkpoint it makes due.
+    pub(crate) fn link(&self, entry: AuditEntry, head_seq: i64, head_hash: String) -> Linked {
+        let record = next_record(entry, head_seq, head_hash);
+        let appended = Appended { seq: record.seq, hash: record.hash.clone() };
+        let checkpoint = self.checkpoint_due(&appended);
+        Linked { record, appended, checkpoint }
+    }
+
     /// The signed checkpoint due at `appended` (every `checkpoint_every` records).
     pub(crate) fn checkpoint_due(&self, appended: &Appended) -> Option<Checkpoint> {
         let every = self.checkpoint_every;

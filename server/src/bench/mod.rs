@@ -111,39 +111,14 @@ impl Mock {
     }
 }
 
-/// The AEGIS being measured: in this process (with its own data directory and,
-/// on PostgreSQL, its own database), or one running elsewhere.
+/// One AEGIS in this process, with its own data directory.
 struct Instance {
     base: String,
     running: Option<crate::Running>,
     dir: Option<PathBuf>,
-    /// (admin URL, database name) of the throw-away PostgreSQL database.
-    pg: Option<(String, String)>,
 }
 
 impl Instance {
-    async fn start(database_url: Option<&str>, redis_url: Option<&str>) -> Result<Self, String> {
-        let mut pg = None;
-        let mut url = None;
-        if let Some(admin) = database_url {
-            let name = format!("aegis_bench_{}", uuid::Uuid::new_v4().simple());
-            url = Some(create_database(admin, &name).await?);
-            pg = Some((admin.to_owned(), name));
-        }
-        match Self::launch(url.as_deref(), redis_url, &[]).await {
-            Ok(mut instance) => {
-                instance.pg = pg;
-                Ok(instance)
-            }
-            Err(e) => {
-                if let Some((admin, name)) = pg {
-                    drop_database(&admin, &name).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
     /// An AEGIS on `database_url` as it is (SQLite in its temp dir when `None`).
     async fn launch(
         database_url: Option<&str>,
@@ -151,7 +126,7 @@ impl Instance {
         extra: &[(&'static str, &str)],
     ) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("aegis-bench-{}", uuid::Uuid::new_v4().simple()));
-        let mut instance = Instance { base: String::new(), running: None, dir: Some(dir.clone()), pg: None };
+        let mut instance = Instance { base: String::new(), running: None, dir: Some(dir.clone()) };
         let mut vars: HashMap<&str, String> = HashMap::from([
             ("AEGIS_DATA_DIR", dir.display().to_string()),
             ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32".to_owned()),
@@ -196,18 +171,11 @@ impl Instance {
         }
     }
 
-    fn remote(base: &str) -> Self {
-        Instance { base: base.trim_end_matches('/').to_owned(), running: None, dir: None, pg: None }
-    }
-
     async fn stop(self) {
         if let Some(running) = self.running {
             running.task.abort();
             let _ = running.task.await;
             running.services.db.clone().close().await.ok();
-        }
-        if let Some((admin, name)) = self.pg {
-            drop_database(&admin, &name).await;
         }
         if let Some(dir) = self.dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -409,12 +377,12 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
 
 async fn run_with_mock(opts: &Options, mock: &str) -> Result<Report, String> {
     let client = client()?;
-    let instance = match &opts.target {
-        Some(t) => Instance::remote(t),
-        None => Instance::start(opts.database_url.as_deref(), opts.redis_url.as_deref()).await?,
+    let deployment = match &opts.target {
+        Some(t) => Deployment::remote(t),
+        None => Deployment::start(&Shape::main(opts), opts).await?,
     };
-    let measured = measure(opts, &client, &instance.base, mock).await;
-    instance.stop().await;
+    let measured = measure(opts, &client, &deployment.base, mock).await;
+    deployment.stop().await;
     let (targets, stages) = measured?;
     let mut report = Report {
         machine: report::Machine::describe(),
@@ -494,59 +462,62 @@ struct Shape {
     far: bool,
 }
 
+impl Shape {
+    /// The main run's: one replica on the run's database (SQLite without a URL) and Redis.
+    fn main(opts: &Options) -> Self {
+        Shape {
+            name: "main".into(),
+            description: String::new(),
+            postgres: opts.database_url.is_some(),
+            redis: opts.redis_url.clone(),
+            portable: false,
+            replicas: 1,
+            far: false,
+        }
+    }
+}
+
 /// The shapes this run can measure: SQLite (with Redis if given); with a
 /// PostgreSQL URL, its own store and the portable one, one and two replicas
 /// (behind a round-robin balancer), local and — with `--db-delay-ms` — far.
 fn shapes(opts: &Options) -> Vec<Shape> {
-    let shape =
-        |name: &str, description: String, postgres, redis: Option<&String>, portable, replicas, far| Shape {
-            name: name.to_owned(),
-            description,
-            postgres,
-            redis: redis.cloned(),
-            portable,
-            replicas,
-            far,
-        };
-    let mut list =
-        vec![shape("sqlite", "SQLite (WAL) in a temp dir, no Redis".into(), false, None, false, 1, false)];
-    if let Some(r) = opts.redis_url.as_ref() {
-        list.push(shape(
+    let sqlite = |name: &str, description: &str, redis: Option<String>| Shape {
+        name: name.into(),
+        description: description.into(),
+        postgres: false,
+        redis,
+        ..Shape::main(opts)
+    };
+    let mut list = vec![sqlite("sqlite", "SQLite (WAL) in a temp dir, no Redis", None)];
+    if opts.redis_url.is_some() {
+        list.push(sqlite(
             "sqlite+redis",
-            "SQLite, Redis for shared state and events".into(),
-            false,
-            Some(r),
-            false,
-            1,
-            false,
+            "SQLite, Redis for shared state and events",
+            opts.redis_url.clone(),
         ));
     }
-    if opts.database_url.is_some() {
-        let redis = opts.redis_url.as_ref();
-        let with = if redis.is_some() { "PostgreSQL and Redis" } else { "PostgreSQL, no Redis" };
-        let delays: &[bool] = if opts.db_delay.is_zero() { &[false] } else { &[false, true] };
-        for &far in delays {
-            for portable in [true, false] {
-                for replicas in [1, 2] {
-                    let name = format!(
-                        "pg{}{}{}",
-                        if portable { "-orm" } else { "" },
-                        if replicas > 1 { "x2" } else { "" },
-                        if far { "-far" } else { "" }
-                    );
-                    let description = format!(
-                        "{with}; {} store; {replicas} replica{}{}{}",
-                        if portable { "sea-orm (portable)" } else { "PostgreSQL's own" },
-                        if replicas > 1 { "s" } else { "" },
-                        if replicas > 1 { " behind a round-robin balancer" } else { "" },
-                        if far {
-                            format!("; database {} ms away (round trip)", opts.db_delay.as_millis())
-                        } else {
-                            String::new()
-                        }
-                    );
-                    list.push(shape(&name, description, true, redis, portable, replicas, far));
-                }
+    if opts.database_url.is_none() {
+        return list;
+    }
+    let with = if opts.redis_url.is_some() { "PostgreSQL and Redis" } else { "PostgreSQL, no Redis" };
+    let delays: &[bool] = if opts.db_delay.is_zero() { &[false] } else { &[false, true] };
+    for &far in delays {
+        for portable in [true, false] {
+            for replicas in [1, 2] {
+                let suffix = |on: bool, text: &str| if on { text.to_owned() } else { String::new() };
+                let name = format!(
+                    "pg{}{}{}",
+                    suffix(portable, "-orm"),
+                    suffix(replicas > 1, "x2"),
+                    suffix(far, "-far")
+                );
+                let description = format!(
+                    "{with}; {} store; {replicas} replica{}{}",
+                    if portable { "sea-orm (portable)" } else { "PostgreSQL's own" },
+                    suffix(replicas > 1, "s behind a round-robin balancer"),
+                    suffix(far, &format!("; database {} ms away (round trip)", opts.db_delay.as_millis())),
+                );
+                list.push(Shape { name, description, portable, replicas, far, ..Shape::main(opts) });
             }
         }
     }
@@ -563,6 +534,16 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// An AEGIS running elsewhere (`--target`): nothing to start or stop.
+    fn remote(base: &str) -> Self {
+        Deployment {
+            base: base.trim_end_matches('/').to_owned(),
+            instances: Vec::new(),
+            _relays: Vec::new(),
+            pg: None,
+        }
+    }
+
     async fn start(shape: &Shape, opts: &Options) -> Result<Self, String> {
         let mut d = Deployment { base: String::new(), instances: Vec::new(), _relays: Vec::new(), pg: None };
         match d.launch(shape, opts).await {
@@ -581,17 +562,27 @@ impl Deployment {
             let name = format!("aegis_bench_{}", uuid::Uuid::new_v4().simple());
             let created = create_database(admin, &name).await?;
             self.pg = Some((admin.to_owned(), name));
-            url = Some(if shape.far { self.behind_delay(&created, opts.db_delay).await? } else { created });
+            url = Some(if shape.far {
+                let (far, forwarder) = behind_delay(&created, opts.db_delay).await?;
+                self._relays.push(forwarder);
+                far
+            } else {
+                created
+            });
         }
         // Replicas share their keys, as a deployment's must (a secret sealed by one
-        // opens on the other, a session signed by one is valid on the other).
+        // opens on the other, a session signed by one is valid on the other); one
+        // replica makes its own on first run, as AEGIS does.
         let key = || format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let (jwt, master, signing) = (key(), key(), key());
-        let mut extra: Vec<(&'static str, &str)> = vec![
-            ("AEGIS_JWT_SECRET", &jwt),
-            ("AEGIS_MASTER_KEY", &master),
-            ("AEGIS_AUDIT_SIGNING_KEY", &signing),
-        ];
+        let mut extra: Vec<(&'static str, &str)> = Vec::new();
+        if shape.replicas > 1 {
+            extra.extend([
+                ("AEGIS_JWT_SECRET", jwt.as_str()),
+                ("AEGIS_MASTER_KEY", master.as_str()),
+                ("AEGIS_AUDIT_SIGNING_KEY", signing.as_str()),
+            ]);
+        }
         if shape.portable {
             extra.push(("AEGIS_HOT_PATH_STORE", "portable"));
         }
@@ -610,23 +601,6 @@ impl Deployment {
         Ok(())
     }
 
-    /// `url` rewritten to reach its server through a forwarder adding `round_trip`.
-    async fn behind_delay(&mut self, url: &str, round_trip: Duration) -> Result<String, String> {
-        let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-        let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
-        let port = parsed.port().unwrap_or(5432);
-        let server = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or("PostgreSQL host does not resolve")?;
-        let forwarder = relay::Relay::start(vec![server], round_trip / 2).await.map_err(|e| e.to_string())?;
-        parsed.set_host(Some("127.0.0.1")).map_err(|e| e.to_string())?;
-        parsed.set_port(Some(forwarder.addr.port())).map_err(|_| "cannot set port")?;
-        self._relays.push(forwarder);
-        Ok(parsed.to_string())
-    }
-
     async fn stop(self) {
         for instance in self.instances {
             instance.stop().await;
@@ -636,6 +610,23 @@ impl Deployment {
             drop_database(&admin, &name).await;
         }
     }
+}
+
+/// `url` rewritten to reach its server through a forwarder adding `round_trip`
+/// (the forwarder runs while the returned relay lives).
+async fn behind_delay(url: &str, round_trip: Duration) -> Result<(String, relay::Relay), String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+    let port = parsed.port().unwrap_or(5432);
+    let server = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("PostgreSQL host does not resolve")?;
+    let forwarder = relay::Relay::start(vec![server], round_trip / 2).await.map_err(|e| e.to_string())?;
+    parsed.set_host(Some("127.0.0.1")).map_err(|e| e.to_string())?;
+    parsed.set_port(Some(forwarder.addr.port())).map_err(|_| "cannot set port")?;
+    Ok((parsed.to_string(), forwarder))
 }
 
 /// The execute target under each storage configuration, one row each.
@@ -701,20 +692,13 @@ async fn measure_floors(opts: &Options) -> floors::Floors {
                     Err(e) => eprintln!("aegis bench: PostgreSQL floor: {e}"),
                 }
                 if !opts.db_delay.is_zero() {
-                    let mut d = Deployment {
-                        base: String::new(),
-                        instances: Vec::new(),
-                        _relays: Vec::new(),
-                        pg: None,
-                    };
-                    match d.behind_delay(&url, opts.db_delay).await {
-                        Ok(far) => match floors::postgres_tps(&far, 32, opts.duration).await {
+                    match behind_delay(&url, opts.db_delay).await {
+                        Ok((far, _forwarder)) => match floors::postgres_tps(&far, 32, opts.duration).await {
                             Ok(tps) => out.postgres_delayed_tps = Some(tps),
                             Err(e) => eprintln!("aegis bench: PostgreSQL floor (far): {e}"),
                         },
                         Err(e) => eprintln!("aegis bench: forwarder: {e}"),
                     }
-                    d.stop().await;
                 }
                 drop_database(admin, &name).await;
             }

@@ -8,8 +8,6 @@ pub mod vault;
 
 use std::collections::HashMap;
 
-use std::sync::Arc;
-
 use app::error::AppError;
 use app::model::{Injection, NewSecret, SecretUpdate, SecretView};
 use entity::{agents, secret_grants, secrets};
@@ -21,7 +19,6 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::db::{internal, now, unique_or_internal};
-use crate::store::CallStore;
 use vault::Vault;
 
 const MAX_VALUE_BYTES: usize = 8192;
@@ -71,8 +68,6 @@ pub struct SecretDenied(pub String);
 #[derive(Clone)]
 pub struct SecretService {
     db: DatabaseConnection,
-    /// The hot path's reads ([`crate::store`]).
-    store: Arc<dyn CallStore>,
     vault: Vault,
 }
 
@@ -168,8 +163,8 @@ fn name_taken() -> AppError {
 }
 
 impl SecretService {
-    pub fn new(db: DatabaseConnection, store: Arc<dyn CallStore>, vault: Vault) -> Self {
-        Self { db, store, vault }
+    pub fn new(db: DatabaseConnection, vault: Vault) -> Self {
+        Self { db, vault }
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewSecret) -> Result<SecretView, AppError> {
@@ -307,18 +302,7 @@ impl SecretService {
         Ok(())
     }
 
-    /// The sponsor's secret `name` if it is granted to `agent_id`: one query, with
-    /// no side effect, so the proxy fetches it alongside the policy stage's reads.
-    pub async fn granted(
-        &self,
-        sponsor_id: Uuid,
-        agent_id: Uuid,
-        name: &str,
-    ) -> Result<Option<secrets::Model>, AppError> {
-        self.store.granted_secret(sponsor_id, agent_id, name).await
-    }
-
-    /// Decrypts a [`Self::granted`] secret for a call to `to`, if the secret may go
+    /// Decrypts a granted secret ([`crate::store::CallStore::call_rows`]) for a call to `to`, if the secret may go
     /// there (scheme, host and port).
     pub fn open(
         &self,

@@ -124,9 +124,18 @@ pub trait CallStore: Send + Sync {
     fn start_writer(&self, writer: batch::Writer, runtime: tokio::runtime::Handle);
 }
 
-/// The store for `db`: PostgreSQL's on PostgreSQL, the SQLite one on a SQLite
-/// file, sea-orm otherwise (an in-memory SQLite).
-pub fn open(db: &DatabaseConnection, audit: &AuditLog, metrics: Arc<Metrics>) -> Arc<dyn CallStore> {
+/// The store for `db`: sea-orm's when `portable` (`AEGIS_HOT_PATH_STORE=portable`),
+/// else PostgreSQL's on PostgreSQL, the SQLite one on a SQLite file, sea-orm
+/// otherwise (an in-memory SQLite).
+pub fn open(
+    db: &DatabaseConnection,
+    audit: &AuditLog,
+    metrics: Arc<Metrics>,
+    portable: bool,
+) -> Arc<dyn CallStore> {
+    if portable {
+        return Arc::new(orm::OrmStore::new(db.clone(), audit.clone()));
+    }
     if let Some(store) = postgres::PgStore::for_postgres(db, audit) {
         return Arc::new(store);
     }

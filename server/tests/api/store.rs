@@ -532,3 +532,25 @@ async fn appends_wait_for_the_chain_lock_and_read_the_head_after_it() {
     }
     assert!(services.audit.verify(None).await.unwrap().valid);
 }
+
+/// `AEGIS_HOT_PATH_STORE=portable` puts the hot path on sea-orm whatever the
+/// database, and calls are served and settled through it.
+#[tokio::test]
+async fn the_portable_switch_serves_the_hot_path_through_sea_orm() {
+    let mock = MockUpstream::start().await;
+    let s = TestServer::start_with(&[ALLOW_LOOPBACK, ("AEGIS_HOT_PATH_STORE", "portable")]).await;
+    assert_eq!(s.running.services.store.name(), "sea-orm");
+    assert_eq!(s.running.services.proxy.commit.backend(), "sea-orm");
+    let f = fixture(&s, &mock).await;
+    let before = inline_reads(&s).await;
+    let r = s
+        .execute(
+            &f.key,
+            json!({"method": "GET", "url": mock.url("/echo"), "secret": "api", "cost_micros": 250}),
+        )
+        .await;
+    assert_eq!((r.status, r.body["decision"].as_str()), (StatusCode::OK, Some("allow")), "{}", r.text);
+    assert_eq!(inline_reads(&s).await - before, 0.0, "no read bypassed sea-orm");
+    let wallet = s.running.services.wallets.get(f.agent_id).await.unwrap().unwrap();
+    assert_eq!((wallet.daily_spent_micros, wallet.reserved_micros), (250, 0));
+}

@@ -30,7 +30,7 @@ use sea_orm::sqlx::{self, Connection, Postgres, Row};
 use uuid::Uuid;
 
 use super::reads::{internal, wallet_columns, wallet_row};
-use crate::audit::chain::{ChainState, next_record};
+use crate::audit::chain::{ChainState, check_kind};
 use crate::audit::{Appended, AuditEntry, Checkpoint, GENESIS_HASH};
 use crate::db::now;
 use crate::spend::{Reservation, Resolved, locked, refusal};
@@ -321,19 +321,15 @@ impl BatchTxn for PgTxn<'_> {
     }
 
     async fn append(&mut self, entry: AuditEntry) -> Result<Appended, AppError> {
-        if entry.kind.trim().is_empty() {
-            tracing::error!("audit entry without a kind");
-            return Err(AppError::internal());
-        }
+        check_kind(&entry)?;
         let (head_seq, head_hash) = match self.records.last() {
             Some(last) => (last.seq, last.hash.clone()),
             None => self.head().await?,
         };
-        let record = next_record(entry, head_seq, head_hash);
-        let appended = Appended { seq: record.seq, hash: record.hash.clone() };
-        self.checkpoints.extend(self.chain.checkpoint_due(&appended));
-        self.records.push(record);
-        Ok(appended)
+        let linked = self.chain.link(entry, head_seq, head_hash);
+        self.checkpoints.extend(linked.checkpoint);
+        self.records.push(linked.record);
+        Ok(linked.appended)
     }
 
     async fn records_done(&mut self) -> Result<(), AppError> {

@@ -1,5 +1,5 @@
 //! Appending to the chain from SQLite's group-commit writer thread: the same
-//! records as [`crate::audit::AuditTxn`] — built by the same [`next_record`],
+//! records as [`crate::audit::AuditTxn`] — built by the same [`ChainState::link`],
 //! checkpointed by the same rule — inserted with a prepared statement on the
 //! writer's own connection.
 //!
@@ -15,7 +15,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use tokio::sync::Mutex;
 
 use super::columns::{internal, sql_time};
-use crate::audit::chain::{ChainState, next_record};
+use crate::audit::chain::{ChainState, Linked, check_kind};
 use crate::audit::{Appended, AuditEntry, Checkpoint, GENESIS_HASH};
 
 /// The chain, as the SQLite writer thread appends to it.
@@ -58,15 +58,12 @@ pub struct ChainBatch<'a> {
 impl ChainBatch<'_> {
     /// Appends a record; durable when the transaction commits.
     pub fn append(&mut self, tx: &Transaction, entry: AuditEntry) -> Result<Appended, AppError> {
-        if entry.kind.trim().is_empty() {
-            tracing::error!("audit entry without a kind");
-            return Err(AppError::internal());
-        }
+        check_kind(&entry)?;
         let (head_seq, head_hash) = match self.last.take() {
             Some(last) => last,
             None => head(tx)?,
         };
-        let r = next_record(entry, head_seq, head_hash);
+        let Linked { record: r, appended, checkpoint } = self.chain.state.link(entry, head_seq, head_hash);
         let uuid = |u: Option<uuid::Uuid>| u.map(|u| u.as_bytes().to_vec());
         tx.prepare_cached(
             "INSERT INTO audit_events (seq, id, at, sponsor_id, agent_id, request_id, kind, stage, decision, \
@@ -100,8 +97,7 @@ impl ChainBatch<'_> {
             ])
         })
         .map_err(internal)?;
-        let appended = Appended { seq: r.seq, hash: r.hash };
-        self.checkpoints.extend(self.chain.state.checkpoint_due(&appended));
+        self.checkpoints.extend(checkpoint);
         self.last = Some((appended.seq, appended.hash.clone()));
         self.appended += 1;
         Ok(appended)
