@@ -14,7 +14,7 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 TOOLS := $(CURDIR)/target/tools
 export PATH := $(HOME)/.cargo/bin:$(TOOLS)/node_modules/.bin:$(PATH)
 
-.PHONY: help run demo dev test test-rust test-postgres test-redis test-e2e test-schema build-debug tools tools-release chromium nginx e2e-deps fmt lint clean-data
+.PHONY: help run demo dev test test-rust test-postgres test-redis test-e2e test-schema build-debug tools tools-release chromium nginx e2e-deps sdk-venv fmt lint clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -30,7 +30,7 @@ demo: tools-release ## Like run, but `aegis demo`: a demo sponsor (sign-in print
 dev: tools ## Rebuild and reload on every change (cargo leptos watch)
 	cargo leptos watch
 
-test: tools chromium nginx e2e-deps build-debug test-rust test-postgres test-redis test-e2e test-schema ## Run every test
+test: tools chromium nginx e2e-deps sdk-venv build-debug test-rust test-postgres test-redis test-e2e test-schema ## Run every test
 	@echo "make test: all suites passed"
 
 build-debug:
@@ -40,11 +40,11 @@ build-debug:
 # features differently and rebuilds much of the tree a second time (time and disk).
 CARGO_TEST := cargo test --workspace --exclude frontend
 
-test-rust: ## Unit, migration and API integration tests (SQLite)
+test-rust: sdk-venv ## Unit, migration and API integration tests (SQLite)
 	$(CARGO_TEST)
 
 # A second pass of the database-facing tests on PostgreSQL when DATABASE_URL points at one.
-test-postgres:
+test-postgres: sdk-venv
 	@if [[ "$${DATABASE_URL:-}" == postgres* ]]; then \
 		echo "PostgreSQL pass: API integration and migration tests against $${DATABASE_URL%%@*}@…"; \
 		echo "(with REDIS_URL set this includes the two-process multi-replica test and, with nginx, the deployment-topology test)"; \
@@ -58,8 +58,8 @@ test-postgres:
 # The Redis-dependent tests (event fan-out across replicas) when REDIS_URL points at one.
 test-redis:
 	@if [[ "$${REDIS_URL:-}" == redis* ]]; then \
-		echo "Redis pass: event fan-out and breaker-window tests against $${REDIS_URL##*@}"; \
-		AEGIS_TEST_REDIS_URL="$$REDIS_URL" $(CARGO_TEST) --lib -- breaker::windows auth::throttle && \
+		echo "Redis pass: event fan-out, breaker-window and rate-limit tests against $${REDIS_URL##*@}"; \
+		AEGIS_TEST_REDIS_URL="$$REDIS_URL" $(CARGO_TEST) --lib -- breaker::windows auth::throttle rate_limits && \
 		AEGIS_TEST_REDIS_URL="$$REDIS_URL" $(CARGO_TEST) --test api -- events:: breaker::; \
 	else \
 		echo "skipped: Redis pass (set REDIS_URL=redis://… to run it)"; \
@@ -91,6 +91,12 @@ nginx: ## Debian's nginx for the deployment-topology test (nginx in front of two
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q nginx-light || { apt-get update -q && apt-get install -y -q nginx-light; }; \
 		else echo "nginx is missing: run 'sudo apt-get install nginx-light'" >&2; exit 1; fi; }
+
+# The official OpenAI and Anthropic Python SDKs (pinned, target/sdk-venv) for the gateway test
+# `sdk.rs`, which runs when AEGIS_SDK_PYTHON is set.
+export AEGIS_SDK_PYTHON := $(CURDIR)/target/sdk-venv/bin/python
+sdk-venv:
+	@server/tests/sdk/venv.sh >/dev/null
 
 e2e-deps:
 	@[ -d end2end/node_modules/@playwright/test ] || (cd end2end && npm ci --no-audit --no-fund)

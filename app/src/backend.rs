@@ -129,6 +129,18 @@ pub trait Backend: Send + Sync + 'static {
         sponsor: &SessionUser,
         input: NewConnection,
     ) -> Result<ConnectionView, AppError>;
+    async fn replace_connection(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        input: NewConnection,
+    ) -> Result<ConnectionView, AppError>;
+    async fn patch_connection(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        patch: ConnectionPatch,
+    ) -> Result<ConnectionView, AppError>;
     async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
     /// The configured public origin (`AEGIS_PUBLIC_URL`), for URLs shown to sponsors.
     fn public_origin(&self) -> Option<String>;

@@ -128,6 +128,9 @@ pub struct AgentView {
     pub suspended_at: Option<DateTime<Utc>>,
     pub suspended_reason: Option<String>,
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// Tokens and requests per minute across all of the agent's calls.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimits>,
 }
 
 /// `GET /api/agents/{id}/trust`: an agent's trust score, tier and recent changes.
@@ -209,6 +212,10 @@ pub struct AgentPatch {
     pub monthly_limit_micros: Option<i64>,
     #[serde(default)]
     pub tags: Option<Vec<String>>,
+    /// Tokens and requests per minute; `null` removes them.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<RateLimits>))]
+    pub rate_limits: Option<Option<RateLimits>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +337,13 @@ pub struct ConnectionView {
     /// Name of the vault secret injected into every call, if any.
     pub secret: Option<String>,
     pub cost_micros: i64,
+    /// How calls under `base_url` are charged: metered from the provider's `usage`
+    /// (`openai`, `anthropic`), or `flat` (`cost_micros` a call). Absent: flat.
+    #[serde(default)]
+    pub pricing: Option<Pricing>,
+    /// Tokens and requests per minute across every agent's calls under `base_url`.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimits>,
     /// Path to give an SDK as its base URL.
     pub gateway_path: String,
     pub created_at: DateTime<Utc>,
@@ -345,6 +359,116 @@ pub struct NewConnection {
     pub secret: Option<String>,
     #[serde(default)]
     pub cost_micros: Option<i64>,
+    /// Meter calls from the provider's `usage` ("How AEGIS computes cost" in the docs).
+    #[serde(default)]
+    pub pricing: Option<Pricing>,
+    /// Tokens and requests per minute across every agent's calls under `base_url`.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimits>,
+}
+
+/// `PATCH /api/connections/{id}`: only the fields present change; `"secret": null`
+/// and `"pricing": null` remove them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatch {
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<String>))]
+    pub secret: Option<Option<String>>,
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<Pricing>))]
+    pub pricing: Option<Option<Pricing>>,
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<RateLimits>))]
+    pub rate_limits: Option<Option<RateLimits>>,
+}
+
+/// Sliding one-minute limits. Tokens count a metered call's ceiling while it runs
+/// and its real usage once settled; every proxied call is one request. Past a limit
+/// the call is denied at stage `budget` with `retry_after_secs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<i64>,
+}
+
+/// A field that is present, even as `null` (absent stays `None` by `default`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Who a priced connection's provider is: how its requests and `usage` are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PricingProvider {
+    /// OpenAI-compatible: chat completions, completions, responses, embeddings.
+    Openai,
+    /// Anthropic messages.
+    Anthropic,
+    /// Today's per-call `cost_micros`; nothing metered.
+    Flat,
+}
+
+impl PricingProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PricingProvider::Openai => "openai",
+            PricingProvider::Anthropic => "anthropic",
+            PricingProvider::Flat => "flat",
+        }
+    }
+}
+
+/// A connection's prices. `models` is an allow-list: a request for another model is
+/// denied unless there is a `fallback`. Omitted `models` (or a model given as `{}`)
+/// take AEGIS's default price table for the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    pub provider: PricingProvider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<std::collections::BTreeMap<String, ModelPrice>>,
+    /// The most output tokens a call may ask for; AEGIS writes it into requests that
+    /// ask for more or do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<i64>,
+    /// Prices for a model not in `models`; without it such requests are denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<ModelPrice>,
+}
+
+/// One model's prices, in micro-units per million tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_per_mtok_micros: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_per_mtok_micros: Option<i64>,
+    /// Cache reads (OpenAI `cached_tokens`, Anthropic `cache_read_input_tokens`);
+    /// default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok_micros: Option<i64>,
+    /// Anthropic cache writes (`cache_creation_input_tokens`); default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok_micros: Option<i64>,
+    /// This model's own output cap (the connection's `max_output_tokens` applies when lower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<i64>,
 }
 
 /// A policy with its current source.

@@ -604,23 +604,51 @@ pub async fn list_connections() -> Result<(String, Vec<ConnectionView>), AppErro
     .await
 }
 
-/// Form-friendly: the cost per call as a decimal string, blank meaning free.
+/// Form-friendly: the cost per call as a decimal string, blank meaning free;
+/// `provider` "openai" or "anthropic" meters calls by AEGIS's default price table
+/// for that provider (blank or "flat": the cost per call).
 #[server(prefix = "/rpc", endpoint = "create_connection")]
 pub async fn create_connection(
     name: String,
     base_url: String,
     secret: Option<String>,
     cost: Option<String>,
+    provider: Option<String>,
 ) -> Result<ConnectionView, AppError> {
     use ssr::*;
     respond(async {
+        let pricing = pricing_from_form(provider.as_deref().unwrap_or("flat"), None, None, None)?;
         let input = NewConnection {
             name,
             base_url,
             secret: secret.filter(|s| !s.trim().is_empty()),
             cost_micros: parse_limit("cost", cost)?,
+            pricing,
+            rate_limits: None,
         };
         backend()?.create_connection(&sponsor()?, input).await
+    })
+    .await
+}
+
+/// The price editor: `provider` "flat" removes metering (calls cost the connection's
+/// flat price again); "openai" or "anthropic" meters calls by `models` (JSON object
+/// text: model name → prices; blank means AEGIS's whole default table for the
+/// provider, a model given as `{}` takes its default prices), an optional output
+/// cap and an optional `fallback` (JSON text) for models not listed.
+#[server(prefix = "/rpc", endpoint = "update_connection_pricing")]
+pub async fn update_connection_pricing(
+    id: Uuid,
+    provider: String,
+    models: Option<String>,
+    max_output_tokens: Option<String>,
+    fallback: Option<String>,
+) -> Result<ConnectionView, AppError> {
+    use ssr::*;
+    respond(async {
+        let pricing = pricing_from_form(&provider, models, max_output_tokens, fallback)?;
+        let patch = ConnectionPatch { pricing: Some(pricing), ..ConnectionPatch::default() };
+        backend()?.patch_connection(&sponsor()?, id, patch).await
     })
     .await
 }
@@ -656,6 +684,58 @@ fn injection_from_form(
         }
         _ => Err(AppError::validation("inject it as a header or as a query parameter, not both")),
     }
+}
+
+#[cfg(any(feature = "ssr", test))]
+fn invalid_pricing(message: impl Into<String>) -> AppError {
+    AppError::new(422, "invalid_pricing", message)
+}
+
+/// A JSON field of the price editor; blank means omitted. The message names the
+/// field, and says whether the text is not JSON at all or not the right shape.
+#[cfg(any(feature = "ssr", test))]
+fn json_field<T: serde::de::DeserializeOwned>(
+    field: &str,
+    text: Option<String>,
+) -> Result<Option<T>, AppError> {
+    let Some(text) = text.filter(|t| !t.trim().is_empty()) else { return Ok(None) };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| invalid_pricing(format!("{field} is not valid JSON: {e}")))?;
+    serde_json::from_value(value).map(Some).map_err(|e| invalid_pricing(format!("{field}: {e}")))
+}
+
+/// The price editor's fields as a connection's pricing: `None` for flat (no
+/// metering; `models` and the rest are ignored), else the provider's [`Pricing`]
+/// as typed. Completing and checking prices is the server's job.
+#[cfg(any(feature = "ssr", test))]
+fn pricing_from_form(
+    provider: &str,
+    models: Option<String>,
+    max_output_tokens: Option<String>,
+    fallback: Option<String>,
+) -> Result<Option<Pricing>, AppError> {
+    let provider = match provider.trim() {
+        "" | "flat" => return Ok(None),
+        "openai" => PricingProvider::Openai,
+        "anthropic" => PricingProvider::Anthropic,
+        other => {
+            return Err(invalid_pricing(format!(
+                "pricing.provider: {other:?} is not one of flat, openai, anthropic"
+            )));
+        }
+    };
+    let max_output_tokens = match max_output_tokens.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) => Some(t.parse::<i64>().map_err(|_| {
+            invalid_pricing(format!("pricing.max_output_tokens: {t:?} is not a whole number of tokens"))
+        })?),
+    };
+    Ok(Some(Pricing {
+        provider,
+        models: json_field("pricing.models", models)?,
+        max_output_tokens,
+        fallback: json_field("pricing.fallback", fallback)?,
+    }))
 }
 
 /// A whole percentage; blank means 0 (alerts off). The range is the wallet's rule.
@@ -872,6 +952,54 @@ mod tests {
         assert_eq!(injection_from_form(None, None, None).unwrap_err().status, 422);
         assert_eq!(injection_from_form(some("X-Key"), None, some("api_key")).unwrap_err().status, 422);
         assert_eq!(injection_from_form(None, some("Bearer {secret}"), some("k")).unwrap_err().status, 422);
+    }
+
+    #[test]
+    fn pricing_form_flat_is_none_and_json_errors_name_the_field() {
+        let some = |s: &str| Some(s.to_owned());
+        // Flat removes metering whatever else the form still holds.
+        assert_eq!(pricing_from_form("flat", some("{oops"), some("x"), None), Ok(None));
+        assert_eq!(pricing_from_form("", None, None, None), Ok(None));
+        // Blank models: the provider's whole default table (omitted).
+        assert_eq!(
+            pricing_from_form("openai", some("  "), some(" 256 "), some("")),
+            Ok(Some(Pricing {
+                provider: PricingProvider::Openai,
+                models: None,
+                max_output_tokens: Some(256),
+                fallback: None,
+            }))
+        );
+        let priced = pricing_from_form(
+            "anthropic",
+            some(r#"{"claude-haiku-4-5": {}, "mine": {"input_per_mtok_micros": 1, "output_per_mtok_micros": 2}}"#),
+            None,
+            some(r#"{"input_per_mtok_micros": 3, "output_per_mtok_micros": 4}"#),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(priced.provider, PricingProvider::Anthropic);
+        let models = priced.models.unwrap();
+        assert_eq!(models["claude-haiku-4-5"], ModelPrice::default());
+        assert_eq!(models["mine"].output_per_mtok_micros, Some(2));
+        assert_eq!(priced.fallback.unwrap().input_per_mtok_micros, Some(3));
+
+        let bad_json = pricing_from_form("openai", some("{\"gpt-4o\": "), None, None).unwrap_err();
+        assert_eq!((bad_json.status, bad_json.code.as_str()), (422, "invalid_pricing"));
+        assert!(bad_json.message.starts_with("pricing.models is not valid JSON"), "{}", bad_json.message);
+        let bad_shape =
+            pricing_from_form("openai", some(r#"{"gpt-4o": {"input": 1}}"#), None, None).unwrap_err();
+        assert!(bad_shape.message.starts_with("pricing.models: unknown field"), "{}", bad_shape.message);
+        let bad_fallback = pricing_from_form("openai", None, None, some("[1,")).unwrap_err();
+        assert!(
+            bad_fallback.message.starts_with("pricing.fallback is not valid JSON"),
+            "{}",
+            bad_fallback.message
+        );
+        let bad_cap = pricing_from_form("openai", None, some("lots"), None).unwrap_err();
+        assert_eq!(bad_cap.code, "invalid_pricing");
+        assert!(bad_cap.message.starts_with("pricing.max_output_tokens"), "{}", bad_cap.message);
+        assert_eq!(pricing_from_form("gemini", None, None, None).unwrap_err().code, "invalid_pricing");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Model {
     pub suspended_reason: Option<String>,
     pub deleted_at: Option<DateTimeUtc>,
     pub last_seen_at: Option<DateTimeUtc>,
+    /// Tokens and requests per minute as JSON (`app::model::RateLimits`); `None`: none.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub rate_limits: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

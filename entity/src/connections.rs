@@ -12,6 +12,12 @@ pub struct Model {
     pub base_url: String,
     pub secret_id: Option<Uuid>,
     pub cost_micros: i64,
+    /// The price table as JSON (`app::model::Pricing`); `None`: a flat connection.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub pricing: Option<String>,
+    /// Tokens and requests per minute as JSON (`app::model::RateLimits`); `None`: none.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub rate_limits: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -62,6 +62,7 @@ fn agent(sponsor_id: Uuid, policy_id: Option<Uuid>, name: &str) -> agents::Model
         suspended_reason: None,
         deleted_at: None,
         last_seen_at: Some(t - Duration::minutes(5)),
+        rate_limits: Some(r#"{"tokens_per_minute":100}"#.into()),
     }
 }
 

@@ -42,8 +42,9 @@ const INDEXES: [(&str, &str); 9] = [
 ];
 
 /// How many migrations there are (the initial schema, the audit guards, breakers,
-/// the approvals' plain columns and retention indexes).
-const MIGRATIONS: usize = 5;
+/// the approvals' plain columns and retention indexes, the chain-head function, the
+/// connections' pricing).
+const MIGRATIONS: usize = 6;
 
 async fn assert_tables(db: &DatabaseConnection, present: bool) {
     let manager = SchemaManager::new(db);

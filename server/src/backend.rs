@@ -104,6 +104,7 @@ impl Services {
             trust: trust.clone(),
             approvals: approvals.clone(),
             breaker,
+            rates: crate::rate_limits::RateLimiter::from_config(config.redis_url.as_deref()),
             metrics: metrics.clone(),
             store: store.clone(),
             commit: GroupCommit::new(
@@ -378,6 +379,24 @@ impl Backend for Services {
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
         self.connections.create(sponsor.user_id, input).await
+    }
+
+    async fn replace_connection(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        input: NewConnection,
+    ) -> Result<ConnectionView, AppError> {
+        self.connections.replace(sponsor.user_id, id, input).await
+    }
+
+    async fn patch_connection(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        patch: ConnectionPatch,
+    ) -> Result<ConnectionView, AppError> {
+        self.connections.patch(sponsor.user_id, id, patch).await
     }
 
     async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {

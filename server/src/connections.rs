@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use app::error::AppError;
-use app::model::{ConnectionView, NewConnection};
+use app::model::{ConnectionPatch, ConnectionView, NewConnection, Pricing, RateLimits};
 use app::money::MAX_MICROS;
 use entity::{connections, secrets};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 use uuid::Uuid;
 
 use crate::db::{internal, now, unique_or_internal};
+use crate::metering::prices::resolve;
 use crate::proxy::egress::EgressGuard;
 use crate::secrets::{SecretService, hosts};
 use crate::store::CallStore;
@@ -29,12 +30,31 @@ fn view(row: connections::Model, secret: Option<String>) -> ConnectionView {
     ConnectionView {
         id: row.id,
         gateway_path: format!("/api/gw/{}", row.name),
+        pricing: row.pricing.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+        rate_limits: row.rate_limits.as_deref().and_then(|l| serde_json::from_str(l).ok()),
         name: row.name,
         base_url: row.base_url,
         secret,
         cost_micros: row.cost_micros,
         created_at: row.created_at,
     }
+}
+
+/// A pricing checked and completed ([`crate::metering::prices::resolve`]), as saved.
+fn saved_pricing(pricing: Option<Pricing>) -> Result<Option<String>, AppError> {
+    let Some(pricing) = pricing else { return Ok(None) };
+    let resolved = resolve(pricing).map_err(|m| AppError::new(422, "invalid_pricing", m))?;
+    Ok(Some(serde_json::to_string(&resolved).map_err(|_| AppError::internal())?))
+}
+
+/// What a connection is, checked: its base URL (allowed for egress, without query
+/// or fragment), price, and secret (which must be allowed to go to the base URL).
+struct Checked {
+    base_url: String,
+    cost_micros: i64,
+    secret: Option<secrets::Model>,
+    pricing: Option<String>,
+    rate_limits: Option<String>,
 }
 
 impl ConnectionService {
@@ -47,9 +67,16 @@ impl ConnectionService {
         Self { db, store, secrets, egress }
     }
 
-    pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
-        let name = crate::names::identifier(&input.name, "connection name")?;
-        let base = input.base_url.trim().trim_end_matches('/').to_owned();
+    async fn check(
+        &self,
+        sponsor_id: Uuid,
+        base_url: &str,
+        cost: Option<i64>,
+        secret: Option<&str>,
+        pricing: Option<Pricing>,
+        rate_limits: Option<RateLimits>,
+    ) -> Result<Checked, AppError> {
+        let base = base_url.trim().trim_end_matches('/').to_owned();
         let target = self
             .egress
             .check_url(&base)
@@ -57,11 +84,13 @@ impl ConnectionService {
         if target.query.is_some() || target.url.fragment().is_some() {
             return Err(AppError::new(422, "invalid_base_url", "base_url must not have a query or fragment"));
         }
-        let cost = input.cost_micros.unwrap_or(0);
+        let cost = cost.unwrap_or(0);
         if !(0..=MAX_MICROS).contains(&cost) {
             return Err(AppError::validation("cost_micros must be between 0 and 10^15"));
         }
-        let secret = match input.secret.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let pricing = saved_pricing(pricing)?;
+        let rate_limits = crate::rate_limits::saved(rate_limits)?;
+        let secret = match secret.map(str::trim).filter(|s| !s.is_empty()) {
             Some(name) => {
                 let secret = self.secrets.find_by_name(sponsor_id, name).await?.ok_or_else(|| {
                     AppError::new(422, "unknown_secret", format!("no secret named {name:?}"))
@@ -78,14 +107,31 @@ impl ConnectionService {
             }
             None => None,
         };
+        Ok(Checked { base_url: base, cost_micros: cost, secret, pricing, rate_limits })
+    }
+
+    pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
+        let name = crate::names::identifier(&input.name, "connection name")?;
+        let c = self
+            .check(
+                sponsor_id,
+                &input.base_url,
+                input.cost_micros,
+                input.secret.as_deref(),
+                input.pricing,
+                input.rate_limits,
+            )
+            .await?;
         let at = now();
         let row = connections::ActiveModel {
             id: Set(Uuid::now_v7()),
             sponsor_id: Set(sponsor_id),
             name: Set(name),
-            base_url: Set(base),
-            secret_id: Set(secret.as_ref().map(|s| s.id)),
-            cost_micros: Set(cost),
+            base_url: Set(c.base_url),
+            secret_id: Set(c.secret.as_ref().map(|s| s.id)),
+            cost_micros: Set(c.cost_micros),
+            pricing: Set(c.pricing),
+            rate_limits: Set(c.rate_limits),
             created_at: Set(at),
             updated_at: Set(at),
         }
@@ -97,7 +143,90 @@ impl ConnectionService {
                 AppError::conflict("connection_name_taken", "a connection with this name exists"),
             )
         })?;
-        Ok(view(row, secret.map(|s| s.name)))
+        Ok(view(row, c.secret.map(|s| s.name)))
+    }
+
+    /// `PUT`: the connection becomes `input` (renamed too, if the name is free).
+    pub async fn replace(
+        &self,
+        sponsor_id: Uuid,
+        id: Uuid,
+        input: NewConnection,
+    ) -> Result<ConnectionView, AppError> {
+        let row = self.own(sponsor_id, id).await?;
+        let name = crate::names::identifier(&input.name, "connection name")?;
+        let c = self
+            .check(
+                sponsor_id,
+                &input.base_url,
+                input.cost_micros,
+                input.secret.as_deref(),
+                input.pricing,
+                input.rate_limits,
+            )
+            .await?;
+        self.save(row, Some(name), c).await
+    }
+
+    /// `PATCH`: only the fields given change (`null` removes the secret or pricing).
+    pub async fn patch(
+        &self,
+        sponsor_id: Uuid,
+        id: Uuid,
+        patch: ConnectionPatch,
+    ) -> Result<ConnectionView, AppError> {
+        let row = self.own(sponsor_id, id).await?;
+        let current_secret = match row.secret_id {
+            Some(secret_id) => {
+                secrets::Entity::find_by_id(secret_id).one(&self.db).await.map_err(internal)?.map(|s| s.name)
+            }
+            None => None,
+        };
+        let current_pricing: Option<Pricing> =
+            row.pricing.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let base_url = patch.base_url.unwrap_or_else(|| row.base_url.clone());
+        let secret = patch.secret.unwrap_or(current_secret);
+        let pricing = patch.pricing.unwrap_or(current_pricing);
+        let current_limits: Option<RateLimits> =
+            row.rate_limits.as_deref().and_then(|l| serde_json::from_str(l).ok());
+        let rate_limits = patch.rate_limits.unwrap_or(current_limits);
+        let cost = Some(patch.cost_micros.unwrap_or(row.cost_micros));
+        let c = self.check(sponsor_id, &base_url, cost, secret.as_deref(), pricing, rate_limits).await?;
+        self.save(row, None, c).await
+    }
+
+    async fn own(&self, sponsor_id: Uuid, id: Uuid) -> Result<connections::Model, AppError> {
+        connections::Entity::find_by_id(id)
+            .filter(connections::Column::SponsorId.eq(sponsor_id))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| AppError::not_found("connection"))
+    }
+
+    async fn save(
+        &self,
+        row: connections::Model,
+        name: Option<String>,
+        c: Checked,
+    ) -> Result<ConnectionView, AppError> {
+        let mut active: connections::ActiveModel = row.into();
+        if let Some(name) = name {
+            active.name = Set(name);
+        }
+        active.base_url = Set(c.base_url);
+        active.secret_id = Set(c.secret.as_ref().map(|s| s.id));
+        active.cost_micros = Set(c.cost_micros);
+        active.pricing = Set(c.pricing);
+        active.rate_limits = Set(c.rate_limits);
+        active.updated_at = Set(now());
+        let row = active.update(&self.db).await.map_err(|e| {
+            unique_or_internal(
+                e,
+                AppError::conflict("connection_name_taken", "a connection with this name exists"),
+            )
+        })?;
+        Ok(view(row, c.secret.map(|s| s.name)))
     }
 
     pub async fn list(&self, sponsor_id: Uuid) -> Result<Vec<ConnectionView>, AppError> {

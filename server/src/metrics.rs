@@ -5,7 +5,9 @@
 //!
 //! Labels are a fixed, small vocabulary (decisions and stage names): never a URL,
 //! a header, a host or an agent, so nothing secret reaches a label and the number
-//! of series stays bounded.
+//! of series stays bounded. The LLM counters add the sponsor-chosen connection name
+//! and the price-table entry a model was priced by (bounded by the tables, never
+//! the free-form model string an agent sent).
 
 use std::time::Duration;
 
@@ -46,6 +48,20 @@ struct StageLabels {
     stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    connection: String,
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    connection: String,
+    model: String,
+    source: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     proxy_requests: Family<RequestLabels, Counter>,
@@ -57,6 +73,8 @@ pub struct Metrics {
     group_commits: Counter,
     group_commit_writes: Counter,
     inline_reads: Counter,
+    llm_tokens: Family<TokenLabels, Counter>,
+    llm_cost_micros: Family<CostLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -120,7 +138,23 @@ impl Metrics {
             "Hot-path point reads run inline on the SQLite file instead of through the pool",
             inline_reads.clone(),
         );
+        let llm_tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "aegis_llm_tokens",
+            "Tokens of metered LLM calls by connection, price-table model and kind (input, cached_input, \
+             cache_write, output), as the provider's usage reported them",
+            llm_tokens.clone(),
+        );
+        let llm_cost_micros = Family::<CostLabels, Counter>::default();
+        registry.register(
+            "aegis_llm_cost_micros",
+            "Settled cost of metered LLM calls, in micro-units, by connection, price-table model and how \
+             the figure was obtained (usage, ceiling, declared)",
+            llm_cost_micros.clone(),
+        );
         Self {
+            llm_tokens,
+            llm_cost_micros,
             registry,
             proxy_requests,
             stage_seconds,
@@ -150,6 +184,24 @@ impl Metrics {
 
     pub fn settled(&self, micros: i64) {
         self.spend_micros.inc_by(u64::try_from(micros).unwrap_or(0));
+    }
+
+    /// A metered LLM call settled: its tokens by kind (`input`, `cached_input`,
+    /// `cache_write`, `output`) and its cost, and how the cost was obtained.
+    pub fn metered(
+        &self,
+        connection: &str,
+        model: &str,
+        tokens: [(&'static str, i64); 4],
+        source: &'static str,
+        micros: i64,
+    ) {
+        for (kind, n) in tokens {
+            let labels = TokenLabels { connection: connection.to_owned(), model: model.to_owned(), kind };
+            self.llm_tokens.get_or_create(&labels).inc_by(u64::try_from(n).unwrap_or(0));
+        }
+        let labels = CostLabels { connection: connection.to_owned(), model: model.to_owned(), source };
+        self.llm_cost_micros.get_or_create(&labels).inc_by(u64::try_from(micros).unwrap_or(0));
     }
 
     pub fn breaker_tripped(&self) {

@@ -199,6 +199,7 @@ impl AgentService {
             suspended_reason: Set(None),
             deleted_at: Set(None),
             last_seen_at: Set(None),
+            rate_limits: Set(None),
         }
         .insert(txn.conn())
         .await
@@ -297,6 +298,10 @@ impl AgentService {
         if let Some(policy) = policy {
             changes.insert("policy".into(), policy.name.into());
             active.policy_id = Set(Some(policy.id));
+        }
+        if let Some(limits) = patch.rate_limits {
+            changes.insert("rate_limits".into(), serde_json::to_value(&limits).unwrap_or_default());
+            active.rate_limits = Set(crate::rate_limits::saved(limits)?);
         }
         active.updated_at = Set(now());
         active.update(txn.conn()).await.map_err(|e| unique_or_internal(e, name_taken()))?;
@@ -558,6 +563,7 @@ impl AgentService {
                     suspended_at: a.suspended_at,
                     suspended_reason: a.suspended_reason,
                     last_seen_at: a.last_seen_at,
+                    rate_limits: a.rate_limits.as_deref().and_then(|l| serde_json::from_str(l).ok()),
                 }
             })
             .collect())

@@ -86,6 +86,14 @@ pub struct ProxyRequest {
     pub origin: Origin,
 }
 
+/// The target's host as the egress guard judges it: lower case, no trailing dot, IPv6
+/// without brackets (the URL parser already applied IDNA and every IPv4 spelling).
+/// The policy input and the audit record both use it, so the host a sponsor writes a
+/// rule for is the host the audit log shows.
+pub fn normalised_host(url: &url::Url) -> String {
+    url.host_str().unwrap_or("").trim_end_matches('.').trim_matches(['[', ']']).to_ascii_lowercase()
+}
+
 fn invalid(message: impl Into<String>) -> AppError {
     AppError::new(422, "invalid_request", message)
 }

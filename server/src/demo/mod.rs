@@ -257,6 +257,8 @@ async fn setup(
         }
     }
     let connection = NewConnection {
+        pricing: None,
+        rate_limits: None,
         name: CONNECTION.into(),
         base_url: format!("{mock}/ok"),
         secret: Some(SECRET.into()),

@@ -82,7 +82,12 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(secrets::grant_secret).delete(secrets::revoke_secret),
         )
         .route("/connections", get(connections::list_connections).post(connections::create_connection))
-        .route("/connections/{id}", axum::routing::delete(connections::delete_connection))
+        .route(
+            "/connections/{id}",
+            axum::routing::delete(connections::delete_connection)
+                .put(connections::replace_connection)
+                .patch(connections::patch_connection),
+        )
         .route("/audit/{seq}/replay", get(policies::replay_decision))
         .route("/audit", get(audit::list))
         .route("/audit/export.csv", get(audit::export_csv))

@@ -68,6 +68,8 @@ use crate::call::Stage;
         super::secrets::delete_secret,
         super::connections::list_connections,
         super::connections::create_connection,
+        super::connections::replace_connection,
+        super::connections::patch_connection,
         super::connections::delete_connection,
         super::audit::list,
         super::audit::export_csv,

@@ -70,10 +70,16 @@ fn body_timeout(s: &AppState) -> Response {
     response
 }
 
-/// A shed call (503 `overload`) says when to come back.
+/// A shed call (503 `overload`) and a call past a rate limit (403 at `budget`,
+/// `retry_after_secs` in the body) say when to come back.
 fn with_retry_after(mut response: Response, result: &ProxyResult) -> Response {
-    if matches!(result.outcome, Outcome::Failed { stage: Stage::Overload, .. }) {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    let secs = match &result.outcome {
+        Outcome::Failed { stage: Stage::Overload, .. } => Some(1),
+        Outcome::Denied { extra, .. } => extra["retry_after_secs"].as_u64(),
+        _ => None,
+    };
+    if let Some(secs) = secs {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
     response
 }

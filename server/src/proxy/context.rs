@@ -57,6 +57,12 @@ pub struct Call<'a> {
     /// The policy's reasons, and its whole verdict (kept so `aegis replay` can check it).
     pub reasons: Vec<String>,
     pub policy_verdict: Value,
+    /// Set by stage `meter` when the call is an LLM call under a priced connection.
+    pub meter: Option<crate::metering::Metered>,
+    /// The connection the target lies under and its saved rate limits, if it has any.
+    pub connection_limits: Option<(String, String)>,
+    /// The rate windows the call took from (stage `rate`), given back or adjusted at settle.
+    pub rate: Option<crate::rate_limits::Ticket>,
 }
 
 impl<'a> Call<'a> {
@@ -80,13 +86,23 @@ impl<'a> Call<'a> {
             policy_input: None,
             reasons: Vec::new(),
             policy_verdict: Value::Null,
+            meter: None,
+            connection_limits: None,
+            rate: None,
         }
     }
 
-    /// The cost the call is held and settled at: what the agent declared, at least
-    /// the connection's minimum.
-    pub fn estimate(&self) -> i64 {
+    /// The least the call is charged: what the agent declared, at least the
+    /// connection's per-call price.
+    pub fn least_cost(&self) -> i64 {
         self.request.declared_cost_micros.max(self.request.minimum_cost_micros)
+    }
+
+    /// The cost the call is held at: its least cost, or a metered call's ceiling
+    /// when higher. An unmetered call is settled at it too.
+    pub fn estimate(&self) -> i64 {
+        let ceiling = self.meter.as_ref().map_or(0, |m| m.llm.ceiling_micros);
+        self.least_cost().max(ceiling)
     }
 
     /// An audit record of this call: who, what, where, under which policy.
@@ -134,6 +150,7 @@ pub mod testing {
                 suspended_reason: None,
                 deleted_at: None,
                 last_seen_at: None,
+                rate_limits: None,
             },
             key_id: "key_test".into(),
         }

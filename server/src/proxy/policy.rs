@@ -7,13 +7,7 @@ use serde_json::{Value, json};
 
 use crate::call::request::ProxyRequest;
 
-/// The target's host as the egress guard judges it: lower case, no trailing dot, IPv6
-/// without brackets (the URL parser already applied IDNA and every IPv4 spelling).
-/// The policy input and the audit record both use it, so the host a sponsor writes a
-/// rule for is the host the audit log shows.
-pub fn normalised_host(url: &url::Url) -> String {
-    url.host_str().unwrap_or("").trim_end_matches('.').trim_matches(['[', ']']).to_ascii_lowercase()
-}
+pub use crate::call::request::normalised_host;
 
 /// The policy input. Documented in the README ("Policy input"); never contains
 /// secret values — secrets are injected after the decision.
@@ -23,12 +17,13 @@ pub fn input(
     url: &url::Url,
     estimate_micros: i64,
     wallet: Option<&wallets::Model>,
+    llm: Option<Value>,
     at: DateTime<Utc>,
 ) -> Value {
     let tags: Vec<String> = serde_json::from_str(&agent.tags).unwrap_or_default();
     let host = normalised_host(url);
     let w = |f: fn(&wallets::Model) -> i64| wallet.map_or(0, f);
-    json!({
+    let mut input = json!({
         "agent": {
             "id": agent.id,
             "name": agent.name,
@@ -63,7 +58,12 @@ pub fn input(
             "weekday": at.weekday().to_string(),
             "hour": at.hour(),
         },
-    })
+    });
+    // `input.llm`: only for a metered call (`{provider, model, max_tokens, stream}`).
+    if let Some(llm) = llm {
+        input["llm"] = llm;
+    }
+    input
 }
 
 /// The policy playground: what the policy stage would decide for `agent` and a sample
@@ -101,8 +101,14 @@ impl super::Pipeline {
             app::error::AppError::new(422, "invalid_request", format!("url is not a valid URL: {e}"))
         })?;
         let wallet = self.wallets.get(agent.id).await?;
-        let estimate = request.declared_cost_micros.max(request.minimum_cost_micros);
-        let input = input(agent, &request, &url, estimate, wallet.as_ref(), crate::db::now());
+        // Metered as the proxy would: a priced connection's model, cap and ceiling.
+        let routes = self.store.routes(agent.sponsor_id).await?;
+        let assessment = crate::metering::assess(&routes, &request.method, &request.body, &url)
+            .map_err(|reason| app::error::AppError::new(422, "unpriced_request", reason))?;
+        let ceiling = assessment.llm.as_ref().map_or(0, |l| l.ceiling_micros);
+        let estimate = request.declared_cost_micros.max(assessment.least_micros).max(ceiling);
+        let llm = assessment.llm.as_ref().map(crate::metering::LlmCall::policy_input);
+        let input = input(agent, &request, &url, estimate, wallet.as_ref(), llm, crate::db::now());
         // Compiled afresh and evaluated on the engine's bounded pool, never cached:
         // a dry run may be any Rego at all.
         let evaluation = crate::policies::engine::dry_run(source, input.clone()).await?;

@@ -50,6 +50,20 @@ use crate::metrics::Metrics;
 /// per read, against a read of microseconds at best).
 pub type Read<'a, T> = Pin<Box<dyn Future<Output = Result<T, AppError>> + Send + 'a>>;
 
+/// A sponsor's connection as metering matches a call's target against it
+/// ([`CallStore::routes`], read on every call; `crate::metering::route_for`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub base_url: String,
+    /// The least a call under it costs (today's flat price).
+    pub cost_micros: i64,
+    /// Saved [`app::model::Pricing`] JSON; `None` for flat.
+    pub pricing: Option<String>,
+    /// Saved [`app::model::RateLimits`] JSON; `None` for none.
+    pub rate_limits: Option<String>,
+}
+
 /// What [`CallStore::call_rows`] reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRows {
@@ -92,6 +106,10 @@ pub trait CallStore: Send + Sync {
         sponsor_id: Uuid,
         name: &'a str,
     ) -> Read<'a, Option<(connections::Model, Option<String>)>>;
+
+    /// The sponsor's connections, as metering matches a call's target against
+    /// them (`crate::metering::route_for`); read on every call.
+    fn routes(&self, sponsor_id: Uuid) -> Read<'_, Vec<Route>>;
 
     /// The policy stage's reads together: the agent's wallet, the current version
     /// of `policy_id`, and the sponsor's secret `secret` if it is granted to the

@@ -49,6 +49,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/secrets/{id}/agents/{agent_id}"),
     ("GET", "/api/connections"),
     ("POST", "/api/connections"),
+    ("PUT", "/api/connections/{id}"),
+    ("PATCH", "/api/connections/{id}"),
     ("DELETE", "/api/connections/{id}"),
     ("GET", "/api/audit/{seq}/replay"),
     ("GET", "/api/audit"),

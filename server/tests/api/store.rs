@@ -106,7 +106,9 @@ async fn fixture(s: &TestServer, mock: &MockUpstream) -> Fixture {
     let secret_id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
     for body in [
         json!({"name": "gw", "base_url": mock.url("/echo"), "secret": "api", "cost_micros": 10}),
-        json!({"name": "plain", "base_url": mock.url("/echo")}),
+        json!({"name": "plain", "base_url": mock.url("/llm"),
+               "pricing": {"provider": "anthropic", "models": {"claude-haiku-4-5": {}}},
+               "rate_limits": {"tokens_per_minute": 1000}}),
     ] {
         let r = s.post("/api/connections", Some(&sponsor.access), body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -114,8 +116,8 @@ async fn fixture(s: &TestServer, mock: &MockUpstream) -> Fixture {
     Fixture { sponsor, sponsor_id, agent, agent_id, key, secret_id }
 }
 
-/// The proxy's reads go through its server's store: on a SQLite file exactly four
-/// inline reads for an execute call and five for a gateway call; none on PostgreSQL.
+/// The proxy's reads go through its server's store: on a SQLite file exactly five
+/// inline reads for an execute call and six for a gateway call; none on PostgreSQL.
 #[tokio::test]
 async fn the_proxy_reads_through_its_servers_store() {
     let mock = MockUpstream::start().await;
@@ -140,8 +142,8 @@ async fn the_proxy_reads_through_its_servers_store() {
         assert_eq!((done, gateway_done), (0.0, 0.0), "PostgreSQL reads over its pool");
     } else {
         assert_eq!(services.store.name(), "sqlite");
-        assert_eq!(done, 4.0, "key, wallet, policy version, secret");
-        assert_eq!(gateway_done, 5.0, "key, connection, wallet, policy version, secret");
+        assert_eq!(done, 5.0, "key, routes (metering), wallet, policy version, secret");
+        assert_eq!(gateway_done, 6.0, "key, connection, routes (metering), wallet, policy version, secret");
     }
     let wallet = services.wallets.get(f.agent_id).await.unwrap().unwrap();
     assert_eq!(wallet.daily_spent_micros, 1_234 + 10, "the settled calls are read at once");
@@ -230,6 +232,32 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
         }
         assert!(store.connection(f.sponsor_id, "nope").await.unwrap().is_none(), "{name}");
         assert!(store.connection(Uuid::new_v4(), "gw").await.unwrap().is_none(), "{name}");
+
+        // Metering's routes: every connection of the sponsor, the pricing as saved.
+        let mut routes = store.routes(f.sponsor_id).await.unwrap();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut rows = entity::connections::Entity::find()
+            .filter(entity::connections::Column::SponsorId.eq(f.sponsor_id))
+            .all(db)
+            .await
+            .unwrap();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        let expected: Vec<server::metering::Route> = rows
+            .into_iter()
+            .map(|c| server::metering::Route {
+                name: c.name,
+                base_url: c.base_url,
+                cost_micros: c.cost_micros,
+                pricing: c.pricing,
+                rate_limits: c.rate_limits,
+            })
+            .collect();
+        assert_eq!(routes, expected, "{name}");
+        assert!(
+            routes.iter().any(|r| r.pricing.as_deref().is_some_and(|p| p.contains("claude-haiku-4-5"))),
+            "{name}"
+        );
+        assert!(store.routes(Uuid::new_v4()).await.unwrap().is_empty(), "{name}");
 
         // The policy stage's reads together: everything found, each part missing.
         let rows = store.call_rows(f.sponsor_id, f.agent_id, policy_id, Some("api")).await.unwrap();

@@ -24,7 +24,10 @@ pub async fn hold(p: &Pipeline, call: &mut Call<'_>, grant: Option<Uuid>) -> Flo
     call.record.note("budget", format!("reserving {estimate}"));
     let detail = json!({"reasons": call.reasons, "stages": call.record.stages, "label": call.request.label,
                         "estimate_micros": estimate, "policy": call.policy_verdict,
-                        "approval_id": call.approved, "grant_id": grant});
+                        "approval_id": call.approved, "grant_id": grant,
+                        "metering": call.meter.as_ref().map(|m| json!({"connection": m.connection,
+                            "provider": m.llm.provider.as_str(), "model": m.llm.model, "max_tokens": m.llm.max_tokens,
+                            "input_bound_tokens": m.llm.input_bound, "ceiling_micros": m.llm.ceiling_micros}))});
     let intent = AuditEntry { cost_micros: estimate, ..call.entry("proxy.intent", None, "allow", detail) };
     match p.commit.intent(call.agent.agent.id, &call.request_id, estimate, intent).await {
         Ok(Intent::Recorded(_)) => {
@@ -36,6 +39,7 @@ pub async fn hold(p: &Pipeline, call: &mut Call<'_>, grant: Option<Uuid>) -> Flo
             call.record.stages.pop();
             let remaining = json!({"daily_remaining_micros": daily_remaining_micros,
                                    "monthly_remaining_micros": monthly_remaining_micros, "cost_micros": estimate});
+            super::rate::give_back(p, call).await;
             let agent = &call.agent.agent;
             let mut data = remaining.clone();
             data["request_id"] = json!(call.request_id);
@@ -43,8 +47,14 @@ pub async fn hold(p: &Pipeline, call: &mut Call<'_>, grant: Option<Uuid>) -> Flo
             Break(Stop::Deny { stage: Stage::Budget, reason: "budget exceeded".into(), extra: remaining })
         }
         // `Refused` always carries a refusal; anything else is a bug, refused safely.
-        Ok(Intent::Refused(Reservation::Held)) => Break(Stop::Storage(AppError::internal())),
+        Ok(Intent::Refused(Reservation::Held)) => {
+            super::rate::give_back(p, call).await;
+            Break(Stop::Storage(AppError::internal()))
+        }
         // Rolled back: no hold, no intent, nothing performed.
-        Err(e) => Break(Stop::Storage(e)),
+        Err(e) => {
+            super::rate::give_back(p, call).await;
+            Break(Stop::Storage(e))
+        }
     }
 }

@@ -41,7 +41,8 @@ pub async fn decide(p: &Pipeline, call: &mut Call<'_>, target: &url::Url) -> Flo
         Ok(version) => version,
         Err(e) => return Break(Stop::Storage(e)),
     };
-    let input = input(agent, &call.request, target, call.estimate(), wallet.as_ref(), now());
+    let llm = call.meter.as_ref().map(|m| m.llm.policy_input());
+    let input = input(agent, &call.request, target, call.estimate(), wallet.as_ref(), llm, now());
     let canonical_input = canonical_json(&input);
     let evaluation = p.engine.evaluate_contained(version.source, input).await;
     call.policy_hash = Some(evaluation.policy_sha256.clone());

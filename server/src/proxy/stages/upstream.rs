@@ -1,8 +1,11 @@
 //! Stage `upstream`: the call itself (`proxy/upstream.rs`: pinned addresses,
 //! timeouts, size cap, redirects judged hop by hop). The answer is scrubbed of the
 //! injected secret as it arrives; gateway answers stream through, execute answers
-//! are read whole. Tested over HTTP in `tests/api/proxy.rs` and `exfiltration.rs`
-//! (redirects, scrubbed encodings).
+//! are read whole. A metered call forwards the body metering planned (its output
+//! cap, the stream's usage option) and its answer passes through the usage tap
+//! ([`crate::metering::tap`]) after the scrubber. Tested over HTTP in
+//! `tests/api/proxy.rs`, `exfiltration.rs` (redirects, scrubbed encodings) and
+//! `metering.rs`.
 
 use serde_json::json;
 
@@ -13,20 +16,18 @@ use super::secret::Prepared;
 use crate::call::Stage;
 use crate::call::outcome::{Answer, Failure, Outcome};
 use crate::call::upstream::UpstreamError;
+use crate::metering::tap::{TapSpec, tap};
 
 pub async fn perform(p: &Pipeline, call: &mut Call<'_>, prepared: Prepared) -> Result<Answer, UpstreamError> {
     let Prepared { url, headers, secret } = prepared;
     let request = &call.request;
+    let body = match call.meter.as_ref().and_then(|m| m.llm.forward_body.clone()) {
+        Some(planned) => planned,
+        None => request.body.clone(),
+    };
     let called = p
         .upstream
-        .call_streaming(
-            request.method.clone(),
-            url,
-            headers,
-            request.body.clone(),
-            request.follow_redirects,
-            secret.as_ref(),
-        )
+        .call_streaming(request.method.clone(), url, headers, body, request.follow_redirects, secret.as_ref())
         .await;
     let answer = match called {
         Ok(mut r) => {
@@ -34,7 +35,18 @@ pub async fn perform(p: &Pipeline, call: &mut Call<'_>, prepared: Prepared) -> R
                 secret::scrub_headers(s, &mut r.headers);
                 r.body = secret::scrub_stream(r.body, Scrubber::new(s));
             }
-            if request.stream_response {
+            if let Some(m) = call.meter.as_mut() {
+                let spec = TapSpec {
+                    provider: m.llm.provider,
+                    sse: TapSpec::is_sse(&r.headers),
+                    hide_usage_chunk: m.llm.hide_usage_chunk,
+                };
+                let (body, reading) =
+                    tap(std::mem::replace(&mut r.body, Box::pin(futures::stream::empty())), spec);
+                r.body = body;
+                m.reading = Some(reading);
+            }
+            if call.request.stream_response {
                 Ok(Answer::Streaming(r))
             } else {
                 r.read_whole().await.map(Answer::Whole)

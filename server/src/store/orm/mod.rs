@@ -110,6 +110,26 @@ impl CallStore for OrmStore {
         })
     }
 
+    fn routes(&self, sponsor_id: Uuid) -> Read<'_, Vec<crate::store::Route>> {
+        Box::pin(async move {
+            let rows = connections::Entity::find()
+                .filter(connections::Column::SponsorId.eq(sponsor_id))
+                .all(&self.db)
+                .await
+                .map_err(internal)?;
+            Ok(rows
+                .into_iter()
+                .map(|c| crate::store::Route {
+                    name: c.name,
+                    base_url: c.base_url,
+                    cost_micros: c.cost_micros,
+                    pricing: c.pricing,
+                    rate_limits: c.rate_limits,
+                })
+                .collect())
+        })
+    }
+
     fn start_writer(&self, writer: Writer, runtime: tokio::runtime::Handle) {
         match &self.audit {
             Some(audit) => {

@@ -107,6 +107,14 @@ impl CallStore for PgStore {
         self.row(query, reads::connection_and_secret)
     }
 
+    fn routes(&self, sponsor_id: Uuid) -> Read<'_, Vec<crate::store::Route>> {
+        let query = sqlx::query(reads::ROUTES_SQL).bind(sponsor_id);
+        Box::pin(async move {
+            let rows = query.fetch_all(&self.pool).await.map_err(internal)?;
+            rows.iter().map(reads::route).collect::<sqlx::Result<Vec<_>>>().map_err(internal)
+        })
+    }
+
     fn call_rows<'a>(
         &'a self,
         sponsor_id: Uuid,

@@ -18,7 +18,7 @@ pub(super) fn internal(e: sqlx::Error) -> AppError {
 /// The unrevoked key with this id and its agent ([`crate::store::CallStore::live_key`]).
 pub(super) const LIVE_KEY_SQL: &str = "SELECT k.id, k.agent_id, k.key_id, k.key_hash, k.created_at, k.revoked_at, k.last_used_at, \
      a.id, a.sponsor_id, a.name, a.description, a.status, a.policy_id, a.trust_score, a.tags, \
-     a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at \
+     a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at, a.rate_limits \
      FROM agent_keys k LEFT JOIN agents a ON a.id = k.agent_id \
      WHERE k.key_id = $1 AND k.revoked_at IS NULL LIMIT 1";
 
@@ -49,6 +49,7 @@ pub(super) fn key_and_agent(r: &PgRow) -> sqlx::Result<(agent_keys::Model, Optio
             suspended_reason: r.try_get(18)?,
             deleted_at: r.try_get(19)?,
             last_seen_at: r.try_get(20)?,
+            rate_limits: r.try_get(21)?,
         }),
     };
     Ok((key, agent))
@@ -84,8 +85,12 @@ fn secret_at(r: &PgRow, at: usize) -> sqlx::Result<secrets::Model> {
 
 /// The sponsor's connection of this name and the name of its secret, if any.
 pub(super) const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_url, c.secret_id, c.cost_micros, c.created_at, \
-     c.updated_at, s.name FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
+     c.updated_at, s.name, c.pricing, c.rate_limits FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
      WHERE c.sponsor_id = $1 AND c.name = $2 LIMIT 1";
+
+/// The sponsor's connections as metering matches targets against them.
+pub(super) const ROUTES_SQL: &str =
+    "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = $1";
 
 pub(super) fn connection_and_secret(r: &PgRow) -> sqlx::Result<(connections::Model, Option<String>)> {
     let connection = connections::Model {
@@ -97,6 +102,8 @@ pub(super) fn connection_and_secret(r: &PgRow) -> sqlx::Result<(connections::Mod
         cost_micros: r.try_get(5)?,
         created_at: r.try_get(6)?,
         updated_at: r.try_get(7)?,
+        pricing: r.try_get(9)?,
+        rate_limits: r.try_get(10)?,
     };
     Ok((connection, r.try_get(8)?))
 }
@@ -168,4 +175,15 @@ pub(super) fn call_rows(r: &PgRow) -> sqlx::Result<crate::store::CallRows> {
         None => None,
     };
     Ok(crate::store::CallRows { wallet, policy_version: r.try_get(13)?, granted_secret })
+}
+
+/// One [`crate::store::Route`] of [`ROUTES_SQL`].
+pub(super) fn route(r: &PgRow) -> sqlx::Result<crate::store::Route> {
+    Ok(crate::store::Route {
+        name: r.try_get(0)?,
+        base_url: r.try_get(1)?,
+        cost_micros: r.try_get(2)?,
+        pricing: r.try_get(3)?,
+        rate_limits: r.try_get(4)?,
+    })
 }

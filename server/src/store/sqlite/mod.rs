@@ -114,6 +114,16 @@ impl CallStore for SqliteStore {
         self.row(reads::BY_NAME_SQL, params, reads::connection_and_secret)
     }
 
+    fn routes(&self, sponsor_id: Uuid) -> Read<'_, Vec<crate::store::Route>> {
+        Box::pin(std::future::ready(self.reads.read(|conn| {
+            let mut statement = conn.prepare_cached(reads::ROUTES_SQL).map_err(internal)?;
+            let rows = statement
+                .query_map([sponsor_id.as_bytes()], reads::route)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+            rows.map_err(internal)
+        })))
+    }
+
     fn start_writer(&self, writer: Writer, runtime: tokio::runtime::Handle) {
         let batches =
             SqliteBatches { path: self.path.clone(), conn: None, broken: false, chain: self.chain.clone() };

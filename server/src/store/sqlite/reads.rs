@@ -93,7 +93,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// The unrevoked key with this id and its agent ([`crate::store::CallStore::live_key`]).
 pub(super) const LIVE_KEY_SQL: &str = "SELECT k.id, k.agent_id, k.key_id, k.key_hash, k.created_at, k.revoked_at, k.last_used_at, \
      a.id, a.sponsor_id, a.name, a.description, a.status, a.policy_id, a.trust_score, a.tags, \
-     a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at \
+     a.created_at, a.updated_at, a.suspended_at, a.suspended_reason, a.deleted_at, a.last_seen_at, a.rate_limits \
      FROM agent_keys k LEFT JOIN agents a ON a.id = k.agent_id \
      WHERE k.key_id = ?1 AND k.revoked_at IS NULL LIMIT 1";
 
@@ -126,6 +126,7 @@ pub(super) fn key_and_agent(
             suspended_reason: r.get(18)?,
             deleted_at: r.opt_time(19)?,
             last_seen_at: r.opt_time(20)?,
+            rate_limits: r.get(21)?,
         }),
     };
     Ok((key, agent))
@@ -156,8 +157,12 @@ pub(super) fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<secrets::Mod
 
 /// The sponsor's connection of this name and the name of its secret, if any.
 pub(super) const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_url, c.secret_id, c.cost_micros, c.created_at, \
-     c.updated_at, s.name FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
+     c.updated_at, s.name, c.pricing, c.rate_limits FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
      WHERE c.sponsor_id = ?1 AND c.name = ?2 LIMIT 1";
+
+/// The sponsor's connections as metering matches targets against them.
+pub(super) const ROUTES_SQL: &str =
+    "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = ?1";
 
 pub(super) fn connection_and_secret(
     r: &rusqlite::Row<'_>,
@@ -171,9 +176,22 @@ pub(super) fn connection_and_secret(
         cost_micros: r.get(5)?,
         created_at: r.time(6)?,
         updated_at: r.time(7)?,
+        pricing: r.get(9)?,
+        rate_limits: r.get(10)?,
     };
     Ok((connection, r.get(8)?))
 }
 
 /// A policy's current version number.
 pub(super) const CURRENT_VERSION_SQL: &str = "SELECT current_version FROM policies WHERE id = ?1";
+
+/// One [`crate::store::Route`] of [`ROUTES_SQL`].
+pub(super) fn route(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::store::Route> {
+    Ok(crate::store::Route {
+        name: r.get(0)?,
+        base_url: r.get(1)?,
+        cost_micros: r.get(2)?,
+        pricing: r.get(3)?,
+        rate_limits: r.get(4)?,
+    })
+}

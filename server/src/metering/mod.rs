@@ -1,0 +1,190 @@
+//! Metered cost: what an LLM call costs, measured from the provider's answer instead
+//! of taken from the agent (issue #19).
+//!
+//! A sponsor prices a connection (`pricing` on `/api/connections`). From then on every
+//! call whose target lies under that connection's base URL — through gateway mode
+//! **or** `POST /api/proxy/execute`, so switching doors dodges nothing — is metered:
+//!
+//! 1. **Before** ([`request::plan`], stage `meter`): the request's model must be in the
+//!    connection's table (else denied at stage `policy`, nothing sent); its output is
+//!    capped (the cap written into the forwarded request); a ceiling — the body's
+//!    bytes as prompt tokens at the dearest input price, plus the output bound at the
+//!    output price — is held on the wallet at stage `budget`. `input.llm` tells the
+//!    policy what is asked.
+//! 2. **During** ([`tap`]): the answer passes to the agent as it arrives; its `usage`
+//!    is read on the way (a stream's usage chunk is asked for when the agent did not,
+//!    and then hidden from it).
+//! 3. **After** ([`bill`]): when the answer has ended, the hold is settled at the cost
+//!    of the usage read — or at the ceiling when it could not be read — and the
+//!    outcome record says which, with the tokens, model and prices.
+//!
+//! Where a call's target matches ([`route_for`]): the sponsor's connection whose base
+//! URL has the same scheme, host and port and whose path is a prefix of the
+//! target's, compared segment by segment after percent-decoding (so `%76%31` is
+//! `v1`); the longest such base wins, priced or not, so a sponsor can carve a flat
+//! connection out of a priced one. Hosts are compared as written: a provider reached
+//! by another name or address is another host (a policy can refuse those).
+
+pub mod bill;
+pub mod prices;
+pub mod request;
+pub mod tap;
+pub mod usage;
+
+pub use bill::{Bill, Reading};
+
+use crate::call::request::normalised_host;
+pub use request::LlmCall;
+
+pub use crate::store::Route;
+
+/// A call being metered: where it matched, what it asks, and (once the upstream
+/// answered) where the answer's reading will arrive.
+#[derive(Debug)]
+pub struct Metered {
+    pub connection: String,
+    pub llm: LlmCall,
+    pub reading: Option<tokio::sync::oneshot::Receiver<Reading>>,
+}
+
+/// What metering makes of one call: the least it costs (its connection's per-call
+/// price), and the plan when it is metered.
+#[derive(Debug, Default)]
+pub struct Assessment {
+    /// The connection the target lies under, if any.
+    pub connection: Option<String>,
+    pub least_micros: i64,
+    pub llm: Option<LlmCall>,
+    /// The connection's saved rate limits.
+    pub rate_limits: Option<String>,
+}
+
+impl Assessment {
+    /// The stage's note for the decision record.
+    pub fn note(&self) -> String {
+        match (&self.connection, &self.llm) {
+            (None, _) => "no connection".into(),
+            (Some(c), None) => format!("flat: connection {c}"),
+            (Some(c), Some(llm)) => {
+                format!("{} {} on {c}: ceiling {}", llm.provider.as_str(), llm.model, llm.ceiling_micros)
+            }
+        }
+    }
+}
+
+/// Assesses a call to `target` against the sponsor's `routes`: `Err` is why it
+/// cannot be priced (the caller denies it before anything leaves AEGIS).
+pub fn assess(
+    routes: &[Route],
+    method: &http::Method,
+    body: &bytes::Bytes,
+    target: &url::Url,
+) -> Result<Assessment, request::Refusal> {
+    let Some(route) = route_for(routes, target) else {
+        return Ok(Assessment::default());
+    };
+    let mut assessment = Assessment {
+        connection: Some(route.name.clone()),
+        least_micros: route.cost_micros,
+        llm: None,
+        rate_limits: route.rate_limits.clone(),
+    };
+    if let Some(book) = route.pricing.as_deref().map(prices::PriceBook::from_saved).transpose()?.flatten() {
+        assessment.llm = request::plan(&book, method, target.path(), body)?;
+    }
+    Ok(assessment)
+}
+
+fn decode(segment: &str) -> Vec<u8> {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) =
+                (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The path's segments, decoded, without empty ones (`/v1//x/` is `v1`, `x`).
+fn segments(path: &str) -> Vec<Vec<u8>> {
+    path.split('/').filter(|s| !s.is_empty()).map(decode).collect()
+}
+
+/// The route `target` lies under (see the module docs), if any.
+pub fn route_for<'a>(routes: &'a [Route], target: &url::Url) -> Option<&'a Route> {
+    let host = normalised_host(target);
+    let path = segments(target.path());
+    routes
+        .iter()
+        .filter_map(|r| {
+            let base = url::Url::parse(&r.base_url).ok()?;
+            let same = base.scheme() == target.scheme()
+                && normalised_host(&base) == host
+                && base.port_or_known_default() == target.port_or_known_default();
+            let prefix = segments(base.path());
+            (same && path.starts_with(&prefix)).then_some((prefix.len(), r))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, r)| r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, base: &str, priced: bool) -> Route {
+        Route {
+            name: name.into(),
+            base_url: base.into(),
+            cost_micros: 0,
+            pricing: priced.then(|| "{}".into()),
+            rate_limits: None,
+        }
+    }
+
+    fn matched<'a>(routes: &'a [Route], url: &str) -> Option<&'a str> {
+        route_for(routes, &url::Url::parse(url).unwrap()).map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn a_target_matches_the_longest_base_by_scheme_host_port_and_whole_segments() {
+        let routes = [
+            route("openai", "https://api.openai.com/v1", true),
+            route("files", "https://api.openai.com/v1/files", false),
+            route("root", "https://other.example", true),
+        ];
+        assert_eq!(matched(&routes, "https://api.openai.com/v1/chat/completions"), Some("openai"));
+        assert_eq!(
+            matched(&routes, "https://API.OpenAI.com./v1/chat/completions"),
+            Some("openai"),
+            "host as judged"
+        );
+        assert_eq!(matched(&routes, "https://api.openai.com:443/v1/x"), Some("openai"), "default port");
+        assert_eq!(matched(&routes, "https://api.openai.com/v1/files/abc"), Some("files"), "longest wins");
+        assert_eq!(
+            matched(&routes, "https://api.openai.com/%76%31/chat/completions"),
+            Some("openai"),
+            "encoded"
+        );
+        assert_eq!(matched(&routes, "https://api.openai.com//v1//chat"), Some("openai"), "empty segments");
+        assert_eq!(
+            matched(&routes, "https://api.openai.com/v1/../v1/chat"),
+            Some("openai"),
+            "dots resolved by the parser"
+        );
+        assert_eq!(matched(&routes, "https://api.openai.com/v10/chat"), None, "whole segments only");
+        assert_eq!(matched(&routes, "http://api.openai.com/v1/chat"), None, "another scheme");
+        assert_eq!(matched(&routes, "https://api.openai.com:8443/v1/chat"), None, "another port");
+        assert_eq!(matched(&routes, "https://other.example/anything"), Some("root"));
+    }
+}
