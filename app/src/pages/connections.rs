@@ -1,20 +1,41 @@
 //! Connections (gateway mode): named upstreams an unmodified SDK reaches through
-//! AEGIS by using the gateway URL shown here as its base URL.
+//! AEGIS by using the gateway URL shown here as its base URL. Each is charged a flat
+//! price per call, or metered from the provider's token counts by a price table
+//! edited here.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
+use uuid::Uuid;
 
 use super::{CopyButton, FormError};
-use crate::model::ConnectionView;
+use crate::model::{ConnectionView, ModelPrice, Pricing, PricingProvider};
 use crate::money::format_units;
-use crate::rpc::{CreateConnection, DeleteConnection, list_connections, list_secrets};
+use crate::rpc::{
+    CreateConnection, DeleteConnection, UpdateConnectionPricing, list_connections, list_secrets,
+};
 
 #[component]
 pub fn ConnectionsPage() -> impl IntoView {
     let create = ServerAction::<CreateConnection>::new();
     let delete = ServerAction::<DeleteConnection>::new();
-    let connections =
-        Resource::new(move || (create.version().get(), delete.version().get()), |_| list_connections());
+    let pricing = ServerAction::<UpdateConnectionPricing>::new();
+    // Changes only when a price table is saved, so a refused one stays open with
+    // what was typed.
+    let priced = Memo::new(move |prev: Option<&usize>| match pricing.value().get() {
+        Some(Ok(_)) => pricing.version().get(),
+        _ => prev.copied().unwrap_or(0),
+    });
+    // The connection whose prices were last submitted: its editor shows the error.
+    let pricing_for = RwSignal::new(None::<Uuid>);
+    Effect::new(move || {
+        if let Some(id) = pricing.input().with(|i| i.as_ref().map(|i| i.id)) {
+            pricing_for.set(Some(id));
+        }
+    });
+    let connections = Resource::new(
+        move || (create.version().get(), delete.version().get(), priced.get()),
+        |_| list_connections(),
+    );
     let delete_error = Signal::derive(move || delete.value().get().and_then(Result::err));
     view! {
         <Title text="Connections"/>
@@ -29,6 +50,9 @@ pub fn ConnectionsPage() -> impl IntoView {
         <section class="card" aria-labelledby="connections-heading">
             <h2 id="connections-heading">"Your connections"</h2>
             <FormError error=delete_error/>
+            {move || pricing.value().get().and_then(Result::ok).map(|c| view! {
+                <p class="saved" role="status" id="pricing-saved">{format!("Prices saved for {}.", c.name)}</p>
+            })}
             <Transition fallback=|| view! { <p class="muted loading" role="status">"Loading connections…"</p> }>
                 {move || Suspend::new(async move {
                     match connections.await {
@@ -39,7 +63,9 @@ pub fn ConnectionsPage() -> impl IntoView {
                         }.into_any(),
                         Ok((origin, list)) => view! {
                             <ul class="connections" id="connections-list">
-                                {list.into_iter().map(|c| view! { <ConnectionItem connection=c origin=origin.clone() delete/> }).collect_view()}
+                                {list.into_iter().map(|c| view! {
+                                    <ConnectionItem connection=c origin=origin.clone() delete pricing pricing_for/>
+                                }).collect_view()}
                             </ul>
                         }.into_any(),
                         Err(e) => view! { <p class="alert error" role="alert">{e.message}</p> }.into_any(),
@@ -85,6 +111,15 @@ fn NewConnectionForm(create: ServerAction<CreateConnection>) -> impl IntoView {
                     <label for="conn-cost">"Cost per call (USD)"</label>
                     <input id="conn-cost" name="cost" inputmode="decimal" placeholder="0.00"/>
                 </div>
+                <div class="field">
+                    <label for="conn-provider">"Pricing"</label>
+                    <select id="conn-provider" name="provider" aria-describedby="conn-provider-hint">
+                        {provider_options(PricingProvider::Flat)}
+                    </select>
+                    <span class="hint muted small" id="conn-provider-hint">
+                        "Metered: each call costs the tokens the provider reports, at AEGIS's default prices                          for its models (edit them under Prices once added). Flat: the cost per call."
+                    </span>
+                </div>
                 <div class="field wide">
                     <FormError error/>
                     <button type="submit" class="button primary" disabled=move || create.pending().get()>"Add connection"</button>
@@ -94,21 +129,187 @@ fn NewConnectionForm(create: ServerAction<CreateConnection>) -> impl IntoView {
     }
 }
 
+/// The pricing choices, `current` selected.
+fn provider_options(current: PricingProvider) -> impl IntoView {
+    [
+        (PricingProvider::Flat, "flat: the cost per call"),
+        (PricingProvider::Openai, "openai: metered by tokens"),
+        (PricingProvider::Anthropic, "anthropic: metered by tokens"),
+    ]
+    .map(|(p, label)| view! { <option value=p.as_str() selected=p == current>{label}</option> })
+}
+
+/// The metered pricing, if the connection has one (flat is no pricing).
+fn metered(c: &ConnectionView) -> Option<&Pricing> {
+    c.pricing.as_ref().filter(|p| p.provider != PricingProvider::Flat)
+}
+
+/// How a connection's calls are charged, in a line.
+fn charge(c: &ConnectionView) -> String {
+    match metered(c) {
+        Some(p) => {
+            let n = p.models.as_ref().map_or(0, |m| m.len());
+            let mut line =
+                format!("metered · {} · {n} model{}", p.provider.as_str(), if n == 1 { "" } else { "s" });
+            if p.fallback.is_some() {
+                line.push_str(" + fallback");
+            }
+            if let Some(cap) = p.max_output_tokens {
+                line.push_str(&format!(" · output cap {cap}"));
+            }
+            line
+        }
+        None if c.cost_micros > 0 => format!("${} per call", format_units(c.cost_micros)),
+        None => "free".into(),
+    }
+}
+
+/// A price per million tokens in dollars ("—" when the table has none).
+fn per_mtok(micros: Option<i64>) -> String {
+    micros.map_or_else(|| "—".into(), |m| format!("${}", format_units(m)))
+}
+
+fn price_row(model: String, p: &ModelPrice) -> impl IntoView + use<> {
+    let name = model.clone();
+    view! {
+        <tr data-model=model>
+            <td class="name"><code>{name}</code></td>
+            <td>{per_mtok(p.input_per_mtok_micros)}</td>
+            <td>{per_mtok(p.cached_input_per_mtok_micros)}</td>
+            <td>{per_mtok(p.output_per_mtok_micros)}</td>
+        </tr>
+    }
+}
+
+/// The saved price table (complete: every model with every price).
+fn price_table(id: Uuid, p: &Pricing) -> AnyView {
+    let rows = p.models.iter().flatten().map(|(m, price)| price_row(m.clone(), price)).collect_view();
+    let fallback = p.fallback.as_ref().map(|f| price_row("any other model".into(), f));
+    view! {
+        <div class="table-wrap">
+            <table class="table prices-table" id=format!("prices-{id}")>
+                <caption class="muted small">"USD per million tokens"</caption>
+                <thead>
+                    <tr>
+                        <th scope="col">"Model"</th>
+                        <th scope="col">"Input"</th>
+                        <th scope="col">"Cached input"</th>
+                        <th scope="col">"Output"</th>
+                    </tr>
+                </thead>
+                <tbody>{rows}{fallback}</tbody>
+            </table>
+        </div>
+    }
+    .into_any()
+}
+
+/// JSON text for a textarea: pretty, or blank when there is nothing.
+fn pretty<T: serde::Serialize>(value: Option<&T>) -> String {
+    value.and_then(|v| serde_json::to_string_pretty(v).ok()).unwrap_or_default()
+}
+
+/// The price editor's form: the current pricing, ready to change.
+fn price_editor(
+    c: &ConnectionView,
+    pricing: ServerAction<UpdateConnectionPricing>,
+    pricing_for: RwSignal<Option<Uuid>>,
+) -> AnyView {
+    let cid = c.id;
+    let metered_pricing = metered(c);
+    let provider = metered_pricing.map_or(PricingProvider::Flat, |p| p.provider);
+    let models_json = pretty(metered_pricing.and_then(|p| p.models.as_ref()));
+    let fallback_json = pretty(metered_pricing.and_then(|p| p.fallback.as_ref()));
+    let cap = metered_pricing.and_then(|p| p.max_output_tokens).map(|t| t.to_string()).unwrap_or_default();
+    let pricing_error = Signal::derive(move || {
+        pricing.value().get().and_then(Result::err).filter(|_| pricing_for.get() == Some(cid))
+    });
+    let ids = move |what: &str| format!("price-{what}-{cid}");
+    // A saved change re-renders this form in place (not anew), and a field someone
+    // typed into no longer follows its markup: `prop:value` sets what it shows.
+    let (models_shown, fallback_shown, cap_shown) = (models_json.clone(), fallback_json.clone(), cap.clone());
+    let save_label = format!("Save prices for {}", c.name);
+    view! {
+        <ActionForm action=pricing attr:class="form grid pricing-form">
+            <input type="hidden" name="id" value=cid.to_string()/>
+            <div class="field">
+                <label for=ids("provider")>"Pricing"</label>
+                <select
+                    id=ids("provider")
+                    name="provider"
+                    aria-describedby=ids("provider-hint")
+                    prop:value=provider.as_str()
+                >
+                    {provider_options(provider)}
+                </select>
+                <span class="hint muted small" id=ids("provider-hint")>
+                    "Flat charges the cost per call and ignores the fields below."
+                </span>
+            </div>
+            <div class="field">
+                <label for=ids("cap")>"Max output tokens"</label>
+                <input id=ids("cap") name="max_output_tokens" inputmode="numeric" placeholder="no cap"
+                    value=cap prop:value=cap_shown aria-describedby=ids("cap-hint")/>
+                <span class="hint muted small" id=ids("cap-hint")>
+                    "Written into calls that ask for more or do not say."
+                </span>
+            </div>
+            <div class="field wide">
+                <label for=ids("models")>"Models (JSON)"</label>
+                <textarea id=ids("models") name="models" class="code" rows="10" spellcheck="false"
+                    autocomplete="off" aria-describedby=ids("models-hint")
+                    placeholder="blank: AEGIS's default table for the provider"
+                    prop:value=models_shown
+                    >{models_json}</textarea>
+                <span class="hint muted small" id=ids("models-hint")>
+                    "An allow-list: calls for any other model are refused unless there is a fallback. A model \
+                     given as "<code>"{}"</code>" takes AEGIS's default prices (e.g. "
+                    <code>"{\"gpt-4o-mini\": {}}"</code>"); one AEGIS does not know needs \
+                     input_per_mtok_micros and output_per_mtok_micros (millionths of a dollar per million \
+                     tokens). Blank: AEGIS's whole default table for the provider."
+                </span>
+            </div>
+            <div class="field wide">
+                <label for=ids("fallback")>"Fallback prices (JSON)"</label>
+                <textarea id=ids("fallback") name="fallback" class="code short" rows="3" spellcheck="false"
+                    autocomplete="off" aria-describedby=ids("fallback-hint")
+                    placeholder="{\"input_per_mtok_micros\": 1000000, \"output_per_mtok_micros\": 4000000}"
+                    prop:value=fallback_shown
+                    >{fallback_json}</textarea>
+                <span class="hint muted small" id=ids("fallback-hint")>
+                    "For any model not listed; blank: such calls are refused."
+                </span>
+            </div>
+            <div class="field wide">
+                <FormError error=pricing_error/>
+                <button type="submit" class="button primary" disabled=move || pricing.pending().get()
+                    aria-label=save_label>"Save prices"</button>
+            </div>
+        </ActionForm>
+    }
+    .into_any()
+}
+
 #[component]
 fn ConnectionItem(
     connection: ConnectionView,
     origin: String,
     delete: ServerAction<DeleteConnection>,
+    pricing: ServerAction<UpdateConnectionPricing>,
+    pricing_for: RwSignal<Option<Uuid>>,
 ) -> impl IntoView {
     let c = connection;
     let gateway = format!("{origin}{}", c.gateway_path);
     let (id, delete_label) = (c.id.to_string(), format!("Delete {}", c.name));
+    let provider = metered(&c).map_or(PricingProvider::Flat, |p| p.provider);
+    let table = metered(&c).map(|p| price_table(c.id, p));
+    let editor = price_editor(&c, pricing, pricing_for);
     view! {
         <li class="connection" data-connection=c.name.clone()>
             <div class="connection-head">
                 <strong class="name">{c.name.clone()}</strong>
                 <span class="muted small wrap">{"→ "}{c.base_url.clone()}</span>
-                <span class="cost">{if c.cost_micros > 0 { format!("${} per call", format_units(c.cost_micros)) } else { "free".into() }}</span>
+                <span class="cost" data-charge=provider.as_str()>{charge(&c)}</span>
             </div>
             <dl class="facts">
                 <dt>"Secret"</dt><dd>{c.secret.clone().unwrap_or_else(|| "none".into())}</dd>
@@ -119,6 +320,11 @@ fn ConnectionItem(
                 <input id=format!("gw-{}", c.id) class="key gateway-url" readonly value=gateway onfocus="this.select()"/>
                 <CopyButton/>
             </div>
+            <details class="row-action prices">
+                <summary class="button small">"Prices"</summary>
+                {table}
+                {editor}
+            </details>
             <details class="row-action">
                 <summary class="button small">"Delete"</summary>
                 <ActionForm action=delete attr:class="inline-form">
@@ -129,4 +335,5 @@ fn ConnectionItem(
             </details>
         </li>
     }
+    .into_any()
 }
