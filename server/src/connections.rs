@@ -110,18 +110,18 @@ impl ConnectionService {
         Ok(Checked { base_url: base, cost_micros: cost, secret, pricing, rate_limits })
     }
 
-    pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
+    /// A whole connection as `POST` and `PUT` take it: its name and the rest checked.
+    async fn check_new(&self, sponsor_id: Uuid, input: NewConnection) -> Result<(String, Checked), AppError> {
         let name = crate::names::identifier(&input.name, "connection name")?;
+        let secret = input.secret.as_deref();
         let c = self
-            .check(
-                sponsor_id,
-                &input.base_url,
-                input.cost_micros,
-                input.secret.as_deref(),
-                input.pricing,
-                input.rate_limits,
-            )
+            .check(sponsor_id, &input.base_url, input.cost_micros, secret, input.pricing, input.rate_limits)
             .await?;
+        Ok((name, c))
+    }
+
+    pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
+        let (name, c) = self.check_new(sponsor_id, input).await?;
         let at = now();
         let row = connections::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -154,17 +154,7 @@ impl ConnectionService {
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
         let row = self.own(sponsor_id, id).await?;
-        let name = crate::names::identifier(&input.name, "connection name")?;
-        let c = self
-            .check(
-                sponsor_id,
-                &input.base_url,
-                input.cost_micros,
-                input.secret.as_deref(),
-                input.pricing,
-                input.rate_limits,
-            )
-            .await?;
+        let (name, c) = self.check_new(sponsor_id, input).await?;
         self.save(row, Some(name), c).await
     }
 
