@@ -1,5 +1,7 @@
 //! Rate windows in this process: one lock over all windows, so a call's takes are
-//! checked and made together.
+//! checked and made together. Only the windows a call touches are pruned (never a
+//! scan of every tenant's); a window is forgotten when released empty, so memory is
+//! bounded by the agents and connections that have limits.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -52,6 +54,9 @@ impl MemoryWindows {
             if window.total + take.amount > take.limit {
                 let retry_after = (take.amount <= take.limit)
                     .then(|| window.frees(window.total + take.amount - take.limit, now));
+                if window.entries.is_empty() {
+                    windows.remove(&take.key);
+                }
                 return Admit::Refused { key: take.key.clone(), limit: take.limit, retry_after };
             }
         }
@@ -60,8 +65,6 @@ impl MemoryWindows {
             window.entries.push_back((now, member.to_owned(), take.amount));
             window.total += take.amount;
         }
-        // Windows that emptied are forgotten (memory stays bounded by the live ones).
-        windows.retain(|_, w| !w.entries.is_empty());
         Admit::Admitted
     }
 }
@@ -90,6 +93,9 @@ impl Windows for MemoryWindows {
             {
                 let (_, _, amount) = w.entries.remove(at).expect("found above");
                 w.total -= amount;
+                if w.entries.is_empty() {
+                    windows.remove(key);
+                }
             }
         }
     }
@@ -139,7 +145,11 @@ mod tests {
             "usage freed room"
         );
         futures::executor::block_on(w.release("b", &["rpm".into(), "tpm".into()]));
-        let windows = w.windows.lock().unwrap();
-        assert_eq!((windows["rpm"].total, windows["tpm"].total), (1, 30));
+        {
+            let windows = w.windows.lock().unwrap();
+            assert_eq!((windows["rpm"].total, windows["tpm"].total), (1, 30));
+        }
+        futures::executor::block_on(w.release("a", &["rpm".into(), "tpm".into()]));
+        assert!(w.windows.lock().unwrap().is_empty(), "windows released empty are forgotten");
     }
 }
