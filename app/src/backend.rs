@@ -53,6 +53,15 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
     async fn agent_trust(&self, sponsor: &SessionUser, id: Uuid) -> Result<TrustView, AppError>;
     async fn agent_wallet(&self, sponsor: &SessionUser, id: Uuid) -> Result<WalletView, AppError>;
+    /// The agent's holds, newest first: held (a metered call's ceiling) against settled.
+    async fn agent_wallet_history(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        page: PageRequest,
+    ) -> Result<Page<WalletEntry>, AppError>;
+    /// What the sponsor's agents spent, by model, connection, agent and day.
+    async fn usage(&self, sponsor: &SessionUser, query: UsageQuery) -> Result<UsageReport, AppError>;
     async fn update_agent_wallet(
         &self,
         sponsor: &SessionUser,

@@ -982,3 +982,124 @@ pub struct DashboardStats {
     /// The last 10 audit records, newest first.
     pub latest: Vec<AuditRecord>,
 }
+
+// --- usage (issue #19's dashboard) ---
+
+/// `GET /api/usage`: which days, and optionally one agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// The last N UTC days, today included: 1 to 90; 30 when absent. Anything else
+    /// is `400 invalid_days`.
+    #[serde(default)]
+    #[cfg_attr(feature = "ssr", param(minimum = 1, maximum = 90))]
+    pub days: Option<u32>,
+    /// Only this agent's calls.
+    #[serde(default)]
+    pub agent_id: Option<Uuid>,
+}
+
+/// Calls settled in a period, with their tokens, what was held for them and what
+/// they were charged (micro-units).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct UsageTotals {
+    pub requests: i64,
+    /// Metered calls charged their ceiling because their usage could not be read
+    /// (or the answer was cut short).
+    pub at_ceiling: i64,
+    /// Uncached input tokens.
+    pub tokens_in: i64,
+    pub tokens_cached: i64,
+    pub tokens_cache_write: i64,
+    pub tokens_out: i64,
+    /// Held before the calls: a metered call's ceiling, an unmetered one's estimate.
+    pub held_micros: i64,
+    pub cost_micros: i64,
+}
+
+impl UsageTotals {
+    pub fn add(&mut self, o: &UsageTotals) {
+        self.requests += o.requests;
+        self.at_ceiling += o.at_ceiling;
+        self.tokens_in += o.tokens_in;
+        self.tokens_cached += o.tokens_cached;
+        self.tokens_cache_write += o.tokens_cache_write;
+        self.tokens_out += o.tokens_out;
+        self.held_micros = self.held_micros.saturating_add(o.held_micros);
+        self.cost_micros = self.cost_micros.saturating_add(o.cost_micros);
+    }
+
+    /// Every token, of every kind.
+    pub fn tokens(&self) -> i64 {
+        self.tokens_in + self.tokens_cached + self.tokens_cache_write + self.tokens_out
+    }
+}
+
+/// One model of one connection; `connection` and `model` are empty for calls
+/// that were not metered (flat or declared cost).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ModelUsage {
+    pub connection: String,
+    pub model: String,
+    pub totals: UsageTotals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ConnectionUsage {
+    /// Empty for calls that were not metered.
+    pub connection: String,
+    pub totals: UsageTotals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AgentUsage {
+    pub agent_id: Uuid,
+    /// `null` once the agent is deleted.
+    pub agent_name: Option<String>,
+    pub totals: UsageTotals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct DayUsage {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub totals: UsageTotals,
+}
+
+/// What a sponsor's agents spent, by model, connection, agent and day, dearest
+/// first (days oldest first, every day of the period present).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct UsageReport {
+    /// First and last UTC day of the period.
+    pub from: String,
+    pub to: String,
+    pub totals: UsageTotals,
+    pub by_model: Vec<ModelUsage>,
+    pub by_connection: Vec<ConnectionUsage>,
+    pub by_agent: Vec<AgentUsage>,
+    pub by_day: Vec<DayUsage>,
+    /// The audit record the figures are complete through.
+    pub through_seq: i64,
+}
+
+/// One hold on an agent's wallet: what was held before the call (a metered call's
+/// ceiling) against what was settled after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct WalletEntry {
+    pub request_id: String,
+    /// `held` (call in flight), `settled`, `released` (not performed: nothing
+    /// charged) or `expired` (never reported back; released by the janitor).
+    pub status: String,
+    pub held_micros: i64,
+    pub settled_micros: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}

@@ -23,5 +23,7 @@ pub mod refresh_tokens;
 pub mod secret_grants;
 pub mod secrets;
 pub mod trust_events;
+pub mod usage_cursor;
+pub mod usage_daily;
 pub mod users;
 pub mod wallets;

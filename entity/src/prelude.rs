@@ -16,5 +16,7 @@ pub use super::refresh_tokens::Entity as RefreshTokens;
 pub use super::secret_grants::Entity as SecretGrants;
 pub use super::secrets::Entity as Secrets;
 pub use super::trust_events::Entity as TrustEvents;
+pub use super::usage_cursor::Entity as UsageCursor;
+pub use super::usage_daily::Entity as UsageDaily;
 pub use super::users::Entity as Users;
 pub use super::wallets::Entity as Wallets;

@@ -18,6 +18,7 @@ mod m20261127_000003_breakers;
 mod m20261206_000010_approvals_hardening;
 mod m20261207_000011_chain_head;
 mod m20261208_000012_metering;
+mod m20261209_000013_usage;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000010_approvals_hardening::Migration),
             Box::new(m20261207_000011_chain_head::Migration),
             Box::new(m20261208_000012_metering::Migration),
+            Box::new(m20261209_000013_usage::Migration),
         ]
     }
 }

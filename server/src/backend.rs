@@ -48,6 +48,7 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// What a call reads and writes on its own path ([`crate::store`]).
     pub store: Arc<dyn CallStore>,
+    pub usage: crate::usage::UsageService,
 }
 
 impl Services {
@@ -125,6 +126,7 @@ impl Services {
         };
         let agents =
             AgentService::new(db.clone(), store.clone(), policies.clone(), audit.clone(), events.clone());
+        let db_usage = db.clone();
         Arc::new(Self {
             config,
             db,
@@ -141,6 +143,7 @@ impl Services {
             approvals,
             metrics,
             store,
+            usage: crate::usage::UsageService::new(db_usage),
         })
     }
 
@@ -249,6 +252,20 @@ impl Backend for Services {
         // Ownership first: another sponsor's agent is "not found".
         self.agents.get(sponsor.user_id, id).await?;
         self.wallets.view(id).await
+    }
+
+    async fn agent_wallet_history(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        page: PageRequest,
+    ) -> Result<Page<WalletEntry>, AppError> {
+        self.agents.get(sponsor.user_id, id).await?;
+        self.wallets.history(id, page).await
+    }
+
+    async fn usage(&self, sponsor: &SessionUser, query: UsageQuery) -> Result<UsageReport, AppError> {
+        self.usage.report(sponsor.user_id, &query).await
     }
 
     /// Limits are agent settings: the same validation and audit record as `PATCH`.

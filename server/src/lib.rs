@@ -30,6 +30,7 @@ pub mod secrets;
 pub mod spend;
 pub mod store;
 pub mod trust;
+pub mod usage;
 pub mod wallets;
 
 use std::net::SocketAddr;
@@ -206,6 +207,10 @@ fn spawn_janitor(services: Arc<Services>) -> tokio::task::JoinHandle<()> {
                 .await
             {
                 tracing::error!(error = %e.message, "could not close interrupted approved calls");
+            }
+            // Settled calls into the usage rollups (the dashboard's spend charts).
+            if let Err(e) = services.usage.catch_up().await {
+                tracing::error!(error = %e.message, "could not fold usage");
             }
             // Stored answers past their retention (idempotency 24 h, approval outcomes 7 days).
             if let Err(e) = services.prune_stored_answers().await {

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::error::AppError;
-use app::model::WalletUpdate;
+use app::model::{Page, PageRequest, WalletEntry, WalletUpdate};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use entity::{ledger_entries, wallets};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QuerySelect, Set,
+    QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -190,6 +190,45 @@ impl WalletService {
 
     /// The wallet as sponsors see it, with the current windows rolled over first so
     /// yesterday's spend never shows as today's.
+    /// The agent's holds, newest first (ledger ids are UUIDv7: the last id of a
+    /// page is the cursor for the next): held before each call against settled.
+    pub async fn history(&self, agent_id: Uuid, page: PageRequest) -> Result<Page<WalletEntry>, AppError> {
+        const MAX_PAGE: u32 = 200;
+        let limit = match page.limit {
+            Some(n) if !(1..=MAX_PAGE).contains(&n) => {
+                return Err(AppError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")));
+            }
+            limit => limit.unwrap_or(50),
+        };
+        let mut query = ledger_entries::Entity::find()
+            .filter(ledger_entries::Column::AgentId.eq(agent_id))
+            .order_by_desc(ledger_entries::Column::Id)
+            .limit(u64::from(limit) + 1);
+        if let Some(cursor) = page.cursor.as_deref().filter(|c| !c.is_empty()) {
+            let before: Uuid = cursor.parse().map_err(|_| {
+                AppError::bad_request("invalid_cursor", "cursor is not one this API returned")
+            })?;
+            query = query.filter(ledger_entries::Column::Id.lt(before));
+        }
+        let mut rows = query.all(&self.db).await.map_err(internal)?;
+        let next_cursor = (rows.len() > limit as usize).then(|| {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.id.to_string())
+        });
+        let items = rows
+            .into_iter()
+            .map(|r| WalletEntry {
+                request_id: r.request_id,
+                status: r.status,
+                held_micros: r.reserved_micros,
+                settled_micros: r.settled_micros,
+                created_at: r.created_at,
+                resolved_at: r.resolved_at,
+            })
+            .collect();
+        Ok(Page { items, next_cursor: next_cursor.flatten() })
+    }
+
     pub async fn view(&self, agent_id: Uuid) -> Result<app::model::WalletView, AppError> {
         let at = now();
         roll_windows(&self.db, agent_id, at).await?;

@@ -5,7 +5,7 @@
 use app::backend::Backend;
 use app::model::{
     AgentCreated, AgentPatch, AgentView, KeyRotated, NewAgent, Page, PageRequest, SuspendRequest, TrustView,
-    WalletUpdate, WalletView,
+    WalletEntry, WalletUpdate, WalletView,
 };
 use axum::Json;
 use axum::extract::State;
@@ -200,6 +200,25 @@ pub async fn agent_wallet(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.agent_wallet(&sponsor, id).await?))
+}
+
+#[utoipa::path(get, path = "/api/agents/{id}/wallet/history", tag = "agents",
+    summary = "An agent's wallet history: held against settled",
+    description = "Each hold on the wallet, newest first, keyset-paginated: what was held before the call (for a metered LLM call, its ceiling) and what was settled after it. `status` is `held` (in flight), `settled`, `released` (not performed, nothing charged) or `expired` (never reported back; released by the janitor). `request_id` finds the call in the audit log.",
+    params(("id" = Uuid, Path, description = "Agent id"), PageRequest),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "One page of holds", body = Page<WalletEntry>),
+        (status = 400, description = "`invalid_limit`: not a whole number from 1 to 200\n`invalid_cursor`: not a cursor this API returned", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+    ))]
+pub async fn agent_wallet_history(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(page): ApiQuery<PageRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.agent_wallet_history(&sponsor, id, page).await?))
 }
 
 #[utoipa::path(put, path = "/api/agents/{id}/wallet", tag = "agents",

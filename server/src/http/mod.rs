@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/resume", post(agents::resume_agent))
         .route("/agents/{id}/trust", get(agents::agent_trust))
         .route("/agents/{id}/wallet", get(agents::agent_wallet).put(agents::update_agent_wallet))
+        .route("/agents/{id}/wallet/history", get(agents::agent_wallet_history))
         .route("/agent/me", get(agents::agent_self))
         .route("/policies", get(policies::list_policies).post(policies::create_policy))
         .route("/policies/{id}", get(policies::get_policy).put(policies::update_policy))
@@ -101,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/sessions", get(account::list_sessions))
         .route("/auth/sessions/{id}", axum::routing::delete(account::revoke_session))
         .route("/dashboard/stats", get(overview::stats))
+        .route("/usage", get(overview::usage))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))

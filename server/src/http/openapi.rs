@@ -50,6 +50,7 @@ use crate::call::Stage;
         super::agents::resume_agent,
         super::agents::agent_trust,
         super::agents::agent_wallet,
+        super::agents::agent_wallet_history,
         super::agents::update_agent_wallet,
         super::agents::agent_self,
         super::proxy::execute,
@@ -84,6 +85,7 @@ use crate::call::Stage;
         super::account::list_sessions,
         super::account::revoke_session,
         super::overview::stats,
+        super::overview::usage,
     ),
     components(schemas(ErrorBody, PolicyInput)),
     modifiers(&Security, &CommonErrors),
@@ -97,7 +99,7 @@ use crate::call::Stage;
         (name = "connections", description = "Named upstreams for gateway mode."),
         (name = "approvals", description = "Requests a policy marked `require_approval`, parked until you approve (AEGIS then performs exactly the stored request, once), reject, or let them expire."),
         (name = "audit", description = "The hash-chained audit log: read, export, verify, replay."),
-        (name = "dashboard", description = "The numbers behind the dashboard's overview."),
+        (name = "dashboard", description = "The numbers behind the dashboard's overview and usage pages."),
         (name = "meta", description = "Health, readiness, metrics and this documentation. Public (metrics can require a token)."),
     )
 )]

@@ -2,7 +2,7 @@
 //! [`Backend`] method the dashboard uses too.
 
 use app::backend::Backend;
-use app::model::{DashboardStats, StatsQuery, StatsRange};
+use app::model::{DashboardStats, StatsQuery, StatsRange, UsageQuery, UsageReport};
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -28,4 +28,21 @@ pub async fn stats(
 ) -> ApiResult<impl IntoResponse> {
     let range = StatsRange::parse(query.range.as_deref())?;
     Ok(Json(s.services.dashboard_stats(&sponsor, range).await?))
+}
+
+#[utoipa::path(get, path = "/api/usage", tag = "dashboard",
+    summary = "What your agents spent, by model, connection, agent and day",
+    description = "Calls settled over the last `days` UTC days (today included), summed from the audit log's outcome records: requests, tokens (uncached input, cached input, cache writes, output), what was held before the calls (a metered call's ceiling) and what they were charged, in micro-units. `by_model`, `by_connection` and `by_agent` are dearest first; `by_day` has every day of the period, oldest first. Calls that were not metered count under an empty `connection` and `model`. `through_seq` is the audit record the figures are complete through.",
+    params(UsageQuery),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The usage", body = UsageReport),
+        (status = 400, description = "`invalid_days`: not a whole number from 1 to 90", body = ErrorBody),
+    ))]
+pub async fn usage(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.usage(&sponsor, query).await?))
 }

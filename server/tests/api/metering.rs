@@ -703,3 +703,155 @@ async fn rate_limits_are_exact_across_two_replicas_sharing_redis() {
     let limited = statuses.iter().filter(|s| **s == StatusCode::FORBIDDEN).count();
     assert_eq!((ok, limited), (17, 43), "{statuses:?}");
 }
+
+/// `GET /api/usage` sums what was settled — by model, connection, agent and day —
+/// and equals the wallet's spend exactly; the wallet history shows each call's
+/// ceiling (held) against what it settled at; another sponsor sees none of it.
+#[tokio::test]
+async fn usage_and_wallet_history_show_what_was_held_and_settled() {
+    let t = setup("permissive").await;
+    let messages = json!([{"role": "user", "content": "usage please"}]);
+    let mut ids = Vec::new();
+    for (path, body, behaviour) in [
+        ("/api/gw/openai/chat/completions", json!({"model": "gpt-test", "messages": messages, "max_tokens": 4}), ""),
+        (
+            "/api/gw/openai/chat/completions",
+            json!({"model": "gpt-test", "messages": messages, "max_tokens": 7, "stream": true}),
+            "",
+        ),
+        ("/api/gw/openai/chat/completions", json!({"model": "gpt-test", "messages": messages, "max_tokens": 3}), "no-usage"),
+        ("/api/gw/claude/v1/messages", json!({"model": "claude-test", "messages": messages, "max_tokens": 5}), ""),
+    ] {
+        let r = t.gw(path).header("x-mock-behaviour", behaviour).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        ids.push(request_id(&r));
+        let _ = r.bytes().await.unwrap();
+    }
+    // A model outside the allow-list: denied before any hold, counted nowhere.
+    let r = t
+        .gw("/api/gw/openai/chat/completions")
+        .json(&json!({"model": "gpt-other", "messages": messages, "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let spent = t.settled_wallet().await["daily_spent_micros"].as_i64().unwrap();
+    let mut meterings = Vec::new();
+    for id in &ids {
+        meterings.push(t.metering(id).await);
+    }
+
+    let r = t.s.get("/api/usage?days=7", &t.sponsor.access).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let u = r.body;
+    assert_eq!(u["totals"]["cost_micros"], spent, "the sum of the settled calls: {u}");
+    assert_eq!(u["totals"]["requests"], 4);
+    assert_eq!(u["totals"]["at_ceiling"], 1, "the answer without usage");
+    let held: i64 = meterings.iter().map(|m| m["ceiling_micros"].as_i64().unwrap()).sum();
+    assert_eq!(u["totals"]["held_micros"], held);
+    let out: i64 = meterings.iter().map(|m| m["tokens_out"].as_i64().unwrap()).sum();
+    assert_eq!(u["totals"]["tokens_out"], out);
+    let gpt = meterings[..3].iter().map(|m| m["charged_micros"].as_i64().unwrap()).sum::<i64>();
+    let claude = meterings[3]["charged_micros"].as_i64().unwrap();
+    let by_model: Vec<(Value, Value, Value, Value)> = u["by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (m["connection"].clone(), m["model"].clone(), m["totals"]["requests"].clone(), m["totals"]["cost_micros"].clone())
+        })
+        .collect();
+    let mut expected = vec![
+        (json!("openai"), json!("gpt-test"), json!(3), json!(gpt)),
+        (json!("claude"), json!("claude-test"), json!(1), json!(claude)),
+    ];
+    expected.sort_by_key(|e| -e.3.as_i64().unwrap());
+    assert_eq!(by_model, expected, "dearest first: {u}");
+    assert_eq!(u["by_connection"].as_array().unwrap().len(), 2);
+    assert_eq!(u["by_agent"][0]["agent_name"], "llm-bot");
+    assert_eq!(u["by_agent"][0]["totals"]["tokens_out"], out);
+    let days = u["by_day"].as_array().unwrap();
+    assert_eq!(days.len(), 7, "every day of the period");
+    assert_eq!(days.last().unwrap()["day"], u["to"]);
+    assert_eq!(days.last().unwrap()["totals"]["cost_micros"], spent, "today holds it all");
+    // Folding again counts nothing twice; one agent's filter sees the same.
+    let again = t.s.get(&format!("/api/usage?agent_id={}", t.agent_id), &t.sponsor.access).await;
+    assert_eq!(again.body["totals"], u["totals"]);
+    assert_eq!(again.body["by_day"].as_array().unwrap().len(), 30, "30 days by default");
+
+    // The wallet history: newest first, each metered hold at its ceiling, settled at its charge.
+    let r = t.s.get(&format!("/api/agents/{}/wallet/history", t.agent_id), &t.sponsor.access).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let items = r.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 4, "no hold for the denied call: {}", r.text);
+    for (item, (id, m)) in items.iter().rev().zip(ids.iter().zip(&meterings)) {
+        assert_eq!(item["request_id"], json!(id));
+        assert_eq!(item["status"], "settled");
+        assert_eq!(item["held_micros"], m["ceiling_micros"]);
+        assert_eq!(item["settled_micros"], m["charged_micros"]);
+    }
+    let page = t.s.get(&format!("/api/agents/{}/wallet/history?limit=3", t.agent_id), &t.sponsor.access).await;
+    let cursor = page.body["next_cursor"].as_str().expect("a second page").to_owned();
+    let rest =
+        t.s.get(&format!("/api/agents/{}/wallet/history?limit=3&cursor={cursor}", t.agent_id), &t.sponsor.access).await;
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(rest.body["items"][0]["request_id"], json!(ids[0]));
+    assert!(rest.body["next_cursor"].is_null());
+
+    // Bad input: a clear 400 with a code.
+    for (path, code) in [
+        ("/api/usage?days=0".to_owned(), "invalid_days"),
+        ("/api/usage?days=91".to_owned(), "invalid_days"),
+        (format!("/api/agents/{}/wallet/history?limit=0", t.agent_id), "invalid_limit"),
+        (format!("/api/agents/{}/wallet/history?cursor=nope", t.agent_id), "invalid_cursor"),
+    ] {
+        let r = t.s.get(&path, &t.sponsor.access).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, code), "{path}: {}", r.text);
+    }
+
+    // Another sponsor: nothing of it.
+    let other = t.s.sponsor("usage-other").await;
+    let r = t.s.get("/api/usage", &other.access).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["totals"]["requests"], 0);
+    assert_eq!(r.body["by_model"], json!([]));
+    let r = t.s.get(&format!("/api/agents/{}/wallet/history", t.agent_id), &other.access).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = t.s.get(&format!("/api/usage?agent_id={}", t.agent_id), &other.access).await;
+    assert_eq!(r.body["totals"]["requests"], 0, "another sponsor's agent id finds nothing");
+}
+
+/// Folders racing — two replicas' janitors, reports — count each outcome exactly
+/// once: the cursor moves only from where a folder started.
+#[tokio::test]
+async fn racing_usage_folders_count_each_outcome_once() {
+    use sea_orm::ConnectionTrait;
+    let t = setup("permissive").await;
+    let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "race"}], "max_tokens": 2});
+    for _ in 0..12 {
+        let r = t.gw("/api/gw/openai/chat/completions").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let spent = t.settled_wallet().await["daily_spent_micros"].as_i64().unwrap();
+    assert_eq!(spent, 12 * usage_cost(&body));
+    let config = &t.s.running.services.config;
+    let url = server::db::resolve_url(config.database_url.as_deref(), &config.data_dir);
+    let mut folders = Vec::new();
+    for _ in 0..3 {
+        folders.push(server::usage::UsageService::new(server::db::connect_with(&url, Some(4)).await.unwrap()));
+    }
+    for round in 0..5 {
+        // Start over: no rollups, nothing folded (the server's own janitor may race too).
+        let db = &t.s.running.services.db;
+        let txn = server::db::begin_write(db).await.unwrap();
+        txn.execute_unprepared("DELETE FROM usage_daily").await.unwrap();
+        txn.execute_unprepared("UPDATE usage_cursor SET seq = 0").await.unwrap();
+        txn.commit().await.unwrap();
+        let (a, b, c) = tokio::join!(folders[0].catch_up(), folders[1].catch_up(), folders[2].catch_up());
+        let folded = a.unwrap() + b.unwrap() + c.unwrap();
+        assert!(folded <= 12, "round {round}: {folded} folded");
+        let r = t.s.get("/api/usage", &t.sponsor.access).await;
+        assert_eq!(r.body["totals"]["requests"], 12, "round {round}: {}", r.text);
+        assert_eq!(r.body["totals"]["cost_micros"], spent, "round {round}");
+    }
+}
