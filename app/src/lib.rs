@@ -57,6 +57,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("agents/:id") view=pages::agent::AgentPage ssr=SsrMode::Async/>
                     <Route path=path!("secrets") view=pages::secrets::SecretsPage ssr=SsrMode::Async/>
                     <Route path=path!("connections") view=pages::connections::ConnectionsPage ssr=SsrMode::Async/>
+                    <Route path=path!("usage") view=pages::usage::UsagePage ssr=SsrMode::Async/>
                     <Route path=path!("policies") view=pages::policies::PoliciesPage ssr=SsrMode::Async/>
                     <Route path=path!("account") view=pages::account::AccountPage ssr=SsrMode::Async/>
                 </ParentRoute>

@@ -856,6 +856,22 @@ pub async fn revoke_session(id: Uuid) -> Result<(), AppError> {
     .await
 }
 
+#[server(prefix = "/rpc", endpoint = "get_usage")]
+pub async fn get_usage(days: Option<u32>) -> Result<UsageReport, AppError> {
+    use ssr::*;
+    respond(async { backend()?.usage(&sponsor()?, UsageQuery { days, agent_id: None }).await }).await
+}
+
+/// One page of an agent's wallet history (50 holds), newest first.
+#[server(prefix = "/rpc", endpoint = "wallet_history")]
+pub async fn wallet_history(id: Uuid, cursor: Option<String>) -> Result<Page<WalletEntry>, AppError> {
+    use ssr::*;
+    respond(async {
+        backend()?.agent_wallet_history(&sponsor()?, id, PageRequest { limit: Some(50), cursor }).await
+    })
+    .await
+}
+
 #[server(prefix = "/rpc", endpoint = "overview_stats")]
 pub async fn overview_stats(range: Option<String>) -> Result<DashboardStats, AppError> {
     use ssr::*;

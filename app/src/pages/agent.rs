@@ -10,11 +10,11 @@ use uuid::Uuid;
 use super::{FormError, OneTimeKey};
 use crate::error::AppError;
 use crate::live::Live;
-use crate::model::{AgentStatus, AgentView, AuditRecord, TrustEventView, WalletView};
+use crate::model::{AgentStatus, AgentView, AuditRecord, TrustEventView, WalletEntry, WalletView};
 use crate::money::format_units;
 use crate::rpc::{
     RotateAgentKey, SetAgentPolicy, SetAgentState, SetSecretGrant, UpdateWallet, agent_trust, agent_wallet,
-    get_agent, list_audit, list_policies, list_secrets, take_new_key,
+    get_agent, list_audit, list_policies, list_secrets, take_new_key, wallet_history,
 };
 
 const TABS: [(&str, &str); 6] = [
@@ -242,6 +242,75 @@ fn WalletTab(id: Uuid) -> impl IntoView {
             <FormError error/>
             {move || saved().then(|| view! { <p class="saved" role="status" id="wallet-saved">"Saved."</p> })}
         </section>
+        <section class="card" aria-labelledby="history-heading">
+            <h2 id="history-heading">"History: held against settled"</h2>
+            <p class="muted small">
+                "Before each call AEGIS holds what it may cost (a metered LLM call: its ceiling); after it, "
+                "the hold is settled at what it did cost and the rest released."
+            </p>
+            <WalletHistory id/>
+        </section>
+    }
+}
+
+/// The wallet's latest holds (one page), live.
+#[component]
+fn WalletHistory(id: Uuid) -> impl IntoView {
+    let tick = Live::get().map(|l| l.tick);
+    let history = Resource::new(move || tick.map(|t| t.get()), move |_| wallet_history(id, None));
+    view! {
+        <Transition fallback=|| loading("the history")>
+            {move || Suspend::new(async move {
+                match history.await {
+                    Ok(page) if page.items.is_empty() => view! {
+                        <p class="empty muted" id="wallet-history-empty">"No calls have held anything yet."</p>
+                    }.into_any(),
+                    Ok(page) => view! { <HistoryTable items=page.items more=page.next_cursor.is_some()/> }.into_any(),
+                    Err(e) => failed(e),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn HistoryTable(items: Vec<WalletEntry>, more: bool) -> impl IntoView {
+    view! {
+        <div class="table-wrap">
+            <table class="table" id="wallet-history">
+                <thead>
+                    <tr>
+                        <th scope="col">"When"</th>
+                        <th scope="col">"Status"</th>
+                        <th scope="col" class="num">"Held"</th>
+                        <th scope="col" class="num">"Settled"</th>
+                        <th scope="col">"Settled of held"</th>
+                        <th scope="col">"Call"</th>
+                    </tr>
+                </thead>
+                <tbody>
+                    {items.into_iter().map(|e| {
+                        let settled = e.settled_micros.unwrap_or(0);
+                        let pct = if e.held_micros > 0 {
+                            (i128::from(settled) * 100 / i128::from(e.held_micros)).clamp(0, 100) as i64
+                        } else if settled > 0 { 100 } else { 0 };
+                        view! {
+                            <tr data-request=e.request_id.clone() data-status=e.status.clone()>
+                                <td class="small">{e.created_at.format("%Y-%m-%d %H:%M:%S").to_string()}</td>
+                                <td><span class=format!("badge {}", e.status)>{e.status.clone()}</span></td>
+                                <td class="num" data-col="held">{dollars(e.held_micros)}</td>
+                                <td class="num" data-col="settled">{e.settled_micros.map(dollars).unwrap_or_else(|| "—".into())}</td>
+                                <td>
+                                    <div class="meter" title=format!("{pct}% of the hold")><span style=format!("width:{pct}%")></span></div>
+                                </td>
+                                <td class="small"><a href=format!("/audit?request_id={}", e.request_id)><code>{e.request_id.clone()}</code></a></td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </div>
+        {more.then(|| view! { <p class="muted small">"The latest 50 holds; GET /api/agents/{id}/wallet/history pages through the rest."</p> })}
     }
 }
 

@@ -42,6 +42,7 @@ pub fn SignedIn() -> impl IntoView {
                             })}
                         </Transition>
                     </A>
+                    <A href="/usage">"Usage"</A>
                     <A href="/audit">"Audit"</A>
                     <A href="/secrets">"Secrets"</A>
                     <A href="/connections">"Connections"</A>

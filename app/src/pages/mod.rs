@@ -9,6 +9,7 @@ pub mod layout;
 pub mod overview;
 pub mod policies;
 pub mod secrets;
+pub mod usage;
 
 use leptos::prelude::*;
 

@@ -125,7 +125,10 @@ mod tests {
     fn a_metered_outcome_adds_its_tokens_ceiling_and_charge() {
         let detail = metering("usage");
         let (key, t) = fold(&outcome("allow", 49, &detail)).unwrap();
-        assert_eq!((key.connection.as_str(), key.model.as_str(), key.day.as_str()), ("llm", "gpt-4o-mini", "2026-12-07"));
+        assert_eq!(
+            (key.connection.as_str(), key.model.as_str(), key.day.as_str()),
+            ("llm", "gpt-4o-mini", "2026-12-07")
+        );
         assert_eq!(
             t,
             UsageTotals {
@@ -140,7 +143,11 @@ mod tests {
             }
         );
         let detail = metering("ceiling");
-        assert_eq!(fold(&outcome("error", 900, &detail)).unwrap().1.at_ceiling, 1, "broke off: billed anyway");
+        assert_eq!(
+            fold(&outcome("error", 900, &detail)).unwrap().1.at_ceiling,
+            1,
+            "broke off: billed anyway"
+        );
     }
 
     #[test]
@@ -158,7 +165,11 @@ mod tests {
     #[test]
     fn records_of_one_key_are_summed() {
         let detail = metering("usage");
-        let rows = fold_all([outcome("allow", 49, &detail), outcome("allow", 51, &detail), outcome("allow", 7, "{}")]);
+        let rows = fold_all([
+            outcome("allow", 49, &detail),
+            outcome("allow", 51, &detail),
+            outcome("allow", 7, "{}"),
+        ]);
         assert_eq!(rows.len(), 2);
         let llm = rows.iter().find(|(k, _)| k.model == "gpt-4o-mini").unwrap().1;
         assert_eq!((llm.requests, llm.cost_micros, llm.tokens_out, llm.held_micros), (2, 100, 90, 1800));

@@ -17,15 +17,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use app::error::AppError;
-use app::model::{
-    AgentUsage, ConnectionUsage, DayUsage, ModelUsage, UsageQuery, UsageReport, UsageTotals,
-};
+use app::model::{AgentUsage, ConnectionUsage, DayUsage, ModelUsage, UsageQuery, UsageReport, UsageTotals};
 use chrono::{Duration, Utc};
 use entity::{agents, audit_events, usage_cursor, usage_daily};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -162,7 +159,8 @@ impl UsageService {
         sponsor_id: Uuid,
         rows: &[usage_daily::Model],
     ) -> Result<HashMap<Uuid, String>, AppError> {
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.agent_id).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let ids: Vec<Uuid> =
+            rows.iter().map(|r| r.agent_id).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -275,12 +273,18 @@ fn summarise(
             day.add(&t);
         }
     }
-    let dearest = |a: &UsageTotals, b: &UsageTotals| b.cost_micros.cmp(&a.cost_micros).then(b.tokens().cmp(&a.tokens()));
-    let mut by_model: Vec<ModelUsage> =
-        by_model.into_iter().map(|((connection, model), totals)| ModelUsage { connection, model, totals }).collect();
+    let dearest = |a: &UsageTotals, b: &UsageTotals| {
+        b.cost_micros.cmp(&a.cost_micros).then(b.tokens().cmp(&a.tokens()))
+    };
+    let mut by_model: Vec<ModelUsage> = by_model
+        .into_iter()
+        .map(|((connection, model), totals)| ModelUsage { connection, model, totals })
+        .collect();
     by_model.sort_by(|a, b| dearest(&a.totals, &b.totals));
-    let mut by_connection: Vec<ConnectionUsage> =
-        by_connection.into_iter().map(|(connection, totals)| ConnectionUsage { connection, totals }).collect();
+    let mut by_connection: Vec<ConnectionUsage> = by_connection
+        .into_iter()
+        .map(|(connection, totals)| ConnectionUsage { connection, totals })
+        .collect();
     by_connection.sort_by(|a, b| dearest(&a.totals, &b.totals));
     let mut by_agent: Vec<AgentUsage> = by_agent
         .into_iter()
@@ -335,10 +339,14 @@ mod tests {
         assert_eq!((r.totals.requests, r.totals.cost_micros, r.totals.held_micros), (4, 1450, 4350));
         let models: Vec<_> = r.by_model.iter().map(|m| (m.model.as_str(), m.totals.cost_micros)).collect();
         assert_eq!(models, [("gpt-4o", 900), ("claude-sonnet-4-6", 400), ("gpt-4o-mini", 150)]);
-        let conns: Vec<_> = r.by_connection.iter().map(|c| (c.connection.as_str(), c.totals.cost_micros)).collect();
+        let conns: Vec<_> =
+            r.by_connection.iter().map(|c| (c.connection.as_str(), c.totals.cost_micros)).collect();
         assert_eq!(conns, [("llm", 1050), ("claude", 400)]);
-        let agents: Vec<_> =
-            r.by_agent.iter().map(|a| (a.agent_name.as_deref(), a.totals.tokens_out, a.totals.cost_micros)).collect();
+        let agents: Vec<_> = r
+            .by_agent
+            .iter()
+            .map(|a| (a.agent_name.as_deref(), a.totals.tokens_out, a.totals.cost_micros))
+            .collect();
         assert_eq!(agents, [(Some("one"), 12, 1000), (None, 10, 450)]);
         let days: Vec<_> = r.by_day.iter().map(|d| (d.day.as_str(), d.totals.cost_micros)).collect();
         assert_eq!(days, [("2026-12-05", 0), ("2026-12-06", 100), ("2026-12-07", 1350)]);

@@ -713,14 +713,26 @@ async fn usage_and_wallet_history_show_what_was_held_and_settled() {
     let messages = json!([{"role": "user", "content": "usage please"}]);
     let mut ids = Vec::new();
     for (path, body, behaviour) in [
-        ("/api/gw/openai/chat/completions", json!({"model": "gpt-test", "messages": messages, "max_tokens": 4}), ""),
+        (
+            "/api/gw/openai/chat/completions",
+            json!({"model": "gpt-test", "messages": messages, "max_tokens": 4}),
+            "",
+        ),
         (
             "/api/gw/openai/chat/completions",
             json!({"model": "gpt-test", "messages": messages, "max_tokens": 7, "stream": true}),
             "",
         ),
-        ("/api/gw/openai/chat/completions", json!({"model": "gpt-test", "messages": messages, "max_tokens": 3}), "no-usage"),
-        ("/api/gw/claude/v1/messages", json!({"model": "claude-test", "messages": messages, "max_tokens": 5}), ""),
+        (
+            "/api/gw/openai/chat/completions",
+            json!({"model": "gpt-test", "messages": messages, "max_tokens": 3}),
+            "no-usage",
+        ),
+        (
+            "/api/gw/claude/v1/messages",
+            json!({"model": "claude-test", "messages": messages, "max_tokens": 5}),
+            "",
+        ),
     ] {
         let r = t.gw(path).header("x-mock-behaviour", behaviour).json(&body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
@@ -758,7 +770,12 @@ async fn usage_and_wallet_history_show_what_was_held_and_settled() {
         .unwrap()
         .iter()
         .map(|m| {
-            (m["connection"].clone(), m["model"].clone(), m["totals"]["requests"].clone(), m["totals"]["cost_micros"].clone())
+            (
+                m["connection"].clone(),
+                m["model"].clone(),
+                m["totals"]["requests"].clone(),
+                m["totals"]["cost_micros"].clone(),
+            )
         })
         .collect();
     let mut expected = vec![
@@ -790,10 +807,13 @@ async fn usage_and_wallet_history_show_what_was_held_and_settled() {
         assert_eq!(item["held_micros"], m["ceiling_micros"]);
         assert_eq!(item["settled_micros"], m["charged_micros"]);
     }
-    let page = t.s.get(&format!("/api/agents/{}/wallet/history?limit=3", t.agent_id), &t.sponsor.access).await;
+    let page =
+        t.s.get(&format!("/api/agents/{}/wallet/history?limit=3", t.agent_id), &t.sponsor.access).await;
     let cursor = page.body["next_cursor"].as_str().expect("a second page").to_owned();
-    let rest =
-        t.s.get(&format!("/api/agents/{}/wallet/history?limit=3&cursor={cursor}", t.agent_id), &t.sponsor.access).await;
+    let rest = t
+        .s
+        .get(&format!("/api/agents/{}/wallet/history?limit=3&cursor={cursor}", t.agent_id), &t.sponsor.access)
+        .await;
     assert_eq!(rest.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(rest.body["items"][0]["request_id"], json!(ids[0]));
     assert!(rest.body["next_cursor"].is_null());
@@ -827,7 +847,8 @@ async fn usage_and_wallet_history_show_what_was_held_and_settled() {
 async fn racing_usage_folders_count_each_outcome_once() {
     use sea_orm::ConnectionTrait;
     let t = setup("permissive").await;
-    let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "race"}], "max_tokens": 2});
+    let body =
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "race"}], "max_tokens": 2});
     for _ in 0..12 {
         let r = t.gw("/api/gw/openai/chat/completions").json(&body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
@@ -838,7 +859,8 @@ async fn racing_usage_folders_count_each_outcome_once() {
     let url = server::db::resolve_url(config.database_url.as_deref(), &config.data_dir);
     let mut folders = Vec::new();
     for _ in 0..3 {
-        folders.push(server::usage::UsageService::new(server::db::connect_with(&url, Some(4)).await.unwrap()));
+        folders
+            .push(server::usage::UsageService::new(server::db::connect_with(&url, Some(4)).await.unwrap()));
     }
     for round in 0..5 {
         // Start over: no rollups, nothing folded (the server's own janitor may race too).
