@@ -109,6 +109,7 @@ test("every page fits 375 px, keeps its navigation reachable and shows keyboard 
     ["/policies", "policies"],
     ["/secrets", "secrets"],
     ["/connections", "connections"],
+    ["/usage", "usage"],
     ["/account", "account"],
   ]) {
     await page.goto(path);

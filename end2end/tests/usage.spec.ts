@@ -98,7 +98,7 @@ test("usage: metered calls show by model, connection, day and agent, and as held
 
   await page.reload();
   await expect(page.locator("#usage-spend .value")).toHaveText("$0.024");
-  await expect(page.locator("#usage-spend")).toContainText("3 settled calls");
+  await expect(page.locator("#usage-spend")).toContainText("3 calls, settled");
   await expect(page.locator("#usage-tokens .value")).toHaveText("4,500");
   await expect(page.locator("#usage-ceiling .value")).toHaveText("0");
   // Dearest model first, each with its share of the bar.
@@ -109,7 +109,8 @@ test("usage: metered calls show by model, connection, day and agent, and as held
   await expect(models.nth(1)).toHaveAttribute("data-key", "llm/gpt-a");
   await expect(models.nth(1).locator(".bar-value")).toHaveText("$0.004");
   await expect(models.nth(1)).toContainText("2 calls · 3,000 tokens");
-  await expect(models.nth(1).locator(".tier-fill")).toHaveAttribute("style", "width: 20%");
+  await expect(models.nth(0)).toContainText("1 call · 1,500 tokens");
+  await expect(models.nth(1).locator(".tier-fill")).toHaveAttribute("style", /^width: 20%;?$/);
   await expect(page.locator('#usage-by-connection li[data-key="llm"] .bar-value')).toHaveText("$0.024");
   await expect(page.locator("#usage-day-chart rect")).toHaveCount(1);
   const bot = page.locator('#usage-by-agent tr[data-agent="usage-bot"]');
@@ -138,6 +139,19 @@ test("usage: metered calls show by model, connection, day and agent, and as held
   }
   await expect(rows.first().getByRole("link")).toHaveAttribute("href", /\/audit\?request_id=/);
   await shot(page, "71-wallet-history");
+
+  // A phone-width Usage page scrolls nothing sideways (wide tables scroll in their card).
+  await page.setViewportSize({ width: 375, height: 800 });
+  await page.goto("/usage");
+  await expect(page.locator("#usage-by-agent")).toBeVisible();
+  const wide = await page.evaluate(() =>
+    [...document.querySelectorAll("body *")]
+      .filter((e) => e.getBoundingClientRect().right > 376 && (e.classList.contains("table-wrap") || !e.closest(".table-wrap")))
+      .slice(0, 5)
+      .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${[...e.classList].join(".")}`),
+  );
+  expect(await page.evaluate(() => document.documentElement.scrollWidth), wide.join(", ")).toBeLessThanOrEqual(375);
+  await shot(page, "72-usage-375px");
 
   provider.server.close();
   expect(errors).toEqual([]);

@@ -35,6 +35,11 @@ fn count(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
+/// "1 call", "2 calls".
+fn calls(n: i64) -> String {
+    if n == 1 { "1 call".into() } else { format!("{} calls", count(n)) }
+}
+
 #[component]
 pub fn UsagePage() -> impl IntoView {
     let tick = Live::get().map(|l| l.tick);
@@ -130,7 +135,7 @@ fn UsageCards(totals: UsageTotals) -> impl IntoView {
             <div class="card stat" id="usage-spend">
                 <span class="label">"Spend"</span>
                 <span class="value">{dollars(t.cost_micros)}</span>
-                <span class="muted small">{format!("{} settled calls", count(t.requests))}</span>
+                <span class="muted small">{format!("{}, settled", calls(t.requests))}</span>
             </div>
             <div class="card stat" id="usage-held">
                 <span class="label">"Held before the calls"</span>
@@ -172,7 +177,7 @@ fn SpendBars(id: &'static str, rows: Vec<(String, String, String, UsageTotals)>)
                         </span>
                         <span class="bar-value" data-micros=t.cost_micros.to_string()>{dollars(t.cost_micros)}</span>
                         <span class="muted small bar-detail">
-                            {format!("{} calls · {} tokens", count(t.requests), count(t.tokens()))}
+                            {format!("{} · {} tokens", calls(t.requests), count(t.tokens()))}
                         </span>
                     </li>
                 }
@@ -203,7 +208,8 @@ fn DayChart(days: Vec<DayUsage>) -> impl IntoView {
     let labels = days
         .iter()
         .enumerate()
-        .filter(|(i, _)| i % 7 == 0 || *i + 1 == days.len())
+        // Every seventh day and the last, never two labels on top of each other.
+        .filter(|(i, _)| (i % 7 == 0 && days.len() - i > 4) || *i + 1 == days.len())
         .map(|(i, d)| {
             let x = format!("{:.1}", step * i as f64 + step / 2.0);
             view! { <text x=x y=format!("{}", CHART_H - 6.0) class="axis" text-anchor="middle">{d.day[5..].to_owned()}</text> }
