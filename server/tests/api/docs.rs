@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/agents/{id}/trust"),
     ("GET", "/api/agents/{id}/wallet"),
     ("PUT", "/api/agents/{id}/wallet"),
+    ("GET", "/api/agents/{id}/wallet/history"),
     ("GET", "/api/agent/me"),
     ("GET", "/api/policies"),
     ("POST", "/api/policies"),
@@ -68,6 +69,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/auth/sessions"),
     ("DELETE", "/api/auth/sessions/{id}"),
     ("GET", "/api/dashboard/stats"),
+    ("GET", "/api/usage"),
 ];
 
 const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
