@@ -134,7 +134,11 @@ pub fn route_for<'a>(routes: &'a [Route], target: &url::Url) -> Option<&'a Route
             let prefix = segments(base.path());
             (same && path.starts_with(&prefix)).then_some((prefix.len(), r))
         })
-        .max_by_key(|(len, _)| *len)
+        // The longest base URL; between equal ones the priced (a flat twin cannot
+        // dodge metering), then the first by name (the same answer in every store).
+        .max_by(|(la, a), (lb, b)| {
+            (la, a.pricing.is_some()).cmp(&(lb, b.pricing.is_some())).then_with(|| b.name.cmp(&a.name))
+        })
         .map(|(_, r)| r)
 }
 
@@ -186,5 +190,22 @@ mod tests {
         assert_eq!(matched(&routes, "http://api.openai.com/v1/chat"), None, "another scheme");
         assert_eq!(matched(&routes, "https://api.openai.com:8443/v1/chat"), None, "another port");
         assert_eq!(matched(&routes, "https://other.example/anything"), Some("root"));
+    }
+
+    #[test]
+    fn between_equal_bases_the_priced_one_then_the_first_name_wins_in_any_order() {
+        let mut routes = vec![
+            route("b-flat", "https://llm.example/v1", false),
+            route("z-priced", "https://llm.example/v1", true),
+            route("a-priced", "https://llm.example/v1", true),
+        ];
+        for _ in 0..3 {
+            assert_eq!(
+                matched(&routes, "https://llm.example/v1/chat/completions"),
+                Some("a-priced"),
+                "{routes:?}"
+            );
+            routes.rotate_left(1);
+        }
     }
 }

@@ -9,15 +9,16 @@
 //! | 2 | idempotency key claimed or replayed | `stages/idempotency.rs` | the first answer |
 //! | 3 | breaker | `stages/breaker.rs` | deny `breaker` |
 //! | 4 | target parses | `stages/target.rs` | deny `egress` |
-//! | 5 | meter: an LLM call under a priced connection is planned and bounded | `stages/meter.rs` | deny `policy` |
-//! | 6 | policy (Rego) | `stages/policy.rs` | deny `policy` |
-//! | 7 | egress guard | `stages/egress.rs` | deny `egress` |
-//! | 8 | secret opened and injected | `stages/secret.rs` | deny `secret` |
-//! | 9 | approval: a grant, or parked | `stages/approval.rs` | `pending_approval` |
-//! | 10 | rate limits: the agent's and the connection's per-minute windows | `stages/rate.rs` | deny `budget` |
-//! | 11 | budget hold (a metered call's ceiling) + intent record | `stages/budget.rs` | deny `budget` |
-//! | 12 | the upstream call, scrubbed (a metered answer's usage read as it passes) | `stages/upstream.rs` | — |
-//! | 13 | settle (a metered stream: when it ends) + outcome, trust, breaker, events | `stages/settle.rs` | — |
+//! | 5 | reads: wallet, policy version, granted secret and connections at once | `stages/reads.rs` | error `storage` |
+//! | 6 | meter: an LLM call under a priced connection is planned and bounded | `stages/meter.rs` | deny `policy` |
+//! | 7 | policy (Rego) | `stages/policy.rs` | deny `policy` |
+//! | 8 | egress guard | `stages/egress.rs` | deny `egress` |
+//! | 9 | secret opened and injected | `stages/secret.rs` | deny `secret` |
+//! | 10 | approval: a grant, or parked | `stages/approval.rs` | `pending_approval` |
+//! | 11 | rate limits: the agent's and the connection's per-minute windows | `stages/rate.rs` | deny `budget` |
+//! | 12 | budget hold (a metered call's ceiling) + intent record | `stages/budget.rs` | deny `budget` |
+//! | 13 | the upstream call, scrubbed (a metered answer's usage read as it passes) | `stages/upstream.rs` | — |
+//! | 14 | settle (a metered stream: when it ends) + outcome, trust, breaker, events | `stages/settle.rs` | — |
 //!
 //! A stop before the upstream is answered by `stages/stop.rs` (a denial is
 //! audited, counted and announced). Each "+" is one transaction, group-committed
@@ -150,8 +151,9 @@ impl Pipeline {
     async fn before_answer(&self, call: &mut Call<'_>) -> Flow<Result<Answer, UpstreamError>> {
         stages::breaker::admit(self, call).await?;
         let url = stages::target::parse(call)?;
-        stages::meter::price(self, call, &url).await?;
-        let verdict = stages::policy::decide(self, call, &url).await?;
+        let rows = stages::reads::load(self, call).await?;
+        stages::meter::price(call, &rows.routes, &url)?;
+        let verdict = stages::policy::decide(self, call, &url, rows).await?;
         let target = stages::egress::check(self, call).await?;
         let prepared = stages::secret::inject(self, call, &verdict, target)?;
         let (prepared, grant) = stages::approval::ask(self, call, &verdict, prepared).await?;

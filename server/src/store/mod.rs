@@ -70,6 +70,8 @@ pub struct CallRows {
     pub wallet: Option<wallets::Model>,
     pub policy_version: Option<i32>,
     pub granted_secret: Option<secrets::Model>,
+    /// The sponsor's connections, as [`CallStore::routes`] reads them.
+    pub routes: Vec<Route>,
 }
 
 /// What a call reads and writes on its own path. Every read sees the latest
@@ -111,12 +113,12 @@ pub trait CallStore: Send + Sync {
     /// them (`crate::metering::route_for`); read on every call.
     fn routes(&self, sponsor_id: Uuid) -> Read<'_, Vec<Route>>;
 
-    /// The policy stage's reads together: the agent's wallet, the current version
-    /// of `policy_id`, and the sponsor's secret `secret` if it is granted to the
-    /// agent (none asked: `None`). Each part equals its own read above; by default
-    /// the three are made at once, and a store may make them one statement
-    /// (PostgreSQL's does: one round trip and one statement for the server to run
-    /// instead of three).
+    /// A call's reads together (stage `reads`): the agent's wallet, the current
+    /// version of `policy_id`, the sponsor's secret `secret` if it is granted to the
+    /// agent (none asked: `None`) and the sponsor's connections. Each part equals its
+    /// own read above; by default the four are made at once, and a store may make
+    /// them one statement (PostgreSQL's does: one round trip and one statement for
+    /// the server to run instead of four).
     fn call_rows<'a>(
         &'a self,
         sponsor_id: Uuid,
@@ -131,9 +133,18 @@ pub trait CallStore: Send + Sync {
                     None => Ok(None),
                 }
             };
-            let (wallet, policy_version, granted_secret) =
-                tokio::join!(self.wallet(agent_id), self.current_version(policy_id), granted);
-            Ok(CallRows { wallet: wallet?, policy_version: policy_version?, granted_secret: granted_secret? })
+            let (wallet, policy_version, granted_secret, routes) = tokio::join!(
+                self.wallet(agent_id),
+                self.current_version(policy_id),
+                granted,
+                self.routes(sponsor_id)
+            );
+            Ok(CallRows {
+                wallet: wallet?,
+                policy_version: policy_version?,
+                granted_secret: granted_secret?,
+                routes: routes?,
+            })
         })
     }
 

@@ -166,7 +166,7 @@ async fn every_store_reads_exactly_what_the_rows_hold_in_memory() {
     }
 }
 
-/// `call_rows` equals the three reads it stands for, for these arguments.
+/// `call_rows` equals the four reads it stands for, for these arguments.
 async fn call_rows_conform(
     store: &dyn CallStore,
     sponsor: Uuid,
@@ -183,6 +183,7 @@ async fn call_rows_conform(
         wallet: store.wallet(agent).await.unwrap(),
         policy_version: store.current_version(policy).await.unwrap(),
         granted_secret: granted,
+        routes: store.routes(sponsor).await.unwrap(),
     };
     assert_eq!(rows, expected, "{}: call_rows({secret:?})", store.name());
 }
@@ -259,9 +260,10 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
         );
         assert!(store.routes(Uuid::new_v4()).await.unwrap().is_empty(), "{name}");
 
-        // The policy stage's reads together: everything found, each part missing.
+        // A call's reads together: everything found, each part missing.
         let rows = store.call_rows(f.sponsor_id, f.agent_id, policy_id, Some("api")).await.unwrap();
         assert!(rows.wallet.is_some() && rows.policy_version.is_some() && rows.granted_secret.is_some());
+        assert!(rows.routes.len() > 1 && rows.routes.iter().any(|r| r.pricing.is_some()), "{name}");
         for (sponsor, agent, policy, secret) in [
             (f.sponsor_id, f.agent_id, policy_id, Some("api")),
             (f.sponsor_id, f.agent_id, policy_id, None),

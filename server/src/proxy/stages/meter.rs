@@ -1,5 +1,6 @@
 //! Stage `meter`: whether the call is an LLM call AEGIS must meter, and what it may
-//! cost at most ([`crate::metering`]). The sponsor's connections are read; a target
+//! cost at most ([`crate::metering`]). The sponsor's connections (read by stage
+//! `reads`) are matched against the target; a target
 //! under a priced one is planned ([`crate::metering::request::plan`]): the model
 //! checked against the connection's table, the output capped, the ceiling computed
 //! (the budget stage holds it). What cannot be priced is denied here, as stage
@@ -10,17 +11,12 @@
 
 use std::ops::ControlFlow::{Break, Continue};
 
-use super::super::Pipeline;
 use super::super::context::{Call, Flow, Stop};
 use crate::call::Stage;
 use crate::metering::{Metered, Route, assess};
 
-pub async fn price(p: &Pipeline, call: &mut Call<'_>, target: &url::Url) -> Flow<()> {
-    let routes = match p.store.routes(call.agent.agent.sponsor_id).await {
-        Ok(routes) => routes,
-        Err(e) => return Break(Stop::Storage(e)),
-    };
-    match decide(&routes, call, target) {
+pub fn price(call: &mut Call<'_>, routes: &[Route], target: &url::Url) -> Flow<()> {
+    match decide(routes, call, target) {
         Ok(()) => Continue(()),
         Err(reason) => Break(Stop::deny(Stage::Policy, reason)),
     }

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod meter;
 pub mod policy;
 pub mod rate;
+pub mod reads;
 pub mod secret;
 pub mod settle;
 pub mod stop;

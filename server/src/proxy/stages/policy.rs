@@ -29,14 +29,10 @@ pub struct Verdict {
     pub granted_secret: Option<entity::secrets::Model>,
 }
 
-pub async fn decide(p: &Pipeline, call: &mut Call<'_>, target: &url::Url) -> Flow<Verdict> {
+pub async fn decide(p: &Pipeline, call: &mut Call<'_>, target: &url::Url, rows: CallRows) -> Flow<Verdict> {
     let agent = &call.agent.agent;
     let policy_id = PolicyService::decides_with(agent.policy_id);
-    let rows = p.store.call_rows(agent.sponsor_id, agent.id, policy_id, call.request.secret.as_deref()).await;
-    let CallRows { wallet, policy_version, granted_secret } = match rows {
-        Ok(rows) => rows,
-        Err(e) => return Break(Stop::Storage(e)),
-    };
+    let CallRows { wallet, policy_version, granted_secret, .. } = rows;
     let version = match p.policies.source_at(policy_id, policy_version).await {
         Ok(version) => version,
         Err(e) => return Break(Stop::Storage(e)),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use app::error::AppError;
 use entity::{agent_keys, agents, connections, policies, secret_grants, secrets};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
 use self::wallets::{WalletBatch, reserve_in, resolve_in};
@@ -114,6 +114,7 @@ impl CallStore for OrmStore {
         Box::pin(async move {
             let rows = connections::Entity::find()
                 .filter(connections::Column::SponsorId.eq(sponsor_id))
+                .order_by_asc(connections::Column::Name)
                 .all(&self.db)
                 .await
                 .map_err(internal)?;

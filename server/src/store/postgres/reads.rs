@@ -89,8 +89,7 @@ pub(super) const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_
      WHERE c.sponsor_id = $1 AND c.name = $2 LIMIT 1";
 
 /// The sponsor's connections as metering matches targets against them.
-pub(super) const ROUTES_SQL: &str =
-    "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = $1";
+pub(super) const ROUTES_SQL: &str = "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = $1 ORDER BY name";
 
 pub(super) fn connection_and_secret(r: &PgRow) -> sqlx::Result<(connections::Model, Option<String>)> {
     let connection = connections::Model {
@@ -158,7 +157,9 @@ pub(super) const CALL_ROWS_SQL: &str = concat!(
     "w.alert_threshold_pct, w.alert_sent_day, w.alert_sent_month, w.updated_at, ",
     "(SELECT current_version FROM policies WHERE id = $2), ",
     "s.id, s.sponsor_id, s.name, s.ciphertext, s.nonce, s.allowed_hosts, s.inject_header, ",
-    "s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at ",
+    "s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at, ",
+    "(SELECT json_agg(json_build_array(c.name, c.base_url, c.cost_micros, c.pricing, c.rate_limits) ORDER BY c.name)::text ",
+    "FROM connections c WHERE c.sponsor_id = $3) ",
     "FROM (SELECT 1) AS one ",
     "LEFT JOIN wallets w ON w.agent_id = $1 ",
     "LEFT JOIN LATERAL (SELECT s.* FROM secrets s JOIN secret_grants g ON g.secret_id = s.id ",
@@ -174,7 +175,23 @@ pub(super) fn call_rows(r: &PgRow) -> sqlx::Result<crate::store::CallRows> {
         Some(_) => Some(secret_at(r, 14)?),
         None => None,
     };
-    Ok(crate::store::CallRows { wallet, policy_version: r.try_get(13)?, granted_secret })
+    // The connections as one JSON array of [name, base_url, cost_micros, pricing, rate_limits].
+    type RouteRow = (String, String, i64, Option<String>, Option<String>);
+    let routes = match r.try_get::<Option<String>, _>(26)? {
+        Some(text) => serde_json::from_str::<Vec<RouteRow>>(&text)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+            .into_iter()
+            .map(|(name, base_url, cost_micros, pricing, rate_limits)| crate::store::Route {
+                name,
+                base_url,
+                cost_micros,
+                pricing,
+                rate_limits,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(crate::store::CallRows { wallet, policy_version: r.try_get(13)?, granted_secret, routes })
 }
 
 /// One [`crate::store::Route`] of [`ROUTES_SQL`].

@@ -161,8 +161,7 @@ pub(super) const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_
      WHERE c.sponsor_id = ?1 AND c.name = ?2 LIMIT 1";
 
 /// The sponsor's connections as metering matches targets against them.
-pub(super) const ROUTES_SQL: &str =
-    "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = ?1";
+pub(super) const ROUTES_SQL: &str = "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = ?1 ORDER BY name";
 
 pub(super) fn connection_and_secret(
     r: &rusqlite::Row<'_>,
