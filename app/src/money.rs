@@ -29,6 +29,11 @@ pub fn parse_units(text: &str) -> Result<i64, String> {
         .ok_or_else(|| "amount is too large".to_string())
 }
 
+/// Micro-units as dollars: "$12.50".
+pub fn dollars(micros: i64) -> String {
+    format!("${}", format_units(micros))
+}
+
 /// Formats micro-units as "12.50" (at least two decimals, trailing zeros trimmed).
 pub fn format_units(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod names;
 pub mod nodelay;
 pub mod overview;
+pub mod paging;
 pub mod policies;
 pub mod proxy;
 pub mod rate_limits;

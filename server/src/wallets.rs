@@ -193,28 +193,16 @@ impl WalletService {
     /// The agent's holds, newest first (ledger ids are UUIDv7: the last id of a
     /// page is the cursor for the next): held before each call against settled.
     pub async fn history(&self, agent_id: Uuid, page: PageRequest) -> Result<Page<WalletEntry>, AppError> {
-        const MAX_PAGE: u32 = 200;
-        let limit = match page.limit {
-            Some(n) if !(1..=MAX_PAGE).contains(&n) => {
-                return Err(AppError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")));
-            }
-            limit => limit.unwrap_or(50),
-        };
+        let (limit, before) = crate::paging::parse(&page)?;
         let mut query = ledger_entries::Entity::find()
             .filter(ledger_entries::Column::AgentId.eq(agent_id))
             .order_by_desc(ledger_entries::Column::Id)
             .limit(u64::from(limit) + 1);
-        if let Some(cursor) = page.cursor.as_deref().filter(|c| !c.is_empty()) {
-            let before: Uuid = cursor.parse().map_err(|_| {
-                AppError::bad_request("invalid_cursor", "cursor is not one this API returned")
-            })?;
+        if let Some(before) = before {
             query = query.filter(ledger_entries::Column::Id.lt(before));
         }
         let mut rows = query.all(&self.db).await.map_err(internal)?;
-        let next_cursor = (rows.len() > limit as usize).then(|| {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| r.id.to_string())
-        });
+        let next_cursor = crate::paging::cut(&mut rows, limit, |r| r.id);
         let items = rows
             .into_iter()
             .map(|r| WalletEntry {
@@ -226,7 +214,7 @@ impl WalletService {
                 resolved_at: r.resolved_at,
             })
             .collect();
-        Ok(Page { items, next_cursor: next_cursor.flatten() })
+        Ok(Page { items, next_cursor })
     }
 
     pub async fn view(&self, agent_id: Uuid) -> Result<app::model::WalletView, AppError> {

@@ -11,7 +11,7 @@ use super::{FormError, OneTimeKey};
 use crate::error::AppError;
 use crate::live::Live;
 use crate::model::{AgentStatus, AgentView, AuditRecord, TrustEventView, WalletEntry, WalletView};
-use crate::money::format_units;
+use crate::money::{dollars, format_units};
 use crate::rpc::{
     RotateAgentKey, SetAgentPolicy, SetAgentState, SetSecretGrant, UpdateWallet, agent_trust, agent_wallet,
     get_agent, list_audit, list_policies, list_secrets, take_new_key, wallet_history,
@@ -30,10 +30,6 @@ type AgentResource = Resource<Result<AgentView, AppError>>;
 
 fn when(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
-}
-
-fn dollars(micros: i64) -> String {
-    format!("${}", format_units(micros))
 }
 
 fn loading(what: &'static str) -> impl IntoView {

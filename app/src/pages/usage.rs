@@ -10,17 +10,13 @@ use leptos_router::hooks::use_query_map;
 
 use crate::live::Live;
 use crate::model::{AgentUsage, DayUsage, UsageReport, UsageTotals};
-use crate::money::format_units;
+use crate::money::{dollars, format_units};
 use crate::rpc::get_usage;
 
 const PERIODS: [u32; 3] = [7, 30, 90];
 const CHART_W: f64 = 720.0;
 const CHART_H: f64 = 160.0;
 const PAD_BOTTOM: f64 = 22.0;
-
-fn dollars(micros: i64) -> String {
-    format!("${}", format_units(micros))
-}
 
 /// 1234567 → "1,234,567".
 fn count(n: i64) -> String {

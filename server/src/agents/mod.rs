@@ -31,8 +31,6 @@ use crate::store::CallStore;
 
 /// Where a new agent starts: trust's baseline.
 pub const INITIAL_TRUST: i32 = crate::trust::BASELINE;
-const MAX_PAGE: u32 = 200;
-const DEFAULT_PAGE: u32 = 50;
 const MAX_TAGS: usize = 20;
 
 /// An agent authenticated by its API key.
@@ -236,29 +234,18 @@ impl AgentService {
     /// Live agents, newest first. Ids are UUIDv7, so ordering by id is creation order
     /// and the last id of a page is the cursor for the next.
     pub async fn list(&self, sponsor_id: Uuid, page: PageRequest) -> Result<Page<AgentView>, AppError> {
-        let limit = match page.limit {
-            Some(n) if !(1..=MAX_PAGE).contains(&n) => {
-                return Err(AppError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")));
-            }
-            limit => limit.unwrap_or(DEFAULT_PAGE),
-        };
+        let (limit, before) = crate::paging::parse(&page)?;
         let mut query = agents::Entity::find()
             .filter(agents::Column::SponsorId.eq(sponsor_id))
             .filter(agents::Column::DeletedAt.is_null())
             .order_by_desc(agents::Column::Id)
             .limit(u64::from(limit) + 1);
-        if let Some(cursor) = page.cursor.as_deref().filter(|c| !c.is_empty()) {
-            let after: Uuid = cursor.parse().map_err(|_| {
-                AppError::bad_request("invalid_cursor", "cursor is not one this API returned")
-            })?;
-            query = query.filter(agents::Column::Id.lt(after));
+        if let Some(before) = before {
+            query = query.filter(agents::Column::Id.lt(before));
         }
         let mut rows = query.all(&self.db).await.map_err(internal)?;
-        let next_cursor = (rows.len() > limit as usize).then(|| {
-            rows.truncate(limit as usize);
-            rows.last().map(|a| a.id.to_string())
-        });
-        Ok(Page { items: self.views(rows).await?, next_cursor: next_cursor.flatten() })
+        let next_cursor = crate::paging::cut(&mut rows, limit, |a| a.id);
+        Ok(Page { items: self.views(rows).await?, next_cursor })
     }
 
     pub async fn get(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
