@@ -45,7 +45,7 @@ async fn the_bench_harness_measures_all_targets_and_stages() {
         assert!(table["records"].as_u64().unwrap() > 0, "{table}");
         let stages: Vec<&str> =
             table["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-        for wanted in ["policy", "egress", "budget", "upstream"] {
+        for wanted in ["reads", "policy", "egress", "budget", "upstream"] {
             assert!(stages.contains(&wanted), "{} lacks {wanted}: {stages:?}", table["target"]);
         }
     }

@@ -12,11 +12,14 @@ use super::super::context::{Call, Flow, Stop};
 use crate::policies::PolicyService;
 use crate::store::CallRows;
 
-pub async fn load(p: &Pipeline, call: &Call<'_>) -> Flow<CallRows> {
+pub async fn load(p: &Pipeline, call: &mut Call<'_>) -> Flow<CallRows> {
     let agent = &call.agent.agent;
     let policy_id = PolicyService::decides_with(agent.policy_id);
     match p.store.call_rows(agent.sponsor_id, agent.id, policy_id, call.request.secret.as_deref()).await {
-        Ok(rows) => Continue(rows),
+        Ok(rows) => {
+            call.record.note("reads", format!("{} connection(s)", rows.routes.len()));
+            Continue(rows)
+        }
         Err(e) => Break(Stop::Storage(e)),
     }
 }
