@@ -40,6 +40,28 @@ pub struct AgentPrincipal {
     pub key_id: String,
 }
 
+/// Agents' names by id, for lists that name whose rows they show; `live_only`
+/// leaves deleted agents out (their rows then show no name).
+pub async fn names(
+    db: &impl ConnectionTrait,
+    ids: &[Uuid],
+    live_only: bool,
+) -> Result<HashMap<Uuid, String>, AppError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut query = agents::Entity::find()
+        .select_only()
+        .column(agents::Column::Id)
+        .column(agents::Column::Name)
+        .filter(agents::Column::Id.is_in(ids.iter().copied()));
+    if live_only {
+        query = query.filter(agents::Column::DeletedAt.is_null());
+    }
+    let rows: Vec<(Uuid, String)> = query.into_tuple().all(db).await.map_err(internal)?;
+    Ok(rows.into_iter().collect())
+}
+
 #[derive(Clone)]
 pub struct AgentService {
     db: DatabaseConnection,

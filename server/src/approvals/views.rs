@@ -68,7 +68,7 @@ impl ApprovalService {
     /// (credentials masked) and whole body.
     pub async fn get(&self, sponsor_id: Uuid, id: Uuid) -> Result<ApprovalView, AppError> {
         let row = self.owned(sponsor_id, id).await?;
-        let names = self.agent_names(&[row.agent_id]).await?;
+        let names = crate::agents::names(&self.db, &[row.agent_id], false).await?;
         let parked = self.open(&row)?;
         let injection = match &parked.secret {
             Some(name) => self.injection_of(row.sponsor_id, name).await?,
@@ -144,7 +144,7 @@ impl ApprovalService {
             rows.last().map(|a| a.id.to_string())
         });
         let agent_ids: Vec<Uuid> = rows.iter().map(|r| r.agent_id).collect();
-        let names = self.agent_names(&agent_ids).await?;
+        let names = crate::agents::names(&self.db, &agent_ids, false).await?;
         let mut items = Vec::with_capacity(rows.len());
         for row in rows {
             let request_id = self.request_id_of(&row).await?;
@@ -260,19 +260,6 @@ impl ApprovalService {
             .count(&self.db)
             .await
             .map_err(internal)
-    }
-
-    async fn agent_names(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, String>, AppError> {
-        let rows: Vec<(Uuid, String)> = agents::Entity::find()
-            .select_only()
-            .column(agents::Column::Id)
-            .column(agents::Column::Name)
-            .filter(agents::Column::Id.is_in(ids.iter().copied()))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(internal)?;
-        Ok(rows.into_iter().collect())
     }
 
     /// A stored outcome, opened (bounded: see [`answer`]).

@@ -13,13 +13,13 @@
 
 pub mod fold;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use app::error::AppError;
 use app::model::{AgentUsage, ConnectionUsage, DayUsage, ModelUsage, UsageQuery, UsageReport, UsageTotals};
 use chrono::{Duration, Utc};
-use entity::{agents, audit_events, usage_cursor, usage_daily};
+use entity::{audit_events, usage_cursor, usage_daily};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -144,33 +144,15 @@ impl UsageService {
             query = query.filter(usage_daily::Column::AgentId.eq(agent));
         }
         let rows = query.all(&self.db).await.map_err(internal)?;
-        let names = self.agent_names(sponsor_id, &rows).await?;
+        // The rows are the sponsor's, so are their agents; deleted ones show no name.
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.agent_id).collect::<BTreeSet<_>>().into_iter().collect();
+        let names = crate::agents::names(&self.db, &ids, true).await?;
         let days = first.iter_days().take_while(|d| *d <= today).map(|d| d.format("%Y-%m-%d").to_string());
         let mut report = summarise(&rows, days, &names);
         report.from = from;
         report.to = to;
         report.through_seq = self.cursor().await?;
         Ok(report)
-    }
-
-    /// The names of the agents in `rows` that are the sponsor's (deleted ones too).
-    async fn agent_names(
-        &self,
-        sponsor_id: Uuid,
-        rows: &[usage_daily::Model],
-    ) -> Result<HashMap<Uuid, String>, AppError> {
-        let ids: Vec<Uuid> =
-            rows.iter().map(|r| r.agent_id).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let agents = agents::Entity::find()
-            .filter(agents::Column::SponsorId.eq(sponsor_id))
-            .filter(agents::Column::Id.is_in(ids))
-            .all(&self.db)
-            .await
-            .map_err(internal)?;
-        Ok(agents.into_iter().filter(|a| a.deleted_at.is_none()).map(|a| (a.id, a.name)).collect())
     }
 }
 
