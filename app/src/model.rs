@@ -216,6 +216,12 @@ pub struct AgentPatch {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "ssr", schema(value_type = Option<RateLimits>))]
     pub rate_limits: Option<Option<RateLimits>>,
+    /// `mcp` only; `null` allows every tool again.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<Vec<String>>))]
+    pub tools: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    pub record_arguments: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,9 +350,22 @@ pub struct ConnectionView {
     /// Tokens and requests per minute across every agent's calls under `base_url`.
     #[serde(default)]
     pub rate_limits: Option<RateLimits>,
-    /// Path to give an SDK as its base URL.
+    /// Path to give an SDK as its base URL (`/mcp` for an MCP connection).
     pub gateway_path: String,
+    /// `http` (gateway mode) or `mcp` (an MCP server whose tools agents call through `/mcp`).
+    #[serde(default = "http_kind")]
+    pub kind: String,
+    /// An MCP connection's allow-list of tool names; absent: every tool the server lists.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// An MCP connection keeps tool calls' arguments in the audit log (otherwise only their SHA-256).
+    #[serde(default)]
+    pub record_arguments: bool,
     pub created_at: DateTime<Utc>,
+}
+
+fn http_kind() -> String {
+    "http".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +384,16 @@ pub struct NewConnection {
     /// Tokens and requests per minute across every agent's calls under `base_url`.
     #[serde(default)]
     pub rate_limits: Option<RateLimits>,
+    /// `http` (default): gateway mode at `/api/gw/{name}`. `mcp`: `base_url` is an MCP
+    /// server (Streamable HTTP) whose tools agents call through `/mcp` as `{name}__{tool}`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `mcp` only: the tools agents may see and call; absent: every tool the server lists.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// `mcp` only: keep tool calls' arguments in the audit log (default: only their SHA-256).
+    #[serde(default)]
+    pub record_arguments: Option<bool>,
 }
 
 /// `PATCH /api/connections/{id}`: only the fields present change; `"secret": null`
@@ -386,6 +415,13 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "ssr", schema(value_type = Option<RateLimits>))]
     pub rate_limits: Option<Option<RateLimits>>,
+    /// MCP only: the tool allow-list (`null` lifts it).
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<Vec<String>>))]
+    pub tools: Option<Option<Vec<String>>>,
+    /// MCP only: keep tool-call arguments in the audit log (off: only their hash).
+    #[serde(default)]
+    pub record_arguments: Option<bool>,
 }
 
 /// Sliding one-minute limits. Tokens count a metered call's ceiling while it runs

@@ -614,10 +614,20 @@ pub async fn create_connection(
     secret: Option<String>,
     cost: Option<String>,
     provider: Option<String>,
+    kind: Option<String>,
+    tools: Option<String>,
 ) -> Result<ConnectionView, AppError> {
     use ssr::*;
     respond(async {
         let pricing = pricing_from_form(provider.as_deref().unwrap_or("flat"), None, None, None)?;
+        // An MCP connection's allow-list: tool names separated by commas or spaces; blank: every tool.
+        let tools: Vec<String> = tools
+            .unwrap_or_default()
+            .split([',', ' ', '\n'])
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
         let input = NewConnection {
             name,
             base_url,
@@ -625,6 +635,9 @@ pub async fn create_connection(
             cost_micros: parse_limit("cost", cost)?,
             pricing,
             rate_limits: None,
+            kind: kind.filter(|k| !k.trim().is_empty()),
+            tools: (!tools.is_empty()).then_some(tools),
+            record_arguments: None,
         };
         backend()?.create_connection(&sponsor()?, input).await
     })

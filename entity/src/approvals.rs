@@ -45,6 +45,8 @@ pub struct Model {
     pub body_bytes: i64,
     /// A grant covers only URLs whose path starts with this prefix.
     pub grant_path_prefix: Option<String>,
+    /// When an approved MCP tool call's result was handed to the agent's retry.
+    pub delivered_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,13 @@ pub struct Model {
     /// Tokens and requests per minute as JSON (`app::model::RateLimits`); `None`: none.
     #[sea_orm(column_type = "Text", nullable)]
     pub rate_limits: Option<String>,
+    /// `http` (gateway mode) or `mcp` (an MCP server behind `/mcp`).
+    pub kind: String,
+    /// An MCP connection's tool allow-list as a JSON array; `None`: every tool.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub mcp_tools: Option<String>,
+    /// Keep MCP tool calls' arguments in the audit log (otherwise only their hash).
+    pub record_arguments: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

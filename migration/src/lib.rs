@@ -19,6 +19,7 @@ mod m20261206_000010_approvals_hardening;
 mod m20261207_000011_chain_head;
 mod m20261208_000012_metering;
 mod m20261209_000013_usage;
+mod m20261210_000014_mcp;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_chain_head::Migration),
             Box::new(m20261208_000012_metering::Migration),
             Box::new(m20261209_000013_usage::Migration),
+            Box::new(m20261210_000014_mcp::Migration),
         ]
     }
 }

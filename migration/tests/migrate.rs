@@ -44,7 +44,7 @@ const INDEXES: [(&str, &str); 9] = [
 /// How many migrations there are (the initial schema, the audit guards, breakers,
 /// the approvals' plain columns and retention indexes, the chain-head function, the
 /// connections' pricing).
-const MIGRATIONS: usize = 7;
+const MIGRATIONS: usize = 8;
 
 async fn assert_tables(db: &DatabaseConnection, present: bool) {
     let manager = SchemaManager::new(db);

@@ -49,6 +49,8 @@ pub struct Services {
     /// What a call reads and writes on its own path ([`crate::store`]).
     pub store: Arc<dyn CallStore>,
     pub usage: crate::usage::UsageService,
+    /// `/mcp`: the MCP gateway's domain side ([`crate::mcp`]).
+    pub mcp: crate::mcp::McpGateway,
 }
 
 impl Services {
@@ -127,7 +129,15 @@ impl Services {
         let agents =
             AgentService::new(db.clone(), store.clone(), policies.clone(), audit.clone(), events.clone());
         let db_usage = db.clone();
+        let mcp = crate::mcp::McpGateway::new(
+            proxy.clone(),
+            approvals.clone(),
+            config.redis_url.as_deref(),
+            config.mcp_approval_wait,
+            config.approval_max_waits,
+        );
         Arc::new(Self {
+            mcp,
             config,
             db,
             auth,

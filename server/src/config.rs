@@ -72,6 +72,9 @@ pub struct Config {
     pub approval_ttl: Option<Duration>,
     /// Long-polls (`GET /api/proxy/approvals/{id}?wait=`) one agent may hold at once.
     pub approval_max_waits: usize,
+    /// How long `/mcp` holds a tool call that needs approval before answering that it
+    /// is pending (`AEGIS_MCP_APPROVAL_WAIT_SECS`, default 60; at most 600).
+    pub mcp_approval_wait: Duration,
     pub breaker: crate::proxy::breaker::BreakerConfig,
     /// How often `/ws` sends a heartbeat and re-checks the socket's session.
     pub ws_heartbeat: Duration,
@@ -293,6 +296,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(number("AEGIS_SHUTDOWN_GRACE_SECS", 30)?),
             ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),
             approval_max_waits: number("AEGIS_APPROVAL_MAX_WAITS", 8)?.clamp(1, 10_000) as usize,
+            mcp_approval_wait: Duration::from_secs(number("AEGIS_MCP_APPROVAL_WAIT_SECS", 60)?.min(600)),
             approval_ttl: match number("AEGIS_APPROVAL_TTL_SECS", 15 * 60)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),

@@ -27,9 +27,13 @@ pub struct ConnectionService {
 }
 
 fn view(row: connections::Model, secret: Option<String>) -> ConnectionView {
+    let mcp = row.kind == KIND_MCP;
     ConnectionView {
         id: row.id,
-        gateway_path: format!("/api/gw/{}", row.name),
+        gateway_path: if mcp { "/mcp".into() } else { format!("/api/gw/{}", row.name) },
+        tools: row.mcp_tools.as_deref().and_then(|t| serde_json::from_str(t).ok()),
+        record_arguments: row.record_arguments,
+        kind: row.kind,
         pricing: row.pricing.as_deref().and_then(|p| serde_json::from_str(p).ok()),
         rate_limits: row.rate_limits.as_deref().and_then(|l| serde_json::from_str(l).ok()),
         name: row.name,
@@ -38,6 +42,52 @@ fn view(row: connections::Model, secret: Option<String>) -> ConnectionView {
         cost_micros: row.cost_micros,
         created_at: row.created_at,
     }
+}
+
+/// An MCP server's connection (`kind: "mcp"`); every other is `http`.
+pub const KIND_MCP: &str = "mcp";
+const KIND_HTTP: &str = "http";
+/// At most this many tools in an MCP connection's allow-list.
+const MAX_TOOLS: usize = 256;
+
+/// What an MCP connection adds, checked: its kind, allow-list and audit setting.
+struct Mcp {
+    kind: String,
+    tools: Option<String>,
+    record_arguments: bool,
+}
+
+fn checked_mcp(kind: Option<&str>, tools: Option<Vec<String>>, record_arguments: Option<bool>) -> Result<Mcp, AppError> {
+    let kind = match kind.map(str::trim) {
+        None | Some("") | Some(KIND_HTTP) => KIND_HTTP,
+        Some(KIND_MCP) => KIND_MCP,
+        Some(other) => {
+            return Err(AppError::new(422, "invalid_kind", format!("kind must be \"http\" or \"mcp\", not {other:?}")));
+        }
+    };
+    if kind == KIND_HTTP && (tools.is_some() || record_arguments == Some(true)) {
+        return Err(AppError::new(422, "invalid_kind", "tools and record_arguments are for kind \"mcp\" only"));
+    }
+    let tools = match tools {
+        None => None,
+        Some(list) => {
+            if list.len() > MAX_TOOLS {
+                return Err(AppError::validation(format!("at most {MAX_TOOLS} tools")));
+            }
+            let mut names = Vec::with_capacity(list.len());
+            for t in list {
+                let t = t.trim().to_owned();
+                if t.is_empty() || t.len() > 128 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return Err(AppError::validation(format!("invalid tool name {t:?}")));
+                }
+                if !names.contains(&t) {
+                    names.push(t);
+                }
+            }
+            Some(serde_json::to_string(&names).map_err(|_| AppError::internal())?)
+        }
+    };
+    Ok(Mcp { kind: kind.to_owned(), tools, record_arguments: record_arguments.unwrap_or(false) })
 }
 
 /// A pricing checked and completed ([`crate::metering::prices::resolve`]), as saved.
@@ -111,17 +161,25 @@ impl ConnectionService {
     }
 
     /// A whole connection as `POST` and `PUT` take it: its name and the rest checked.
-    async fn check_new(&self, sponsor_id: Uuid, input: NewConnection) -> Result<(String, Checked), AppError> {
+    async fn check_new(&self, sponsor_id: Uuid, input: NewConnection) -> Result<(String, Checked, Mcp), AppError> {
         let name = crate::names::identifier(&input.name, "connection name")?;
+        let mcp = checked_mcp(input.kind.as_deref(), input.tools, input.record_arguments)?;
+        if mcp.kind == KIND_MCP && name.contains(crate::call::mcp::SEPARATOR) {
+            // Agents call `<connection>__<tool>`: the connection's part must be unambiguous.
+            return Err(AppError::validation("an MCP connection's name must not contain \"__\""));
+        }
+        if mcp.kind == KIND_MCP && input.pricing.is_some() {
+            return Err(AppError::new(422, "invalid_pricing", "an MCP connection is priced per tool call (cost_micros)"));
+        }
         let secret = input.secret.as_deref();
         let c = self
             .check(sponsor_id, &input.base_url, input.cost_micros, secret, input.pricing, input.rate_limits)
             .await?;
-        Ok((name, c))
+        Ok((name, c, mcp))
     }
 
     pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
-        let (name, c) = self.check_new(sponsor_id, input).await?;
+        let (name, c, mcp) = self.check_new(sponsor_id, input).await?;
         let at = now();
         let row = connections::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -132,6 +190,9 @@ impl ConnectionService {
             cost_micros: Set(c.cost_micros),
             pricing: Set(c.pricing),
             rate_limits: Set(c.rate_limits),
+            kind: Set(mcp.kind),
+            mcp_tools: Set(mcp.tools),
+            record_arguments: Set(mcp.record_arguments),
             created_at: Set(at),
             updated_at: Set(at),
         }
@@ -154,8 +215,8 @@ impl ConnectionService {
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
         let row = self.own(sponsor_id, id).await?;
-        let (name, c) = self.check_new(sponsor_id, input).await?;
-        self.save(row, Some(name), c).await
+        let (name, c, mcp) = self.check_new(sponsor_id, input).await?;
+        self.save(row, Some(name), c, mcp).await
     }
 
     /// `PATCH`: only the fields given change (`null` removes the secret or pricing).
@@ -181,8 +242,16 @@ impl ConnectionService {
             row.rate_limits.as_deref().and_then(|l| serde_json::from_str(l).ok());
         let rate_limits = patch.rate_limits.unwrap_or(current_limits);
         let cost = Some(patch.cost_micros.unwrap_or(row.cost_micros));
+        let current_tools: Option<Vec<String>> =
+            row.mcp_tools.as_deref().and_then(|t| serde_json::from_str(t).ok());
+        let tools = patch.tools.unwrap_or(current_tools);
+        let record_arguments = Some(patch.record_arguments.unwrap_or(row.record_arguments));
+        let mcp = checked_mcp(Some(&row.kind), tools, record_arguments)?;
+        if mcp.kind == KIND_MCP && pricing.is_some() {
+            return Err(AppError::new(422, "invalid_pricing", "an MCP connection is priced per tool call (cost_micros)"));
+        }
         let c = self.check(sponsor_id, &base_url, cost, secret.as_deref(), pricing, rate_limits).await?;
-        self.save(row, None, c).await
+        self.save(row, None, c, mcp).await
     }
 
     async fn own(&self, sponsor_id: Uuid, id: Uuid) -> Result<connections::Model, AppError> {
@@ -199,6 +268,7 @@ impl ConnectionService {
         row: connections::Model,
         name: Option<String>,
         c: Checked,
+        mcp: Mcp,
     ) -> Result<ConnectionView, AppError> {
         let mut active: connections::ActiveModel = row.into();
         if let Some(name) = name {
@@ -209,6 +279,9 @@ impl ConnectionService {
         active.cost_micros = Set(c.cost_micros);
         active.pricing = Set(c.pricing);
         active.rate_limits = Set(c.rate_limits);
+        active.kind = Set(mcp.kind);
+        active.mcp_tools = Set(mcp.tools);
+        active.record_arguments = Set(mcp.record_arguments);
         active.updated_at = Set(now());
         let row = active.update(&self.db).await.map_err(|e| {
             unique_or_internal(

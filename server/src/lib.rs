@@ -16,6 +16,7 @@ pub mod demo;
 pub mod digest;
 pub mod events;
 pub mod http;
+pub mod mcp;
 pub mod metering;
 pub mod metrics;
 pub mod names;

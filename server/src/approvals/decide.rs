@@ -73,6 +73,7 @@ impl ApprovalService {
             expires_at: Set(expires_at),
             decided_at: Set(None),
             decided_by: Set(None),
+            delivered_at: Set(None),
             decision_reason: Set(None),
             outcome_json: Set(None),
             outcome_audit_seq: Set(None),

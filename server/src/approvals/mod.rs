@@ -52,6 +52,7 @@
 
 pub mod answer;
 mod decide;
+mod delivery;
 mod grants;
 mod outcomes;
 mod sealed;

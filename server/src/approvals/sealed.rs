@@ -35,6 +35,9 @@ pub(super) struct ParkedRequest {
     label: Option<String>,
     follow_redirects: bool,
     connection: Option<String>,
+    /// An MCP tool call's server, tool and arguments (absent on other calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mcp: Option<crate::call::mcp::McpCall>,
 }
 
 impl ParkedRequest {
@@ -56,8 +59,10 @@ impl ParkedRequest {
             follow_redirects: request.follow_redirects,
             connection: match &request.origin {
                 Origin::Gateway { connection } => Some(connection.clone()),
+                Origin::Mcp(call) => Some(call.server.clone()),
                 Origin::Execute => None,
             },
+            mcp: request.mcp().cloned(),
         }
     }
 
@@ -88,9 +93,10 @@ impl ParkedRequest {
             label: self.label,
             follow_redirects: self.follow_redirects,
             stream_response: false,
-            origin: match self.connection {
-                Some(connection) => Origin::Gateway { connection },
-                None => Origin::Execute,
+            origin: match (self.mcp, self.connection) {
+                (Some(mcp), _) => Origin::Mcp(Box::new(mcp)),
+                (None, Some(connection)) => Origin::Gateway { connection },
+                (None, None) => Origin::Execute,
             },
         })
     }

@@ -4,6 +4,7 @@
 //! the pipeline (`proxy`), the approvals that park a call and the trust that a
 //! denial moves all read it, and it reads none of them.
 
+pub mod mcp;
 pub mod outcome;
 pub mod request;
 pub mod stage;

@@ -61,10 +61,12 @@ pub struct ExecuteRequest {
 }
 
 /// Which door a request came through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
     Execute,
     Gateway { connection: String },
+    /// `/mcp`: a tool call (or AEGIS's listing of an upstream's tools) under an MCP connection.
+    Mcp(Box<super::mcp::McpCall>),
 }
 
 /// A validated request, the same for both doors.
@@ -262,6 +264,14 @@ impl ProxyRequest {
             }))
             .as_bytes(),
         )
+    }
+
+    /// The MCP request this call performs, if it came through `/mcp`.
+    pub fn mcp(&self) -> Option<&super::mcp::McpCall> {
+        match &self.origin {
+            Origin::Mcp(call) => Some(call),
+            _ => None,
+        }
     }
 
     pub fn header_names(&self) -> Vec<String> {

@@ -8,6 +8,8 @@ pub enum Stage {
     Auth,
     Breaker,
     Policy,
+    /// An MCP tool call whose arguments do not match the tool's `inputSchema`.
+    Arguments,
     Egress,
     Secret,
     Budget,
@@ -24,6 +26,7 @@ impl Stage {
             Stage::Auth => "auth",
             Stage::Breaker => "breaker",
             Stage::Policy => "policy",
+            Stage::Arguments => "arguments",
             Stage::Egress => "egress",
             Stage::Secret => "secret",
             Stage::Budget => "budget",

@@ -263,6 +263,9 @@ async fn setup(
         base_url: format!("{mock}/ok"),
         secret: Some(SECRET.into()),
         cost_micros: Some(1_000),
+        kind: None,
+        tools: None,
+        record_arguments: None,
     };
     services.create_connection(me, connection).await.map_err(failed("connection"))?;
     Ok(agents)

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod mcp;
 pub mod openapi;
 pub mod overview;
 pub mod policies;
@@ -133,8 +134,14 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn_with_state(state.clone(), browser::session));
 
+    // `/mcp`: the agents' MCP door; the SDK's transport behind AEGIS's key check.
+    let mcp_door = Router::new()
+        .route_service("/mcp", mcp::service(state.services.clone()))
+        .layer(middleware::from_fn_with_state(state.clone(), mcp::guard));
+
     Router::new()
         .nest("/api", api)
+        .merge(mcp_door)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -247,6 +247,15 @@ async fn forward(
     let Some((conn, secret)) = found else {
         return ApiError(AppError::not_found("connection")).into_response();
     };
+    if conn.kind == crate::connections::KIND_MCP {
+        // Raw JSON-RPC here would skip the tool allow-list and the argument check.
+        return ApiError(AppError::new(
+            409,
+            "mcp_connection",
+            "this is an MCP connection: call its tools through /mcp",
+        ))
+        .into_response();
+    }
     let (parts, body) = request.into_parts();
     let url = match crate::call::request::gateway_url(&conn.base_url, &suffix, parts.uri.query()) {
         Ok(u) => u,

@@ -120,20 +120,22 @@ fn segments(path: &str) -> Vec<Vec<u8>> {
     path.split('/').filter(|s| !s.is_empty()).map(decode).collect()
 }
 
+/// How deep `target` lies under `route`'s base URL (its path segments), if it does:
+/// same scheme, host and port, and the base's decoded path segments as a prefix.
+pub fn depth_under(route: &Route, target: &url::Url) -> Option<usize> {
+    let base = url::Url::parse(&route.base_url).ok()?;
+    let same = base.scheme() == target.scheme()
+        && normalised_host(&base) == normalised_host(target)
+        && base.port_or_known_default() == target.port_or_known_default();
+    let prefix = segments(base.path());
+    (same && segments(target.path()).starts_with(&prefix)).then_some(prefix.len())
+}
+
 /// The route `target` lies under (see the module docs), if any.
 pub fn route_for<'a>(routes: &'a [Route], target: &url::Url) -> Option<&'a Route> {
-    let host = normalised_host(target);
-    let path = segments(target.path());
     routes
         .iter()
-        .filter_map(|r| {
-            let base = url::Url::parse(&r.base_url).ok()?;
-            let same = base.scheme() == target.scheme()
-                && normalised_host(&base) == host
-                && base.port_or_known_default() == target.port_or_known_default();
-            let prefix = segments(base.path());
-            (same && path.starts_with(&prefix)).then_some((prefix.len(), r))
-        })
+        .filter_map(|r| depth_under(r, target).map(|depth| (depth, r)))
         // The longest base URL; between equal ones the priced (a flat twin cannot
         // dodge metering), then the first by name (the same answer in every store).
         .max_by(|(la, a), (lb, b)| {
@@ -153,6 +155,7 @@ mod tests {
             cost_micros: 0,
             pricing: priced.then(|| "{}".into()),
             rate_limits: None,
+            mcp: false,
         }
     }
 

@@ -106,7 +106,11 @@ impl<'a> Call<'a> {
     }
 
     /// An audit record of this call: who, what, where, under which policy.
-    pub fn entry(&self, kind: &str, stage: Option<Stage>, decision: &str, detail: Value) -> AuditEntry {
+    /// An MCP call's records all name its server, tool and the arguments' hash (`detail.mcp`).
+    pub fn entry(&self, kind: &str, stage: Option<Stage>, decision: &str, mut detail: Value) -> AuditEntry {
+        if let (Some(mcp), Some(map)) = (self.request.mcp(), detail.as_object_mut()) {
+            map.insert("mcp".into(), mcp.audit_detail());
+        }
         AuditEntry {
             sponsor_id: Some(self.agent.agent.sponsor_id),
             agent_id: Some(self.agent.agent.id),

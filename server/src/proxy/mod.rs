@@ -9,7 +9,9 @@
 //! | 2 | idempotency key claimed or replayed | `stages/idempotency.rs` | the first answer |
 //! | 3 | breaker | `stages/breaker.rs` | deny `breaker` |
 //! | 4 | target parses | `stages/target.rs` | deny `egress` |
+//! | 4b | an MCP tool call's arguments match the tool's `inputSchema` | `stages/arguments.rs` | deny `arguments` |
 //! | 5 | reads: wallet, policy version, granted secret and connections at once | `stages/reads.rs` | error `storage` |
+//! | 5b | door: an MCP connection's URL only through `/mcp` | `stages/door.rs` | deny `egress` |
 //! | 6 | meter: an LLM call under a priced connection is planned and bounded | `stages/meter.rs` | deny `policy` |
 //! | 7 | policy (Rego) | `stages/policy.rs` | deny `policy` |
 //! | 8 | egress guard | `stages/egress.rs` | deny `egress` |
@@ -151,7 +153,9 @@ impl Pipeline {
     async fn before_answer(&self, call: &mut Call<'_>) -> Flow<Result<Answer, UpstreamError>> {
         stages::breaker::admit(self, call).await?;
         let url = stages::target::parse(call)?;
+        stages::arguments::check(call)?;
         let rows = stages::reads::load(self, call).await?;
+        stages::door::check(call, &rows.routes, &url)?;
         stages::meter::price(call, &rows.routes, &url)?;
         let verdict = stages::policy::decide(self, call, &url, rows).await?;
         let target = stages::egress::check(self, call).await?;

@@ -63,7 +63,31 @@ pub fn input(
     if let Some(llm) = llm {
         input["llm"] = llm;
     }
+    // `input.mcp`: only for an MCP call (`{server, method, tool, arguments}`).
+    if let Some(mcp) = request.mcp() {
+        input["mcp"] = mcp.policy_input();
+    }
     input
+}
+
+impl super::Pipeline {
+    /// Whether `agent`'s policy would let `request` go on (allow, or ask for approval)
+    /// as things stand: what `/mcp` lists a tool by (a tool the policy denies with no
+    /// arguments is not listed). A policy error hides it (fail closed). Nothing is
+    /// performed, audited or held.
+    pub async fn would_allow_or_ask(
+        &self,
+        agent: &crate::agents::AgentPrincipal,
+        request: &ProxyRequest,
+    ) -> Result<bool, app::error::AppError> {
+        let Ok(url) = url::Url::parse(&request.url) else { return Ok(false) };
+        let version = self.policies.source_for(agent.agent.policy_id).await?;
+        let wallet = self.wallets.get(agent.agent.id).await?;
+        let estimate = request.declared_cost_micros.max(request.minimum_cost_micros);
+        let input = input(&agent.agent, request, &url, estimate, wallet.as_ref(), None, crate::db::now());
+        let evaluation = self.engine.evaluate_contained(version.source, input).await;
+        Ok(evaluation.error.is_none() && evaluation.decision != crate::policies::engine::Decision::Deny)
+    }
 }
 
 /// The policy playground: what the policy stage would decide for `agent` and a sample

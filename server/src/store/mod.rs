@@ -62,6 +62,8 @@ pub struct Route {
     pub pricing: Option<String>,
     /// Saved [`app::model::RateLimits`] JSON; `None` for none.
     pub rate_limits: Option<String>,
+    /// An MCP server's connection: reached only through `/mcp` (stage `door`).
+    pub mcp: bool,
 }
 
 /// What [`CallStore::call_rows`] reads.

@@ -19,6 +19,7 @@ mod faults;
 mod fuzz;
 mod group_commit;
 mod lifecycle;
+mod mcp;
 mod metering;
 mod mock;
 mod mock_llm;

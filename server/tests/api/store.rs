@@ -251,6 +251,7 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
                 cost_micros: c.cost_micros,
                 pricing: c.pricing,
                 rate_limits: c.rate_limits,
+                mcp: c.kind == "mcp",
             })
             .collect();
         assert_eq!(routes, expected, "{name}");

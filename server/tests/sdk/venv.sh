@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Python venv for the SDK harness (issue #19): target/sdk-venv with the pinned official
-# OpenAI and Anthropic SDKs from requirements.txt. Idempotent: the venv is (re)built only when
+# The Python venv for the SDK harness (issues #19, #21): target/sdk-venv with the pinned official
+# OpenAI, Anthropic and MCP SDKs from requirements.txt. Idempotent: the venv is (re)built only when
 # it is missing or requirements.txt changed since it was built (its SHA-256 is kept in the
 # venv). Prints the venv's python path on stdout, and nothing else there.
 #
@@ -26,7 +26,7 @@ if ! current; then
         rm -f "$STAMP"
         python3 -m venv --clear "$VENV" >&2
         "$PY" -m pip install --quiet --disable-pip-version-check --no-input -r "$REQUIREMENTS" >&2
-        "$PY" -c 'import openai, anthropic' >&2
+        "$PY" -c 'import openai, anthropic, mcp' >&2
         echo "$want" >"$STAMP"
     fi
     flock -u 9

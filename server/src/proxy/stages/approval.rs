@@ -26,6 +26,11 @@ pub async fn ask(
     if !verdict.needs_approval {
         return Continue((prepared, None));
     }
+    if call.request.mcp().is_some_and(|m| m.method == "tools/list") {
+        // AEGIS lists an MCP server's tools for the agent; nobody waits on that listing.
+        let reason = "listing an MCP server's tools is not parked for approval (allow input.mcp.method \"tools/list\")";
+        return Break(Stop::deny(Stage::Approval, reason));
+    }
     let estimate = call.estimate();
     let grant = p
         .approvals

@@ -62,6 +62,7 @@ mod tests {
                 cost_micros: 3,
                 pricing: Some(serde_json::to_string(&pricing).unwrap()),
                 rate_limits: None,
+                mcp: false,
             },
             Route {
                 name: "flat".into(),
@@ -69,6 +70,7 @@ mod tests {
                 cost_micros: 9,
                 pricing: None,
                 rate_limits: None,
+                mcp: false,
             },
         ]
     }

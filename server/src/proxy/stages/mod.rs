@@ -6,8 +6,10 @@
 //! client, the group commit).
 
 pub mod approval;
+pub mod arguments;
 pub mod breaker;
 pub mod budget;
+pub mod door;
 pub mod egress;
 pub mod idempotency;
 pub mod meter;

@@ -50,6 +50,15 @@ pub async fn settle(p: &Pipeline, call: &mut Call<'_>, answer: Result<Answer, Up
     };
     let mut detail = json!({"reasons": call.reasons, "stages": call.record.stages, "label": call.request.label,
                             "policy": call.policy_verdict});
+    if let Some(mcp) = call.request.mcp() {
+        // What the tool answered, by hash and size: never the result itself.
+        let mut m = mcp.audit_detail();
+        if let Outcome::Performed { upstream: Answer::Whole(r), .. } = &outcome {
+            m["result_sha256"] = json!(crate::digest::sha256_hex(&r.body));
+            m["result_bytes"] = json!(r.body.len());
+        }
+        detail["mcp"] = m;
+    }
     let mut entry = call.entry("proxy.outcome", stage, decision, Value::Null);
     entry.status = status.map(i32::from);
     entry.duration_us = call.record.elapsed_micros();

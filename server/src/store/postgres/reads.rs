@@ -85,11 +85,11 @@ fn secret_at(r: &PgRow, at: usize) -> sqlx::Result<secrets::Model> {
 
 /// The sponsor's connection of this name and the name of its secret, if any.
 pub(super) const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_url, c.secret_id, c.cost_micros, c.created_at, \
-     c.updated_at, s.name, c.pricing, c.rate_limits FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
+     c.updated_at, s.name, c.pricing, c.rate_limits, c.kind, c.mcp_tools, c.record_arguments FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
      WHERE c.sponsor_id = $1 AND c.name = $2 LIMIT 1";
 
 /// The sponsor's connections as metering matches targets against them.
-pub(super) const ROUTES_SQL: &str = "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = $1 ORDER BY name";
+pub(super) const ROUTES_SQL: &str = "SELECT name, base_url, cost_micros, pricing, rate_limits, kind FROM connections WHERE sponsor_id = $1 ORDER BY name";
 
 pub(super) fn connection_and_secret(r: &PgRow) -> sqlx::Result<(connections::Model, Option<String>)> {
     let connection = connections::Model {
@@ -103,6 +103,9 @@ pub(super) fn connection_and_secret(r: &PgRow) -> sqlx::Result<(connections::Mod
         updated_at: r.try_get(7)?,
         pricing: r.try_get(9)?,
         rate_limits: r.try_get(10)?,
+        kind: r.try_get(11)?,
+        mcp_tools: r.try_get(12)?,
+        record_arguments: r.try_get(13)?,
     };
     Ok((connection, r.try_get(8)?))
 }
@@ -158,7 +161,7 @@ pub(super) const CALL_ROWS_SQL: &str = concat!(
     "(SELECT current_version FROM policies WHERE id = $2), ",
     "s.id, s.sponsor_id, s.name, s.ciphertext, s.nonce, s.allowed_hosts, s.inject_header, ",
     "s.inject_format, s.inject_query_param, s.created_at, s.updated_at, s.rotated_at, ",
-    "(SELECT json_agg(json_build_array(c.name, c.base_url, c.cost_micros, c.pricing, c.rate_limits) ORDER BY c.name)::text ",
+    "(SELECT json_agg(json_build_array(c.name, c.base_url, c.cost_micros, c.pricing, c.rate_limits, c.kind) ORDER BY c.name)::text ",
     "FROM connections c WHERE c.sponsor_id = $3) ",
     "FROM (SELECT 1) AS one ",
     "LEFT JOIN wallets w ON w.agent_id = $1 ",
@@ -175,18 +178,19 @@ pub(super) fn call_rows(r: &PgRow) -> sqlx::Result<crate::store::CallRows> {
         Some(_) => Some(secret_at(r, 14)?),
         None => None,
     };
-    // The connections as one JSON array of [name, base_url, cost_micros, pricing, rate_limits].
-    type RouteRow = (String, String, i64, Option<String>, Option<String>);
+    // The connections as one JSON array of [name, base_url, cost_micros, pricing, rate_limits, kind].
+    type RouteRow = (String, String, i64, Option<String>, Option<String>, String);
     let routes = match r.try_get::<Option<String>, _>(26)? {
         Some(text) => serde_json::from_str::<Vec<RouteRow>>(&text)
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
             .into_iter()
-            .map(|(name, base_url, cost_micros, pricing, rate_limits)| crate::store::Route {
+            .map(|(name, base_url, cost_micros, pricing, rate_limits, kind)| crate::store::Route {
                 name,
                 base_url,
                 cost_micros,
                 pricing,
                 rate_limits,
+                mcp: kind == crate::connections::KIND_MCP,
             })
             .collect(),
         None => Vec::new(),
@@ -202,5 +206,6 @@ pub(super) fn route(r: &PgRow) -> sqlx::Result<crate::store::Route> {
         cost_micros: r.try_get(2)?,
         pricing: r.try_get(3)?,
         rate_limits: r.try_get(4)?,
+        mcp: r.try_get::<String, _>(5)? == crate::connections::KIND_MCP,
     })
 }

@@ -157,11 +157,11 @@ pub(super) fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<secrets::Mod
 
 /// The sponsor's connection of this name and the name of its secret, if any.
 pub(super) const BY_NAME_SQL: &str = "SELECT c.id, c.sponsor_id, c.name, c.base_url, c.secret_id, c.cost_micros, c.created_at, \
-     c.updated_at, s.name, c.pricing, c.rate_limits FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
+     c.updated_at, s.name, c.pricing, c.rate_limits, c.kind, c.mcp_tools, c.record_arguments FROM connections c LEFT JOIN secrets s ON s.id = c.secret_id \
      WHERE c.sponsor_id = ?1 AND c.name = ?2 LIMIT 1";
 
 /// The sponsor's connections as metering matches targets against them.
-pub(super) const ROUTES_SQL: &str = "SELECT name, base_url, cost_micros, pricing, rate_limits FROM connections WHERE sponsor_id = ?1 ORDER BY name";
+pub(super) const ROUTES_SQL: &str = "SELECT name, base_url, cost_micros, pricing, rate_limits, kind FROM connections WHERE sponsor_id = ?1 ORDER BY name";
 
 pub(super) fn connection_and_secret(
     r: &rusqlite::Row<'_>,
@@ -177,6 +177,9 @@ pub(super) fn connection_and_secret(
         updated_at: r.time(7)?,
         pricing: r.get(9)?,
         rate_limits: r.get(10)?,
+        kind: r.get(11)?,
+        mcp_tools: r.get(12)?,
+        record_arguments: r.get(13)?,
     };
     Ok((connection, r.get(8)?))
 }
@@ -192,5 +195,6 @@ pub(super) fn route(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::store::Rou
         cost_micros: r.get(2)?,
         pricing: r.get(3)?,
         rate_limits: r.get(4)?,
+        mcp: r.get::<_, String>(5)? == crate::connections::KIND_MCP,
     })
 }

@@ -1,0 +1,174 @@
+//! `/mcp`: AEGIS as one MCP server (Streamable HTTP) for agents (issue #21).
+//!
+//! The transport — JSON-RPC framing, both protocol revisions chosen per request
+//! (2026-07-28 stateless with `server/discover`; 2025-11-25 with `initialize` and
+//! `Mcp-Session-Id`), the spec's errors for bad input — is the official Rust SDK's
+//! (`rmcp`'s `StreamableHttpService`). In front of it, every request is
+//! authenticated with the agent's AEGIS key (401 before the SDK reads a byte), and a
+//! session id is accepted only from the agent that opened it (anyone else: 404, as
+//! for a session that does not exist). Behind it, [`AegisMcp`] hands `tools/list`
+//! and `tools/call` to the domain ([`crate::mcp::McpGateway`]) and renders what they
+//! come to as MCP results.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, InitializeResult,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::extract::Agent;
+use super::{AppState, RequestId};
+use crate::agents::AgentPrincipal;
+use crate::backend::Services;
+use crate::mcp::ToolOutcome;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+/// Where AEGIS puts its own decision in an error result's `_meta`.
+pub const DECISION_META: &str = "dev.aegis/decision";
+
+/// The SDK's service for `/mcp`, configured for AEGIS.
+pub fn service(services: Arc<Services>) -> StreamableHttpService<AegisMcp, LocalSessionManager> {
+    let config = &services.config;
+    let mut sdk = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(config.max_body_bytes)
+        .with_sse_keep_alive(None)
+        .enforce_origin_validation();
+    // Every request carries an agent key, so a DNS-rebinding page gains nothing from a
+    // Host check; where AEGIS knows its public URL, browsers of that origin may call.
+    sdk = sdk.disable_allowed_hosts();
+    if let Some(public) = config.public_url.as_deref() {
+        sdk = sdk.with_allowed_origins([public.trim_end_matches('/').to_owned()]);
+    }
+    sdk.session_store = services.mcp.sessions.store();
+    let handler = AegisMcp { services };
+    StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(LocalSessionManager::default()), sdk)
+}
+
+/// In front of the SDK: the agent's key on every request, sessions bound to their agent.
+pub async fn guard(State(s): State<AppState>, agent: Result<Agent, ApiError>, mut req: Request, next: Next) -> Response {
+    let Agent(principal) = match agent {
+        Ok(a) => a,
+        Err(e) => {
+            let mut response = e.into_response();
+            if response.status() == http::StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            }
+            return response;
+        }
+    };
+    let presented = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(session) = &presented
+        && s.services.mcp.sessions.owner(session).await != Some(principal.agent.id)
+    {
+        // Not this agent's session: exactly what an unknown session gets.
+        return session_not_found();
+    }
+    let agent_id = principal.agent.id;
+    req.extensions_mut().insert(principal);
+    let response = next.run(req).await;
+    if presented.is_none()
+        && let Some(opened) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())
+    {
+        s.services.mcp.sessions.bind(opened, agent_id).await;
+    }
+    response
+}
+
+fn session_not_found() -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": "Session not found"}});
+    (http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+/// AEGIS's MCP server: the union of the agent's MCP connections' tools.
+#[derive(Clone)]
+pub struct AegisMcp {
+    services: Arc<Services>,
+}
+
+/// The agent [`guard`] authenticated (the SDK hands handlers the HTTP request's parts).
+fn caller(ctx: &RequestContext<RoleServer>) -> Result<(AgentPrincipal, String), McpError> {
+    let parts = ctx
+        .extensions
+        .get::<http::request::Parts>()
+        .ok_or_else(|| McpError::internal_error("no HTTP request", None))?;
+    let agent = parts
+        .extensions
+        .get::<AgentPrincipal>()
+        .cloned()
+        .ok_or_else(|| McpError::internal_error("unauthenticated", None))?;
+    Ok((agent, RequestId::of(&parts.extensions)))
+}
+
+fn unavailable(e: app::error::AppError) -> McpError {
+    tracing::error!(error = %e.message, "MCP request failed");
+    McpError::internal_error("AEGIS could not serve this request; nothing was performed", None)
+}
+
+/// An error result the agent's model can read, AEGIS's decision in `_meta`.
+pub fn refused(text: String, decision: Value) -> CallToolResult {
+    let mut result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(text)]);
+    if let Ok(meta) = serde_json::from_value(json!({ DECISION_META: decision })) {
+        result.meta = Some(meta);
+    }
+    result
+}
+
+impl ServerHandler for AegisMcp {
+    fn get_info(&self) -> ServerConfig {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("aegis", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "AEGIS governs every tool call: each is checked by policy, budgeted and audited; \
+                 a call may wait for a human's approval. Tools are named <server>__<tool>.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let (agent, _) = caller(&ctx)?;
+        let listed = self.services.mcp.list_tools(&agent).await.map_err(unavailable)?;
+        let tools: Vec<Tool> = listed.into_iter().filter_map(|t| serde_json::from_value(t).ok()).collect();
+        // Each agent's list is its own (its policy filters it): private, and fresh for as
+        // long as AEGIS keeps a server's listing.
+        Ok(ListToolsResult::with_all_items(tools)
+            .with_ttl_ms(crate::mcp::catalog::TTL.as_millis() as u64)
+            .with_cache_scope(CacheScope::Private))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let (agent, request_id) = caller(&ctx)?;
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let outcome = self
+            .services
+            .mcp
+            .call_tool(&agent, request_id, &request.name, arguments)
+            .await
+            .map_err(unavailable)?;
+        let result = match outcome {
+            ToolOutcome::Result(v) => serde_json::from_value::<CallToolResult>(v)
+                .unwrap_or_else(|_| refused("the MCP server's result could not be read".into(), json!({}))),
+            ToolOutcome::Refused { text, decision } => refused(text, decision),
+            ToolOutcome::InvalidParams(message) => return Err(McpError::invalid_params(message, None)),
+        };
+        Ok(CallToolResponse::Complete(result))
+    }
+}
