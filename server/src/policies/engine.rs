@@ -874,6 +874,7 @@ mod tests {
 
     const DEFAULT: &str = include_str!("../../../policies/default.rego");
     const PERMISSIVE: &str = include_str!("../../../policies/permissive.rego");
+    const MCP: &str = include_str!("../../../policies/mcp.rego");
 
     fn input(method: &str, trust: i64, cost: i64) -> serde_json::Value {
         json!({
@@ -890,6 +891,46 @@ mod tests {
     fn shipped_policies_compile() {
         compile(DEFAULT).unwrap();
         compile(PERMISSIVE).unwrap();
+        compile(MCP).unwrap();
+    }
+
+    /// An MCP request's input (issue #21): the upstream POST, with `input.mcp`.
+    fn mcp_input(method: &str, tool: Option<&str>, trust: i64) -> serde_json::Value {
+        let mut i = input("POST", trust, 0);
+        i["mcp"] = json!({"server": "notes", "method": method, "tool": tool, "arguments": {}});
+        i
+    }
+
+    #[test]
+    fn shipped_policies_decide_mcp_tools() {
+        use Decision::{Allow, Deny, RequireApproval};
+        let engine = PolicyEngine::new();
+        let decide = |source: &str, method: &str, tool: Option<&str>, trust: i64| {
+            let e = engine.evaluate(source, &mcp_input(method, tool, trust));
+            assert!(e.error.is_none(), "{method} {tool:?} at {trust}: {e:?}");
+            e.decision
+        };
+        // The default policy: listing tools is a read; a tool call is a write.
+        assert_eq!(decide(DEFAULT, "tools/list", None, 500), Allow);
+        assert_eq!(decide(DEFAULT, "tools/list", None, 200), Deny);
+        assert_eq!(decide(DEFAULT, "tools/call", Some("read_note"), 500), RequireApproval);
+        assert_eq!(decide(DEFAULT, "tools/call", Some("read_note"), 700), Allow);
+        // The MCP example: read-only allowed, destructive waits, admin needs trust 800.
+        assert_eq!(decide(MCP, "tools/list", None, 500), Allow);
+        assert_eq!(decide(MCP, "tools/call", Some("read_note"), 300), Allow);
+        assert_eq!(decide(MCP, "tools/call", Some("list_notes"), 299), Deny);
+        assert_eq!(decide(MCP, "tools/call", Some("delete_note"), 950), RequireApproval);
+        assert_eq!(decide(MCP, "tools/call", Some("drop_all"), 500), RequireApproval);
+        assert_eq!(decide(MCP, "tools/call", Some("undelete_note"), 500), RequireApproval);
+        assert_eq!(decide(MCP, "tools/call", Some("admin_reset"), 799), Deny);
+        assert_eq!(decide(MCP, "tools/call", Some("admin_reset"), 800), Allow);
+        assert_eq!(decide(MCP, "tools/call", Some("add"), 700), Allow);
+        assert_eq!(decide(MCP, "tools/call", Some("add"), 699), RequireApproval);
+        // Its plain HTTP side: reads only.
+        assert_eq!(engine.evaluate(MCP, &input("GET", 300, 0)).decision, Allow);
+        assert_eq!(engine.evaluate(MCP, &input("POST", 900, 0)).decision, Deny);
+        let admin = engine.evaluate(MCP, &mcp_input("tools/call", Some("admin_reset"), 500));
+        assert_eq!(admin.reasons, vec!["admin tools need trust 800"]);
     }
 
     #[test]
@@ -1005,7 +1046,7 @@ reasons := [r | some m, l in limits; m == input.action.method; r := sprintf("%s 
     #[test]
     fn the_vm_and_the_interpreter_give_the_same_answers() {
         let inputs = grid();
-        for source in [DEFAULT, PERMISSIVE].iter().chain(EXTRA) {
+        for source in [DEFAULT, PERMISSIVE, MCP].iter().chain(EXTRA) {
             let compiled = Compiled::new(source, compile(source).unwrap());
             assert!(compiled.on_vm(), "the RVM compiler should take {source}");
             // Run the grid twice so every run but the first reuses a VM. Where the

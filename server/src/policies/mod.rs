@@ -34,6 +34,11 @@ pub const BUILTIN: &[(&str, &str, &str)] = &[
         "Allow every action (egress, secrets and budgets still apply).",
         include_str!("../../../policies/permissive.rego"),
     ),
+    (
+        "mcp-tools",
+        "MCP tools: read-only tools allowed, delete_*/drop_* need approval, admin_* only from trust 800.",
+        include_str!("../../../policies/mcp.rego"),
+    ),
 ];
 
 /// Built-in policy ids are derived from their names, so several processes seeding
