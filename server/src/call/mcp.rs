@@ -14,12 +14,28 @@ use serde_json::{Value, json};
 
 use crate::digest::{canonical_json, sha256_hex};
 
-/// The revision AEGIS speaks to upstream MCP servers.
+/// The revision AEGIS speaks to upstream MCP servers first.
 pub const UPSTREAM_PROTOCOL_VERSION: &str = "2026-07-28";
+/// The revision AEGIS falls back to for servers that only speak the session revision.
+pub const SESSION_PROTOCOL_VERSION: &str = "2025-11-25";
+/// Session-revision versions AEGIS accepts from such a server's `initialize` answer.
+pub const SESSION_PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 /// `<connection>__<tool>`: how the agent sees an upstream tool.
 pub const SEPARATOR: &str = "__";
 /// The JSON-RPC id of every upstream request (one request per HTTP exchange).
 const UPSTREAM_ID: &str = "aegis";
+
+/// Which revision of the protocol an upstream MCP server is spoken to in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revision {
+    /// 2026-07-28: one self-contained request per exchange.
+    #[default]
+    Stateless,
+    /// 2025-11-25: `initialize`, the request under its `Mcp-Session-Id`, then the
+    /// session is deleted (`proxy/stages/upstream_mcp.rs`).
+    Sessions,
+}
 
 /// One MCP request under an MCP connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +55,9 @@ pub struct McpCall {
     /// only their hash is kept).
     #[serde(default)]
     pub record_arguments: bool,
+    /// How the upstream server is spoken to (found when its tools are listed).
+    #[serde(default)]
+    pub revision: Revision,
 }
 
 impl McpCall {
@@ -50,6 +69,7 @@ impl McpCall {
             arguments,
             input_schema,
             record_arguments: false,
+            revision: Revision::Stateless,
         }
     }
 
@@ -61,6 +81,7 @@ impl McpCall {
             arguments: json!({}),
             input_schema: None,
             record_arguments: false,
+            revision: Revision::Stateless,
         }
     }
 
@@ -82,7 +103,7 @@ impl McpCall {
     /// arguments themselves only where the connection says so.
     pub fn audit_detail(&self) -> Value {
         let mut detail = json!({"server": self.server, "method": self.method, "tool": self.tool,
-                                "arguments_sha256": self.arguments_sha256()});
+                                "arguments_sha256": self.arguments_sha256(), "revision": self.revision});
         if self.record_arguments {
             detail["arguments"] = self.arguments.clone();
         }
@@ -118,30 +139,38 @@ impl McpCall {
     }
 
     /// The JSON-RPC request sent upstream (2026-07-28: the protocol version, AEGIS's
-    /// client info and capabilities in `_meta` of every request).
+    /// client info and capabilities in `_meta` of every request; 2025-11-25: the plain
+    /// request, the session carrying the rest).
     pub fn upstream_body(&self) -> Bytes {
-        let meta = json!({
-            "io.modelcontextprotocol/protocolVersion": UPSTREAM_PROTOCOL_VERSION,
-            "io.modelcontextprotocol/clientInfo": {"name": "aegis", "version": env!("CARGO_PKG_VERSION")},
-            "io.modelcontextprotocol/clientCapabilities": {},
-        });
-        let params = match &self.tool {
-            Some(tool) if self.method == "tools/call" => {
-                json!({"name": tool, "arguments": self.arguments, "_meta": meta})
-            }
-            _ => json!({"_meta": meta}),
+        let mut params = match &self.tool {
+            Some(tool) if self.method == "tools/call" => json!({"name": tool, "arguments": self.arguments}),
+            _ => json!({}),
         };
+        if self.revision == Revision::Stateless {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": UPSTREAM_PROTOCOL_VERSION,
+                "io.modelcontextprotocol/clientInfo": client_info(),
+                "io.modelcontextprotocol/clientCapabilities": {},
+            });
+        }
         let request = json!({"jsonrpc": "2.0", "id": UPSTREAM_ID, "method": self.method, "params": params});
         Bytes::from(canonical_json(&request))
     }
 
-    /// The upstream request's headers (the Streamable HTTP transport's, 2026-07-28).
+    /// The upstream request's headers (the Streamable HTTP transport's; in the session
+    /// revision the version and session headers are added per exchange).
     pub fn upstream_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut headers = vec![
             (http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
             (http::header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream")),
-            (HeaderName::from_static("mcp-protocol-version"), HeaderValue::from_static(UPSTREAM_PROTOCOL_VERSION)),
         ];
+        if self.revision == Revision::Sessions {
+            return headers;
+        }
+        headers.push((
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderValue::from_static(UPSTREAM_PROTOCOL_VERSION),
+        ));
         if let Ok(v) = HeaderValue::from_str(&self.method) {
             headers.push((HeaderName::from_static("mcp-method"), v));
         }
@@ -150,6 +179,29 @@ impl McpCall {
         }
         headers
     }
+}
+
+fn client_info() -> Value {
+    json!({"name": "aegis", "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// The session revision's `initialize` request.
+pub fn initialize_body() -> Bytes {
+    let request = json!({"jsonrpc": "2.0", "id": UPSTREAM_ID, "method": "initialize",
+        "params": {"protocolVersion": SESSION_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": client_info()}});
+    Bytes::from(canonical_json(&request))
+}
+
+/// The session revision's `notifications/initialized`.
+pub fn initialized_body() -> Bytes {
+    Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+}
+
+/// The protocol version a session-revision server agreed to in its `initialize`
+/// answer, if it is one AEGIS speaks.
+pub fn agreed_version(initialize_result: &Value) -> Option<&'static str> {
+    let offered = initialize_result.get("protocolVersion")?.as_str()?;
+    SESSION_PROTOCOL_VERSIONS.iter().copied().find(|v| *v == offered)
 }
 
 /// Splits `<connection>__<tool>` at the first separator (connection names have no `__`
@@ -243,6 +295,22 @@ mod tests {
         let body: Value = serde_json::from_slice(&a.upstream_body()).unwrap();
         assert_eq!(body["params"]["name"], "add");
         assert_eq!(body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"], UPSTREAM_PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn the_session_revision_sends_the_plain_request() {
+        let mut call = add();
+        call.revision = Revision::Sessions;
+        let body: Value = serde_json::from_slice(&call.upstream_body()).unwrap();
+        assert_eq!(body["params"], json!({"name": "add", "arguments": {"a": 2, "b": 3}}));
+        assert_ne!(call.upstream_body(), add().upstream_body(), "the revision is part of the request");
+        let names: Vec<_> = call.upstream_headers().into_iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, ["content-type", "accept"]);
+        let init: Value = serde_json::from_slice(&initialize_body()).unwrap();
+        assert_eq!(init["params"]["protocolVersion"], SESSION_PROTOCOL_VERSION);
+        assert_eq!(agreed_version(&json!({"protocolVersion": "2025-06-18"})), Some("2025-06-18"));
+        assert_eq!(agreed_version(&json!({"protocolVersion": "2099-01-01"})), None);
+        assert_eq!(agreed_version(&json!({})), None);
     }
 
     #[test]

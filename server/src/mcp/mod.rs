@@ -86,7 +86,7 @@ impl McpGateway {
                     continue;
                 }
             };
-            for tool in tools.iter() {
+            for tool in tools.tools.iter() {
                 let Some(name) = tool.get("name").and_then(Value::as_str) else { continue };
                 if !catalog::allowed(&conn.0, name) {
                     continue;
@@ -126,11 +126,12 @@ impl McpGateway {
             Ok(t) => t,
             Err(why) => return Ok(refused(format!("the MCP server's tools could not be listed: {why}"), json!({}))),
         };
-        let Some(listed) = tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(tool)) else {
+        let Some(listed) = tools.tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(tool)) else {
             return unknown();
         };
         let mut call = McpCall::call_tool(server, tool, arguments, listed.get("inputSchema").cloned());
         call.record_arguments = conn.0.record_arguments;
+        call.revision = tools.revision;
         let request = request_for(&conn.0, conn.1.clone(), call);
         // The same call (same arguments) asked before: its approval decides it, once.
         if let Some(done) = self.earlier_approval(agent, &request).await? {

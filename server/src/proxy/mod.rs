@@ -37,6 +37,7 @@ pub mod policy;
 pub mod secret;
 pub mod stages;
 pub mod upstream;
+pub mod upstream_mcp;
 
 use std::ops::ControlFlow::{Break, Continue};
 use std::sync::Arc;

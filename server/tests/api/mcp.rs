@@ -39,13 +39,15 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn start(python: &str) -> Self {
+    /// `legacy_only`: a server of the session revision only (see upstream.py).
+    async fn start(python: &str, legacy_only: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let record = tempfile::NamedTempFile::new().unwrap();
         let child = tokio::process::Command::new(python)
             .arg(here("upstream.py"))
             .arg(port.to_string())
             .env("RECORD_FILE", record.path())
+            .env("LEGACY_ONLY", if legacy_only { "1" } else { "0" })
             .kill_on_drop(true)
             .spawn()
             .expect("python runs");
@@ -86,8 +88,8 @@ struct Setup {
     python: String,
 }
 
-async fn setup(python: String) -> Setup {
-    let upstream = Upstream::start(&python).await;
+async fn setup(python: String, legacy_upstream: bool) -> Setup {
+    let upstream = Upstream::start(&python, legacy_upstream).await;
     let s = TestServer::start_with(&[
         ("AEGIS_EGRESS_ALLOW", "127.0.0.1/32"),
         ("AEGIS_MCP_APPROVAL_WAIT_SECS", "3"),
@@ -95,9 +97,9 @@ async fn setup(python: String) -> Setup {
     ])
     .await;
     let sponsor = s.sponsor("mcp").await;
-    let r = s.post("/api/policies", Some(&sponsor.access), json!({"name": "mcp-tools", "source": MCP_POLICY})).await;
+    let r = s.post("/api/policies", Some(&sponsor.access), json!({"name": "notes-policy", "source": MCP_POLICY})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let r = s.post("/api/agents", Some(&sponsor.access), json!({"name": "mcp-bot", "policy": "mcp-tools"})).await;
+    let r = s.post("/api/agents", Some(&sponsor.access), json!({"name": "mcp-bot", "policy": "notes-policy"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let agent_id = r.body["agent"]["id"].as_str().unwrap().to_owned();
     let key = r.body["api_key"].as_str().unwrap().to_owned();
@@ -153,13 +155,14 @@ impl Setup {
 }
 
 /// One revision's whole run: list, allowed, denied, schema-invalid, filtered-out, approved
-/// while waiting, timed out then retried after approval (performed once).
-async fn governed_tool_calls(mode: &str) {
+/// while waiting, timed out then retried after approval (performed once). `legacy_upstream`:
+/// the upstream speaks only the session revision, so AEGIS must fall back to it.
+async fn governed_tool_calls(mode: &str, legacy_upstream: bool) {
     let Ok(python) = std::env::var("AEGIS_SDK_PYTHON") else {
         eprintln!("SKIPPED MCP gateway ({mode}): AEGIS_SDK_PYTHON is not set");
         return;
     };
-    let t = setup(python).await;
+    let t = setup(python, legacy_upstream).await;
 
     // tools/list: the allow-list applied (drop_all is not on it) and the policy's outright
     // denial (admin_reset) hidden; names prefixed, schemas unchanged.
@@ -229,6 +232,25 @@ async fn governed_tool_calls(mode: &str) {
     assert_eq!(count("add", json!({"a": "two", "b": 3})), 0, "invalid");
     assert!(calls.iter().all(|(t, _)| t != "drop_all" && t != "admin_reset"), "{calls:?}");
 
+    // The upstream was spoken to in the revision it offers.
+    let body = |r: &Value| serde_json::from_str::<Value>(r["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+    let tool_calls: Vec<&Value> = received.iter().filter(|r| body(r)["method"] == "tools/call").collect();
+    let initializes = received.iter().filter(|r| body(r)["method"] == "initialize").count();
+    if legacy_upstream {
+        // Each call in a session of its own: initialize, the call under its session, DELETE.
+        assert!(tool_calls.iter().all(|r| r["headers"]["mcp-session-id"].is_string()), "{tool_calls:?}");
+        assert!(tool_calls.iter().all(|r| r["headers"]["mcp-protocol-version"] == "2025-11-25"));
+        assert!(tool_calls.iter().all(|r| body(r)["params"].get("_meta").is_none()));
+        assert!(initializes >= tool_calls.len(), "{initializes} initialize for {} calls", tool_calls.len());
+        let deletes = received.iter().filter(|r| r["method"] == "DELETE").count();
+        assert!(deletes >= tool_calls.len(), "every session is ended: {deletes}");
+    } else {
+        assert_eq!(initializes, 0, "a stateless server needs no handshake");
+        assert!(tool_calls.iter().all(|r| r["headers"]["mcp-protocol-version"] == "2026-07-28"
+            && r["headers"].get("mcp-session-id").is_none()));
+        assert!(tool_calls.iter().all(|r| body(r)["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"));
+    }
+
     // The audit: the tool, the arguments' hash (not the arguments), the result's hash and size.
     let r = t.s.get("/api/audit?kind=proxy.outcome", &t.sponsor.access).await;
     let outcome = r.body["items"]
@@ -242,16 +264,18 @@ async fn governed_tool_calls(mode: &str) {
     assert_eq!(outcome["mcp"]["arguments_sha256"].as_str().unwrap().len(), 64);
     assert!(outcome["mcp"].get("arguments").is_none(), "arguments are not kept unless enabled");
     assert!(outcome["mcp"]["result_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(outcome["mcp"]["revision"], if legacy_upstream { "sessions" } else { "stateless" });
     let r = t.s.get("/api/audit/verify", &t.sponsor.access).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 
 #[tokio::test]
 async fn mcp_tool_calls_are_governed_in_the_stateless_revision() {
-    governed_tool_calls("modern").await;
+    governed_tool_calls("modern", false).await;
 }
 
 #[tokio::test]
 async fn mcp_tool_calls_are_governed_in_the_session_revision() {
-    governed_tool_calls("legacy").await;
+    // The session-revision client, and an upstream that speaks only that revision.
+    governed_tool_calls("legacy", true).await;
 }

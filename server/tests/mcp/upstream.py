@@ -1,13 +1,16 @@
 """A real MCP server for the MCP gateway test (server/tests/api/mcp.rs), written with the
 official Python SDK (mcp 2.x, pinned in server/tests/sdk/requirements.txt).
 
-    RECORD_FILE=/tmp/rec.jsonl python upstream.py PORT
+    RECORD_FILE=/tmp/rec.jsonl [LEGACY_ONLY=1] python upstream.py PORT
 
 Streamable HTTP at http://127.0.0.1:PORT/mcp. The SDK's app serves both protocol
 revisions (chosen per request by MCP-Protocol-Version). Every HTTP request it receives
 is recorded as one JSON line (method, path, headers, body) in $RECORD_FILE, so the test
 can check what reached the server: the injected credential, never the agent's AEGIS key,
-never a tool that was filtered out. Prints "ready" once it listens.
+never a tool that was filtered out. With LEGACY_ONLY=1 it answers like a server of the
+session revision (2025-11-25) only: a POST without an Mcp-Session-Id that is not
+`initialize` gets the 400 "Missing session ID" such servers send, so AEGIS must fall
+back to initialize + session.
 """
 
 from __future__ import annotations
@@ -77,10 +80,22 @@ class Record:
             body += msg.get("body", b"")
             if not msg.get("more_body", False):
                 break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         with open(self.path, "a", encoding="utf-8") as f:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             f.write(json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers,
                                 "body": body.decode("utf-8", "replace")}) + "\n")
+        if os.environ.get("LEGACY_ONLY") == "1" and scope["method"] == "POST" and "mcp-session-id" not in headers:
+            try:
+                method = json.loads(body).get("method")
+            except (ValueError, AttributeError):
+                method = None
+            if method != "initialize":
+                error = json.dumps({"jsonrpc": "2.0", "id": "server-error",
+                                    "error": {"code": -32600, "message": "Bad Request: Missing session ID"}}).encode()
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": error})
+                return
         pending = [{"type": "http.request", "body": body, "more_body": False}, *replay]
 
         async def again():

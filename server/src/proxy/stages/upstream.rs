@@ -5,15 +5,19 @@
 //! cap, the stream's usage option) and its answer passes through the usage tap
 //! ([`crate::metering::tap`]) after the scrubber. Tested over HTTP in
 //! `tests/api/proxy.rs`, `exfiltration.rs` (redirects, scrubbed encodings) and
-//! `metering.rs`.
+//! `metering.rs`. An MCP server that speaks only the session revision is called in a
+//! session of the call's own (`proxy/upstream_mcp.rs`; tested in `tests/api/mcp.rs`).
 
 use serde_json::json;
 
 use super::super::Pipeline;
 use super::super::context::Call;
 use super::super::secret::{self, Scrubber};
+use super::super::upstream_mcp;
 use super::secret::Prepared;
 use crate::call::Stage;
+use crate::call::mcp::Revision;
+use crate::call::request::Origin;
 use crate::call::outcome::{Answer, Failure, Outcome};
 use crate::call::upstream::UpstreamError;
 use crate::metering::tap::{TapSpec, tap};
@@ -25,10 +29,18 @@ pub async fn perform(p: &Pipeline, call: &mut Call<'_>, prepared: Prepared) -> R
         Some(planned) => planned,
         None => request.body.clone(),
     };
-    let called = p
-        .upstream
-        .call_streaming(request.method.clone(), url, headers, body, request.follow_redirects, secret.as_ref())
-        .await;
+    // The strategy: one exchange, or (an MCP server of the session revision) a
+    // session of the call's own (`proxy/upstream_mcp.rs`).
+    let called = match &request.origin {
+        Origin::Mcp(mcp) if mcp.revision == Revision::Sessions => {
+            upstream_mcp::session_exchange(&p.upstream, url, headers, mcp, secret.as_ref()).await
+        }
+        _ => {
+            p.upstream
+                .call_streaming(request.method.clone(), url, headers, body, request.follow_redirects, secret.as_ref())
+                .await
+        }
+    };
     let answer = match called {
         Ok(mut r) => {
             if let Some(s) = &secret {
