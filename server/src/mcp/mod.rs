@@ -28,9 +28,6 @@ use crate::call::request::{Origin, ProxyRequest};
 use crate::connections::KIND_MCP;
 use crate::proxy::Pipeline;
 
-/// The most of an upstream answer AEGIS reads for a tool (larger: an error result).
-pub const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
-
 #[derive(Clone)]
 pub struct McpGateway {
     pipeline: Pipeline,
