@@ -109,6 +109,9 @@ async fn fixture(s: &TestServer, mock: &MockUpstream) -> Fixture {
         json!({"name": "plain", "base_url": mock.url("/llm"),
                "pricing": {"provider": "anthropic", "models": {"claude-haiku-4-5": {}}},
                "rate_limits": {"tokens_per_minute": 1000}}),
+        // An MCP connection (#21): its kind, allow-list and audit switch are read back too.
+        json!({"name": "tools-srv", "kind": "mcp", "base_url": mock.url("/mcp"), "secret": "api",
+               "tools": ["read_note"], "record_arguments": true, "cost_micros": 3}),
     ] {
         let r = s.post("/api/connections", Some(&sponsor.access), body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -226,7 +229,7 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
         assert_eq!(store.granted_secret(f.sponsor_id, f.agent_id, "other").await.unwrap(), None, "{name}");
         assert_eq!(store.granted_secret(f.sponsor_id, Uuid::new_v4(), "api").await.unwrap(), None, "{name}");
 
-        for (conn_name, secret) in [("gw", Some("api")), ("plain", None)] {
+        for (conn_name, secret) in [("gw", Some("api")), ("plain", None), ("tools-srv", Some("api"))] {
             let (connection, secret_name) = store.connection(f.sponsor_id, conn_name).await.unwrap().unwrap();
             let row = entity::connections::Entity::find_by_id(connection.id).one(db).await.unwrap();
             assert_eq!((Some(connection), secret_name.as_deref()), (row, secret), "{name}");
@@ -259,6 +262,9 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
             routes.iter().any(|r| r.pricing.as_deref().is_some_and(|p| p.contains("claude-haiku-4-5"))),
             "{name}"
         );
+        assert_eq!(routes.iter().filter(|r| r.mcp).map(|r| r.name.as_str()).collect::<Vec<_>>(), ["tools-srv"], "{name}");
+        let (mcp, _) = store.connection(f.sponsor_id, "tools-srv").await.unwrap().unwrap();
+        assert_eq!((mcp.kind.as_str(), mcp.mcp_tools.as_deref(), mcp.record_arguments), ("mcp", Some(r#"["read_note"]"#), true), "{name}");
         assert!(store.routes(Uuid::new_v4()).await.unwrap().is_empty(), "{name}");
 
         // A call's reads together: everything found, each part missing.
