@@ -45,7 +45,7 @@ fn view(row: connections::Model, secret: Option<String>) -> ConnectionView {
 }
 
 /// An MCP server's connection (`kind: "mcp"`); every other is `http`.
-pub const KIND_MCP: &str = "mcp";
+pub use crate::call::mcp::KIND_MCP;
 const KIND_HTTP: &str = "http";
 /// At most this many tools in an MCP connection's allow-list.
 const MAX_TOOLS: usize = 256;

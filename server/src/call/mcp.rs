@@ -20,6 +20,8 @@ pub const UPSTREAM_PROTOCOL_VERSION: &str = "2026-07-28";
 pub const SESSION_PROTOCOL_VERSION: &str = "2025-11-25";
 /// Session-revision versions AEGIS accepts from such a server's `initialize` answer.
 pub const SESSION_PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
+/// A connection's `kind` for an MCP server (the other kind is `http`).
+pub const KIND_MCP: &str = "mcp";
 /// `<connection>__<tool>`: how the agent sees an upstream tool.
 pub const SEPARATOR: &str = "__";
 /// The JSON-RPC id of every upstream request (one request per HTTP exchange).

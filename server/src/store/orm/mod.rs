@@ -126,7 +126,7 @@ impl CallStore for OrmStore {
                     cost_micros: c.cost_micros,
                     pricing: c.pricing,
                     rate_limits: c.rate_limits,
-                    mcp: c.kind == crate::connections::KIND_MCP,
+                    mcp: c.kind == crate::call::mcp::KIND_MCP,
                 })
                 .collect())
         })

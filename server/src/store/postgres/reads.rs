@@ -190,7 +190,7 @@ pub(super) fn call_rows(r: &PgRow) -> sqlx::Result<crate::store::CallRows> {
                 cost_micros,
                 pricing,
                 rate_limits,
-                mcp: kind == crate::connections::KIND_MCP,
+                mcp: kind == crate::call::mcp::KIND_MCP,
             })
             .collect(),
         None => Vec::new(),
@@ -206,6 +206,6 @@ pub(super) fn route(r: &PgRow) -> sqlx::Result<crate::store::Route> {
         cost_micros: r.try_get(2)?,
         pricing: r.try_get(3)?,
         rate_limits: r.try_get(4)?,
-        mcp: r.try_get::<String, _>(5)? == crate::connections::KIND_MCP,
+        mcp: r.try_get::<String, _>(5)? == crate::call::mcp::KIND_MCP,
     })
 }

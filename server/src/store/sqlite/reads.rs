@@ -195,6 +195,6 @@ pub(super) fn route(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::store::Rou
         cost_micros: r.get(2)?,
         pricing: r.get(3)?,
         rate_limits: r.get(4)?,
-        mcp: r.get::<_, String>(5)? == crate::connections::KIND_MCP,
+        mcp: r.get::<_, String>(5)? == crate::call::mcp::KIND_MCP,
     })
 }
