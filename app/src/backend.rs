@@ -53,6 +53,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError>;
     async fn agent_trust(&self, sponsor: &SessionUser, id: Uuid) -> Result<TrustView, AppError>;
     async fn agent_wallet(&self, sponsor: &SessionUser, id: Uuid) -> Result<WalletView, AppError>;
+    /// The MCP tools the agent sees through `/mcp`: every MCP connection's (its
+    /// allow-list applied) that the agent's policy does not deny outright.
+    async fn agent_tools(&self, sponsor: &SessionUser, id: Uuid) -> Result<Vec<AgentTool>, AppError>;
     /// The agent's holds, newest first: held (a metered call's ceiling) against settled.
     async fn agent_wallet_history(
         &self,

@@ -666,6 +666,25 @@ pub struct ApprovalView {
     /// What happened when the approved call was performed (the execute answer).
     pub outcome: Option<ApprovalOutcome>,
     pub grant: Option<GrantView>,
+    /// One approval only (null in lists, and for calls that are not MCP tool calls):
+    /// the MCP tool call that waits, with its arguments.
+    #[serde(default)]
+    pub mcp: Option<ApprovalMcp>,
+}
+
+/// An MCP tool call held for approval (`ApprovalView::mcp`): the connection, the
+/// tool (its own name, without the `<connection>__` prefix) and the arguments the
+/// agent sent, exactly as they will be sent upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApprovalMcp {
+    /// The MCP connection's name (`input.mcp.server`).
+    pub server: String,
+    /// `tools/call`.
+    pub method: String,
+    pub tool: Option<String>,
+    #[cfg_attr(feature = "ssr", schema(value_type = Object))]
+    pub arguments: serde_json::Value,
 }
 
 /// Where an approved call goes, as it will be fetched (see `ApprovalView::target`).
@@ -855,6 +874,10 @@ pub struct AuditRecord {
     pub detail: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// An MCP tool call's tool as the agent named it (`<connection>__<tool>`), read from
+    /// `detail.mcp` (not a stored column: the hash covers `detail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
 }
 
 /// The verdict of verifying the whole audit chain.
@@ -891,6 +914,41 @@ pub struct PolicyTrial {
     pub body: Option<String>,
     #[serde(default)]
     pub cost_micros: Option<i64>,
+    /// An MCP tool call to try instead of a plain HTTP action: the input then has
+    /// `input.mcp`, as a call through `/mcp` would. With an MCP connection of that
+    /// name the action is the one AEGIS would send it (its URL, label, price and
+    /// secret; `method`, `url`, `headers`, `body` and `cost_micros` are not used);
+    /// otherwise `method` and `url` stand for it.
+    #[serde(default)]
+    pub mcp: Option<McpTrial>,
+}
+
+/// The MCP tool call of a dry run (`PolicyTrial::mcp`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct McpTrial {
+    /// The MCP connection's name (`input.mcp.server`).
+    #[cfg_attr(feature = "ssr", schema(example = "notes"))]
+    pub server: String,
+    /// The tool's own name, without the `<connection>__` prefix (`input.mcp.tool`).
+    #[cfg_attr(feature = "ssr", schema(example = "read_note"))]
+    pub tool: String,
+    /// The tool's arguments, an object (`{}` when absent).
+    #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<Object>))]
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// One tool an agent sees through `/mcp` (`GET /api/agents/{id}/tools`): named
+/// `<connection>__<tool>`, its policy permitting (allowed or asked for approval).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct AgentTool {
+    #[cfg_attr(feature = "ssr", schema(example = "notes__read_note"))]
+    pub name: String,
+    /// The MCP server's own description of the tool.
+    pub description: Option<String>,
 }
 
 /// What the policy decided in a dry run, with the input it saw.

@@ -497,6 +497,13 @@ pub async fn agent_trust(id: Uuid) -> Result<TrustView, AppError> {
     respond(async { backend()?.agent_trust(&sponsor()?, id).await }).await
 }
 
+/// The MCP tools the agent sees through `/mcp`, its policy permitting.
+#[server(prefix = "/rpc", endpoint = "agent_tools")]
+pub async fn agent_tools(id: Uuid) -> Result<Vec<AgentTool>, AppError> {
+    use ssr::*;
+    respond(async { backend()?.agent_tools(&sponsor()?, id).await }).await
+}
+
 #[server(prefix = "/rpc", endpoint = "set_agent_policy")]
 pub async fn set_agent_policy(id: Uuid, policy: String) -> Result<AgentView, AppError> {
     use ssr::*;
@@ -619,6 +626,9 @@ pub async fn create_connection(
 ) -> Result<ConnectionView, AppError> {
     use ssr::*;
     respond(async {
+        let kind = kind.map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
+        // An MCP connection has no metered pricing (its tool calls cost the cost per call).
+        let provider = if kind.as_deref() == Some("mcp") { None } else { provider };
         let pricing = pricing_from_form(provider.as_deref().unwrap_or("flat"), None, None, None)?;
         // An MCP connection's allow-list: tool names separated by commas or spaces; blank: every tool.
         let tools: Vec<String> = tools
@@ -635,7 +645,7 @@ pub async fn create_connection(
             cost_micros: parse_limit("cost", cost)?,
             pricing,
             rate_limits: None,
-            kind: kind.filter(|k| !k.trim().is_empty()),
+            kind,
             tools: (!tools.is_empty()).then_some(tools),
             record_arguments: None,
         };
@@ -815,8 +825,11 @@ pub async fn save_policy(
 }
 
 /// The playground: a dry run of a policy for an agent and a sample action. `policy`
-/// blank means the agent's own; `cost` is a decimal amount ("0.25").
+/// blank means the agent's own; `cost` is a decimal amount ("0.25"). A non-blank
+/// `mcp_tool` makes it an MCP tool call (`input.mcp`) on connection `mcp_server`
+/// with `mcp_arguments` (a JSON object, blank: `{}`).
 #[server(prefix = "/rpc", endpoint = "evaluate_policy")]
+#[allow(clippy::too_many_arguments)]
 pub async fn evaluate_policy(
     agent_id: String,
     policy: Option<String>,
@@ -824,6 +837,9 @@ pub async fn evaluate_policy(
     url: String,
     body: Option<String>,
     cost: Option<String>,
+    mcp_server: Option<String>,
+    mcp_tool: Option<String>,
+    mcp_arguments: Option<String>,
 ) -> Result<PolicyVerdict, AppError> {
     use ssr::*;
     respond(async {
@@ -840,11 +856,35 @@ pub async fn evaluate_policy(
             url,
             body: body.filter(|b| !b.is_empty()),
             cost_micros: parse_limit("cost", cost)?,
+            mcp: mcp_trial(mcp_server, mcp_tool, mcp_arguments)?,
             ..PolicyTrial::default()
         };
         backend()?.evaluate_policy(&sponsor()?, trial).await
     })
     .await
+}
+
+/// The playground's MCP fields: none when the tool is blank.
+#[cfg(any(feature = "ssr", test))]
+fn mcp_trial(
+    server: Option<String>,
+    tool: Option<String>,
+    arguments: Option<String>,
+) -> Result<Option<McpTrial>, AppError> {
+    let Some(tool) = tool.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) else { return Ok(None) };
+    let server = server.map(|s| s.trim().to_owned()).unwrap_or_default();
+    let arguments = match arguments.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+        None => None,
+        Some(text) => {
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| AppError::validation(format!("MCP arguments are not JSON: {e}")))?;
+            if !value.is_object() {
+                return Err(AppError::validation("MCP arguments must be a JSON object"));
+            }
+            Some(value)
+        }
+    };
+    Ok(Some(McpTrial { server, tool, arguments }))
 }
 
 #[server(prefix = "/rpc", endpoint = "list_sessions")]
@@ -898,6 +938,26 @@ pub async fn overview_stats(range: Option<String>) -> Result<DashboardStats, App
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_playground_s_mcp_fields_make_a_tool_call_only_with_a_tool() {
+        let text = |s: &str| Some(s.to_owned());
+        assert_eq!(mcp_trial(text("notes"), text("  "), text("{}")).unwrap(), None, "blank tool: plain HTTP");
+        assert_eq!(mcp_trial(None, None, None).unwrap(), None);
+        assert_eq!(
+            mcp_trial(text(" notes "), text(" drop_all "), text(" {\"all\": true} ")).unwrap(),
+            Some(McpTrial {
+                server: "notes".into(),
+                tool: "drop_all".into(),
+                arguments: Some(serde_json::json!({"all": true})),
+            })
+        );
+        assert_eq!(mcp_trial(text("notes"), text("read_note"), text("")).unwrap().unwrap().arguments, None);
+        for bad in ["[1]", "not json"] {
+            let e = mcp_trial(text("notes"), text("read_note"), text(bad)).unwrap_err();
+            assert_eq!(e.code, "validation_failed", "{bad}");
+        }
+    }
 
     #[test]
     fn next_must_be_a_local_path() {

@@ -53,7 +53,9 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .alter_table(Table::alter().table(Approvals::Table).drop_column(Approvals::DeliveredAt).to_owned())
+            .alter_table(
+                Table::alter().table(Approvals::Table).drop_column(Approvals::DeliveredAt).to_owned(),
+            )
             .await?;
         for column in [Connections::RecordArguments, Connections::McpTools, Connections::Kind] {
             manager

@@ -264,6 +264,24 @@ impl Backend for Services {
         self.wallets.view(id).await
     }
 
+    /// Listed as `/mcp` lists them for the agent (each MCP server's `tools/list` is a
+    /// call through the pipeline under the agent, cached per connection).
+    async fn agent_tools(&self, sponsor: &SessionUser, id: Uuid) -> Result<Vec<AgentTool>, AppError> {
+        // Ownership first: another sponsor's agent is "not found".
+        let agent = self.agents.owned(sponsor.user_id, id).await?;
+        let principal = crate::agents::AgentPrincipal { agent, key_id: String::new() };
+        let tools = self.mcp.list_tools(&principal).await?;
+        Ok(tools
+            .iter()
+            .filter_map(|t| {
+                Some(AgentTool {
+                    name: t.get("name")?.as_str()?.to_owned(),
+                    description: t.get("description").and_then(|d| d.as_str()).map(str::to_owned),
+                })
+            })
+            .collect())
+    }
+
     async fn agent_wallet_history(
         &self,
         sponsor: &SessionUser,
@@ -441,6 +459,15 @@ impl Backend for Services {
     ) -> Result<PolicyVerdict, AppError> {
         // Ownership first: another sponsor's agent is "not found".
         let agent = self.agents.owned(sponsor.user_id, trial.agent_id).await?;
+        if trial.mcp.is_some() {
+            return crate::playground::dry_run_mcp(
+                &self.proxy,
+                &agent,
+                trial,
+                self.config.proxy_max_body_bytes,
+            )
+            .await;
+        }
         self.proxy.dry_run_policy(&agent, trial, self.config.proxy_max_body_bytes).await
     }
 

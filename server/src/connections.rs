@@ -57,16 +57,28 @@ struct Mcp {
     record_arguments: bool,
 }
 
-fn checked_mcp(kind: Option<&str>, tools: Option<Vec<String>>, record_arguments: Option<bool>) -> Result<Mcp, AppError> {
+fn checked_mcp(
+    kind: Option<&str>,
+    tools: Option<Vec<String>>,
+    record_arguments: Option<bool>,
+) -> Result<Mcp, AppError> {
     let kind = match kind.map(str::trim) {
         None | Some("") | Some(KIND_HTTP) => KIND_HTTP,
         Some(KIND_MCP) => KIND_MCP,
         Some(other) => {
-            return Err(AppError::new(422, "invalid_kind", format!("kind must be \"http\" or \"mcp\", not {other:?}")));
+            return Err(AppError::new(
+                422,
+                "invalid_kind",
+                format!("kind must be \"http\" or \"mcp\", not {other:?}"),
+            ));
         }
     };
     if kind == KIND_HTTP && (tools.is_some() || record_arguments == Some(true)) {
-        return Err(AppError::new(422, "invalid_kind", "tools and record_arguments are for kind \"mcp\" only"));
+        return Err(AppError::new(
+            422,
+            "invalid_kind",
+            "tools and record_arguments are for kind \"mcp\" only",
+        ));
     }
     let tools = match tools {
         None => None,
@@ -161,7 +173,11 @@ impl ConnectionService {
     }
 
     /// A whole connection as `POST` and `PUT` take it: its name and the rest checked.
-    async fn check_new(&self, sponsor_id: Uuid, input: NewConnection) -> Result<(String, Checked, Mcp), AppError> {
+    async fn check_new(
+        &self,
+        sponsor_id: Uuid,
+        input: NewConnection,
+    ) -> Result<(String, Checked, Mcp), AppError> {
         let name = crate::names::identifier(&input.name, "connection name")?;
         let mcp = checked_mcp(input.kind.as_deref(), input.tools, input.record_arguments)?;
         if mcp.kind == KIND_MCP && name.contains(crate::call::mcp::SEPARATOR) {
@@ -169,7 +185,11 @@ impl ConnectionService {
             return Err(AppError::validation("an MCP connection's name must not contain \"__\""));
         }
         if mcp.kind == KIND_MCP && input.pricing.is_some() {
-            return Err(AppError::new(422, "invalid_pricing", "an MCP connection is priced per tool call (cost_micros)"));
+            return Err(AppError::new(
+                422,
+                "invalid_pricing",
+                "an MCP connection is priced per tool call (cost_micros)",
+            ));
         }
         let secret = input.secret.as_deref();
         let c = self
@@ -248,7 +268,11 @@ impl ConnectionService {
         let record_arguments = Some(patch.record_arguments.unwrap_or(row.record_arguments));
         let mcp = checked_mcp(Some(&row.kind), tools, record_arguments)?;
         if mcp.kind == KIND_MCP && pricing.is_some() {
-            return Err(AppError::new(422, "invalid_pricing", "an MCP connection is priced per tool call (cost_micros)"));
+            return Err(AppError::new(
+                422,
+                "invalid_pricing",
+                "an MCP connection is priced per tool call (cost_micros)",
+            ));
         }
         let c = self.check(sponsor_id, &base_url, cost, secret.as_deref(), pricing, rate_limits).await?;
         self.save(row, None, c, mcp).await

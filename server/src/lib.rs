@@ -23,6 +23,7 @@ pub mod names;
 pub mod nodelay;
 pub mod overview;
 pub mod paging;
+pub mod playground;
 pub mod policies;
 pub mod proxy;
 pub mod rate_limits;

@@ -1,6 +1,7 @@
 //! One agent: a header with its status and suspend/resume, and tabs chosen by
 //! `?tab=` (plain links, so they work before the WebAssembly loads and can be
-//! shared): activity, wallet, secrets, policy, trust and keys.
+//! shared): activity, wallet, secrets, policy (with the MCP tools it lets the agent
+//! see), trust and keys.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -13,8 +14,8 @@ use crate::live::Live;
 use crate::model::{AgentStatus, AgentView, AuditRecord, TrustEventView, WalletEntry, WalletView};
 use crate::money::{dollars, format_units};
 use crate::rpc::{
-    RotateAgentKey, SetAgentPolicy, SetAgentState, SetSecretGrant, UpdateWallet, agent_trust, agent_wallet,
-    get_agent, list_audit, list_policies, list_secrets, take_new_key, wallet_history,
+    RotateAgentKey, SetAgentPolicy, SetAgentState, SetSecretGrant, UpdateWallet, agent_tools, agent_trust,
+    agent_wallet, get_agent, list_audit, list_policies, list_secrets, take_new_key, wallet_history,
 };
 
 const TABS: [(&str, &str); 6] = [
@@ -492,6 +493,45 @@ fn PolicyTab(id: Uuid, set_policy: ServerAction<SetAgentPolicy>) -> impl IntoVie
             </Transition>
             <FormError error/>
             {move || saved().then(|| view! { <p class="saved" role="status">"Saved."</p> })}
+        </section>
+        <McpTools id set_policy/>
+    }
+}
+
+/// The MCP tools the agent sees through `/mcp`: its MCP connections' tools that its
+/// policy does not deny outright, read again when the policy changes.
+#[component]
+fn McpTools(id: Uuid, set_policy: ServerAction<SetAgentPolicy>) -> impl IntoView {
+    let tools = Resource::new(move || set_policy.version().get(), move |_| agent_tools(id));
+    view! {
+        <section class="card" aria-labelledby="mcp-tools-heading" id="mcp-tools">
+            <h2 id="mcp-tools-heading">"MCP tools"</h2>
+            <p class="muted">
+                "What this agent sees at "<code>"/mcp"</code>": each MCP connection's tools, named "
+                <code>"<connection>__<tool>"</code>", without those its policy denies outright."
+            </p>
+            <Transition fallback=|| loading("MCP tools")>
+                {move || Suspend::new(async move {
+                    match tools.await {
+                        Ok(list) if list.is_empty() => view! {
+                            <p class="empty muted" id="mcp-tools-empty">
+                                "No MCP tools — "<a href="/connections">"add an MCP connection"</a>
+                            </p>
+                        }.into_any(),
+                        Ok(list) => view! {
+                            <ul class="mcp-tools" id="mcp-tools-list">
+                                {list.into_iter().map(|t| view! {
+                                    <li data-tool=t.name.clone()>
+                                        <code class="name">{t.name.clone()}</code>
+                                        {t.description.map(|d| view! { <span class="muted small">{" — "}{d}</span> })}
+                                    </li>
+                                }).collect_view()}
+                            </ul>
+                        }.into_any(),
+                        Err(e) => failed(e),
+                    }
+                })}
+            </Transition>
         </section>
     }
 }

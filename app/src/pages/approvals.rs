@@ -2,7 +2,8 @@
 //! history. A card shows what identifies the call (method, the normalised target
 //! with its host in ASCII and Unicode, header names, body size); "Show the full
 //! request" loads that one approval: every header (credentials and the injected
-//! secret masked) and the whole body, scrollable.
+//! secret masked) and the whole body, scrollable; for an MCP tool call, first the
+//! tool and the arguments it would be called with.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -10,7 +11,7 @@ use leptos_router::hooks::use_query_map;
 
 use super::FormError;
 use crate::live::Live;
-use crate::model::{ApprovalStatus, ApprovalView};
+use crate::model::{ApprovalMcp, ApprovalStatus, ApprovalView};
 use crate::money::format_units;
 use crate::rpc::{DecideApproval, get_approval, list_approvals};
 
@@ -160,12 +161,14 @@ fn FullRequest(id: uuid::Uuid, body_bytes: u64) -> impl IntoView {
                 None => view! { <p class="muted">"Loading…"</p> }.into_any(),
                 Some(Err(e)) => view! { <p class="alert error" role="alert">{e.message}</p> }.into_any(),
                 Some(Ok(full)) => {
+                    let mcp = full.mcp.map(|m| view! { <McpCallView call=m/> });
                     let headers = full.headers.unwrap_or_default();
                     let body = full
                         .body
                         .or_else(|| full.body_base64.map(|b| format!("(not UTF-8; base64) {b}")))
                         .unwrap_or_default();
                     view! {
+                        {mcp}
                         <table class="headers">
                             <thead><tr><th>"Header"</th><th>"Value"</th></tr></thead>
                             <tbody>
@@ -182,5 +185,24 @@ fn FullRequest(id: uuid::Uuid, body_bytes: u64) -> impl IntoView {
                 }
             }}
         </details>
+    }
+}
+
+/// The MCP tool call an approval holds: which tool, on which connection, with which
+/// arguments (exactly what is sent upstream if it is approved).
+#[component]
+fn McpCallView(call: ApprovalMcp) -> impl IntoView {
+    let tool = call.tool.clone().unwrap_or_else(|| call.method.clone());
+    let arguments = serde_json::to_string_pretty(&call.arguments).unwrap_or_default();
+    view! {
+        <div class="mcp-call">
+            <dl class="facts">
+                <dt>"MCP tool"</dt>
+                <dd><code class="mcp-tool">{format!("{}__{tool}", call.server)}</code></dd>
+                <dt>"Connection"</dt><dd class="mcp-server">{call.server.clone()}</dd>
+            </dl>
+            <p class="small">"Arguments"</p>
+            <pre class="mcp-arguments code" style="max-height: 16rem; overflow: auto; white-space: pre-wrap;">{arguments}</pre>
+        </div>
     }
 }

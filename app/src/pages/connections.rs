@@ -1,7 +1,8 @@
 //! Connections (gateway mode): named upstreams an unmodified SDK reaches through
 //! AEGIS by using the gateway URL shown here as its base URL. Each is charged a flat
 //! price per call, or metered from the provider's token counts by a price table
-//! edited here.
+//! edited here. An MCP connection (issue #21) is an MCP server whose tools agents
+//! call through AEGIS's `/mcp`, optionally narrowed to an allow-list of tools.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -81,10 +82,31 @@ fn NewConnectionForm(create: ServerAction<CreateConnection>) -> impl IntoView {
     let secrets = Resource::new(|| (), |_| list_secrets());
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
     let form = super::cleared_on_success(create);
+    // The kind chosen: an MCP server takes a tool allow-list and no metered pricing.
+    let kind = RwSignal::new(String::from("http"));
+    // A saved connection resets the form (and so the select) to HTTP.
+    Effect::new(move || {
+        if matches!(create.value().get(), Some(Ok(_))) {
+            kind.set("http".into());
+        }
+    });
+    let mcp = move || kind.get() == "mcp";
     view! {
         <section class="card" aria-labelledby="new-connection-heading">
             <h2 id="new-connection-heading">"Add a connection"</h2>
             <ActionForm action=create node_ref=form attr:class="form grid" attr:id="connection-form">
+                <div class="field">
+                    <label for="conn-kind">"Kind"</label>
+                    <select id="conn-kind" name="kind" aria-describedby="conn-kind-hint"
+                        on:change=move |ev| kind.set(event_target_value(&ev)) prop:value=move || kind.get()>
+                        <option value="http">"HTTP: an API behind the gateway URL"</option>
+                        <option value="mcp">"MCP: a server whose tools agents call through /mcp"</option>
+                    </select>
+                    <span class="hint muted small" id="conn-kind-hint">
+                        "MCP: agents see its tools at AEGIS's "<code>"/mcp"</code>" as "
+                        <code>"<name>__<tool>"</code>", each call governed by their policy."
+                    </span>
+                </div>
                 <div class="field">
                     <label for="conn-name">"Name"</label>
                     <input id="conn-name" name="name" required maxlength="100" placeholder="openai" autocomplete="off"/>
@@ -111,15 +133,29 @@ fn NewConnectionForm(create: ServerAction<CreateConnection>) -> impl IntoView {
                     <label for="conn-cost">"Cost per call (USD)"</label>
                     <input id="conn-cost" name="cost" inputmode="decimal" placeholder="0.00"/>
                 </div>
-                <div class="field">
-                    <label for="conn-provider">"Pricing"</label>
-                    <select id="conn-provider" name="provider" aria-describedby="conn-provider-hint">
-                        {provider_options(PricingProvider::Flat)}
-                    </select>
-                    <span class="hint muted small" id="conn-provider-hint">
-                        "Metered: each call costs the tokens the provider reports, at AEGIS's default prices                          for its models (edit them under Prices once added). Flat: the cost per call."
-                    </span>
-                </div>
+                <Show
+                    when=mcp
+                    fallback=|| view! {
+                        <div class="field">
+                            <label for="conn-provider">"Pricing"</label>
+                            <select id="conn-provider" name="provider" aria-describedby="conn-provider-hint">
+                                {provider_options(PricingProvider::Flat)}
+                            </select>
+                            <span class="hint muted small" id="conn-provider-hint">
+                                "Metered: each call costs the tokens the provider reports, at AEGIS's default prices                                  for its models (edit them under Prices once added). Flat: the cost per call."
+                            </span>
+                        </div>
+                    }
+                >
+                    <div class="field">
+                        <label for="conn-tools">"Tools (optional)"</label>
+                        <input id="conn-tools" name="tools" autocomplete="off" placeholder="read_note, list_notes"
+                            aria-describedby="conn-tools-hint"/>
+                        <span class="hint muted small" id="conn-tools-hint">
+                            "The only tools agents may see and call, separated by commas; blank: every tool the server lists."
+                        </span>
+                    </div>
+                </Show>
                 <div class="field wide">
                     <FormError error/>
                     <button type="submit" class="button primary" disabled=move || create.pending().get()>"Add connection"</button>
@@ -302,29 +338,53 @@ fn ConnectionItem(
     let gateway = format!("{origin}{}", c.gateway_path);
     let (id, delete_label) = (c.id.to_string(), format!("Delete {}", c.name));
     let provider = metered(&c).map_or(PricingProvider::Flat, |p| p.provider);
+    let is_mcp = c.kind == "mcp";
     let table = metered(&c).map(|p| price_table(c.id, p));
-    let editor = price_editor(&c, pricing, pricing_for);
-    view! {
-        <li class="connection" data-connection=c.name.clone()>
-            <div class="connection-head">
-                <strong class="name">{c.name.clone()}</strong>
-                <span class="muted small wrap">{"→ "}{c.base_url.clone()}</span>
-                <span class="cost" data-charge=provider.as_str()>{charge(&c)}</span>
-            </div>
-            <dl class="facts">
-                <dt>"Secret"</dt><dd>{c.secret.clone().unwrap_or_else(|| "none".into())}</dd>
-                <dt>"Added"</dt><dd>{c.created_at.format("%Y-%m-%d %H:%M UTC").to_string()}</dd>
-            </dl>
-            <label for=format!("gw-{}", c.id)>"Base URL for your SDK"</label>
-            <div class="copy-row">
-                <input id=format!("gw-{}", c.id) class="key gateway-url" readonly value=gateway onfocus="this.select()"/>
-                <CopyButton/>
-            </div>
+    // An MCP connection has no price table: its tool calls cost the cost per call.
+    let prices = (!is_mcp).then(|| {
+        let editor = price_editor(&c, pricing, pricing_for);
+        view! {
             <details class="row-action prices">
                 <summary class="button small">"Prices"</summary>
                 {table}
                 {editor}
             </details>
+        }
+    });
+    let kind_label = if is_mcp { "MCP" } else { "HTTP" };
+    let tools = is_mcp.then(|| {
+        let shown = match &c.tools {
+            Some(list) if !list.is_empty() => list.join(", "),
+            Some(_) => "none".to_owned(),
+            None => "every tool the server lists".to_owned(),
+        };
+        view! { <dt>"Tools"</dt><dd class="tools">{shown}</dd> }
+    });
+    let sdk_label = if is_mcp { "MCP URL for your agents" } else { "Base URL for your SDK" };
+    let mcp_note = is_mcp.then(|| view! {
+        <p class="hint muted small">"Agents see its tools there as "<code>{format!("{}__<tool>", c.name)}</code>
+            ", with their own AEGIS key; the agent page lists the ones its policy lets it see."</p>
+    });
+    view! {
+        <li class="connection" data-connection=c.name.clone() data-kind=c.kind.clone()>
+            <div class="connection-head">
+                <strong class="name">{c.name.clone()}</strong>
+                <span class=format!("badge kind {}", c.kind) data-kind=c.kind.clone()>{kind_label}</span>
+                <span class="muted small wrap">{"→ "}{c.base_url.clone()}</span>
+                <span class="cost" data-charge=provider.as_str()>{charge(&c)}</span>
+            </div>
+            <dl class="facts">
+                <dt>"Secret"</dt><dd>{c.secret.clone().unwrap_or_else(|| "none".into())}</dd>
+                {tools}
+                <dt>"Added"</dt><dd>{c.created_at.format("%Y-%m-%d %H:%M UTC").to_string()}</dd>
+            </dl>
+            <label for=format!("gw-{}", c.id)>{sdk_label}</label>
+            <div class="copy-row">
+                <input id=format!("gw-{}", c.id) class="key gateway-url" readonly value=gateway onfocus="this.select()"/>
+                <CopyButton/>
+            </div>
+            {mcp_note}
+            {prices}
             <details class="row-action">
                 <summary class="button small">"Delete"</summary>
                 <ActionForm action=delete attr:class="inline-form">

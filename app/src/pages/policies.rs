@@ -1,6 +1,6 @@
 //! Policies: the built-in ones and the sponsor's own, their Rego source, an editor
 //! that shows the compiler's message inline, and a playground that asks a policy
-//! about a sample action without performing it.
+//! about a sample action (an HTTP call, or an MCP tool call) without performing it.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -240,13 +240,35 @@ fn Playground(policies: Resource<Result<Vec<PolicySummary>, crate::error::AppErr
                 </div>
                 <div class="field wide">
                     <label for="try-url">"URL"</label>
-                    <input id="try-url" name="url" type="url" required
+                    <input id="try-url" name="url" type="url"
                         placeholder="https://api.github.com/repos/o/r/issues"/>
                 </div>
                 <div class="field wide">
                     <label for="try-body">"Body"</label>
                     <textarea id="try-body" name="body" class="code" rows="3"></textarea>
                 </div>
+                <details class="field wide mcp-trial" id="try-mcp">
+                    <summary>"MCP tool call (optional)"</summary>
+                    <p class="hint muted small">
+                        "With a tool, the action is an MCP tool call and the input has "<code>"input.mcp"</code>
+                        ", as a call through "<code>"/mcp"</code>" would. On one of your MCP connections it is                          the request AEGIS would send it; otherwise the method and address above stand for it."
+                    </p>
+                    <div class="form grid">
+                        <div class="field">
+                            <label for="try-mcp-server">"MCP connection"</label>
+                            <input id="try-mcp-server" name="mcp_server" autocomplete="off" placeholder="notes"/>
+                        </div>
+                        <div class="field">
+                            <label for="try-mcp-tool">"Tool"</label>
+                            <input id="try-mcp-tool" name="mcp_tool" autocomplete="off" placeholder="read_note"/>
+                        </div>
+                        <div class="field wide">
+                            <label for="try-mcp-arguments">"Arguments (JSON)"</label>
+                            <textarea id="try-mcp-arguments" name="mcp_arguments" class="code" rows="3"
+                                spellcheck="false" placeholder="{\"name\": \"todo\"}"></textarea>
+                        </div>
+                    </div>
+                </details>
                 <div class="field wide">
                     <FormError error/>
                     <button type="submit" class="button primary" disabled=move || evaluate.pending().get()>

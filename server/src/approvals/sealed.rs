@@ -37,7 +37,7 @@ pub(super) struct ParkedRequest {
     connection: Option<String>,
     /// An MCP tool call's server, tool and arguments (absent on other calls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    mcp: Option<crate::call::mcp::McpCall>,
+    pub(super) mcp: Option<crate::call::mcp::McpCall>,
 }
 
 impl ParkedRequest {

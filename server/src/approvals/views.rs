@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use app::error::AppError;
 use app::model::{
-    AgentApprovalView, ApprovalHeader, ApprovalOutcome, ApprovalQuery, ApprovalStatus, ApprovalView,
-    GrantView, Page,
+    AgentApprovalView, ApprovalHeader, ApprovalMcp, ApprovalOutcome, ApprovalQuery, ApprovalStatus,
+    ApprovalView, GrantView, Page,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -81,6 +81,7 @@ impl ApprovalService {
         };
         view.target = target::target_of(&row.url, query_param);
         view.headers = Some(shown_headers(&parked, injection.as_ref()));
+        view.mcp = shown_mcp(&parked);
         let body = parked.body();
         match String::from_utf8(body) {
             Ok(text) => view.body = Some(text),
@@ -332,8 +333,19 @@ impl ApprovalService {
             decided_by: row.decided_by,
             decision_reason: row.decision_reason,
             grant,
+            mcp: None,
         })
     }
+}
+
+/// The MCP tool call a parked request is, if it is one: what the sponsor approves.
+fn shown_mcp(parked: &ParkedRequest) -> Option<ApprovalMcp> {
+    parked.mcp.as_ref().map(|call| ApprovalMcp {
+        server: call.server.clone(),
+        method: call.method.clone(),
+        tool: call.tool.clone(),
+        arguments: call.arguments.clone(),
+    })
 }
 
 /// Where a vault secret is injected.
@@ -408,5 +420,39 @@ mod tests {
         assert!(injected[0].injected && injected[0].masked && !injected[0].value.contains('7'));
         let plain = shown_headers(&parked, None);
         assert_eq!(plain.iter().find(|h| h.name == "x-trace").unwrap().value, "7");
+    }
+
+    #[test]
+    fn a_parked_tool_call_shows_its_tool_and_arguments() {
+        assert_eq!(shown_mcp(&ParkedRequest::of(&request(), "req_1")), None, "not an MCP call");
+        let at = chrono::Utc::now();
+        let conn = entity::connections::Model {
+            id: Uuid::now_v7(),
+            sponsor_id: Uuid::now_v7(),
+            name: "notes".into(),
+            base_url: "https://mcp.example.com/mcp".into(),
+            secret_id: None,
+            cost_micros: 0,
+            pricing: None,
+            rate_limits: None,
+            kind: crate::connections::KIND_MCP.into(),
+            mcp_tools: None,
+            record_arguments: false,
+            created_at: at,
+            updated_at: at,
+        };
+        let call = crate::call::mcp::McpCall::call_tool("notes", "delete_note", json!({"name": "old"}), None);
+        let parked = ParkedRequest::of(&crate::mcp::request_for(&conn, None, call), "req_2");
+        // Sealed and opened again, as `get` reads it.
+        let parked: ParkedRequest = serde_json::from_slice(&serde_json::to_vec(&parked).unwrap()).unwrap();
+        assert_eq!(
+            shown_mcp(&parked),
+            Some(ApprovalMcp {
+                server: "notes".into(),
+                method: "tools/call".into(),
+                tool: Some("delete_note".into()),
+                arguments: json!({"name": "old"}),
+            })
+        );
     }
 }

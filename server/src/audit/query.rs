@@ -156,6 +156,7 @@ impl AuditFilter {
 pub fn to_record(m: audit_events::Model) -> AuditRecord {
     {
         AuditRecord {
+            tool: mcp_tool(m.detail.as_deref()),
             seq: m.seq,
             id: m.id,
             at: m.at,
@@ -181,8 +182,17 @@ pub fn to_record(m: audit_events::Model) -> AuditRecord {
     }
 }
 
+/// An MCP tool call's tool, `<server>__<tool>`, from a record's `detail.mcp`.
+pub fn mcp_tool(detail: Option<&str>) -> Option<String> {
+    let detail: serde_json::Value = serde_json::from_str(detail?).ok()?;
+    let mcp = detail.get("mcp")?;
+    let server = mcp.get("server")?.as_str()?;
+    let tool = mcp.get("tool")?.as_str()?;
+    Some(crate::call::mcp::McpCall::exposed_name(server, tool))
+}
+
 /// The CSV header, in column order.
-pub const CSV_COLUMNS: [&str; 21] = [
+pub const CSV_COLUMNS: [&str; 22] = [
     "seq",
     "id",
     "at",
@@ -204,9 +214,10 @@ pub const CSV_COLUMNS: [&str; 21] = [
     "detail",
     "prev_hash",
     "hash",
+    "tool",
 ];
 
-fn csv_row(m: &audit_events::Model) -> [String; 21] {
+fn csv_row(m: &audit_events::Model) -> [String; 22] {
     let s = |v: &Option<String>| v.clone().unwrap_or_default();
     let u = |v: Option<Uuid>| v.map(|u| u.to_string()).unwrap_or_default();
     [
@@ -231,6 +242,7 @@ fn csv_row(m: &audit_events::Model) -> [String; 21] {
         s(&m.detail),
         m.prev_hash.clone(),
         m.hash.clone(),
+        mcp_tool(m.detail.as_deref()).unwrap_or_default(),
     ]
 }
 

@@ -219,7 +219,10 @@ pub fn split_exposed(name: &str) -> Option<(&str, &str)> {
 pub enum Reply {
     Result(Value),
     /// A JSON-RPC error object from the upstream (`code`, `message`).
-    Error { code: i64, message: String },
+    Error {
+        code: i64,
+        message: String,
+    },
     /// Not an MCP answer at all (HTTP error, not JSON-RPC, no response to our id).
     Malformed(String),
 }
@@ -236,7 +239,8 @@ pub fn read_reply(status: u16, content_type: Option<&str>, body: &[u8]) -> Reply
         }
         return Reply::Malformed(format!("the MCP server answered HTTP {status}: {text}"));
     }
-    let is_sse = content_type.is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+    let is_sse =
+        content_type.is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
     if is_sse {
         let text = String::from_utf8_lossy(body);
         for event in text.split("\n\n").flat_map(|e| e.split("\r\n\r\n")) {
@@ -248,14 +252,17 @@ pub fn read_reply(status: u16, content_type: Option<&str>, body: &[u8]) -> Reply
             if data.is_empty() {
                 continue;
             }
-            if let Some(reply) = serde_json::from_str::<Value>(&data.join("\n")).ok().and_then(|v| response_of(&v)) {
+            if let Some(reply) =
+                serde_json::from_str::<Value>(&data.join("\n")).ok().and_then(|v| response_of(&v))
+            {
                 return reply;
             }
         }
         return Reply::Malformed("the MCP server's event stream held no response".into());
     }
     match serde_json::from_slice::<Value>(body) {
-        Ok(v) => response_of(&v).unwrap_or_else(|| Reply::Malformed("the MCP server's answer is not a JSON-RPC response".into())),
+        Ok(v) => response_of(&v)
+            .unwrap_or_else(|| Reply::Malformed("the MCP server's answer is not a JSON-RPC response".into())),
         Err(_) => Reply::Malformed("the MCP server's answer is not JSON".into()),
     }
 }
@@ -296,7 +303,10 @@ mod tests {
         assert_ne!(a.arguments_sha256(), b.arguments_sha256());
         let body: Value = serde_json::from_slice(&a.upstream_body()).unwrap();
         assert_eq!(body["params"]["name"], "add");
-        assert_eq!(body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"], UPSTREAM_PROTOCOL_VERSION);
+        assert_eq!(
+            body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"],
+            UPSTREAM_PROTOCOL_VERSION
+        );
     }
 
     #[test]
@@ -348,7 +358,10 @@ mod tests {
                     event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"aegis\",\"result\":{\"ok\":1}}\n\n";
         assert_eq!(read_reply(200, Some("text/event-stream"), sse), Reply::Result(json!({"ok": 1})));
         let err = br#"{"jsonrpc":"2.0","id":"aegis","error":{"code":-32602,"message":"bad"}}"#;
-        assert_eq!(read_reply(400, Some("application/json"), err), Reply::Error { code: -32602, message: "bad".into() });
+        assert_eq!(
+            read_reply(400, Some("application/json"), err),
+            Reply::Error { code: -32602, message: "bad".into() }
+        );
         assert!(matches!(read_reply(200, None, b"<html>"), Reply::Malformed(_)));
         assert!(matches!(read_reply(502, None, b"gateway"), Reply::Malformed(m) if m.contains("502")));
         let other_id = br#"{"jsonrpc":"2.0","id":7,"result":{}}"#;

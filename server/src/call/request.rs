@@ -64,7 +64,9 @@ pub struct ExecuteRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
     Execute,
-    Gateway { connection: String },
+    Gateway {
+        connection: String,
+    },
     /// `/mcp`: a tool call (or AEGIS's listing of an upstream's tools) under an MCP connection.
     Mcp(Box<super::mcp::McpCall>),
 }

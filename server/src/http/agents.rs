@@ -4,8 +4,8 @@
 
 use app::backend::Backend;
 use app::model::{
-    AgentCreated, AgentPatch, AgentView, KeyRotated, NewAgent, Page, PageRequest, SuspendRequest, TrustView,
-    WalletEntry, WalletUpdate, WalletView,
+    AgentCreated, AgentPatch, AgentTool, AgentView, KeyRotated, NewAgent, Page, PageRequest, SuspendRequest,
+    TrustView, WalletEntry, WalletUpdate, WalletView,
 };
 use axum::Json;
 use axum::extract::State;
@@ -183,6 +183,23 @@ pub async fn agent_trust(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.agent_trust(&sponsor, id).await?))
+}
+
+#[utoipa::path(get, path = "/api/agents/{id}/tools", tag = "agents",
+    summary = "The MCP tools an agent sees",
+    description = "What `/mcp` lists for the agent: every MCP connection's tools (its allow-list applied), named `<connection>__<tool>`, without those the agent's policy denies outright (a tool it may call only with approval is listed). Each MCP server's `tools/list` is a call through the pipeline under the agent (audited, its secret injected), kept for 30 seconds; a server that cannot be listed adds no tools. No MCP connection: an empty list.",
+    params(("id" = Uuid, Path, description = "Agent id")),
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The tools, by connection name", body = Vec<AgentTool>),
+        (status = 404, description = "`not_found`: no such agent of yours", body = ErrorBody),
+    ))]
+pub async fn agent_tools(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.agent_tools(&sponsor, id).await?))
 }
 
 #[utoipa::path(get, path = "/api/agents/{id}/wallet", tag = "agents",

@@ -16,8 +16,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, InitializeResult,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CustomRequest, CustomResult,
+    ErrorCode, Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -54,8 +55,15 @@ pub fn service(services: Arc<Services>) -> StreamableHttpService<AegisMcp, Local
     StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(LocalSessionManager::default()), sdk)
 }
 
-/// In front of the SDK: the agent's key on every request, sessions bound to their agent.
-pub async fn guard(State(s): State<AppState>, agent: Result<Agent, ApiError>, mut req: Request, next: Next) -> Response {
+/// In front of the SDK: the agent's key on every request, sessions bound to their agent,
+/// and a body that is not one JSON-RPC message refused with the JSON-RPC error JSON-RPC
+/// names (the SDK would answer a bare 415).
+pub async fn guard(
+    State(s): State<AppState>,
+    agent: Result<Agent, ApiError>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Agent(principal) = match agent {
         Ok(a) => a,
         Err(e) => {
@@ -75,6 +83,10 @@ pub async fn guard(State(s): State<AppState>, agent: Result<Agent, ApiError>, mu
         // Not this agent's session: exactly what an unknown session gets.
         return session_not_found();
     }
+    let mut req = match one_message(req, s.services.config.max_body_bytes).await {
+        Ok(req) => req,
+        Err(refused) => return refused,
+    };
     let agent_id = principal.agent.id;
     req.extensions_mut().insert(principal);
     let response = next.run(req).await;
@@ -83,12 +95,90 @@ pub async fn guard(State(s): State<AppState>, agent: Result<Agent, ApiError>, mu
     {
         s.services.mcp.sessions.bind(opened, agent_id).await;
     }
-    response
+    uniform(response).await
+}
+
+/// A JSON POST's body read (up to `limit`) and checked to be one JSON-RPC 2.0 message:
+/// not JSON → `-32700`; a batch or anything else → `-32600` (HTTP 400 both, as the
+/// transport says); past the limit → 413.
+async fn one_message(req: Request, limit: usize) -> Result<Request, Response> {
+    let json = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if req.method() != http::Method::POST || !json {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        let message = format!("the message is larger than {limit} bytes");
+        return Err(rpc_error(http::StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &message));
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Err(_) => Err(rpc_error(
+            http::StatusCode::BAD_REQUEST,
+            Value::Null,
+            -32700,
+            "Parse error: the body is not JSON",
+        )),
+        Ok(Value::Array(_)) => Err(rpc_error(
+            http::StatusCode::BAD_REQUEST,
+            Value::Null,
+            -32600,
+            "Invalid Request: batches are not supported; send one JSON-RPC message per request",
+        )),
+        Ok(Value::Object(m)) if m.get("jsonrpc").and_then(Value::as_str) == Some("2.0") => {
+            Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        }
+        Ok(v) => {
+            let id = v.get("id").cloned().unwrap_or(Value::Null);
+            Err(rpc_error(
+                http::StatusCode::BAD_REQUEST,
+                id,
+                -32600,
+                "Invalid Request: not a JSON-RPC 2.0 message",
+            ))
+        }
+    }
+}
+
+/// The SDK's plain-text refusals as JSON-RPC errors: a message it could not read (415
+/// "fail to deserialize") is `-32600`; a session it does not know (an ended one) is
+/// the same 404 `-32001` as any unknown or foreign session.
+async fn uniform(response: Response) -> Response {
+    let status = response.status();
+    let plain = !response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json") || c.contains("event-stream"));
+    if !plain || !matches!(status, http::StatusCode::UNSUPPORTED_MEDIA_TYPE | http::StatusCode::NOT_FOUND) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    if status == http::StatusCode::NOT_FOUND {
+        return session_not_found();
+    }
+    if text.starts_with(b"fail to deserialize") {
+        return rpc_error(
+            http::StatusCode::BAD_REQUEST,
+            Value::Null,
+            -32600,
+            "Invalid Request: not an MCP message",
+        );
+    }
+    Response::from_parts(parts, axum::body::Body::from(text))
+}
+
+fn rpc_error(status: http::StatusCode, id: Value, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
 }
 
 fn session_not_found() -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": "Session not found"}});
-    (http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    rpc_error(http::StatusCode::NOT_FOUND, Value::Null, -32001, "Session not found")
 }
 
 /// AEGIS's MCP server: the union of the agent's MCP connections' tools.
@@ -125,7 +215,24 @@ pub fn refused(text: String, decision: Value) -> CallToolResult {
     result
 }
 
+/// Methods AEGIS serves: a request for one of them that the SDK could not read as it
+/// (its params do not fit) is invalid params, not "method not found".
+/// (`ping` is not here: the stateless revision has none, and it takes no params.)
+const SERVED: &[&str] = &["tools/call", "tools/list", "initialize", "server/discover"];
+
 impl ServerHandler for AegisMcp {
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, McpError> {
+        if SERVED.contains(&request.method.as_str()) {
+            let message = format!("the params do not fit {}", request.method);
+            return Err(McpError::invalid_params(message, None));
+        }
+        Err(McpError::new(ErrorCode::METHOD_NOT_FOUND, request.method, None))
+    }
+
     fn get_info(&self) -> ServerConfig {
         InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("aegis", env!("CARGO_PKG_VERSION")))

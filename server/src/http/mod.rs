@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/suspend", post(agents::suspend_agent))
         .route("/agents/{id}/resume", post(agents::resume_agent))
         .route("/agents/{id}/trust", get(agents::agent_trust))
+        .route("/agents/{id}/tools", get(agents::agent_tools))
         .route("/agents/{id}/wallet", get(agents::agent_wallet).put(agents::update_agent_wallet))
         .route("/agents/{id}/wallet/history", get(agents::agent_wallet_history))
         .route("/agent/me", get(agents::agent_self))

@@ -49,6 +49,7 @@ use crate::call::Stage;
         super::agents::suspend_agent,
         super::agents::resume_agent,
         super::agents::agent_trust,
+        super::agents::agent_tools,
         super::agents::agent_wallet,
         super::agents::agent_wallet_history,
         super::agents::update_agent_wallet,

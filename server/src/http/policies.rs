@@ -87,13 +87,13 @@ pub async fn update_policy(
 
 #[utoipa::path(post, path = "/api/policies/evaluate", tag = "policies",
     summary = "Try a policy (dry run)",
-    description = "Evaluates a policy for one of your agents and a sample action, with the same input document the proxy's policy stage builds (schema `PolicyInput`). Nothing is performed, audited, reserved or spent. Tries `source` (unsaved Rego) if given, else `policy_id`, else the agent's own policy. Compiled afresh (never cached) and evaluated on a bounded pool of blocking threads.",
+    description = "Evaluates a policy for one of your agents and a sample action, with the same input document the proxy's policy stage builds (schema `PolicyInput`). Nothing is performed, audited, reserved or spent. Tries `source` (unsaved Rego) if given, else `policy_id`, else the agent's own policy. Compiled afresh (never cached) and evaluated on a bounded pool of blocking threads. With `mcp` (`server`, `tool`, `arguments`) the action is an MCP tool call and the input has `input.mcp`, as a call through `/mcp` would: against your MCP connection of that name when there is one, else with `method` and `url` standing for it.",
     request_body = PolicyTrial,
     security(("sponsor_token" = [])),
     responses(
         (status = 200, description = "The decision and its reasons", body = PolicyVerdict),
         (status = 404, description = "`not_found`: no such agent or policy of yours", body = ErrorBody),
-        (status = 422, description = "`policy_invalid`: `source` does not compile or uses a builtin the engine refuses (the message, with its line)\n`policy_limit_exceeded`: the evaluation was cut off at one of the engine's limits (time, instructions, memory)\n`invalid_request`: bad method, URL, header or cost", body = ErrorBody),
+        (status = 422, description = "`policy_invalid`: `source` does not compile or uses a builtin the engine refuses (the message, with its line)\n`policy_limit_exceeded`: the evaluation was cut off at one of the engine's limits (time, instructions, memory)\n`invalid_request`: bad method, URL, header or cost\n`validation_failed`: `mcp` without a server or tool, or arguments that are not an object", body = ErrorBody),
         (status = 503, description = "`policy_busy`: the bounded policy compile pool stayed full for 3 s; retry shortly", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn evaluate_policy(

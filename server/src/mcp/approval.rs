@@ -28,18 +28,24 @@ impl McpGateway {
     }
 
     /// Waits for approval `id`'s decision (and, approved, for the call's result).
-    pub(super) async fn await_approval(&self, agent: &AgentPrincipal, id: Uuid) -> Result<ToolOutcome, AppError> {
-        let view = match self.approvals.wait_for_agent(&agent.agent, id, self.approval_wait, self.max_waits).await {
-            Ok(v) => v,
-            Err(e) if e.status == 429 => {
-                return Ok(refused(
-                    format!("{}; approval {id} is still pending", e.message),
-                    json!({"decision": "pending_approval", "approval_id": id}),
-                ));
-            }
-            Err(e) => return Err(e),
-        };
-        let decision = json!({"decision": "pending_approval", "approval_id": id, "request_id": view.request_id});
+    pub(super) async fn await_approval(
+        &self,
+        agent: &AgentPrincipal,
+        id: Uuid,
+    ) -> Result<ToolOutcome, AppError> {
+        let view =
+            match self.approvals.wait_for_agent(&agent.agent, id, self.approval_wait, self.max_waits).await {
+                Ok(v) => v,
+                Err(e) if e.status == 429 => {
+                    return Ok(refused(
+                        format!("{}; approval {id} is still pending", e.message),
+                        json!({"decision": "pending_approval", "approval_id": id}),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+        let decision =
+            json!({"decision": "pending_approval", "approval_id": id, "request_id": view.request_id});
         let outcome = match (view.status, &view.outcome) {
             (ApprovalStatus::Approved, Some(outcome)) => from_stored_answer(&outcome.body),
             (ApprovalStatus::Rejected, _) => refused(

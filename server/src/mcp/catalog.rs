@@ -58,7 +58,10 @@ impl Catalog {
     }
 
     /// The sponsor's MCP connections (with their secrets' names), by name.
-    pub async fn connections(&self, sponsor_id: Uuid) -> Result<Vec<(connections::Model, Option<String>)>, AppError> {
+    pub async fn connections(
+        &self,
+        sponsor_id: Uuid,
+    ) -> Result<Vec<(connections::Model, Option<String>)>, AppError> {
         let rows = connections::Entity::find()
             .filter(connections::Column::SponsorId.eq(sponsor_id))
             .filter(connections::Column::Kind.eq(KIND_MCP))
@@ -93,7 +96,9 @@ impl Catalog {
         let listing = match list(pipeline, agent, conn, Revision::Stateless).await {
             Err(Refusal::Answered(why)) => match list(pipeline, agent, conn, Revision::Sessions).await {
                 Ok(listing) => listing,
-                Err(Refusal::Answered(legacy)) => return Err(format!("{why}; in the session revision: {legacy}")),
+                Err(Refusal::Answered(legacy)) => {
+                    return Err(format!("{why}; in the session revision: {legacy}"));
+                }
                 Err(Refusal::Refused(why)) => return Err(why),
             },
             Err(Refusal::Refused(why)) => return Err(why),

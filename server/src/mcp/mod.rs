@@ -121,9 +121,12 @@ impl McpGateway {
         // arguments are checked against.
         let tools = match self.catalog.tools(&self.pipeline, agent, &conn).await {
             Ok(t) => t,
-            Err(why) => return Ok(refused(format!("the MCP server's tools could not be listed: {why}"), json!({}))),
+            Err(why) => {
+                return Ok(refused(format!("the MCP server's tools could not be listed: {why}"), json!({})));
+            }
         };
-        let Some(listed) = tools.tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(tool)) else {
+        let Some(listed) = tools.tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(tool))
+        else {
             return unknown();
         };
         let mut call = McpCall::call_tool(server, tool, arguments, listed.get("inputSchema").cloned());
@@ -182,7 +185,10 @@ pub fn tool_outcome(result: ProxyResult) -> ToolOutcome {
             let content_type = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             from_reply(read_reply(r.status, content_type, &r.body), || decision("allow", None, ""))
         }
-        Outcome::Performed { .. } => refused("the MCP server's answer could not be read".into(), decision("error", Some(Stage::Upstream), "streamed")),
+        Outcome::Performed { .. } => refused(
+            "the MCP server's answer could not be read".into(),
+            decision("error", Some(Stage::Upstream), "streamed"),
+        ),
         Outcome::Denied { stage: Stage::Arguments, reason, .. } => ToolOutcome::InvalidParams(reason.clone()),
         Outcome::Denied { stage, reason, .. } => refused(
             format!("AEGIS denied this tool call at stage {}: {reason}", stage.as_str()),
@@ -203,7 +209,9 @@ pub fn tool_outcome(result: ProxyResult) -> ToolOutcome {
 /// An upstream reply as the agent's result.
 fn from_reply(reply: Reply, allowed: impl Fn() -> Value) -> ToolOutcome {
     match reply {
-        Reply::Result(result) if result.get("content").is_some_and(Value::is_array) => ToolOutcome::Result(result),
+        Reply::Result(result) if result.get("content").is_some_and(Value::is_array) => {
+            ToolOutcome::Result(result)
+        }
         Reply::Result(_) => refused("the MCP server's result is not a tool result".into(), allowed()),
         Reply::Error { code, message } => {
             refused(format!("the MCP server answered error {code}: {message}"), allowed())
@@ -221,12 +229,16 @@ pub fn from_stored_answer(body: &Value) -> ToolOutcome {
     if body["decision"] != "allow" {
         let stage = body["stage"].as_str().unwrap_or("upstream");
         let reason = body["reason"].as_str().unwrap_or("not performed");
-        return refused(format!("AEGIS did not perform the approved tool call ({stage}): {reason}"), body.clone());
+        return refused(
+            format!("AEGIS did not perform the approved tool call ({stage}): {reason}"),
+            body.clone(),
+        );
     }
     let Some(text) = upstream["body"].as_str() else {
         return refused("the approved call's answer was not kept whole".into(), json!({"decision": "allow"}));
     };
-    from_reply(read_reply(status, content_type, &Bytes::copy_from_slice(text.as_bytes())), || {
-        json!({"decision": "allow", "request_id": body["request_id"], "audit_seq": body["audit_seq"]})
-    })
+    from_reply(
+        read_reply(status, content_type, &Bytes::copy_from_slice(text.as_bytes())),
+        || json!({"decision": "allow", "request_id": body["request_id"], "audit_seq": body["audit_seq"]}),
+    )
 }

@@ -33,7 +33,9 @@ pub async fn session_exchange(
 ) -> Result<StreamingResponse, UpstreamError> {
     let post = |headers: HeaderMap, body: Bytes| {
         let url = url.clone();
-        async move { upstream.call_streaming(Method::POST, url, headers, body, false, secret).await?.read_whole().await }
+        async move {
+            upstream.call_streaming(Method::POST, url, headers, body, false, secret).await?.read_whole().await
+        }
     };
     let init = post(headers.clone(), initialize_body()).await?;
     let content_type = init.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
@@ -57,7 +59,8 @@ pub async fn session_exchange(
     let answer = post(session_headers.clone(), call.upstream_body()).await;
     if session.is_some() {
         // Best effort: a server that keeps the session anyway expires it itself.
-        let _ = upstream.call_streaming(Method::DELETE, url, session_headers, Bytes::new(), false, secret).await;
+        let _ =
+            upstream.call_streaming(Method::DELETE, url, session_headers, Bytes::new(), false, secret).await;
     }
     answer.map(whole)
 }

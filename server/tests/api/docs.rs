@@ -33,6 +33,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/agents/{id}/suspend"),
     ("POST", "/api/agents/{id}/resume"),
     ("GET", "/api/agents/{id}/trust"),
+    ("GET", "/api/agents/{id}/tools"),
     ("GET", "/api/agents/{id}/wallet"),
     ("PUT", "/api/agents/{id}/wallet"),
     ("GET", "/api/agents/{id}/wallet/history"),

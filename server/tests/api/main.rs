@@ -20,6 +20,8 @@ mod fuzz;
 mod group_commit;
 mod lifecycle;
 mod mcp;
+mod mcp_dashboard;
+mod mcp_wire;
 mod metering;
 mod mock;
 mod mock_llm;

@@ -97,9 +97,13 @@ async fn setup(python: String, legacy_upstream: bool) -> Setup {
     ])
     .await;
     let sponsor = s.sponsor("mcp").await;
-    let r = s.post("/api/policies", Some(&sponsor.access), json!({"name": "notes-policy", "source": MCP_POLICY})).await;
+    let r = s
+        .post("/api/policies", Some(&sponsor.access), json!({"name": "notes-policy", "source": MCP_POLICY}))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let r = s.post("/api/agents", Some(&sponsor.access), json!({"name": "mcp-bot", "policy": "notes-policy"})).await;
+    let r = s
+        .post("/api/agents", Some(&sponsor.access), json!({"name": "mcp-bot", "policy": "notes-policy"}))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let agent_id = r.body["agent"]["id"].as_str().unwrap().to_owned();
     let key = r.body["api_key"].as_str().unwrap().to_owned();
@@ -124,7 +128,12 @@ async fn setup(python: String, legacy_upstream: bool) -> Setup {
 impl Setup {
     fn client(&self, mode: &str, args: &[&str]) -> impl std::future::Future<Output = Value> + use<> {
         let mut cmd = tokio::process::Command::new(&self.python);
-        cmd.arg(here("client.py")).arg(self.s.url("/mcp")).arg(&self.key).arg(mode).args(args).kill_on_drop(true);
+        cmd.arg(here("client.py"))
+            .arg(self.s.url("/mcp"))
+            .arg(&self.key)
+            .arg(mode)
+            .args(args)
+            .kill_on_drop(true);
         let what = format!("{mode} {args:?}");
         async move {
             let out = cmd.output().await.expect("python runs");
@@ -144,7 +153,10 @@ impl Setup {
             let r = self.s.get("/api/approvals?status=pending", &self.sponsor.access).await;
             if let Some(first) = r.body["items"].as_array().and_then(|a| a.first()) {
                 let id = first["id"].as_str().unwrap().to_owned();
-                let r = self.s.post(&format!("/api/approvals/{id}/approve"), Some(&self.sponsor.access), json!({})).await;
+                let r = self
+                    .s
+                    .post(&format!("/api/approvals/{id}/approve"), Some(&self.sponsor.access), json!({}))
+                    .await;
                 assert_eq!(r.status, StatusCode::OK, "{}", r.text);
                 return id;
             }
@@ -190,7 +202,8 @@ async fn governed_tool_calls(mode: &str, legacy_upstream: bool) {
     let invalid = t.call(mode, "notes__add", json!({"a": "two", "b": 3})).await;
     assert_eq!(invalid["error"]["code"], -32602, "{invalid}");
     let r = t.s.get("/api/audit?kind=proxy.denied", &t.sponsor.access).await;
-    let stages: Vec<&str> = r.body["items"].as_array().unwrap().iter().filter_map(|i| i["stage"].as_str()).collect();
+    let stages: Vec<&str> =
+        r.body["items"].as_array().unwrap().iter().filter_map(|i| i["stage"].as_str()).collect();
     assert!(stages.contains(&"arguments"), "{}", r.text);
 
     // Not on the allow-list, or not a tool at all: refused even when named directly.
@@ -200,7 +213,8 @@ async fn governed_tool_calls(mode: &str, legacy_upstream: bool) {
     }
 
     // Needs approval, approved while the client waits: performed once, the real result.
-    let (waited, _) = tokio::join!(t.call(mode, "notes__delete_note", json!({"name": "todo"})), t.approve_next());
+    let (waited, _) =
+        tokio::join!(t.call(mode, "notes__delete_note", json!({"name": "todo"})), t.approve_next());
     assert_eq!(waited["isError"], false, "{waited}");
     assert_eq!(waited["text"], "deleted todo");
 
@@ -233,7 +247,8 @@ async fn governed_tool_calls(mode: &str, legacy_upstream: bool) {
     assert!(calls.iter().all(|(t, _)| t != "drop_all" && t != "admin_reset"), "{calls:?}");
 
     // The upstream was spoken to in the revision it offers.
-    let body = |r: &Value| serde_json::from_str::<Value>(r["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+    let body =
+        |r: &Value| serde_json::from_str::<Value>(r["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
     let tool_calls: Vec<&Value> = received.iter().filter(|r| body(r)["method"] == "tools/call").collect();
     let initializes = received.iter().filter(|r| body(r)["method"] == "initialize").count();
     if legacy_upstream {
@@ -248,16 +263,30 @@ async fn governed_tool_calls(mode: &str, legacy_upstream: bool) {
         assert_eq!(initializes, 0, "a stateless server needs no handshake");
         assert!(tool_calls.iter().all(|r| r["headers"]["mcp-protocol-version"] == "2026-07-28"
             && r["headers"].get("mcp-session-id").is_none()));
-        assert!(tool_calls.iter().all(|r| body(r)["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"));
+        assert!(
+            tool_calls.iter().all(
+                |r| body(r)["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+            )
+        );
     }
 
     // The audit: the tool, the arguments' hash (not the arguments), the result's hash and size.
     let r = t.s.get("/api/audit?kind=proxy.outcome", &t.sponsor.access).await;
+    let tools: Vec<&str> =
+        r.body["items"].as_array().unwrap().iter().filter_map(|i| i["tool"].as_str()).collect();
+    assert!(tools.contains(&"notes__add") && tools.contains(&"notes__delete_note"), "{tools:?}");
+    let csv = t.s.get("/api/audit/export.csv", &t.sponsor.access).await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.text.lines().next().unwrap().ends_with(",tool"), "{}", csv.text);
+    assert!(csv.text.lines().any(|l| l.ends_with(",notes__add")), "the CSV shows the tool");
     let outcome = r.body["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| serde_json::from_str::<Value>(i["detail"].as_str().unwrap_or("{}")).unwrap_or_else(|_| i["detail"].clone()))
+        .map(|i| {
+            serde_json::from_str::<Value>(i["detail"].as_str().unwrap_or("{}"))
+                .unwrap_or_else(|_| i["detail"].clone())
+        })
         .find(|d| d["mcp"]["tool"] == "add")
         .unwrap_or_else(|| panic!("no outcome for add: {}", r.text));
     assert_eq!(outcome["mcp"]["server"], "notes");

@@ -262,9 +262,17 @@ async fn reads_conform(s: &TestServer, mock: &MockUpstream) {
             routes.iter().any(|r| r.pricing.as_deref().is_some_and(|p| p.contains("claude-haiku-4-5"))),
             "{name}"
         );
-        assert_eq!(routes.iter().filter(|r| r.mcp).map(|r| r.name.as_str()).collect::<Vec<_>>(), ["tools-srv"], "{name}");
+        assert_eq!(
+            routes.iter().filter(|r| r.mcp).map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["tools-srv"],
+            "{name}"
+        );
         let (mcp, _) = store.connection(f.sponsor_id, "tools-srv").await.unwrap().unwrap();
-        assert_eq!((mcp.kind.as_str(), mcp.mcp_tools.as_deref(), mcp.record_arguments), ("mcp", Some(r#"["read_note"]"#), true), "{name}");
+        assert_eq!(
+            (mcp.kind.as_str(), mcp.mcp_tools.as_deref(), mcp.record_arguments),
+            ("mcp", Some(r#"["read_note"]"#), true),
+            "{name}"
+        );
         assert!(store.routes(Uuid::new_v4()).await.unwrap().is_empty(), "{name}");
 
         // A call's reads together: everything found, each part missing.

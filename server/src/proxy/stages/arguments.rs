@@ -36,7 +36,9 @@ mod tests {
         request.origin = Origin::Mcp(Box::new(McpCall::call_tool("s", "t", json!({"n": "x"}), Some(schema))));
         let mut call = Call::new(&agent, request.clone(), "req_1".into(), None);
         match check(&mut call) {
-            Break(Stop::Deny { stage: Stage::Arguments, reason, .. }) => assert!(reason.contains("/n"), "{reason}"),
+            Break(Stop::Deny { stage: Stage::Arguments, reason, .. }) => {
+                assert!(reason.contains("/n"), "{reason}")
+            }
             other => panic!("expected a denial, got {other:?}"),
         }
         if let Origin::Mcp(m) = &mut request.origin {

@@ -48,12 +48,16 @@ mod tests {
     fn an_mcp_server_is_reached_only_through_its_door() {
         let agent = testing::agent();
         let url = |u: &str| url::Url::parse(u).unwrap();
-        for target in ["https://tools.example/mcp", "https://tools.example/mcp/x", "https://TOOLS.example:443/mcp"] {
+        for target in
+            ["https://tools.example/mcp", "https://tools.example/mcp/x", "https://TOOLS.example:443/mcp"]
+        {
             let mut call = Call::new(&agent, testing::request(target), "r".into(), None);
             let stop = check(&mut call, &routes(), &url(target));
             assert!(matches!(stop, Break(Stop::Deny { stage: Stage::Egress, .. })), "{target}");
         }
-        for target in ["https://tools.example/other", "http://tools.example/mcp", "https://tools.example:8443/mcp"] {
+        for target in
+            ["https://tools.example/other", "http://tools.example/mcp", "https://tools.example:8443/mcp"]
+        {
             let mut call = Call::new(&agent, testing::request(target), "r".into(), None);
             assert!(check(&mut call, &routes(), &url(target)).is_continue(), "{target}");
         }

@@ -17,8 +17,8 @@ use super::super::upstream_mcp;
 use super::secret::Prepared;
 use crate::call::Stage;
 use crate::call::mcp::Revision;
-use crate::call::request::Origin;
 use crate::call::outcome::{Answer, Failure, Outcome};
+use crate::call::request::Origin;
 use crate::call::upstream::UpstreamError;
 use crate::metering::tap::{TapSpec, tap};
 
@@ -37,7 +37,14 @@ pub async fn perform(p: &Pipeline, call: &mut Call<'_>, prepared: Prepared) -> R
         }
         _ => {
             p.upstream
-                .call_streaming(request.method.clone(), url, headers, body, request.follow_redirects, secret.as_ref())
+                .call_streaming(
+                    request.method.clone(),
+                    url,
+                    headers,
+                    body,
+                    request.follow_redirects,
+                    secret.as_ref(),
+                )
                 .await
         }
     };
