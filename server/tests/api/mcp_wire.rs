@@ -954,3 +954,29 @@ async fn mcp_wire_an_mcp_server_is_reached_only_through_mcp() {
     assert!(r.text.contains("mcp_connection"), "{}", r.text);
     assert_eq!(mock.hits(), 0, "nothing reached the MCP server");
 }
+
+/// The session revision across replicas: a session opened on one replica is served by
+/// another (its owner and the SDK's session state live in Redis), and there too it
+/// belongs only to the agent that opened it. Runs when `AEGIS_TEST_REDIS_URL` is set.
+#[tokio::test]
+async fn mcp_wire_a_session_is_served_by_any_replica_through_redis() {
+    let Ok(redis) = std::env::var("AEGIS_TEST_REDIS_URL") else {
+        eprintln!("SKIPPED MCP sessions across replicas: AEGIS_TEST_REDIS_URL is not set");
+        return;
+    };
+    let vars = [("AEGIS_EGRESS_ALLOW", "127.0.0.1/32"), ("REDIS_URL", redis.as_str())];
+    let a = TestServer::start_with(&vars).await;
+    let b = TestServer::start_sharing(&a, &vars).await;
+    let sponsor = a.sponsor("mcp-replicas").await;
+    let key = agent(&a, &sponsor, "roamer").await.1;
+    let other = agent(&a, &sponsor, "intruder").await.1;
+    let session = open_session(&a, &key).await;
+    for (i, s) in [&b, &a, &b].into_iter().enumerate() {
+        let r = call(s, &key, Rev::Legacy(&session), 10 + i as i64, "tools/list", json!({})).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text);
+        assert_eq!(r.result()["tools"], json!([]), "{}", r.text);
+    }
+    let r = call(&b, &other, Rev::Legacy(&session), 20, "tools/list", json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert_eq!(r.error_code(), -32001, "{}", r.text);
+}
