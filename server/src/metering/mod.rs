@@ -85,7 +85,9 @@ pub fn assess(
     };
     let mut assessment = Assessment {
         connection: Some(route.name.clone()),
-        least_micros: route.cost_micros,
+        // An MCP connection's price is per tool call: the MCP call itself carries it
+        // (`mcp::request_for`), so listing a server's tools costs nothing.
+        least_micros: if route.mcp { 0 } else { route.cost_micros },
         llm: None,
         rate_limits: route.rate_limits.clone(),
     };
@@ -161,6 +163,23 @@ mod tests {
 
     fn matched<'a>(routes: &'a [Route], url: &str) -> Option<&'a str> {
         route_for(routes, &url::Url::parse(url).unwrap()).map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn an_mcp_connection_sets_no_least_price_of_its_own() {
+        let body = bytes::Bytes::new();
+        let target = url::Url::parse("https://tools.example/mcp").unwrap();
+        let mut r = route("tools", "https://tools.example/mcp", false);
+        r.cost_micros = 2_000;
+        let flat = assess(std::slice::from_ref(&r), &http::Method::POST, &body, &target).unwrap();
+        assert_eq!(flat.least_micros, 2_000, "an HTTP connection's flat price is the least");
+        r.mcp = true;
+        let mcp = assess(&[r], &http::Method::POST, &body, &target).unwrap();
+        assert_eq!(
+            (mcp.connection.as_deref(), mcp.least_micros),
+            (Some("tools"), 0),
+            "the MCP call carries its price"
+        );
     }
 
     #[test]

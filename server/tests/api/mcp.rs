@@ -86,6 +86,7 @@ struct Setup {
     key: String,
     upstream: Upstream,
     python: String,
+    agent_id: String,
 }
 
 async fn setup(python: String, legacy_upstream: bool) -> Setup {
@@ -122,7 +123,7 @@ async fn setup(python: String, legacy_upstream: bool) -> Setup {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["kind"], "mcp");
     assert_eq!(r.body["gateway_path"], "/mcp");
-    Setup { s, sponsor, key, upstream, python }
+    Setup { s, sponsor, key, upstream, python, agent_id }
 }
 
 impl Setup {
@@ -245,6 +246,12 @@ async fn governed_tool_calls(mode: &str, legacy_upstream: bool) {
     assert_eq!(count("read_note", json!({"name": "secret"})), 0, "denied");
     assert_eq!(count("add", json!({"a": "two", "b": 3})), 0, "invalid");
     assert!(calls.iter().all(|(t, _)| t != "drop_all" && t != "admin_reset"), "{calls:?}");
+
+    // Budget: the connection's per-call price (2,000) held and settled for each performed
+    // tool call (four), nothing for denials, invalid calls, waits or listings.
+    let wallet = t.s.get(&format!("/api/agents/{}/wallet", t.agent_id), &t.sponsor.access).await;
+    let history = t.s.get(&format!("/api/agents/{}/wallet/history", t.agent_id), &t.sponsor.access).await;
+    assert_eq!(wallet.body["daily_spent_micros"], 4 * 2_000, "{}\n{}", wallet.text, history.text);
 
     // The upstream was spoken to in the revision it offers.
     let body =
