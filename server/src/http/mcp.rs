@@ -17,10 +17,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CustomRequest, CustomResult,
-    ErrorCode, Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
-    ServerConfig, Tool,
+    ErrorCode, Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProgressToken, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{Peer, RequestContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -206,6 +206,33 @@ fn unavailable(e: app::error::AppError) -> McpError {
     McpError::internal_error("AEGIS could not serve this request; nothing was performed", None)
 }
 
+/// How often a client that asked for progress (a `progressToken`) hears that its call
+/// is still being worked on — held for a sponsor's approval, or a slow server.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `work`, sending a progress notification every [`PROGRESS_EVERY`] until it ends.
+async fn with_progress<F: std::future::Future>(
+    work: F,
+    peer: &Peer<RoleServer>,
+    token: ProgressToken,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    let mut beats = 0u32;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                beats += 1;
+                let note = ProgressNotificationParam::new(token.clone(), f64::from(beats))
+                    .with_message("AEGIS is still working on this call (it may be waiting for a sponsor's approval)");
+                // A client that went away is the call's business, not the progress's.
+                let _ = peer.notify_progress(note).await;
+            }
+        }
+    }
+}
+
 /// An error result the agent's model can read, AEGIS's decision in `_meta`.
 pub fn refused(text: String, decision: Value) -> CallToolResult {
     let mut result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(text)]);
@@ -264,12 +291,12 @@ impl ServerHandler for AegisMcp {
     ) -> Result<CallToolResponse, McpError> {
         let (agent, request_id) = caller(&ctx)?;
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        let outcome = self
-            .services
-            .mcp
-            .call_tool(&agent, request_id, &request.name, arguments)
-            .await
-            .map_err(unavailable)?;
+        let work = self.services.mcp.call_tool(&agent, request_id, &request.name, arguments);
+        let outcome = match ctx.meta.get_progress_token() {
+            Some(token) => with_progress(work, &ctx.peer, token).await,
+            None => work.await,
+        }
+        .map_err(unavailable)?;
         let result = match outcome {
             ToolOutcome::Result(v) => serde_json::from_value::<CallToolResult>(v)
                 .unwrap_or_else(|_| refused("the MCP server's result could not be read".into(), json!({}))),

@@ -21,6 +21,7 @@ mod group_commit;
 mod lifecycle;
 mod mcp;
 mod mcp_dashboard;
+mod mcp_faults;
 mod mcp_wire;
 mod metering;
 mod mock;

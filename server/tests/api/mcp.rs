@@ -225,6 +225,10 @@ async fn governed_tool_calls(mode: &str, legacy_upstream: bool) {
     assert_eq!(timed_out["isError"], true, "{timed_out}");
     let approval_id = timed_out["meta"]["dev.aegis/decision"]["approval_id"].as_str().unwrap().to_owned();
     assert!(timed_out["text"].as_str().unwrap().contains(&approval_id));
+    // While held (3 s here), the client that asked for progress heard that the call is
+    // still being worked on.
+    let heard = timed_out["progress"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(heard >= 1, "progress notifications while held: {timed_out}");
     assert_eq!(t.approve_next().await, approval_id);
     let retried = t.call(mode, "notes__delete_note", json!({"name": "scratch"})).await;
     assert_eq!(retried["isError"], false, "{retried}");

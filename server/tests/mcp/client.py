@@ -40,8 +40,14 @@ async def main() -> None:
                 out["schemas"] = {t.name: t.input_schema for t in tools.tools}
             else:
                 name, arguments = rest[0], json.loads(rest[1])
-                result = await client.call_tool(name, arguments)
+                progress: list[str] = []
+
+                async def heard(done: float, total: float | None, message: str | None) -> None:
+                    progress.append(message or "")
+
+                result = await client.call_tool(name, arguments, progress_callback=heard)
                 out.update(
+                    progress=progress,
                     isError=bool(result.is_error),
                     text="".join(getattr(c, "text", "") for c in result.content),
                     structured=result.structured_content,
