@@ -100,6 +100,18 @@ impl super::Pipeline {
         trial: app::model::PolicyTrial,
         max_body_bytes: usize,
     ) -> Result<app::model::PolicyVerdict, app::error::AppError> {
+        let request = trial_request(&trial, max_body_bytes)?;
+        self.dry_run(agent, &trial, request).await
+    }
+
+    /// The dry run of `request` (the trial's sample action, or what it stands for, e.g.
+    /// an MCP tool call) under the policy the trial names.
+    pub async fn dry_run(
+        &self,
+        agent: &agents::Model,
+        trial: &app::model::PolicyTrial,
+        request: ProxyRequest,
+    ) -> Result<app::model::PolicyVerdict, app::error::AppError> {
         let source = match (&trial.source, trial.policy_id) {
             (Some(source), _) => {
                 crate::policies::check_source_size(source)?;
@@ -108,19 +120,6 @@ impl super::Pipeline {
             (None, Some(id)) => self.policies.get(agent.sponsor_id, id).await?.source,
             (None, None) => self.policies.source_for(agent.policy_id).await?.source,
         };
-        let request = crate::call::request::ExecuteRequest {
-            method: trial.method,
-            url: trial.url,
-            headers: trial.headers,
-            body: trial.body,
-            body_base64: None,
-            secret: None,
-            cost_micros: trial.cost_micros,
-            idempotency_key: None,
-            action: None,
-            follow_redirects: false,
-        }
-        .into_proxy_request(max_body_bytes)?;
         let url = url::Url::parse(&request.url).map_err(|e| {
             app::error::AppError::new(422, "invalid_request", format!("url is not a valid URL: {e}"))
         })?;
@@ -130,7 +129,11 @@ impl super::Pipeline {
         let assessment = crate::metering::assess(&routes, &request.method, &request.body, &url)
             .map_err(|reason| app::error::AppError::new(422, "unpriced_request", reason))?;
         let ceiling = assessment.llm.as_ref().map_or(0, |l| l.ceiling_micros);
-        let estimate = request.declared_cost_micros.max(assessment.least_micros).max(ceiling);
+        let estimate = request
+            .declared_cost_micros
+            .max(request.minimum_cost_micros)
+            .max(assessment.least_micros)
+            .max(ceiling);
         let llm = assessment.llm.as_ref().map(crate::metering::LlmCall::policy_input);
         let input = input(agent, &request, &url, estimate, wallet.as_ref(), llm, crate::db::now());
         // Compiled afresh and evaluated on the engine's bounded pool, never cached:
@@ -144,4 +147,24 @@ impl super::Pipeline {
             input: serde_json::to_string_pretty(&input).unwrap_or_default(),
         })
     }
+}
+
+/// The trial's sample action as the execute door would take it.
+pub fn trial_request(
+    trial: &app::model::PolicyTrial,
+    max_body_bytes: usize,
+) -> Result<ProxyRequest, app::error::AppError> {
+    crate::call::request::ExecuteRequest {
+        method: trial.method.clone(),
+        url: trial.url.clone(),
+        headers: trial.headers.clone(),
+        body: trial.body.clone(),
+        body_base64: None,
+        secret: None,
+        cost_micros: trial.cost_micros,
+        idempotency_key: None,
+        action: None,
+        follow_redirects: false,
+    }
+    .into_proxy_request(max_body_bytes)
 }

@@ -418,34 +418,20 @@ async fn mcp_wire_unreadable_bodies_are_refused_in_both_revisions() {
         assert_eq!(r.result()["tools"], json!([]), "{label}: {}", r.text);
 
         // The transport's own header checks.
-        let r = read(
+        let with = |accept: &'static str, content_type: &'static str| {
             s.http
                 .post(s.url("/mcp"))
                 .bearer_auth(key)
-                .header("accept", "application/json, text/event-stream")
-                .header("content-type", "text/plain")
+                .header("accept", accept)
+                .header("content-type", content_type)
                 .headers(headers.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect())
                 .body(list.to_string())
                 .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        };
+        let r = read(with("application/json, text/event-stream", "text/plain").await.unwrap()).await;
         r.client_error(&format!("{label}: text/plain"));
         assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{label}: {}", r.text);
-        let r = read(
-            s.http
-                .post(s.url("/mcp"))
-                .bearer_auth(key)
-                .header("accept", "application/json")
-                .header("content-type", "application/json")
-                .headers(headers.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect())
-                .body(list.to_string())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = read(with("application/json", "application/json").await.unwrap()).await;
         r.client_error(&format!("{label}: Accept without text/event-stream"));
         assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE, "{label}: {}", r.text);
 
