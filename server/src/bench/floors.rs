@@ -2,7 +2,8 @@
 //! in the same run on the same machine: a bare durable SQLite transaction (what
 //! each of a call's two commits costs at least), and how many durable
 //! transactions a second PostgreSQL commits (pgbench's TPC-B-like transaction:
-//! three UPDATEs, a SELECT and an INSERT, from 32 clients).
+//! three UPDATEs, a SELECT and an INSERT, from 32 clients), and a bare nginx
+//! `proxy_pass` to the same upstream ([`super::nginx`]).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ pub struct Floors {
     /// the run's `--db-delay-ms` forwarder when one is given too.
     pub postgres_tps: Option<f64>,
     pub postgres_delayed_tps: Option<f64>,
+    /// Saturation (req/s, the run's closed loop) of a bare nginx `proxy_pass`
+    /// to the same mock upstream ([`super::nginx`]); goal 4's denominator.
+    pub nginx_proxy_rps: Option<f64>,
 }
 
 /// p50 and p99 (µs) of `n` bare durable SQLite transactions in a temp file.

@@ -8,6 +8,7 @@
 
 pub mod floors;
 pub mod load;
+pub mod nginx;
 pub mod relay;
 pub mod report;
 
@@ -414,7 +415,7 @@ async fn run_with_mock(opts: &Options, mock: &str) -> Result<Report, String> {
             eprintln!("aegis bench: --variants needs the in-process AEGIS; skipped with --target");
         } else {
             report.variants = variants(opts, mock).await?;
-            report.floors = Some(measure_floors(opts).await);
+            report.floors = Some(measure_floors(opts, mock).await);
             report.goals = report.compute_goals();
         }
     }
@@ -637,7 +638,13 @@ async fn variants(opts: &Options, mock: &str) -> Result<Vec<VariantRow>, String>
         // A client of its own: dropping it closes the connections this row opened
         // (thousands when a slow row queues), so no row inherits another's sockets.
         let client = &client()?;
-        let deployment = Deployment::start(&shape, opts).await?;
+        let deployment = match Deployment::start(&shape, opts).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("aegis bench: variant {}: not measured: {e}", shape.name);
+                continue;
+            }
+        };
         let base = deployment.base.clone();
         let row = async {
             let s = setup(client, &base, mock).await?;
@@ -653,8 +660,17 @@ async fn variants(opts: &Options, mock: &str) -> Result<Vec<VariantRow>, String>
             .await;
             let saturation =
                 load::closed_loop(client, &t, opts.concurrency, opts.warmup, opts.saturation).await;
-            let table = stage_table(client, &base, &s.token, &s.execute.0, "execute", 100_000).await?;
-            let policy_share_pct = table.stages.iter().find(|r| r.stage == "policy").map(|r| r.share_pct);
+            // A row that fell far behind may still be working off its queue: its
+            // stage times are then unreadable, which costs the row its policy share
+            // only, not the run.
+            let policy_share_pct =
+                match stage_table(client, &base, &s.token, &s.execute.0, "execute", 100_000).await {
+                    Ok(table) => table.stages.iter().find(|r| r.stage == "policy").map(|r| r.share_pct),
+                    Err(e) => {
+                        eprintln!("aegis bench: variant {}: stage times unread: {e}", shape.name);
+                        None
+                    }
+                };
             Ok::<_, String>(VariantRow {
                 variant: shape.name.clone(),
                 description: format!("{}; open loop at {} req/s", shape.description, opts.variant_rate),
@@ -665,14 +681,46 @@ async fn variants(opts: &Options, mock: &str) -> Result<Vec<VariantRow>, String>
         }
         .await;
         deployment.stop().await;
-        rows.push(row?);
+        match row {
+            Ok(row) => rows.push(row),
+            Err(e) => eprintln!("aegis bench: variant {}: not measured: {e}", shape.name),
+        }
     }
     Ok(rows)
 }
 
+/// Saturation of a bare nginx `proxy_pass` to the mock, with the same closed
+/// loop as every saturation row.
+async fn nginx_floor(opts: &Options, binary: &std::path::Path, mock: &str) -> Result<f64, String> {
+    let upstream: SocketAddr =
+        mock.trim_start_matches("http://").parse().map_err(|e| format!("mock address {mock}: {e}"))?;
+    let proxy = nginx::Proxy::start(binary, upstream).await?;
+    eprintln!("aegis bench: floor: a bare nginx proxy_pass, saturation with {} workers", opts.concurrency);
+    let target = Target {
+        name: "nginx".into(),
+        method: Method::GET,
+        url: format!("{}/ok/v1/items", proxy.base),
+        bearer: None,
+        body: None,
+    };
+    let run = load::closed_loop(&client()?, &target, opts.concurrency, opts.warmup, opts.saturation).await;
+    drop(proxy);
+    if run.ok == 0 {
+        return Err(format!("no request through nginx succeeded: {:?}", run.error_samples));
+    }
+    Ok(run.throughput_rps)
+}
+
 /// The floors of this run ([`floors`]).
-async fn measure_floors(opts: &Options) -> floors::Floors {
+async fn measure_floors(opts: &Options, mock: &str) -> floors::Floors {
     let mut out = floors::Floors::default();
+    match nginx::binary() {
+        Some(binary) => match nginx_floor(opts, &binary, mock).await {
+            Ok(rps) => out.nginx_proxy_rps = Some(rps),
+            Err(e) => eprintln!("aegis bench: nginx floor: {e}"),
+        },
+        None => eprintln!("aegis bench: no nginx (AEGIS_BENCH_NGINX, PATH, /usr/sbin): goal 4 unmeasured"),
+    }
     let dir = std::env::temp_dir().join(format!("aegis-bench-floor-{}", uuid::Uuid::new_v4().simple()));
     if std::fs::create_dir_all(&dir).is_ok() {
         eprintln!("aegis bench: floor: bare durable SQLite transactions");

@@ -35,7 +35,16 @@ impl Relay {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((inbound, _)) = accepted else { break };
+                        let inbound = match accepted {
+                            Ok((inbound, _)) => inbound,
+                            // Out of file descriptors (a row far behind holds thousands of
+                            // sockets, four per call through a balancer): wait for some to
+                            // close. Stopping here would fail every later call of the row.
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                continue;
+                            }
+                        };
                         let backend = backends[next % backends.len()];
                         next += 1;
                         connections.spawn(async move {

@@ -174,6 +174,11 @@ impl Report {
             })
         };
         goals.push(Goal {
+            goal: "4. one SQLite replica / a bare nginx proxy_pass (saturation)".into(),
+            measured: ratio(sat("sqlite"), self.floors.as_ref().and_then(|f| f.nginx_proxy_rps)),
+            wanted: ">= 0.25".into(),
+        });
+        goals.push(Goal {
             goal: "5. SQLite added p50 / two bare durable SQLite transactions".into(),
             measured: ratio(added(|l| l.p50_us), floor.map(|f| 2.0 * f as f64)),
             wanted: "<= 1.3".into(),
@@ -399,11 +404,13 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             out,
             "\nFloors: bare durable SQLite transaction p50 {} / p99 {} us; durable PostgreSQL \
-             transactions (TPC-B-like, 32 clients) {} /s local, {} /s far",
+             transactions (TPC-B-like, 32 clients) {} /s local, {} /s far; a bare nginx \
+             proxy_pass to the mock {} req/s",
             us(f.sqlite_txn_p50_us),
             us(f.sqlite_txn_p99_us),
             tps(f.postgres_tps),
-            tps(f.postgres_delayed_tps)
+            tps(f.postgres_delayed_tps),
+            tps(f.nginx_proxy_rps)
         );
         let _ = writeln!(out, "Goals (ratios of this run):");
         for g in &r.goals {
@@ -472,6 +479,7 @@ mod tests {
                 sqlite_txn_p99_us: Some(900),
                 postgres_tps: None,
                 postgres_delayed_tps: None,
+                nginx_proxy_rps: Some(12_000.0),
             }),
             goals: Vec::new(),
         }
@@ -499,6 +507,8 @@ mod tests {
         assert_eq!(measured(&goals, "1."), [Some(0.45)]);
         assert_eq!(measured(&goals, "2."), [Some(1.8), Some(2000.0 / 1800.0)]);
         assert_eq!(measured(&goals, "3."), [Some(0.01)], "shed and failed of those sent");
+        // The SQLite row without Redis: AEGIS's own cost, against nginx doing the same hop.
+        assert_eq!(measured(&goals, "4."), [Some(0.25)]);
         // (900 - 100) µs added against two 300 µs transactions; (2600 - 400) µs at p99.
         assert_eq!(measured(&goals, "5."), [Some(800.0 / 600.0), Some(2.2)]);
     }
@@ -509,6 +519,10 @@ mod tests {
         assert_eq!(measured(&goals, "1."), [None]);
         assert_eq!(measured(&goals, "2."), [None, None]);
         assert!(measured(&goals, "3.").is_empty(), "no PostgreSQL row, no goal 3");
+        assert_eq!(measured(&goals, "4."), [Some(0.25)]);
+        let mut without_nginx = report(vec![variant("sqlite", 3000.0)]);
+        without_nginx.floors.as_mut().unwrap().nginx_proxy_rps = None;
+        assert_eq!(measured(&without_nginx.compute_goals(), "4."), [None], "no nginx, no ratio");
         assert_eq!(measured(&goals, "5.").len(), 2);
     }
 }

@@ -599,3 +599,95 @@ async fn the_portable_switch_serves_the_hot_path_through_sea_orm() {
     let wallet = s.running.services.wallets.get(f.agent_id).await.unwrap().unwrap();
     assert_eq!((wallet.daily_spent_micros, wallet.reserved_micros), (250, 0));
 }
+
+/// `ledger_entries`' sequential-scan and update counters for this server's
+/// PostgreSQL database (as far as its backends have reported them).
+async fn ledger_scans(s: &TestServer) -> (i64, i64) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = s
+        .running
+        .services
+        .db
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT seq_tup_read, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'ledger_entries'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    (row.try_get_by_index(0).unwrap(), row.try_get_by_index(1).unwrap())
+}
+
+/// Waits until the writer's backend has reported at least `updates` ledger updates
+/// (a backend reports its counters when idle, within about ten seconds).
+async fn ledger_scans_after(s: &TestServer, updates: i64) -> (i64, i64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let counts = ledger_scans(s).await;
+        if counts.1 >= updates || tokio::time::Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// PostgreSQL's writer plans each batch for the arrays it binds. Its statements,
+/// prepared and run on a nearly empty ledger, must not keep a plan made for that
+/// ledger: once the ledger holds 20,000 more rows, the next settlements find their
+/// rows through the index instead of reading the table end to end once per batch
+/// (what a generic plan cached on the empty table did: found in `aegis bench`).
+#[tokio::test]
+async fn postgres_batches_find_ledger_rows_by_index_as_the_ledger_grows() {
+    use sea_orm::ConnectionTrait;
+    // The janitor (which also reads the ledger) stays out of the measured window.
+    let s = TestServer::start_with(&[("AEGIS_JANITOR_INTERVAL_SECS", "3600")]).await;
+    let services = &s.running.services;
+    let Some(pg) = PgStore::for_postgres(&services.db, &services.audit) else {
+        eprintln!(
+            "SKIPPED postgres_batches_find_ledger_rows_by_index_as_the_ledger_grows: PostgreSQL pass only"
+        );
+        return;
+    };
+    let store: Arc<dyn CallStore> = Arc::new(pg);
+    let sponsor = s.sponsor("plans").await;
+    let (agent, commit) = agent_and_commit(&s, &sponsor, &store, "plans").await;
+    let settle = |id: String| {
+        let commit = commit.clone();
+        async move {
+            let intent = commit.intent(agent, &id, 1, entry(agent, "proxy.intent", &id)).await.unwrap();
+            assert!(matches!(intent, Intent::Recorded(_)), "{id}: {intent:?}");
+            let done = commit.outcome(agent, &id, Some(1), entry(agent, "proxy.outcome", &id)).await.unwrap();
+            assert!(done.resolved, "{id}");
+        }
+    };
+    // More than the five runs after which PostgreSQL may settle on a generic plan.
+    for i in 0..8 {
+        settle(format!("warm-{i}")).await;
+    }
+    let (_, updated) = ledger_scans_after(&s, 8).await;
+    assert!(updated >= 8, "the writer's counters were reported");
+    services
+        .db
+        .execute_unprepared(
+            "INSERT INTO ledger_entries (id, agent_id, request_id, status, reserved_micros, settled_micros, \
+               day_window, month_window, created_at, expires_at, resolved_at) \
+             SELECT gen_random_uuid(), agent_id, 'bulk-' || g, 'settled', 1, 1, day_window, month_window, \
+               created_at, expires_at, resolved_at \
+             FROM ledger_entries, generate_series(1, 20000) g WHERE request_id = 'warm-0'",
+        )
+        .await
+        .unwrap();
+    let (read_before, updated_before) = ledger_scans(&s).await;
+    for i in 0..5 {
+        settle(format!("grown-{i}")).await;
+    }
+    let (read_after, updated_after) = ledger_scans_after(&s, updated_before + 5).await;
+    assert!(updated_after >= updated_before + 5, "the writer's counters were reported");
+    let read = read_after - read_before;
+    assert!(
+        read < 20_000,
+        "five batches read {read} ledger rows sequentially: a plan made for the empty ledger"
+    );
+    let wallet = services.wallets.get(agent).await.unwrap().unwrap();
+    assert_eq!((wallet.daily_spent_micros, wallet.reserved_micros), (13, 0));
+}
