@@ -16,7 +16,13 @@ use std::time::Duration;
 
 /// The nginx binary to measure with, if there is one.
 pub fn binary() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("AEGIS_BENCH_NGINX") {
+    binary_from("AEGIS_BENCH_NGINX")
+}
+
+/// nginx as the environment variable `var` names it, else on `PATH`, else
+/// `/usr/sbin/nginx` (Debian's place). The topology test looks it up the same way.
+pub fn binary_from(var: &str) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(var) {
         return Some(PathBuf::from(path));
     }
     let on_path = std::env::var_os("PATH")

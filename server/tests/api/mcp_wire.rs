@@ -217,6 +217,22 @@ async fn post(s: &TestServer, key: &str, headers: &[(&str, String)], body: &Valu
 }
 
 /// Sends one request in `rev`.
+/// A bodiless `method` (GET, DELETE) on `/mcp` in the legacy session `session`, as `key`.
+async fn session_request(s: &TestServer, method: reqwest::Method, key: &str, session: &str) -> Reply {
+    read(
+        s.http
+            .request(method, s.url("/mcp"))
+            .bearer_auth(key)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", LEGACY)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 async fn call(s: &TestServer, key: &str, rev: Rev<'_>, id: i64, method: &str, params: Value) -> Reply {
     let body = request(rev, id, method, params);
     post(s, key, &headers_for(rev, &body), &body).await
@@ -659,17 +675,7 @@ async fn mcp_wire_session_revision_requires_its_session_id() {
     assert_eq!(r.result()["tools"], json!([]), "{}", r.text);
 
     // …until its owner ends it (DELETE → 202); then it is a 404 too.
-    let r = read(
-        s.http
-            .delete(s.url("/mcp"))
-            .bearer_auth(key)
-            .header("mcp-session-id", &session)
-            .header("mcp-protocol-version", LEGACY)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = session_request(s, reqwest::Method::DELETE, key, &session).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let r = call(s, key, Rev::Legacy(&session), 3, "tools/list", json!({})).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "an ended session: {}", r.text);
@@ -734,18 +740,7 @@ async fn mcp_wire_keys_and_sessions_belong_to_their_agent() {
     let r = post(s, &key_b, &headers_for(a, &note), &note).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "B's notification in A's session: {}", r.text);
     for method in [reqwest::Method::DELETE, reqwest::Method::GET] {
-        let r = read(
-            s.http
-                .request(method.clone(), s.url("/mcp"))
-                .bearer_auth(&key_b)
-                .header("accept", "text/event-stream")
-                .header("mcp-session-id", &session)
-                .header("mcp-protocol-version", LEGACY)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let r = session_request(s, method.clone(), &key_b, &session).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "B's {method} of A's session: {}", r.text);
         assert_eq!(r.error_code(), SESSION_NOT_FOUND, "{method}: {}", r.text);
     }

@@ -23,13 +23,7 @@ use crate::support::{PASSWORD, PgDatabase, Response, read};
 const SHIPPED_CONF: &str = include_str!("../../deploy/nginx.conf");
 
 fn nginx_binary() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("AEGIS_TEST_NGINX") {
-        return Some(PathBuf::from(path));
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path.into_iter().chain([PathBuf::from("/usr/sbin/nginx")]).find(|p| p.is_file())
+    server::bench::nginx::binary_from("AEGIS_TEST_NGINX")
 }
 
 /// The shipped configuration with its two upstream servers and its listen address
