@@ -174,4 +174,35 @@ pub trait Backend: Send + Sync + 'static {
         sponsor: &SessionUser,
         range: StatsRange,
     ) -> Result<DashboardStats, AppError>;
+
+    // --- organizations: members and invitations ---
+    /// Every organization the caller belongs to, with the caller's role in each.
+    async fn list_orgs(&self, sponsor: &SessionUser) -> Result<Vec<OrgView>, AppError>;
+    async fn list_members(&self, sponsor: &SessionUser) -> Result<Vec<MemberView>, AppError>;
+    /// Owners only; the last owner cannot be demoted.
+    async fn update_member(
+        &self,
+        sponsor: &SessionUser,
+        member: Uuid,
+        patch: MemberPatch,
+    ) -> Result<MemberView, AppError>;
+    /// Owners remove anyone; anyone may leave. The last owner cannot go.
+    async fn remove_member(&self, sponsor: &SessionUser, member: Uuid) -> Result<(), AppError>;
+    async fn invite(
+        &self,
+        sponsor: &SessionUser,
+        input: NewInvitation,
+    ) -> Result<InvitationCreated, AppError>;
+    async fn list_invitations(&self, sponsor: &SessionUser) -> Result<Vec<InvitationView>, AppError>;
+    async fn revoke_invitation(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
+    /// Joins the invitation's organization as the signed-in person (whose email it
+    /// must be addressed to).
+    async fn accept_invitation(&self, sponsor: &SessionUser, token: &str) -> Result<OrgView, AppError>;
+    /// The organization's settings (the two-person rule); owners change them.
+    async fn org_settings(&self, sponsor: &SessionUser) -> Result<OrgSettings, AppError>;
+    async fn update_org_settings(
+        &self,
+        sponsor: &SessionUser,
+        input: OrgSettings,
+    ) -> Result<OrgSettings, AppError>;
 }

@@ -7,12 +7,130 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A signed-in sponsor as the server sees it after checking the access token.
+/// A signed-in member as the server sees it after checking the access token and
+/// the membership in the organization the request acts in.
+///
+/// The organization's id is reachable only through [`SessionUser::scope`], which
+/// checks the member's role against what the operation needs: there is no way to
+/// scope a query to the organization without passing the role check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionUser {
     pub user_id: Uuid,
     /// The refresh-token family this access token belongs to.
     pub session_id: Uuid,
+    /// The organization and the role in it; `None` for a person who belongs to no
+    /// organization (they can still manage their account and accept invitations).
+    membership: Option<(Uuid, Role)>,
+}
+
+impl SessionUser {
+    pub fn new(user_id: Uuid, session_id: Uuid, org_id: Uuid, role: Role) -> Self {
+        Self { user_id, session_id, membership: Some((org_id, role)) }
+    }
+
+    /// A person acting in no organization.
+    pub fn without_organization(user_id: Uuid, session_id: Uuid) -> Self {
+        Self { user_id, session_id, membership: None }
+    }
+
+    /// The role in the organization acted in (`viewer`, the weakest, when none).
+    pub fn role(&self) -> Role {
+        self.membership.map_or(Role::Viewer, |(_, role)| role)
+    }
+
+    /// The organization to act in, if this member's role allows `access`; else
+    /// `403 forbidden_role`. The one role check of every sponsor operation.
+    pub fn scope(&self, access: Access) -> Result<Uuid, crate::error::AppError> {
+        let Some((org_id, role)) = self.membership else {
+            return Err(crate::error::AppError::new(
+                403,
+                "no_organization",
+                "you are not a member of any organization: accept an invitation first",
+            ));
+        };
+        if role.allows(access) {
+            Ok(org_id)
+        } else {
+            Err(crate::error::AppError::new(
+                403,
+                "forbidden_role",
+                format!("the {} role cannot {}", role.as_str(), access.describe()),
+            ))
+        }
+    }
+}
+
+/// A member's role in an organization, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything, changes nothing.
+    Viewer,
+    /// Reads everything and decides approvals.
+    Approver,
+    /// Everything but members.
+    Admin,
+    /// Everything.
+    Owner,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Owner, Role::Admin, Role::Approver, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The whole role matrix.
+    pub fn allows(self, access: Access) -> bool {
+        match access {
+            Access::Read => true,
+            Access::Decide => self >= Role::Approver,
+            Access::Write => self >= Role::Admin,
+            Access::Invite => self >= Role::Admin,
+            Access::Members | Access::Settings => self == Role::Owner,
+        }
+    }
+}
+
+/// What an operation needs of the member's role (see [`Role::allows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// See the organization's agents, policies, secrets (never values), audit, …
+    Read,
+    /// Approve or reject a parked call.
+    Decide,
+    /// Change agents, secrets, policies, connections, wallets.
+    Write,
+    /// Invite people (as a role no stronger than one's own).
+    Invite,
+    /// Change members' roles, remove members.
+    Members,
+    /// Change the organization's settings (the two-person rule).
+    Settings,
+}
+
+impl Access {
+    fn describe(self) -> &'static str {
+        match self {
+            Access::Read => "read this organization",
+            Access::Decide => "decide approvals",
+            Access::Write => "change this organization's agents, secrets, policies or connections",
+            Access::Invite => "invite members",
+            Access::Members => "change or remove members",
+            Access::Settings => "change the organization's settings",
+        }
+    }
 }
 
 /// Where a request came from, for throttling and the session list.
@@ -670,6 +788,27 @@ pub struct ApprovalView {
     /// the MCP tool call that waits, with its arguments.
     #[serde(default)]
     pub mcp: Option<ApprovalMcp>,
+    /// How many distinct members must approve before the call is performed (the
+    /// organization's two-person rule when the call was parked; 1 otherwise).
+    #[serde(default = "one")]
+    pub approvers_required: u32,
+    /// One approval only (empty in lists): who has approved so far, in order.
+    #[serde(default)]
+    pub approved_by: Vec<ApprovalVote>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A member's approval under the two-person rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ApprovalVote {
+    pub member: Uuid,
+    pub role: Role,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// An MCP tool call held for approval (`ApprovalView::mcp`): the connection, the
@@ -1196,4 +1335,93 @@ pub struct WalletEntry {
     pub settled_micros: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+}
+
+// --- organizations (issue #20) ---
+
+/// An organization the caller belongs to (`GET /api/orgs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct OrgView {
+    pub id: Uuid,
+    pub name: String,
+    /// The caller's role in it.
+    pub role: Role,
+    /// The organization requests act in when they send no `X-AEGIS-Org`.
+    pub default: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A member of the caller's organization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct MemberView {
+    /// The person's account id (the `{id}` of `/api/orgs/members/{id}`).
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MemberPatch {
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewInvitation {
+    pub email: String,
+    pub role: Role,
+}
+
+/// A new invitation. `token` and `invite_url` are shown once; only the token's
+/// SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct InvitationCreated {
+    pub id: Uuid,
+    pub token: String,
+    pub invite_url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An invitation as the organization's members see it (never the token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct InvitationView {
+    pub id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub invited_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `pending`, `accepted` or `expired`.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitation {
+    pub token: String,
+}
+
+/// An organization's settings (`GET`/`PUT /api/orgs/settings`): the two-person rule.
+/// An approval needs `approvers_required` distinct members when its cost is above
+/// `approvers_cost_above_micros` or the policy gave one of `approvers_reasons`;
+/// with neither set, every approval does. `1` turns the rule off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OrgSettings {
+    pub approvers_required: u32,
+    #[serde(default)]
+    pub approvers_cost_above_micros: Option<i64>,
+    #[serde(default)]
+    pub approvers_reasons: Vec<String>,
 }

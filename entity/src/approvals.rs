@@ -47,6 +47,8 @@ pub struct Model {
     pub grant_path_prefix: Option<String>,
     /// When an approved MCP tool call's result was handed to the agent's retry.
     pub delivered_at: Option<DateTimeUtc>,
+    /// Distinct members who must approve (the two-person rule; 1 otherwise).
+    pub approvers_required: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

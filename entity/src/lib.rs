@@ -9,13 +9,17 @@ pub mod prelude;
 
 pub mod agent_keys;
 pub mod agents;
+pub mod approval_votes;
 pub mod approvals;
 pub mod audit_checkpoints;
 pub mod audit_events;
 pub mod breakers;
 pub mod connections;
 pub mod idempotency_records;
+pub mod invitations;
 pub mod ledger_entries;
+pub mod memberships;
+pub mod organizations;
 pub mod policies;
 pub mod policy_versions;
 pub mod refresh_families;

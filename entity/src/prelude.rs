@@ -2,13 +2,17 @@
 
 pub use super::agent_keys::Entity as AgentKeys;
 pub use super::agents::Entity as Agents;
+pub use super::approval_votes::Entity as ApprovalVotes;
 pub use super::approvals::Entity as Approvals;
 pub use super::audit_checkpoints::Entity as AuditCheckpoints;
 pub use super::audit_events::Entity as AuditEvents;
 pub use super::breakers::Entity as Breakers;
 pub use super::connections::Entity as Connections;
 pub use super::idempotency_records::Entity as IdempotencyRecords;
+pub use super::invitations::Entity as Invitations;
 pub use super::ledger_entries::Entity as LedgerEntries;
+pub use super::memberships::Entity as Memberships;
+pub use super::organizations::Entity as Organizations;
 pub use super::policies::Entity as Policies;
 pub use super::policy_versions::Entity as PolicyVersions;
 pub use super::refresh_families::Entity as RefreshFamilies;

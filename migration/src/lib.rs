@@ -20,6 +20,8 @@ mod m20261207_000011_chain_head;
 mod m20261208_000012_metering;
 mod m20261209_000013_usage;
 mod m20261210_000014_mcp;
+mod m20261211_000015_organizations;
+mod m20261212_000016_two_person_rule;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -36,6 +38,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000012_metering::Migration),
             Box::new(m20261209_000013_usage::Migration),
             Box::new(m20261210_000014_mcp::Migration),
+            Box::new(m20261211_000015_organizations::Migration),
+            Box::new(m20261212_000016_two_person_rule::Migration),
         ]
     }
 }

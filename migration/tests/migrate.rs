@@ -7,7 +7,7 @@ use migration::{Migrator, MigratorTrait, SchemaManager};
 
 /// Every table the initial migration must create. Kept independent of the
 /// migration's own list on purpose.
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 22] = [
     "users",
     "refresh_families",
     "refresh_tokens",
@@ -26,6 +26,10 @@ const TABLES: [&str; 18] = [
     "trust_events",
     "idempotency_records",
     "breakers",
+    "organizations",
+    "memberships",
+    "invitations",
+    "approval_votes",
 ];
 
 /// A sample of named indexes, one per kind (plain, composite, unique, raw SQL).
@@ -43,8 +47,8 @@ const INDEXES: [(&str, &str); 9] = [
 
 /// How many migrations there are (the initial schema, the audit guards, breakers,
 /// the approvals' plain columns and retention indexes, the chain-head function, the
-/// connections' pricing).
-const MIGRATIONS: usize = 8;
+/// connections' pricing, usage, MCP, organizations, the two-person rule).
+const MIGRATIONS: usize = 10;
 
 async fn assert_tables(db: &DatabaseConnection, present: bool) {
     let manager = SchemaManager::new(db);
@@ -63,7 +67,38 @@ async fn assert_tables(db: &DatabaseConnection, present: bool) {
     }
 }
 
+/// Accounts made before organizations existed each become the owner of a
+/// one-member organization with the account's id (so `sponsor_id` names it).
+async fn existing_accounts_become_owners(db: &DatabaseConnection) {
+    Migrator::up(db, Some((MIGRATIONS - 2) as u32)).await.expect("up to the one before organizations");
+    for (id, name) in
+        [("0190a000-0000-7000-8000-00000000000a", "Ada"), ("0190a000-0000-7000-8000-00000000000b", "Bo")]
+    {
+        db.execute_unprepared(&format!(
+            "INSERT INTO users (id, email, name, password_hash, created_at, updated_at) \
+             VALUES ('{id}', '{name}@example.com', '{name}', 'x', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')"
+        ))
+        .await
+        .unwrap();
+    }
+    Migrator::up(db, None).await.expect("organizations");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT o.name, m.role FROM users u JOIN organizations o ON o.id = u.id \
+             JOIN memberships m ON m.org_id = o.id AND m.user_id = u.id ORDER BY o.name",
+        ))
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> =
+        rows.iter().map(|r| (r.try_get("", "name").unwrap(), r.try_get("", "role").unwrap())).collect();
+    assert_eq!(got, [("Ada".to_owned(), "owner".to_owned()), ("Bo".to_owned(), "owner".to_owned())]);
+    Migrator::down(db, None).await.expect("down");
+}
+
 async fn migrate_roundtrip(db: &DatabaseConnection) {
+    existing_accounts_become_owners(db).await;
+
     assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), MIGRATIONS);
 
     Migrator::up(db, None).await.expect("first up");

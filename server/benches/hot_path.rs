@@ -132,7 +132,10 @@ fn storage(c: &mut Criterion) {
             json!({"name": "bench", "policy": "permissive", "daily_limit_micros": 1_000_000_000_000i64}),
         )
         .expect("new agent");
-        let agent = services.agents.create(user.user.id, new_agent).await.expect("agent");
+        // The account's own organization (same id), acting as its owner.
+        let owner =
+            server::actor::Actor { org: user.user.id, member: user.user.id, role: app::model::Role::Owner };
+        let agent = services.agents.create(&owner, new_agent).await.expect("agent");
         (services, user.user.id, agent.agent.id)
     });
 

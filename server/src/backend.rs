@@ -10,6 +10,7 @@ use app::model::*;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
+use crate::actor::Actor;
 use crate::agents::AgentService;
 use crate::approvals::ApprovalService;
 use crate::audit::AuditLog;
@@ -51,6 +52,8 @@ pub struct Services {
     pub usage: crate::usage::UsageService,
     /// `/mcp`: the MCP gateway's domain side ([`crate::mcp`]).
     pub mcp: crate::mcp::McpGateway,
+    /// Organizations, members, invitations ([`crate::orgs`]).
+    pub orgs: crate::orgs::OrgService,
 }
 
 impl Services {
@@ -136,7 +139,9 @@ impl Services {
             config.mcp_approval_wait,
             config.approval_max_waits,
         );
+        let orgs = crate::orgs::OrgService::new(db.clone(), audit.clone(), config.public_url.clone());
         Arc::new(Self {
+            orgs,
             mcp,
             config,
             db,
@@ -155,6 +160,18 @@ impl Services {
             store,
             usage: crate::usage::UsageService::new(db_usage),
         })
+    }
+
+    /// The member an access token stands for, acting in `org` (`X-AEGIS-Org`) or
+    /// else their default organization: the session is live and the membership
+    /// exists, or this fails (`401`, `404 org_not_found`).
+    pub async fn sponsor_session(
+        &self,
+        access_token: &str,
+        org: Option<Uuid>,
+    ) -> Result<SessionUser, AppError> {
+        let who = self.auth.authenticate(access_token).await?;
+        self.orgs.session(who, org).await
     }
 
     /// Refresh for a browser's cookie: parallel requests share a rotation in
@@ -213,15 +230,18 @@ impl Backend for Services {
         sponsor: &SessionUser,
         page: PageRequest,
     ) -> Result<Page<AgentView>, AppError> {
-        self.agents.list(sponsor.user_id, page).await
+        let org = sponsor.scope(Access::Read)?;
+        self.agents.list(org, page).await
     }
 
     async fn create_agent(&self, sponsor: &SessionUser, input: NewAgent) -> Result<AgentCreated, AppError> {
-        self.agents.create(sponsor.user_id, input).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.agents.create(&by, input).await
     }
 
     async fn get_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError> {
-        self.agents.get(sponsor.user_id, id).await
+        let org = sponsor.scope(Access::Read)?;
+        self.agents.get(org, id).await
     }
 
     async fn update_agent(
@@ -230,11 +250,13 @@ impl Backend for Services {
         id: Uuid,
         patch: AgentPatch,
     ) -> Result<AgentView, AppError> {
-        self.agents.update(sponsor.user_id, id, patch).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.agents.update(&by, id, patch).await
     }
 
     async fn rotate_agent_key(&self, sponsor: &SessionUser, id: Uuid) -> Result<KeyRotated, AppError> {
-        self.agents.rotate_key(sponsor.user_id, id).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.agents.rotate_key(&by, id).await
     }
 
     async fn suspend_agent(
@@ -243,32 +265,38 @@ impl Backend for Services {
         id: Uuid,
         reason: Option<String>,
     ) -> Result<AgentView, AppError> {
-        self.agents.suspend(sponsor.user_id, id, reason).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.agents.suspend(&by, id, reason).await
     }
 
     async fn resume_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError> {
-        self.agents.resume(sponsor.user_id, id).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.agents.resume(&by, id).await
     }
 
     async fn delete_agent(&self, sponsor: &SessionUser, id: Uuid) -> Result<AgentView, AppError> {
-        self.agents.delete(sponsor.user_id, id).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.agents.delete(&by, id).await
     }
 
     async fn agent_trust(&self, sponsor: &SessionUser, id: Uuid) -> Result<TrustView, AppError> {
-        self.trust.view(sponsor.user_id, id).await
+        let org = sponsor.scope(Access::Read)?;
+        self.trust.view(org, id).await
     }
 
     async fn agent_wallet(&self, sponsor: &SessionUser, id: Uuid) -> Result<WalletView, AppError> {
+        let org = sponsor.scope(Access::Read)?;
         // Ownership first: another sponsor's agent is "not found".
-        self.agents.get(sponsor.user_id, id).await?;
+        self.agents.get(org, id).await?;
         self.wallets.view(id).await
     }
 
     /// Listed as `/mcp` lists them for the agent (each MCP server's `tools/list` is a
     /// call through the pipeline under the agent, cached per connection).
     async fn agent_tools(&self, sponsor: &SessionUser, id: Uuid) -> Result<Vec<AgentTool>, AppError> {
+        let org = sponsor.scope(Access::Read)?;
         // Ownership first: another sponsor's agent is "not found".
-        let agent = self.agents.owned(sponsor.user_id, id).await?;
+        let agent = self.agents.owned(org, id).await?;
         let principal = crate::agents::AgentPrincipal { agent, key_id: String::new() };
         let tools = self.mcp.list_tools(&principal).await?;
         Ok(tools
@@ -288,12 +316,14 @@ impl Backend for Services {
         id: Uuid,
         page: PageRequest,
     ) -> Result<Page<WalletEntry>, AppError> {
-        self.agents.get(sponsor.user_id, id).await?;
+        let org = sponsor.scope(Access::Read)?;
+        self.agents.get(org, id).await?;
         self.wallets.history(id, page).await
     }
 
     async fn usage(&self, sponsor: &SessionUser, query: UsageQuery) -> Result<UsageReport, AppError> {
-        self.usage.report(sponsor.user_id, &query).await
+        let org = sponsor.scope(Access::Read)?;
+        self.usage.report(org, &query).await
     }
 
     /// Limits are agent settings: the same validation and audit record as `PATCH`.
@@ -303,7 +333,8 @@ impl Backend for Services {
         id: Uuid,
         update: WalletUpdate,
     ) -> Result<WalletView, AppError> {
-        self.agents.update_wallet(sponsor.user_id, id, update).await?;
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.agents.update_wallet(&by, id, update).await?;
         self.wallets.view(id).await
     }
 
@@ -312,11 +343,13 @@ impl Backend for Services {
         sponsor: &SessionUser,
         query: ApprovalQuery,
     ) -> Result<Page<ApprovalView>, AppError> {
-        self.approvals.list(sponsor.user_id, query).await
+        let org = sponsor.scope(Access::Read)?;
+        self.approvals.list(org, query).await
     }
 
     async fn get_approval(&self, sponsor: &SessionUser, id: Uuid) -> Result<ApprovalView, AppError> {
-        self.approvals.get(sponsor.user_id, id).await
+        let org = sponsor.scope(Access::Read)?;
+        self.approvals.get(org, id).await
     }
 
     async fn approve(
@@ -325,8 +358,9 @@ impl Backend for Services {
         id: Uuid,
         input: ApproveRequest,
     ) -> Result<ApprovalView, AppError> {
-        self.proxy.approve_and_perform(&self.agents, sponsor.user_id, id, input).await?;
-        self.approvals.get(sponsor.user_id, id).await
+        let by = Actor::new(sponsor, Access::Decide)?;
+        self.proxy.approve_and_perform(&self.agents, &by, id, input).await?;
+        self.approvals.get(by.org, id).await
     }
 
     async fn reject(
@@ -335,7 +369,7 @@ impl Backend for Services {
         id: Uuid,
         input: RejectRequest,
     ) -> Result<ApprovalView, AppError> {
-        self.approvals.reject(sponsor.user_id, sponsor.user_id, id, input).await
+        self.approvals.reject(&Actor::new(sponsor, Access::Decide)?, id, input).await
     }
 
     async fn list_audit(
@@ -343,13 +377,15 @@ impl Backend for Services {
         sponsor: &SessionUser,
         query: AuditQuery,
     ) -> Result<Page<AuditRecord>, AppError> {
-        let (filter, limit) = crate::audit::query::parse_query(&query, sponsor.user_id)?;
+        let org = sponsor.scope(Access::Read)?;
+        let (filter, limit) = crate::audit::query::parse_query(&query, org)?;
         self.audit.list(&filter, limit).await
     }
 
     async fn verify_audit(&self, sponsor: &SessionUser) -> Result<ChainVerdict, AppError> {
+        let org = sponsor.scope(Access::Read)?;
         // The sponsor's own records only, bounded and rate-limited (issue #16, item 9).
-        let report = self.audit.verify_for_sponsor(sponsor.user_id).await?;
+        let report = self.audit.verify_for_sponsor(org).await?;
         Ok(ChainVerdict {
             valid: report.valid,
             checked: report.checked,
@@ -359,15 +395,17 @@ impl Backend for Services {
     }
 
     async fn list_policies(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {
-        self.policies.list(sponsor).await
+        self.policies.list(sponsor.scope(Access::Read)?).await
     }
 
     async fn get_policy(&self, sponsor: &SessionUser, id: Uuid) -> Result<PolicyView, AppError> {
-        self.policies.get(sponsor.user_id, id).await
+        let org = sponsor.scope(Access::Read)?;
+        self.policies.get(org, id).await
     }
 
     async fn create_policy(&self, sponsor: &SessionUser, input: NewPolicy) -> Result<PolicyView, AppError> {
-        self.policies.create(sponsor.user_id, input).await
+        let org = sponsor.scope(Access::Write)?;
+        self.policies.create(org, input).await
     }
 
     async fn update_policy(
@@ -376,19 +414,23 @@ impl Backend for Services {
         id: Uuid,
         update: PolicyUpdate,
     ) -> Result<PolicyView, AppError> {
-        self.policies.update(sponsor.user_id, id, update).await
+        let org = sponsor.scope(Access::Write)?;
+        self.policies.update(org, id, update).await
     }
 
     async fn list_secrets(&self, sponsor: &SessionUser) -> Result<Vec<SecretView>, AppError> {
-        self.secrets.list(sponsor.user_id).await
+        let org = sponsor.scope(Access::Read)?;
+        self.secrets.list(org).await
     }
 
     async fn get_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<SecretView, AppError> {
-        self.secrets.get(sponsor.user_id, id).await
+        let org = sponsor.scope(Access::Read)?;
+        self.secrets.get(org, id).await
     }
 
     async fn create_secret(&self, sponsor: &SessionUser, input: NewSecret) -> Result<SecretView, AppError> {
-        self.secrets.create(sponsor.user_id, input).await
+        let org = sponsor.scope(Access::Write)?;
+        self.secrets.create(org, input).await
     }
 
     async fn update_secret(
@@ -397,7 +439,8 @@ impl Backend for Services {
         id: Uuid,
         update: SecretUpdate,
     ) -> Result<SecretView, AppError> {
-        self.secrets.update(sponsor.user_id, id, update).await
+        let org = sponsor.scope(Access::Write)?;
+        self.secrets.update(org, id, update).await
     }
 
     async fn set_secret_grant(
@@ -407,15 +450,18 @@ impl Backend for Services {
         agent: Uuid,
         granted: bool,
     ) -> Result<SecretView, AppError> {
-        self.secrets.set_grant(sponsor.user_id, secret, agent, granted).await
+        let org = sponsor.scope(Access::Write)?;
+        self.secrets.set_grant(org, secret, agent, granted).await
     }
 
     async fn delete_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
-        self.secrets.delete(sponsor.user_id, id).await
+        let org = sponsor.scope(Access::Write)?;
+        self.secrets.delete(org, id).await
     }
 
     async fn list_connections(&self, sponsor: &SessionUser) -> Result<Vec<ConnectionView>, AppError> {
-        self.connections.list(sponsor.user_id).await
+        let org = sponsor.scope(Access::Read)?;
+        self.connections.list(org).await
     }
 
     async fn create_connection(
@@ -423,7 +469,8 @@ impl Backend for Services {
         sponsor: &SessionUser,
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
-        self.connections.create(sponsor.user_id, input).await
+        let org = sponsor.scope(Access::Write)?;
+        self.connections.create(org, input).await
     }
 
     async fn replace_connection(
@@ -432,7 +479,8 @@ impl Backend for Services {
         id: Uuid,
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
-        self.connections.replace(sponsor.user_id, id, input).await
+        let org = sponsor.scope(Access::Write)?;
+        self.connections.replace(org, id, input).await
     }
 
     async fn patch_connection(
@@ -441,11 +489,13 @@ impl Backend for Services {
         id: Uuid,
         patch: ConnectionPatch,
     ) -> Result<ConnectionView, AppError> {
-        self.connections.patch(sponsor.user_id, id, patch).await
+        let org = sponsor.scope(Access::Write)?;
+        self.connections.patch(org, id, patch).await
     }
 
     async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
-        self.connections.delete(sponsor.user_id, id).await
+        let org = sponsor.scope(Access::Write)?;
+        self.connections.delete(org, id).await
     }
 
     fn public_origin(&self) -> Option<String> {
@@ -457,8 +507,9 @@ impl Backend for Services {
         sponsor: &SessionUser,
         trial: PolicyTrial,
     ) -> Result<PolicyVerdict, AppError> {
+        let org = sponsor.scope(Access::Write)?;
         // Ownership first: another sponsor's agent is "not found".
-        let agent = self.agents.owned(sponsor.user_id, trial.agent_id).await?;
+        let agent = self.agents.owned(org, trial.agent_id).await?;
         if trial.mcp.is_some() {
             return crate::playground::dry_run_mcp(
                 &self.proxy,
@@ -484,6 +535,60 @@ impl Backend for Services {
         sponsor: &SessionUser,
         range: StatsRange,
     ) -> Result<DashboardStats, AppError> {
-        crate::overview::stats(&self.db, &self.audit, sponsor.user_id, range, crate::db::now()).await
+        let org = sponsor.scope(Access::Read)?;
+        crate::overview::stats(&self.db, &self.audit, org, range, crate::db::now()).await
+    }
+
+    async fn list_orgs(&self, sponsor: &SessionUser) -> Result<Vec<OrgView>, AppError> {
+        self.orgs.list_mine(sponsor.user_id).await
+    }
+
+    async fn list_members(&self, sponsor: &SessionUser) -> Result<Vec<MemberView>, AppError> {
+        self.orgs.members(sponsor).await
+    }
+
+    async fn update_member(
+        &self,
+        sponsor: &SessionUser,
+        member: Uuid,
+        patch: MemberPatch,
+    ) -> Result<MemberView, AppError> {
+        self.orgs.set_role(sponsor, member, patch).await
+    }
+
+    async fn remove_member(&self, sponsor: &SessionUser, member: Uuid) -> Result<(), AppError> {
+        self.orgs.remove(sponsor, member).await
+    }
+
+    async fn invite(
+        &self,
+        sponsor: &SessionUser,
+        input: NewInvitation,
+    ) -> Result<InvitationCreated, AppError> {
+        self.orgs.invite(sponsor, input).await
+    }
+
+    async fn list_invitations(&self, sponsor: &SessionUser) -> Result<Vec<InvitationView>, AppError> {
+        self.orgs.invitations(sponsor).await
+    }
+
+    async fn revoke_invitation(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
+        self.orgs.revoke_invitation(sponsor, id).await
+    }
+
+    async fn accept_invitation(&self, sponsor: &SessionUser, token: &str) -> Result<OrgView, AppError> {
+        self.orgs.accept(sponsor, token).await
+    }
+
+    async fn org_settings(&self, sponsor: &SessionUser) -> Result<OrgSettings, AppError> {
+        self.orgs.settings(sponsor).await
+    }
+
+    async fn update_org_settings(
+        &self,
+        sponsor: &SessionUser,
+        input: OrgSettings,
+    ) -> Result<OrgSettings, AppError> {
+        self.orgs.update_settings(sponsor, input).await
     }
 }

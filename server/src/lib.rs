@@ -1,6 +1,7 @@
 //! The AEGIS server: configuration, storage, domain services and the HTTP surface.
 //! `main.rs` is only the command line; tests start servers through [`start`].
 
+pub mod actor;
 pub mod agents;
 pub mod approvals;
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod metering;
 pub mod metrics;
 pub mod names;
 pub mod nodelay;
+pub mod orgs;
 pub mod overview;
 pub mod paging;
 pub mod playground;

@@ -23,6 +23,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use crate::actor::Actor;
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
 use crate::db::{internal, now, unique_or_internal};
 use crate::events::{self, Event, EventBus};
@@ -149,11 +150,14 @@ fn name_taken() -> AppError {
     AppError::conflict("agent_name_taken", "you already have an agent with this name")
 }
 
-/// An agent lifecycle record: who, which agent, and a small canonical JSON detail
+/// An agent lifecycle record: which organization and member (`by`), which agent, and a small canonical JSON detail
 /// (never the API key; at most its public prefix).
-fn lifecycle(kind: &str, sponsor_id: Uuid, agent_id: Uuid, detail: serde_json::Value) -> AuditEntry {
+fn lifecycle(kind: &str, by: &Actor, agent_id: Uuid, mut detail: serde_json::Value) -> AuditEntry {
+    if let Some(map) = detail.as_object_mut() {
+        map.insert("by".into(), by.audit_json());
+    }
     AuditEntry {
-        sponsor_id: Some(sponsor_id),
+        sponsor_id: Some(by.org),
         agent_id: Some(agent_id),
         kind: kind.to_owned(),
         detail: Some(canonical_json(&detail)),
@@ -187,7 +191,8 @@ impl AgentService {
         self.events.publish(Event::new(kind, sponsor_id, Some(id), data).audit_seq(audit_seq));
     }
 
-    pub async fn create(&self, sponsor_id: Uuid, input: NewAgent) -> Result<AgentCreated, AppError> {
+    pub async fn create(&self, by: &Actor, input: NewAgent) -> Result<AgentCreated, AppError> {
+        let sponsor_id = by.org;
         let v = validate(
             Some(&input.name),
             input.description.as_deref(),
@@ -229,7 +234,7 @@ impl AgentService {
         let appended = txn
             .append(lifecycle(
                 "agent.created",
-                sponsor_id,
+                by,
                 id,
                 serde_json::json!({
                     "name": name,
@@ -275,7 +280,8 @@ impl AgentService {
         Ok(self.views(vec![agent]).await?.remove(0))
     }
 
-    pub async fn update(&self, sponsor_id: Uuid, id: Uuid, patch: AgentPatch) -> Result<AgentView, AppError> {
+    pub async fn update(&self, by: &Actor, id: Uuid, patch: AgentPatch) -> Result<AgentView, AppError> {
+        let sponsor_id = by.org;
         let v = validate(
             patch.name.as_deref(),
             patch.description.as_deref(),
@@ -320,20 +326,15 @@ impl AgentService {
             ..WalletUpdate::default()
         };
         crate::wallets::apply_update(txn.conn(), id, &wallet, &mut changes).await?;
-        txn.append(lifecycle("agent.updated", sponsor_id, id, serde_json::json!({ "changed": changes })))
-            .await?;
+        txn.append(lifecycle("agent.updated", by, id, serde_json::json!({ "changed": changes }))).await?;
         txn.commit().await?;
         self.get(sponsor_id, id).await
     }
 
     /// Changes an agent's wallet settings: limits, time zone, alert threshold.
     /// Audited as `agent.updated` with what changed.
-    pub async fn update_wallet(
-        &self,
-        sponsor_id: Uuid,
-        id: Uuid,
-        update: WalletUpdate,
-    ) -> Result<(), AppError> {
+    pub async fn update_wallet(&self, by: &Actor, id: Uuid, update: WalletUpdate) -> Result<(), AppError> {
+        let sponsor_id = by.org;
         let v = validate(None, None, None, update.daily_limit_micros, update.monthly_limit_micros)?;
         let timezone = match update.timezone.as_deref() {
             Some(tz) => Some(crate::wallets::parse_timezone(tz)?.name().to_owned()),
@@ -349,38 +350,29 @@ impl AgentService {
         let mut txn = self.audit.begin().await?;
         crate::wallets::apply_update(txn.conn(), id, &update, &mut changes).await?;
         if !changes.is_empty() {
-            txn.append(lifecycle("agent.updated", sponsor_id, id, serde_json::json!({ "changed": changes })))
-                .await?;
+            txn.append(lifecycle("agent.updated", by, id, serde_json::json!({ "changed": changes }))).await?;
         }
         txn.commit().await?;
         Ok(())
     }
 
     /// Issues a new key and revokes every earlier one in the same transaction.
-    pub async fn rotate_key(&self, sponsor_id: Uuid, id: Uuid) -> Result<KeyRotated, AppError> {
+    pub async fn rotate_key(&self, by: &Actor, id: Uuid) -> Result<KeyRotated, AppError> {
+        let sponsor_id = by.org;
         self.live(sponsor_id, id).await?;
         let key = api_keys::generate();
         let key_prefix = api_keys::display_prefix(&key.key_id);
         let mut txn = self.audit.begin().await?;
         keys::revoke_all(txn.conn(), id).await?;
         keys::insert(txn.conn(), id, &key).await?;
-        txn.append(lifecycle(
-            "agent.key_rotated",
-            sponsor_id,
-            id,
-            serde_json::json!({ "key_prefix": key_prefix }),
-        ))
-        .await?;
+        txn.append(lifecycle("agent.key_rotated", by, id, serde_json::json!({ "key_prefix": key_prefix })))
+            .await?;
         txn.commit().await?;
         Ok(KeyRotated { agent_id: id, api_key: key.plaintext, key_prefix })
     }
 
-    pub async fn suspend(
-        &self,
-        sponsor_id: Uuid,
-        id: Uuid,
-        reason: Option<String>,
-    ) -> Result<AgentView, AppError> {
+    pub async fn suspend(&self, by: &Actor, id: Uuid, reason: Option<String>) -> Result<AgentView, AppError> {
+        let sponsor_id = by.org;
         let agent = self.live(sponsor_id, id).await?;
         let reason = reason.map(|r| r.trim().chars().take(500).collect::<String>()).filter(|r| !r.is_empty());
         if agent.status != AgentStatus::Suspended.as_str() {
@@ -396,7 +388,7 @@ impl AgentService {
             // A sponsor's suspension stays until the sponsor lifts it: no half-open.
             close_breaker_by_sponsor(txn.conn(), id).await?;
             let appended = txn
-                .append(lifecycle("agent.suspended", sponsor_id, id, serde_json::json!({ "reason": reason })))
+                .append(lifecycle("agent.suspended", by, id, serde_json::json!({ "reason": reason })))
                 .await?;
             txn.commit().await?;
             self.announce(
@@ -410,7 +402,8 @@ impl AgentService {
         self.get(sponsor_id, id).await
     }
 
-    pub async fn resume(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
+    pub async fn resume(&self, by: &Actor, id: Uuid) -> Result<AgentView, AppError> {
+        let sponsor_id = by.org;
         let agent = self.live(sponsor_id, id).await?;
         if agent.status != AgentStatus::Active.as_str() {
             let from = agent.status.clone();
@@ -425,7 +418,7 @@ impl AgentService {
             let appended = txn
                 .append(lifecycle(
                     "agent.resumed",
-                    sponsor_id,
+                    by,
                     id,
                     serde_json::json!({ "from": from, "breaker_reset": breaker_reset }),
                 ))
@@ -452,7 +445,8 @@ impl AgentService {
     }
 
     /// Revokes the agent and its keys. The row and its history stay.
-    pub async fn delete(&self, sponsor_id: Uuid, id: Uuid) -> Result<AgentView, AppError> {
+    pub async fn delete(&self, by: &Actor, id: Uuid) -> Result<AgentView, AppError> {
+        let sponsor_id = by.org;
         let agent = self.owned(sponsor_id, id).await?;
         if agent.deleted_at.is_none() {
             let name = agent.name.clone();
@@ -464,9 +458,8 @@ impl AgentService {
             active.updated_at = Set(at);
             active.update(txn.conn()).await.map_err(internal)?;
             keys::revoke_all(txn.conn(), id).await?;
-            let appended = txn
-                .append(lifecycle("agent.deleted", sponsor_id, id, serde_json::json!({ "name": name })))
-                .await?;
+            let appended =
+                txn.append(lifecycle("agent.deleted", by, id, serde_json::json!({ "name": name }))).await?;
             txn.commit().await?;
             self.announce(
                 events::AGENT_DELETED,

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::sealed::ParkedRequest;
 use super::summary::{Summary, summaries};
 use super::{ApprovalService, Claimed, MAX_PARKED_BODY_BYTES, Parked, grants};
+use crate::actor::Actor;
 use crate::audit::{Appended, AuditEntry};
 use crate::call::request::ProxyRequest;
 use crate::db::{internal, now};
@@ -54,6 +55,8 @@ impl ApprovalService {
             request.headers.iter().map(|(k, _)| k.as_str().to_ascii_lowercase()).collect();
         header_names.sort();
         header_names.dedup();
+        let approvers =
+            super::rule::approvers_for(&self.db, agent.sponsor_id, estimate_micros, reasons).await?;
         let mut txn = self.audit.begin().await?;
         approvals::ActiveModel {
             id: Set(id),
@@ -86,6 +89,7 @@ impl ApprovalService {
             header_names: Set(Some(serde_json::to_string(&header_names).unwrap_or_else(|_| "[]".into()))),
             body_bytes: Set(request.body.len() as i64),
             grant_path_prefix: Set(None),
+            approvers_required: Set(approvers as i32),
         }
         .insert(txn.conn())
         .await
@@ -94,6 +98,9 @@ impl ApprovalService {
             entry.detail.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(json!({}));
         detail["approval_id"] = json!(id);
         detail["expires_at"] = json!(expires_at);
+        if approvers > 1 {
+            detail["approvers_required"] = json!(approvers);
+        }
         let appended = txn.append(AuditEntry { detail: Some(canonical_json(&detail)), ..entry }).await?;
         txn.commit().await?;
         let event = Event::new(
@@ -102,7 +109,7 @@ impl ApprovalService {
             Some(agent.id),
             json!({"approval_id": id, "agent_name": agent.name, "method": request.method.as_str(),
                    "host": host_of(&request.url), "label": request.label, "cost_micros": estimate_micros,
-                   "reasons": reasons, "expires_at": expires_at}),
+                   "reasons": reasons, "expires_at": expires_at, "approvers_required": approvers}),
         )
         .audit_seq(appended.seq)
         .approval(id);
@@ -111,17 +118,18 @@ impl ApprovalService {
     }
 
     /// Moves a pending approval to `approved` (if it is still pending and not
-    /// expired) and hands back the exact request for the caller to perform.
+    /// expired) and hands back the exact request for the caller to perform. Under
+    /// the two-person rule, an approval before the N-th distinct member's is a vote:
+    /// recorded, and `None` (nothing to perform yet).
     pub async fn approve(
         &self,
-        sponsor_id: Uuid,
-        approver: Uuid,
+        approver: &Actor,
         id: Uuid,
         input: ApproveRequest,
-    ) -> Result<Claimed, AppError> {
+    ) -> Result<Option<Claimed>, AppError> {
         let grant = input.grant.as_ref().map(grants::checked).transpose()?;
         let reason = bounded_reason(input.reason);
-        let row = self.owned(sponsor_id, id).await?;
+        let row = self.owned(approver.org, id).await?;
         let path_prefix = grant.as_ref().map(|g| grants::prefix_for(g, &row.url)).transpose()?;
         let parked = self.open(&row)?;
         let request_id = parked.request_id.clone();
@@ -137,10 +145,18 @@ impl ApprovalService {
                 "the stored request does not match its hash",
             ));
         }
+        let mut approvers = Vec::new();
+        if row.approvers_required > 1 {
+            let votes = self.vote(&row, &request_id, approver, reason.as_deref()).await?;
+            if i64::from(votes) < i64::from(row.approvers_required) {
+                return Ok(None);
+            }
+            approvers = self.votes(id).await?;
+        }
         let at = now();
         let until = grant.as_ref().map(|g| at + chrono::Duration::minutes(i64::from(g.minutes)));
         let txn = self.audit.begin().await?;
-        let update = decided(ApprovalStatus::Approved, at, approver, reason.clone())
+        let update = decided(ApprovalStatus::Approved, at, approver.member, reason.clone())
             .col_expr(approvals::Column::GrantMaxActions, Expr::value(grant.as_ref().map(|g| g.max_actions)))
             .col_expr(approvals::Column::GrantUntil, Expr::value(until))
             .col_expr(
@@ -148,8 +164,13 @@ impl ApprovalService {
                 Expr::value(grant.as_ref().and_then(|g| g.max_micros)),
             )
             .col_expr(approvals::Column::GrantPathPrefix, Expr::value(path_prefix.clone()));
-        let mut txn = self.claim(txn, update, sponsor_id, id, at).await?;
-        let detail = json!({"approval_id": id, "approver": approver, "reason": reason,
+        let mut txn = self.claim(txn, update, approver.org, id, at).await?;
+        let approvers: Vec<Value> = approvers
+            .iter()
+            .map(|v| json!({"member": v.member, "role": v.role.as_str(), "at": v.at}))
+            .collect();
+        let detail = json!({"approval_id": id, "approver": approver.member, "approver_role": approver.role.as_str(), "reason": reason,
+                            "approvers": approvers,
                             "waited_ms": (at - row.created_at).num_milliseconds(),
                             "grant": grant.as_ref().map(|g| json!({"max_actions": g.max_actions, "until": until, "max_micros": g.max_micros,
                                                                    "path_prefix": path_prefix, "secret": row.secret_name}))});
@@ -157,24 +178,23 @@ impl ApprovalService {
             txn.append(decision_entry(&row, &request_id, "approval.approved", "allow", detail)).await?;
         txn.commit().await?;
         self.announce_resolved(&row, ApprovalStatus::Approved, reason.as_deref(), &appended);
-        Ok(Claimed { approval: row, request_id, request })
+        Ok(Some(Claimed { approval: row, request_id, request }))
     }
 
     pub async fn reject(
         &self,
-        sponsor_id: Uuid,
-        approver: Uuid,
+        approver: &Actor,
         id: Uuid,
         input: RejectRequest,
     ) -> Result<ApprovalView, AppError> {
         let reason = bounded_reason(input.reason);
-        let row = self.owned(sponsor_id, id).await?;
+        let row = self.owned(approver.org, id).await?;
         let request_id = self.request_id_of(&Summary::from(&row)).await?;
         let at = now();
         let txn = self.audit.begin().await?;
-        let update = decided(ApprovalStatus::Rejected, at, approver, reason.clone());
-        let mut txn = self.claim(txn, update, sponsor_id, id, at).await?;
-        let detail = json!({"approval_id": id, "approver": approver, "reason": reason,
+        let update = decided(ApprovalStatus::Rejected, at, approver.member, reason.clone());
+        let mut txn = self.claim(txn, update, approver.org, id, at).await?;
+        let detail = json!({"approval_id": id, "approver": approver.member, "approver_role": approver.role.as_str(), "reason": reason,
                             "waited_ms": (at - row.created_at).num_milliseconds()});
         let appended =
             txn.append(decision_entry(&row, &request_id, "approval.rejected", "deny", detail)).await?;
@@ -185,7 +205,7 @@ impl ApprovalService {
         {
             tracing::error!(approval = %id, error = %e.message, "trust update after a rejection failed");
         }
-        self.get(sponsor_id, id).await
+        self.get(approver.org, id).await
     }
 
     /// Applies a decision in `txn` if the approval is still pending and live, and
@@ -210,7 +230,7 @@ impl ApprovalService {
     }
 
     /// Why a decision did not apply: it was already decided or has expired.
-    async fn not_pending(&self, sponsor_id: Uuid, id: Uuid) -> AppError {
+    pub(super) async fn not_pending(&self, sponsor_id: Uuid, id: Uuid) -> AppError {
         match self.owned(sponsor_id, id).await {
             Ok(row) if row.status == ApprovalStatus::Expired.as_str() => {
                 AppError::conflict("approval_expired", "this approval has expired")
@@ -311,7 +331,7 @@ fn decided(
 }
 
 /// `id` is still pending and (if it expires) not yet expired at `at`.
-fn pending_and_live(id: Uuid, at: DateTime<Utc>) -> Condition {
+pub(super) fn pending_and_live(id: Uuid, at: DateTime<Utc>) -> Condition {
     Condition::all()
         .add(approvals::Column::Id.eq(id))
         .add(approvals::Column::Status.eq(ApprovalStatus::Pending.as_str()))

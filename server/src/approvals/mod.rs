@@ -34,6 +34,8 @@
 //! **Where things are.** One file per concern; a file that adds methods to
 //! [`ApprovalService`] does so in its own `impl` block:
 //!
+//! - `rule.rs` — the two-person rule: how many approvers a parked call needs;
+//! - `votes.rs` — the two-person rule: members' approvals before the last one;
 //! - `mod.rs` — [`ApprovalService`], its constructor, [`Parked`], [`Claimed`] and
 //!   the public constants (the grant limits, [`path_covered`] and [`settled`] are
 //!   re-exported from `grants.rs` and `views.rs`);
@@ -55,10 +57,12 @@ mod decide;
 mod delivery;
 mod grants;
 mod outcomes;
+pub mod rule;
 mod sealed;
 mod summary;
 pub mod target;
 mod views;
+mod votes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -38,6 +38,7 @@ pub(super) struct Summary {
     pub(super) header_names: Option<String>,
     pub(super) body_bytes: i64,
     pub(super) grant_path_prefix: Option<String>,
+    pub(super) approvers_required: i32,
 }
 
 impl From<&approvals::Model> for Summary {
@@ -71,6 +72,7 @@ impl From<&approvals::Model> for Summary {
             header_names: m.header_names.clone(),
             body_bytes: m.body_bytes,
             grant_path_prefix: m.grant_path_prefix.clone(),
+            approvers_required: m.approvers_required,
         }
     }
 }
@@ -107,5 +109,6 @@ pub(super) fn summaries() -> sea_orm::Select<approvals::Entity> {
         C::HeaderNames,
         C::BodyBytes,
         C::GrantPathPrefix,
+        C::ApproversRequired,
     ])
 }

@@ -82,6 +82,7 @@ impl ApprovalService {
         view.target = target::target_of(&row.url, query_param);
         view.headers = Some(shown_headers(&parked, injection.as_ref()));
         view.mcp = shown_mcp(&parked);
+        view.approved_by = self.votes(id).await?;
         let body = parked.body();
         match String::from_utf8(body) {
             Ok(text) => view.body = Some(text),
@@ -334,6 +335,8 @@ impl ApprovalService {
             decision_reason: row.decision_reason,
             grant,
             mcp: None,
+            approvers_required: u32::try_from(row.approvers_required).unwrap_or(1).max(1),
+            approved_by: Vec::new(),
         })
     }
 }

@@ -14,11 +14,11 @@ use app::model::{
     AuthResponse, ClientMeta, Credentials, Registration, SessionUser, SessionView, TokenPair, UserView,
 };
 use chrono::{DateTime, Utc};
-use entity::{refresh_families, refresh_tokens, users};
+use entity::{memberships, organizations, refresh_families, refresh_tokens, users};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -26,7 +26,7 @@ use crate::db::{internal, now, unique_or_internal};
 use crate::digest::{random_hex, sha256_hex};
 use password::Passwords;
 use throttle::LoginThrottle;
-use tokens::AccessTokens;
+use tokens::{AccessTokens, Identity};
 
 /// Refresh tokens live at most this long, and never beyond their family's life.
 const REFRESH_TOKEN_PREFIX: &str = "rt_";
@@ -59,6 +59,32 @@ impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
     }
+}
+
+/// Founds `user`'s own organization (same id) with them as its owner: part of
+/// registration, in its transaction.
+pub async fn found_organization<C: ConnectionTrait>(db: &C, user: &users::Model) -> Result<(), AppError> {
+    organizations::ActiveModel {
+        id: Set(user.id),
+        name: Set(user.name.clone()),
+        created_at: Set(user.created_at),
+        approvers_required: Set(1),
+        approvers_cost_above_micros: Set(None),
+        approvers_reasons: Set(None),
+    }
+    .insert(db)
+    .await
+    .map_err(internal)?;
+    memberships::ActiveModel {
+        org_id: Set(user.id),
+        user_id: Set(user.id),
+        role: Set(app::model::Role::Owner.as_str().to_owned()),
+        created_at: Set(user.created_at),
+    }
+    .insert(db)
+    .await
+    .map_err(internal)?;
+    Ok(())
 }
 
 fn view(user: &users::Model) -> UserView {
@@ -112,6 +138,7 @@ impl AuthService {
         self.throttle.admit_registration(client.ip.as_deref()).await?;
         let hash = self.passwords.hash(&input.password).await?;
         let at = now();
+        let txn = self.db.begin().await.map_err(internal)?;
         let user = users::ActiveModel {
             id: Set(Uuid::now_v7()),
             email: Set(email),
@@ -121,7 +148,7 @@ impl AuthService {
             updated_at: Set(at),
             disabled_at: Set(None),
         }
-        .insert(&self.db)
+        .insert(&txn)
         .await
         .map_err(|e| {
             unique_or_internal(
@@ -129,6 +156,8 @@ impl AuthService {
                 AppError::conflict("email_taken", "an account with this email already exists"),
             )
         })?;
+        found_organization(&txn, &user).await?;
+        txn.commit().await.map_err(internal)?;
         self.start_session(&user, &client).await
     }
 
@@ -320,7 +349,7 @@ impl AuthService {
 
     /// Verifies an access token and that its session is still live, so sign-out and
     /// reuse revocation take effect at once rather than when the token expires.
-    pub async fn authenticate(&self, access_token: &str) -> Result<SessionUser, AppError> {
+    pub async fn authenticate(&self, access_token: &str) -> Result<Identity, AppError> {
         let session = self.tokens.verify(access_token)?;
         let live = refresh_families::Entity::find_by_id(session.session_id)
             .one(&self.db)

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use app::error::AppError;
-use app::model::SessionUser;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -34,6 +33,15 @@ pub struct Claims {
     pub nbf: Option<i64>,
     pub exp: i64,
     pub jti: Uuid,
+}
+
+/// Who an access token is for: a person and their session. Which organization
+/// they act in, and as what, is decided per request ([`crate::orgs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: Uuid,
+    /// The refresh-token family this access token belongs to.
+    pub session_id: Uuid,
 }
 
 #[derive(Clone)]
@@ -85,7 +93,7 @@ impl AccessTokens {
 
     /// Checks signature, algorithm, type, kind, issuer, audience, expiry, not-before
     /// and issued-at.
-    pub fn verify(&self, token: &str) -> Result<SessionUser, AppError> {
+    pub fn verify(&self, token: &str) -> Result<Identity, AppError> {
         let invalid = || AppError::unauthorized("invalid or expired access token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::HS256 || header.typ.as_deref() != Some("JWT") {
@@ -96,7 +104,7 @@ impl AccessTokens {
         if data.claims.kind != KIND_ACCESS || !self.times_are_sane(&data.claims) {
             return Err(invalid());
         }
-        Ok(SessionUser { user_id: data.claims.sub, session_id: data.claims.sid })
+        Ok(Identity { user_id: data.claims.sub, session_id: data.claims.sid })
     }
 
     /// `iat` not in the future, `nbf` (the library checks it against now) not before

@@ -182,7 +182,7 @@ async fn sponsor(services: &Services, dir: &Path) -> Result<(Sponsor, SessionUse
         }
     };
     let session =
-        services.auth.authenticate(&auth.tokens.access_token).await.map_err(failed("demo session"))?;
+        services.sponsor_session(&auth.tokens.access_token, None).await.map_err(failed("demo session"))?;
     Ok((sponsor, session))
 }
 

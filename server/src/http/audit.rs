@@ -73,7 +73,8 @@ async fn csv_response(
     sponsor: &app::model::SessionUser,
     query: &AuditQuery,
 ) -> ApiResult<Response> {
-    let (filter, _) = crate::audit::query::parse_query(query, sponsor.user_id)?;
+    let org = sponsor.scope(app::model::Access::Read)?;
+    let (filter, _) = crate::audit::query::parse_query(query, org)?;
     let stream = s.services.audit.export_csv(filter).await?;
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
@@ -97,5 +98,6 @@ async fn csv_response(
     ))]
 /// `GET /api/audit/verify`: `{valid, complete, checked, pending, first_bad_seq?, reason?}`.
 pub async fn verify(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiResult<impl IntoResponse> {
-    Ok(Json(s.services.audit.verify_for_sponsor(sponsor.user_id).await?))
+    let org = sponsor.scope(app::model::Access::Read)?;
+    Ok(Json(s.services.audit.verify_for_sponsor(org).await?))
 }

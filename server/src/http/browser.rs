@@ -146,7 +146,7 @@ async fn guard(state: &AppState, mut req: Request, next: Next) -> Response {
     let mut set_cookies: Vec<String> = Vec::new();
     let access = cookie(req.headers(), access_cookie(config)).map(str::to_owned);
     if let Some(access) = &access {
-        session = services.auth.authenticate(access).await.ok();
+        session = services.sponsor_session(access, None).await.ok();
     }
     // Server functions carry the (path-scoped) refresh cookie: renew in place.
     if session.is_none()
@@ -154,7 +154,10 @@ async fn guard(state: &AppState, mut req: Request, next: Next) -> Response {
     {
         match services.refresh_browser_session(&refresh, &client).await {
             Ok(fresh) => {
-                session = services.auth.access_tokens().verify(&fresh.tokens.access_token).ok();
+                session = match services.auth.access_tokens().verify(&fresh.tokens.access_token) {
+                    Ok(who) => services.orgs.session(who, None).await.ok(),
+                    Err(_) => None,
+                };
                 set_cookies = services.session_cookies(Some(&fresh.tokens));
             }
             Err(_) => set_cookies = services.session_cookies(None),

@@ -120,7 +120,21 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// A sponsor authenticated by an access token in `Authorization: Bearer`.
+/// `X-AEGIS-Org: <id>`: the organization a request acts in (default: the caller's own).
+pub fn org_header(headers: &HeaderMap) -> Result<Option<uuid::Uuid>, AppError> {
+    let Some(value) = headers.get(ORG_HEADER) else { return Ok(None) };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<uuid::Uuid>().ok())
+        .map(Some)
+        .ok_or_else(|| AppError::bad_request("invalid_org", "X-AEGIS-Org must be an organization id"))
+}
+
+pub const ORG_HEADER: &str = "x-aegis-org";
+
+/// A member authenticated by an access token in `Authorization: Bearer`, acting in
+/// the organization `X-AEGIS-Org` names (else their default one).
 pub struct Sponsor(pub SessionUser);
 
 impl FromRequestParts<AppState> for Sponsor {
@@ -129,7 +143,8 @@ impl FromRequestParts<AppState> for Sponsor {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers)
             .ok_or_else(|| AppError::unauthorized("send an access token as Authorization: Bearer"))?;
-        Ok(Self(state.services.auth.authenticate(token).await?))
+        let org = org_header(&parts.headers)?;
+        Ok(Self(state.services.sponsor_session(token, org).await?))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod mcp;
 pub mod openapi;
+pub mod orgs;
 pub mod overview;
 pub mod policies;
 pub mod proxy;
@@ -105,6 +106,13 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/sessions/{id}", axum::routing::delete(account::revoke_session))
         .route("/dashboard/stats", get(overview::stats))
         .route("/usage", get(overview::usage))
+        .route("/orgs", get(orgs::list_orgs))
+        .route("/orgs/members", get(orgs::list_members))
+        .route("/orgs/members/{id}", axum::routing::patch(orgs::update_member).delete(orgs::remove_member))
+        .route("/orgs/invitations", get(orgs::list_invitations).post(orgs::invite))
+        .route("/orgs/invitations/accept", post(orgs::accept_invitation))
+        .route("/orgs/invitations/{id}", axum::routing::delete(orgs::revoke_invitation))
+        .route("/orgs/settings", get(orgs::get_settings).put(orgs::put_settings))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))

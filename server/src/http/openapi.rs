@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use app::model::AgentStatus;
 use axum::Json;
 use axum::response::IntoResponse;
-use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
@@ -73,6 +73,16 @@ use crate::call::Stage;
         super::connections::replace_connection,
         super::connections::patch_connection,
         super::connections::delete_connection,
+        super::orgs::list_orgs,
+        super::orgs::list_members,
+        super::orgs::update_member,
+        super::orgs::remove_member,
+        super::orgs::list_invitations,
+        super::orgs::invite,
+        super::orgs::revoke_invitation,
+        super::orgs::accept_invitation,
+        super::orgs::get_settings,
+        super::orgs::put_settings,
         super::audit::list,
         super::audit::export_csv,
         super::audit::verify,
@@ -98,6 +108,7 @@ use crate::call::Stage;
         (name = "policies", description = "Rego policies (`package aegis`), evaluated in-process against the policy input document (schema `PolicyInput`)."),
         (name = "secrets", description = "The vault: secrets injected just in time, never shown again after they are stored."),
         (name = "connections", description = "Named upstreams for gateway mode."),
+        (name = "orgs", description = "Organizations: members with roles (`owner`, `admin`, `approver`, `viewer`) and invitations. Every sponsor route acts in one organization (`X-AEGIS-Org`, default your own); a role that may not do something gets `403 forbidden_role`, another organization's ids `404`."),
         (name = "approvals", description = "Requests a policy marked `require_approval`, parked until you approve (AEGIS then performs exactly the stored request, once), reject, or let them expire."),
         (name = "audit", description = "The hash-chained audit log: read, export, verify, replay."),
         (name = "dashboard", description = "The numbers behind the dashboard's overview and usage pages."),
@@ -404,14 +415,58 @@ struct CommonErrors;
 
 impl Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            for op in operations_mut(item) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            // Acting as a person, not in an organization: no role is needed.
+            let personal = path.starts_with("/api/auth/")
+                || ["/api/orgs", "/api/orgs/invitations/accept"].contains(&path.as_str());
+            let operations = [
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (false, &mut item.options),
+                (false, &mut item.head),
+                (true, &mut item.patch),
+                (false, &mut item.trace),
+            ];
+            for (write, op) in operations.into_iter().filter_map(|(w, op)| op.as_mut().map(|op| (w, op))) {
                 let mut common: Vec<(&str, &str)> = Vec::new();
                 if requires_scheme(op, "sponsor_token") {
                     common.push((
                         "401",
                         "`unauthorized`: no access token, an invalid or expired one, or the session has ended",
                     ));
+                    common.push(("400", "`invalid_org`: `X-AEGIS-Org` is not an organization id"));
+                    common.push((
+                        "404",
+                        "`org_not_found`: `X-AEGIS-Org` names no organization you are a member of",
+                    ));
+                    if !personal {
+                        common.push(("403", "`no_organization`: you are not a member of any organization"));
+                    }
+                    if write && !personal {
+                        common.push((
+                            "403",
+                            "`forbidden_role`: your role in the organization does not allow this",
+                        ));
+                    }
+                    op.parameters.get_or_insert_with(Vec::new).push(
+                        utoipa::openapi::path::ParameterBuilder::new()
+                            .name("X-AEGIS-Org")
+                            .parameter_in(ParameterIn::Header)
+                            .required(utoipa::openapi::Required::False)
+                            .description(Some(
+                                "The organization to act in (an id from `GET /api/orgs`); default: your own",
+                            ))
+                            .schema(Some(
+                                utoipa::openapi::ObjectBuilder::new()
+                                    .schema_type(utoipa::openapi::schema::Type::String)
+                                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                                        utoipa::openapi::KnownFormat::Uuid,
+                                    ))),
+                            ))
+                            .build(),
+                    );
                 }
                 if requires_scheme(op, "agent_key") {
                     common.push(("401", "`unauthorized`: no agent key sent"));
@@ -448,21 +503,6 @@ impl Modify for CommonErrors {
             }
         }
     }
-}
-
-fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [
-        &mut item.get,
-        &mut item.put,
-        &mut item.post,
-        &mut item.delete,
-        &mut item.options,
-        &mut item.head,
-        &mut item.patch,
-        &mut item.trace,
-    ]
-    .into_iter()
-    .filter_map(Option::as_mut)
 }
 
 fn requires_scheme(op: &Operation, scheme: &str) -> bool {

@@ -123,12 +123,13 @@ pub async fn replay_decision(
     ApiPath(seq): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
     let services = &s.services;
+    let org = sponsor.scope(app::model::Access::Read)?;
     let report = crate::policies::replay::replay(
         &services.db,
         &services.policies,
         &services.proxy.engine,
         seq,
-        Some(sponsor.user_id),
+        Some(org),
     )
     .await?;
     Ok(Json(report))

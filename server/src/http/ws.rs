@@ -51,6 +51,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 pub struct WsQuery {
     token: Option<String>,
     since: Option<String>,
+    /// The organization whose events to stream (browsers cannot set `X-AEGIS-Org`
+    /// on a WebSocket); default: the caller's own.
+    org: Option<Uuid>,
 }
 
 /// Open sockets per session, process-wide; an entry leaves with its last socket.
@@ -106,11 +109,13 @@ fn subprotocol_token(headers: &http::HeaderMap) -> Option<String> {
         `?since=<event id>` first replays the buffered events after that id.",
     params(
         ("since" = Option<String>, Query, description = "Last event id seen: replay what came after it"),
+        ("org" = Option<Uuid>, Query, description = "The organization whose events to stream (as `X-AEGIS-Org`); default: your own"),
     ),
     responses(
         (status = 101, description = "Switching protocols: the event stream"),
         (status = 400, description = "`invalid_query` (malformed `since`), `token_in_url` (`?token=` is not accepted), `duplicate_cookie` or `websocket_required`", body = Object),
         (status = 401, description = "`unauthorized`: missing, invalid or expired token", body = Object),
+        (status = 404, description = "`org_not_found`: not a member of that organization", body = Object),
         (status = 403, description = "`csrf_rejected`: cookie sent from another origin", body = Object),
         (status = 429, description = "`too_many_sockets`: this session already has 8 open sockets", body = Object),
     ))]
@@ -154,7 +159,9 @@ pub async fn events(
             }
         },
     };
-    let session = services.auth.authenticate(&token).await?;
+    let org = super::extract::org_header(headers)?.or(query.org);
+    let session = services.sponsor_session(&token, org).await?;
+    let org = session.scope(app::model::Access::Read)?;
     let since = query.since.filter(|s| !s.is_empty());
     if let Some(s) = &since
         && s.parse::<uuid::Uuid>().is_err()
@@ -178,7 +185,7 @@ pub async fn events(
     };
     // Subscribed before the handshake completes: nothing published after the client
     // sees `101` is missed.
-    let subscription = services.events.subscribe(session.user_id, since.as_deref());
+    let subscription = services.events.subscribe(org, since.as_deref());
     let services = services.clone();
     Ok(upgrade
         .protocols([SUBPROTOCOL])
@@ -186,7 +193,7 @@ pub async fn events(
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            serve(socket, subscription, services, token).await
+            serve(socket, subscription, services, token, org).await
         })
         .into_response())
 }
@@ -216,6 +223,7 @@ async fn serve(
     mut subscription: Subscription,
     services: std::sync::Arc<crate::backend::Services>,
     token: String,
+    org: Uuid,
 ) {
     let every = services.config.ws_heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -227,8 +235,9 @@ async fn serve(
             },
             _ = heartbeat.tick() => {
                 // An open socket is not a session of its own: once the token has
-                // expired or the session was signed out or revoked, it closes.
-                if services.auth.authenticate(&token).await.is_err() {
+                // expired, the session was signed out or revoked, or the member
+                // left the organization, it closes.
+                if services.sponsor_session(&token, Some(org)).await.is_err() {
                     let frame = axum::extract::ws::CloseFrame {
                         code: CLOSE_SESSION_ENDED,
                         reason: "session ended; reconnect with a fresh token".into(),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use app::error::AppError;
-use app::model::{NewPolicy, PolicySummary, PolicyUpdate, PolicyView, SessionUser};
+use app::model::{NewPolicy, PolicySummary, PolicyUpdate, PolicyView};
 use entity::{policies, policy_versions};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
@@ -134,9 +134,9 @@ impl PolicyService {
     }
 
     /// Built-ins plus the sponsor's own policies.
-    pub async fn list(&self, sponsor: &SessionUser) -> Result<Vec<PolicySummary>, AppError> {
+    pub async fn list(&self, sponsor_id: Uuid) -> Result<Vec<PolicySummary>, AppError> {
         let rows = policies::Entity::find()
-            .filter(visible_to(sponsor.user_id))
+            .filter(visible_to(sponsor_id))
             .order_by_desc(policies::Column::Builtin)
             .order_by_asc(policies::Column::Name)
             .all(&self.db)

@@ -9,17 +9,21 @@ use app::model::ApproveRequest;
 use uuid::Uuid;
 
 use super::Pipeline;
+use crate::actor::Actor;
 use crate::agents::AgentService;
 
 impl Pipeline {
     pub async fn approve_and_perform(
         &self,
         agents: &AgentService,
-        sponsor_id: Uuid,
+        approver: &Actor,
         id: Uuid,
         input: ApproveRequest,
     ) -> Result<(), AppError> {
-        let claimed = self.approvals.approve(sponsor_id, sponsor_id, id, input).await?;
+        let Some(claimed) = self.approvals.approve(approver, id, input).await? else {
+            // A vote under the two-person rule: performed after the last approver's.
+            return Ok(());
+        };
         let agent = agents.principal(claimed.approval.agent_id).await?;
         let pipeline = self.clone();
         let perform = async move {

@@ -162,6 +162,7 @@ async fn a_parked_request_is_performed_exactly_once_after_approval() {
     let detail: Value = serde_json::from_str(r.body["items"][0]["detail"].as_str().unwrap_or("{}"))
         .unwrap_or_else(|_| r.body["items"][0]["detail"].clone());
     assert_eq!(detail["approver"], sponsor.id.as_str(), "{}", r.text);
+    assert_eq!(detail["approver_role"], "owner", "{}", r.text);
     assert!(detail["waited_ms"].as_i64().unwrap() >= 300);
     assert_eq!(s.get("/api/audit/verify", &sponsor.access).await.body["valid"], true);
     let _ = agent_id;

@@ -71,6 +71,16 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/auth/sessions/{id}"),
     ("GET", "/api/dashboard/stats"),
     ("GET", "/api/usage"),
+    ("GET", "/api/orgs"),
+    ("GET", "/api/orgs/members"),
+    ("PATCH", "/api/orgs/members/{id}"),
+    ("DELETE", "/api/orgs/members/{id}"),
+    ("GET", "/api/orgs/invitations"),
+    ("POST", "/api/orgs/invitations"),
+    ("POST", "/api/orgs/invitations/accept"),
+    ("DELETE", "/api/orgs/invitations/{id}"),
+    ("GET", "/api/orgs/settings"),
+    ("PUT", "/api/orgs/settings"),
 ];
 
 const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];

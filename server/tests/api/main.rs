@@ -27,6 +27,7 @@ mod metering;
 mod mock;
 mod mock_llm;
 mod observability;
+mod orgs;
 mod policies;
 mod proxy;
 mod replicas;
