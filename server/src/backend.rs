@@ -139,7 +139,12 @@ impl Services {
             config.mcp_approval_wait,
             config.approval_max_waits,
         );
-        let orgs = crate::orgs::OrgService::new(db.clone(), audit.clone(), config.public_url.clone());
+        let orgs = crate::orgs::OrgService::new(
+            db.clone(),
+            audit.clone(),
+            events.clone(),
+            config.public_url.clone(),
+        );
         Arc::new(Self {
             orgs,
             mcp,

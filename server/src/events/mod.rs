@@ -50,6 +50,12 @@ pub const BUDGET_ALERT: &str = "budget.alert";
 /// A call was refused because a limit is reached.
 pub const BUDGET_EXHAUSTED: &str = "budget.exhausted";
 pub const TRUST_TIER_CHANGED: &str = "trust.tier_changed";
+/// Someone accepted an invitation (`data`: `member`, `role`).
+pub const ORG_MEMBER_JOINED: &str = "org.member_joined";
+/// A member was removed or left (`data`: `member`, `role`, `by`).
+pub const ORG_MEMBER_REMOVED: &str = "org.member_removed";
+/// A member's role changed (`data`: `member`, `from`, `to`, `by`).
+pub const ORG_MEMBER_ROLE_CHANGED: &str = "org.member_role_changed";
 
 /// At most this many recent events are kept per sponsor for `since` replays.
 pub const REPLAY_MAX_EVENTS: usize = 500;

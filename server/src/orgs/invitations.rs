@@ -224,13 +224,11 @@ impl OrgService {
         })?;
         // The joiner acts as the new member they now are.
         let joined = Actor { org, member: who.user_id, role };
-        txn.append(org_entry(
-            "org.member_joined",
-            &joined,
-            serde_json::json!({"invitation": invitation.id, "member": who.user_id, "invited_by": invitation.invited_by}),
-        ))
-        .await?;
+        let detail = serde_json::json!({"invitation": invitation.id, "member": who.user_id, "invited_by": invitation.invited_by});
+        let appended = txn.append(org_entry("org.member_joined", &joined, detail)).await?;
         txn.commit().await?;
+        let data = serde_json::json!({"member": who.user_id, "role": role.as_str()});
+        self.announce(crate::events::ORG_MEMBER_JOINED, org, data, appended.seq);
         self.list_mine(who.user_id).await?.into_iter().find(|o| o.id == org).ok_or_else(super::org_not_found)
     }
 }

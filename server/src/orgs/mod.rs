@@ -28,11 +28,14 @@ use crate::actor::Actor;
 use crate::audit::{AuditEntry, AuditLog, canonical_json};
 use crate::auth::tokens::Identity;
 use crate::db::internal;
+use crate::events::{self, Event, EventBus};
 
 #[derive(Clone)]
 pub struct OrgService {
     db: DatabaseConnection,
     audit: AuditLog,
+    /// Membership changes reach the organization's dashboards.
+    events: EventBus,
     /// Where invitation links point (`AEGIS_PUBLIC_URL`), if configured.
     public_url: Option<String>,
 }
@@ -68,8 +71,18 @@ pub(crate) fn org_entry(kind: &str, by: &Actor, mut detail: serde_json::Value) -
 }
 
 impl OrgService {
-    pub fn new(db: DatabaseConnection, audit: AuditLog, public_url: Option<String>) -> Self {
-        Self { db, audit, public_url }
+    pub fn new(
+        db: DatabaseConnection,
+        audit: AuditLog,
+        events: EventBus,
+        public_url: Option<String>,
+    ) -> Self {
+        Self { db, audit, events, public_url }
+    }
+
+    /// Tells the organization's dashboards, once the change is committed.
+    fn announce(&self, kind: &str, org: Uuid, data: serde_json::Value, audit_seq: i64) {
+        self.events.publish(Event::new(kind, org, None, data).audit_seq(audit_seq));
     }
 
     /// The member `who` acting in `requested` (else their default organization).
@@ -163,13 +176,12 @@ impl OrgService {
             .exec(txn.conn())
             .await
             .map_err(internal)?;
-        txn.append(org_entry(
-            "org.member_role_changed",
-            &by,
-            serde_json::json!({"member": member, "from": from.as_str(), "to": patch.role.as_str()}),
-        ))
-        .await?;
+        let change = serde_json::json!({"member": member, "from": from.as_str(), "to": patch.role.as_str()});
+        let appended = txn.append(org_entry("org.member_role_changed", &by, change.clone())).await?;
         txn.commit().await?;
+        let mut data = change;
+        data["by"] = by.audit_json();
+        self.announce(events::ORG_MEMBER_ROLE_CHANGED, org, data, appended.seq);
         one_member(&self.db, org, member).await
     }
 
@@ -187,9 +199,12 @@ impl OrgService {
         }
         memberships::Entity::delete_by_id((org, member)).exec(txn.conn()).await.map_err(internal)?;
         let kind = if member == sponsor.user_id { "org.member_left" } else { "org.member_removed" };
-        txn.append(org_entry(kind, &by, serde_json::json!({"member": member, "role": role.as_str()})))
+        let appended = txn
+            .append(org_entry(kind, &by, serde_json::json!({"member": member, "role": role.as_str()})))
             .await?;
         txn.commit().await?;
+        let data = serde_json::json!({"member": member, "role": role.as_str(), "by": by.audit_json()});
+        self.announce(events::ORG_MEMBER_REMOVED, org, data, appended.seq);
         Ok(())
     }
 }

@@ -341,6 +341,12 @@ async fn signing_out_closes_open_sockets() {
     let mut ws = listen(&s, &sponsor).await;
     let r = s.post("/api/auth/logout", Some(&sponsor.access), json!({})).await;
     assert!(r.status.is_success(), "{}", r.text);
+    assert_closed_as_ended(&mut ws, "sign-out", &[]).await;
+}
+
+/// The socket closes with 4401 within 5 s, carrying nothing but heartbeats (and
+/// events of the `allowed` types) first.
+async fn assert_closed_as_ended(ws: &mut Ws, after: &str, allowed: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await.expect("closed within 5 s") {
@@ -348,7 +354,14 @@ async fn signing_out_closes_open_sockets() {
                 assert_eq!(u16::from(frame.code), 4401);
                 break;
             }
-            Some(Ok(Message::Text(t))) => assert!(t.contains("heartbeat"), "no events after sign-out: {t}"),
+            Some(Ok(Message::Text(t))) => {
+                let kind =
+                    serde_json::from_str::<Value>(&t).unwrap()["type"].as_str().unwrap_or("").to_owned();
+                assert!(
+                    kind == "heartbeat" || allowed.contains(&kind.as_str()),
+                    "no events after {after}: {t}"
+                )
+            }
             other => panic!("expected a close frame, got {other:?}"),
         }
     }
@@ -453,4 +466,52 @@ async fn oversized_client_messages_close_the_socket() {
             Some(Ok(_)) => continue,
         }
     }
+}
+
+/// A member's socket streams the organization `?org=` names; membership changes are
+/// events too; someone outside the organization cannot open its stream, and a
+/// removed member's socket closes.
+#[tokio::test]
+async fn a_members_socket_streams_the_organization_it_names() {
+    let s = TestServer::start_with(&[("AEGIS_WS_HEARTBEAT_SECS", "1")]).await;
+    let owner = s.sponsor("owner").await;
+    let mut owners = listen(&s, &owner).await;
+    let viewer = crate::orgs::member(&s, &owner, "viewer").await;
+    let joined = next_event(&mut owners).await;
+    assert_eq!(joined["type"], "org.member_joined", "{joined}");
+    assert_eq!(
+        (joined["data"]["member"].as_str(), joined["data"]["role"].as_str()),
+        (Some(viewer.id.as_str()), Some("viewer"))
+    );
+
+    let mut theirs = connect(&s, &viewer.access, &format!("org={}", owner.id)).await;
+    let mut own = listen(&s, &viewer).await;
+    let (agent, _) = s.agent(&owner, "shared").await;
+    let e = next_event(&mut theirs).await;
+    assert_eq!((e["type"].as_str(), &e["agent_id"]), (Some("agent.created"), &agent["id"]), "{e}");
+    assert_eq!(next_event(&mut owners).await["type"], "agent.created");
+    assert_quiet(&mut own, "the viewer's own organization").await;
+
+    // Not a member: no stream of that organization.
+    let outsider = s.sponsor("outsider").await;
+    let mut req = format!("ws://{}/ws?org={}", s.running.addr, owner.id).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", outsider.access).parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::NOT_FOUND)
+        }
+        other => panic!("an outsider's upgrade was not refused: {:?}", other.map(|(_, r)| r.status())),
+    }
+
+    // Removing the viewer is an event naming who did it.
+    let r = s
+        .send(reqwest::Method::DELETE, &format!("/api/orgs/members/{}", viewer.id), Some(&owner.access), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let removed = next_event(&mut owners).await;
+    assert_eq!(removed["type"], "org.member_removed", "{removed}");
+    assert_eq!(removed["data"]["by"], json!({"member": owner.id, "role": "owner"}), "{removed}");
+    // …and the removed member's socket on that organization closes at its next
+    // heartbeat (the news of their own removal may reach it first).
+    assert_closed_as_ended(&mut theirs, "removal", &["org.member_removed"]).await;
 }

@@ -51,7 +51,7 @@ async fn ask_policy(s: &TestServer, owner: &Sponsor) {
 }
 
 /// A new person who joins `owner`'s organization as `role`.
-async fn member(s: &TestServer, owner: &Sponsor, role: &str) -> Sponsor {
+pub async fn member(s: &TestServer, owner: &Sponsor, role: &str) -> Sponsor {
     let person = s.sponsor(role).await;
     let r = invite(s, owner, None, &person.email, role).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
