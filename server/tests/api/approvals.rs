@@ -479,7 +479,14 @@ async fn large_answers_are_stored_bounded_sealed_and_expire() {
     use sha2::Digest;
     const TEN_MB: usize = 10_000_000;
     let mock = MockUpstream::start().await;
-    let s = TestServer::start_with(&[ALLOW_LOOPBACK, ("AEGIS_UPSTREAM_MAX_BYTES", "12000000")]).await;
+    // The janitor prunes too: kept out of the way (an hour apart) so that the retention
+    // below counts what this test's own call pruned, not what a tick took first.
+    let s = TestServer::start_with(&[
+        ALLOW_LOOPBACK,
+        ("AEGIS_UPSTREAM_MAX_BYTES", "12000000"),
+        ("AEGIS_JANITOR_INTERVAL_SECS", "3600"),
+    ])
+    .await;
     let sponsor = s.sponsor("hoarder").await;
     let (_, key) = s.agent_with(&sponsor, json!({"name": "fetcher", "policy": "permissive"})).await;
     let big = mock.url(&format!("/big?bytes={TEN_MB}"));
