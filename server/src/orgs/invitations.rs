@@ -10,7 +10,9 @@ use app::error::AppError;
 use app::model::{Access, InvitationCreated, InvitationView, NewInvitation, OrgView, SessionUser};
 use entity::{invitations, memberships, users};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
 use uuid::Uuid;
 
 use super::{OrgService, org_entry};
@@ -52,14 +54,10 @@ impl OrgService {
             .filter(invitations::Column::OrgId.eq(org))
             .filter(invitations::Column::AcceptedAt.is_null())
             .filter(invitations::Column::ExpiresAt.gt(at))
-            .select_only()
-            .column(invitations::Column::Id)
-            .limit(MAX_PENDING)
-            .into_tuple::<Uuid>()
-            .all(&self.db)
+            .count(&self.db)
             .await
             .map_err(internal)?;
-        if pending.len() as u64 >= MAX_PENDING {
+        if pending >= MAX_PENDING {
             return Err(AppError::conflict(
                 "too_many_invitations",
                 format!("at most {MAX_PENDING} pending invitations: revoke some first"),
@@ -83,7 +81,7 @@ impl OrgService {
         }
         .insert(txn.conn())
         .await
-        .map_err(|e| unique_or_internal(e, AppError::internal()))?;
+        .map_err(internal)?;
         txn.append(org_entry(
             "org.invitation_created",
             &by,
@@ -185,18 +183,9 @@ impl OrgService {
         let role = super::stored_role(&invitation.role)?;
         let org = invitation.org_id;
         let mut txn = self.audit.begin().await?;
-        if memberships::Entity::find_by_id((org, who.user_id))
-            .one(txn.conn())
-            .await
-            .map_err(internal)?
-            .is_some()
-        {
-            return Err(AppError::conflict(
-                "already_member",
-                "you are already a member of this organization",
-            ));
-        }
-        // Single use, also against a concurrent acceptance of the same token.
+        // Single use, also against a concurrent acceptance of the same token. An
+        // existing member's acceptance fails on the membership's key below, which
+        // rolls this claim back with it.
         let claimed = invitations::Entity::update_many()
             .col_expr(invitations::Column::AcceptedAt, Expr::value(at))
             .col_expr(invitations::Column::AcceptedBy, Expr::value(who.user_id))

@@ -105,30 +105,32 @@ impl OrgService {
 
     /// The one they founded if they are still in it, else the first they joined.
     async fn default_membership(&self, user: Uuid) -> Result<Option<memberships::Model>, AppError> {
-        let all = memberships::Entity::find()
+        if let Some(own) =
+            memberships::Entity::find_by_id((user, user)).one(&self.db).await.map_err(internal)?
+        {
+            return Ok(Some(own));
+        }
+        memberships::Entity::find()
             .filter(memberships::Column::UserId.eq(user))
             .order_by_asc(memberships::Column::CreatedAt)
             .order_by_asc(memberships::Column::OrgId)
-            .limit(1000)
-            .all(&self.db)
+            .one(&self.db)
             .await
-            .map_err(internal)?;
-        let own = all.iter().position(|m| m.org_id == user);
-        Ok(match own {
-            Some(i) => all.into_iter().nth(i),
-            None => all.into_iter().next(),
-        })
+            .map_err(internal)
     }
 
     /// Every organization `user` belongs to.
     pub async fn list_mine(&self, user: Uuid) -> Result<Vec<OrgView>, AppError> {
-        let default = self.default_membership(user).await?.map(|m| m.org_id);
         let rows = memberships::Entity::find()
             .filter(memberships::Column::UserId.eq(user))
+            .order_by_asc(memberships::Column::CreatedAt)
+            .order_by_asc(memberships::Column::OrgId)
             .find_also_related(organizations::Entity)
             .all(&self.db)
             .await
             .map_err(internal)?;
+        // The default, as `default_membership` picks it, from the rows in hand.
+        let default = rows.iter().find(|(m, _)| m.org_id == user).or(rows.first()).map(|(m, _)| m.org_id);
         let mut out = Vec::with_capacity(rows.len());
         for (m, org) in rows {
             let Some(org) = org else { continue };

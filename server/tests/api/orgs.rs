@@ -175,6 +175,15 @@ async fn orgs_an_invitation_joins_the_inviting_organization_with_its_role() {
     let r = s.get("/api/orgs/invitations", &owner.access).await;
     assert_eq!(r.body[0]["status"], "accepted", "{}", r.text);
 
+    // A member accepting another invitation is refused, and that invitation stays
+    // usable (the refused acceptance did not spend it).
+    let r = invite(&s, &owner, None, &colleague.email, "viewer").await;
+    let again = r.body["token"].as_str().unwrap().to_owned();
+    let r = accept(&s, &colleague, &again).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "already_member"), "{}", r.text);
+    let r = s.get("/api/orgs/invitations", &owner.access).await;
+    assert_eq!(r.body[0]["status"], "pending", "{}", r.text);
+
     // A revoked invitation's link stops working.
     let later = s.sponsor("later").await;
     let r = invite(&s, &owner, None, &later.email, "viewer").await;
