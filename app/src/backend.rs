@@ -205,4 +205,23 @@ pub trait Backend: Send + Sync + 'static {
         sponsor: &SessionUser,
         input: OrgSettings,
     ) -> Result<OrgSettings, AppError>;
+
+    // --- notification channels ---
+    async fn list_channels(&self, sponsor: &SessionUser) -> Result<Vec<ChannelView>, AppError>;
+    /// Owners and admins; the signing secret is in the answer and nowhere else.
+    async fn create_channel(
+        &self,
+        sponsor: &SessionUser,
+        input: NewChannel,
+    ) -> Result<ChannelCreated, AppError>;
+    async fn update_channel(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        patch: ChannelPatch,
+    ) -> Result<ChannelView, AppError>;
+    async fn delete_channel(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError>;
+    async fn channel_deliveries(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryPage, AppError>;
+    /// Sends a `channel.test` event now, once; its delivery is in the log.
+    async fn test_channel(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryView, AppError>;
 }

@@ -1425,3 +1425,83 @@ pub struct OrgSettings {
     #[serde(default)]
     pub approvers_reasons: Vec<String>,
 }
+
+// --- notification channels (signed webhooks) ---
+
+/// A new notification channel. `kind` is `webhook`: `url` receives every event named
+/// in `events`, signed as Standard Webhooks defines. (`slack` and `email` are refused
+/// with `unsupported_kind` until they exist.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewChannel {
+    pub kind: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    pub events: Vec<String>,
+}
+
+/// A channel as members see it: never its signing secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ChannelView {
+    pub id: Uuid,
+    pub kind: String,
+    pub url: String,
+    pub events: Vec<String>,
+    /// `false` once a long failure streak disabled it (`disabled_reason` says so) or
+    /// a member did; `PATCH {"enabled": true}` turns it back on.
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    /// Failed attempts in a row; a success resets it.
+    pub failure_streak: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new channel: `secret` (`whsec_` + base64, as Standard Webhooks defines it) is
+/// shown once, here; AEGIS keeps it sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ChannelCreated {
+    pub id: Uuid,
+    pub secret: String,
+    pub channel: ChannelView,
+}
+
+/// Changes to a channel; absent fields stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPatch {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+}
+
+/// One event's delivery to one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct DeliveryView {
+    pub id: Uuid,
+    /// The `webhook-id` header: the same on every attempt, for the receiver to dedupe.
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending` (waiting for its next attempt), `delivered`, `failed` (attempts
+    /// exhausted) or `cancelled` (the channel was disabled first).
+    pub status: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A channel's most recent deliveries, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryView>,
+}

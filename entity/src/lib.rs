@@ -14,6 +14,8 @@ pub mod approvals;
 pub mod audit_checkpoints;
 pub mod audit_events;
 pub mod breakers;
+pub mod channel_deliveries;
+pub mod channels;
 pub mod connections;
 pub mod idempotency_records;
 pub mod invitations;

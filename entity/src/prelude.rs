@@ -7,6 +7,8 @@ pub use super::approvals::Entity as Approvals;
 pub use super::audit_checkpoints::Entity as AuditCheckpoints;
 pub use super::audit_events::Entity as AuditEvents;
 pub use super::breakers::Entity as Breakers;
+pub use super::channel_deliveries::Entity as ChannelDeliveries;
+pub use super::channels::Entity as Channels;
 pub use super::connections::Entity as Connections;
 pub use super::idempotency_records::Entity as IdempotencyRecords;
 pub use super::invitations::Entity as Invitations;

@@ -22,6 +22,7 @@ mod m20261209_000013_usage;
 mod m20261210_000014_mcp;
 mod m20261211_000015_organizations;
 mod m20261212_000016_two_person_rule;
+mod m20261213_000017_channels;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000014_mcp::Migration),
             Box::new(m20261211_000015_organizations::Migration),
             Box::new(m20261212_000016_two_person_rule::Migration),
+            Box::new(m20261213_000017_channels::Migration),
         ]
     }
 }

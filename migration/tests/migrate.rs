@@ -7,7 +7,7 @@ use migration::{Migrator, MigratorTrait, SchemaManager};
 
 /// Every table the initial migration must create. Kept independent of the
 /// migration's own list on purpose.
-const TABLES: [&str; 22] = [
+const TABLES: [&str; 24] = [
     "users",
     "refresh_families",
     "refresh_tokens",
@@ -30,6 +30,8 @@ const TABLES: [&str; 22] = [
     "memberships",
     "invitations",
     "approval_votes",
+    "channels",
+    "channel_deliveries",
 ];
 
 /// A sample of named indexes, one per kind (plain, composite, unique, raw SQL).
@@ -47,8 +49,10 @@ const INDEXES: [(&str, &str); 9] = [
 
 /// How many migrations there are (the initial schema, the audit guards, breakers,
 /// the approvals' plain columns and retention indexes, the chain-head function, the
-/// connections' pricing, usage, MCP, organizations, the two-person rule).
-const MIGRATIONS: usize = 10;
+/// connections' pricing, usage, MCP, organizations, the two-person rule, channels).
+const MIGRATIONS: usize = 11;
+/// The organizations migration's place in the list (1-based).
+const ORGANIZATIONS_AT: u32 = 9;
 
 async fn assert_tables(db: &DatabaseConnection, present: bool) {
     let manager = SchemaManager::new(db);
@@ -70,7 +74,7 @@ async fn assert_tables(db: &DatabaseConnection, present: bool) {
 /// Accounts made before organizations existed each become the owner of a
 /// one-member organization with the account's id (so `sponsor_id` names it).
 async fn existing_accounts_become_owners(db: &DatabaseConnection) {
-    Migrator::up(db, Some((MIGRATIONS - 2) as u32)).await.expect("up to the one before organizations");
+    Migrator::up(db, Some(ORGANIZATIONS_AT - 1)).await.expect("up to the one before organizations");
     for (id, name) in
         [("0190a000-0000-7000-8000-00000000000a", "Ada"), ("0190a000-0000-7000-8000-00000000000b", "Bo")]
     {

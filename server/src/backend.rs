@@ -54,6 +54,8 @@ pub struct Services {
     pub mcp: crate::mcp::McpGateway,
     /// Organizations, members, invitations ([`crate::orgs`]).
     pub orgs: crate::orgs::OrgService,
+    /// Notification channels: signed webhooks and their outbox ([`crate::channels`]).
+    pub channels: crate::channels::ChannelService,
 }
 
 impl Services {
@@ -102,7 +104,7 @@ impl Services {
                 Arc::new(PolicyEngine::new())
             },
             upstream: Upstream::new(&egress, config.upstream.clone()),
-            egress,
+            egress: egress.clone(),
             secrets: secrets.clone(),
             wallets: wallets.clone(),
             audit: audit.clone(),
@@ -145,7 +147,16 @@ impl Services {
             events.clone(),
             config.public_url.clone(),
         );
+        let channels = crate::channels::ChannelService::new(
+            db.clone(),
+            audit.clone(),
+            vault.clone(),
+            egress.clone(),
+            events.clone(),
+            config.webhooks.clone(),
+        );
         Arc::new(Self {
+            channels,
             orgs,
             mcp,
             config,
@@ -595,5 +606,38 @@ impl Backend for Services {
         input: OrgSettings,
     ) -> Result<OrgSettings, AppError> {
         self.orgs.update_settings(sponsor, input).await
+    }
+
+    async fn list_channels(&self, sponsor: &SessionUser) -> Result<Vec<ChannelView>, AppError> {
+        self.channels.list(sponsor).await
+    }
+
+    async fn create_channel(
+        &self,
+        sponsor: &SessionUser,
+        input: NewChannel,
+    ) -> Result<ChannelCreated, AppError> {
+        self.channels.create(sponsor, input).await
+    }
+
+    async fn update_channel(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        patch: ChannelPatch,
+    ) -> Result<ChannelView, AppError> {
+        self.channels.update(sponsor, id, patch).await
+    }
+
+    async fn delete_channel(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
+        self.channels.delete(sponsor, id).await
+    }
+
+    async fn channel_deliveries(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryPage, AppError> {
+        self.channels.deliveries(sponsor, id).await
+    }
+
+    async fn test_channel(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryView, AppError> {
+        self.channels.test(sponsor, id).await
     }
 }

@@ -86,6 +86,8 @@ pub struct Config {
     pub janitor_interval: Duration,
     /// How long a graceful shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: Duration,
+    /// Webhook delivery: backoff, attempts, auto-disable, timeout (`AEGIS_WEBHOOK_*`).
+    pub webhooks: crate::channels::WebhookConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -294,6 +296,29 @@ impl Config {
             ),
             janitor_interval: Duration::from_secs(number("AEGIS_JANITOR_INTERVAL_SECS", 5)?.clamp(1, 3600)),
             shutdown_grace: Duration::from_secs(number("AEGIS_SHUTDOWN_GRACE_SECS", 30)?),
+            webhooks: {
+                let d = crate::channels::WebhookConfig::default();
+                crate::channels::WebhookConfig {
+                    retry_base: Duration::from_millis(
+                        number("AEGIS_WEBHOOK_RETRY_BASE_MS", d.retry_base.as_millis() as u64)?
+                            .clamp(10, 3_600_000),
+                    ),
+                    retry_max: Duration::from_secs(
+                        number("AEGIS_WEBHOOK_RETRY_MAX_SECS", d.retry_max.as_secs())?.clamp(1, 7 * 86_400),
+                    ),
+                    max_attempts: number("AEGIS_WEBHOOK_MAX_ATTEMPTS", d.max_attempts.into())?.clamp(1, 100)
+                        as u32,
+                    disable_after: number("AEGIS_WEBHOOK_DISABLE_AFTER", d.disable_after.into())?
+                        .clamp(1, 100_000) as u32,
+                    timeout: Duration::from_secs(
+                        number("AEGIS_WEBHOOK_TIMEOUT_SECS", d.timeout.as_secs())?.clamp(1, 60),
+                    ),
+                    poll: Duration::from_millis(
+                        number("AEGIS_WEBHOOK_POLL_MS", d.poll.as_millis() as u64)?.clamp(50, 60_000),
+                    ),
+                    allow_http: boolean("AEGIS_WEBHOOK_ALLOW_HTTP", d.allow_http)?,
+                }
+            },
             ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),
             approval_max_waits: number("AEGIS_APPROVAL_MAX_WAITS", 8)?.clamp(1, 10_000) as usize,
             mcp_approval_wait: Duration::from_secs(number("AEGIS_MCP_APPROVAL_WAIT_SECS", 60)?.min(600)),

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backend;
 pub mod bench;
 pub mod call;
+pub mod channels;
 pub mod config;
 pub mod connections;
 pub mod data_dir;
@@ -142,6 +143,16 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let app = http::router(http::AppState { leptos_options, services: services.clone() });
     let janitor = spawn_janitor(services.clone()).abort_handle();
     let janitor_guard = AbortOnDrop(janitor.clone());
+    // Notification channels: the outbox writer (this replica's events into delivery
+    // rows) and the deliverer; they stop with serving, as the janitor does.
+    let deliverer = services.channels.deliverer.clone();
+    let channel_tasks = [
+        services.events.tap().map(|rx| {
+            tokio::spawn(channels::outbox::run(rx, services.db.clone(), deliverer.clone())).abort_handle()
+        }),
+        Some(tokio::spawn(deliverer.run()).abort_handle()),
+    ];
+    let channel_guards: Vec<AbortOnDrop> = channel_tasks.into_iter().flatten().map(AbortOnDrop).collect();
     let audit = services.audit.clone();
     let in_flight = services.proxy.in_flight.clone();
     let grace = services.config.shutdown_grace;
@@ -149,6 +160,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         // Upkeep runs exactly as long as serving does (an in-process instance —
         // the bench's, a test's — may be dropped while its runtime lives on).
         let _janitor = janitor_guard;
+        let _channels = channel_guards;
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         // On a signal the listener closes at once; in-flight requests get `grace` to finish.
         let (stopping, mut stop) = tokio::sync::watch::channel(false);

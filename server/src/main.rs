@@ -259,17 +259,18 @@ async fn rekey(config: Config) -> ExitCode {
     match server::rekey::rekey(&config).await {
         Ok(report) => {
             println!(
-                "master key {} rotated: key {} -> {}; {} vault secrets re-sealed",
+                "master key {} rotated: key {} -> {}; {} vault secrets and {} webhook signing keys re-sealed",
                 report.master_key_file.display(),
                 report.old_key_id,
                 report.new_key_id,
-                report.resealed
+                report.resealed,
+                report.channel_keys
             );
             if report.unreadable.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 for id in &report.unreadable {
-                    eprintln!("aegis: vault secret {id} opens under no known key (left as it is)");
+                    eprintln!("aegis: sealed row {id} opens under no known key (left as it is)");
                 }
                 ExitCode::from(EXIT_BROKEN)
             }

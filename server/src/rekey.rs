@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use entity::secrets;
+use entity::{channels, secrets};
 use rand::RngCore;
 use sea_orm::{ActiveModelTrait, EntityTrait, Set, TransactionTrait};
 use uuid::Uuid;
@@ -21,12 +21,14 @@ pub struct RekeyReport {
     pub new_key_id: String,
     /// Vault secrets re-sealed under the new key.
     pub resealed: u64,
+    /// Webhook signing keys re-sealed under the new key.
+    pub channel_keys: u64,
     /// Vault secrets that no known key opens (left as they are; their values are lost).
     pub unreadable: Vec<Uuid>,
 }
 
 /// `aegis rekey`: rotates the master key. A fresh key becomes current; every vault
-/// secret is re-sealed under it (with its key id and its sponsor in the associated
+/// secret and webhook signing key is re-sealed under it (with its key id and its sponsor in the associated
 /// data: this also migrates ciphertexts from before key ids) in one transaction; the
 /// old key is kept as a retired key (`<key file>.retired`), so the short-lived
 /// sealed data (parked requests, stored answers) still opens. Run it with AEGIS
@@ -78,6 +80,22 @@ pub async fn rekey(config: &Config) -> Result<RekeyReport, String> {
         active.update(&txn).await.map_err(|e| format!("database: {e}"))?;
         resealed += 1;
     }
+    // Webhook signing keys are long-lived too: re-sealed with them.
+    let mut channel_keys = 0u64;
+    for row in channels::Entity::find().all(&txn).await.map_err(|e| format!("database: {e}"))? {
+        let context = crate::channels::key_context(row.id);
+        let Ok(key) = old.open_bytes(&context, &row.secret_nonce, &row.secret_sealed) else {
+            tracing::error!(channel = %row.id, "webhook signing key opens under no known key; left as it is");
+            unreadable.push(row.id);
+            continue;
+        };
+        let (nonce, sealed) = new.seal_bytes(&context, &key);
+        let mut active: channels::ActiveModel = row.into();
+        active.secret_nonce = Set(nonce);
+        active.secret_sealed = Set(sealed);
+        active.update(&txn).await.map_err(|e| format!("database: {e}"))?;
+        channel_keys += 1;
+    }
     txn.commit().await.map_err(|e| format!("database: {e}"))?;
 
     // 3. The old key retires; the new one becomes current.
@@ -88,6 +106,7 @@ pub async fn rekey(config: &Config) -> Result<RekeyReport, String> {
         old_key_id: old.key_id_hex(),
         new_key_id: new.key_id_hex(),
         resealed,
+        channel_keys,
         unreadable,
     })
 }

@@ -22,13 +22,13 @@ pub mod redis_pubsub;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 pub const AGENT_CREATED: &str = "agent.created";
@@ -56,6 +56,9 @@ pub const ORG_MEMBER_JOINED: &str = "org.member_joined";
 pub const ORG_MEMBER_REMOVED: &str = "org.member_removed";
 /// A member's role changed (`data`: `member`, `from`, `to`, `by`).
 pub const ORG_MEMBER_ROLE_CHANGED: &str = "org.member_role_changed";
+/// A notification channel was disabled after a long failure streak (`data`:
+/// `channel_id`, `failures`, `reason`).
+pub const CHANNEL_DISABLED: &str = "channel.disabled";
 
 /// At most this many recent events are kept per sponsor for `since` replays.
 pub const REPLAY_MAX_EVENTS: usize = 500;
@@ -141,12 +144,18 @@ impl Fanout for InProcess {
 pub struct EventBus {
     hub: Arc<Hub>,
     fanout: Arc<dyn Fanout>,
+    /// A copy of every event published on this replica, for the notification
+    /// outbox ([`crate::channels::outbox`]); set once by [`EventBus::tap`].
+    tap: Arc<OnceLock<mpsc::Sender<Event>>>,
 }
+
+/// Events the outbox may fall behind by before new ones are dropped (and counted in the log).
+pub const TAP_CAPACITY: usize = 10_000;
 
 impl EventBus {
     pub fn in_process() -> Self {
         let hub = Arc::new(Hub::default());
-        Self { fanout: Arc::new(InProcess { hub: hub.clone() }), hub }
+        Self { fanout: Arc::new(InProcess { hub: hub.clone() }), hub, tap: Arc::default() }
     }
 
     /// Redis pub/sub when `redis_url` is set, else in-process. Needs a Tokio runtime
@@ -157,10 +166,10 @@ impl EventBus {
         };
         let hub = Arc::new(Hub::default());
         match redis_pubsub::RedisFanout::start(url, hub.clone()) {
-            Ok(fanout) => Self { hub, fanout: Arc::new(fanout) },
+            Ok(fanout) => Self { hub, fanout: Arc::new(fanout), tap: Arc::default() },
             Err(e) => {
                 tracing::error!(error = %e, "REDIS_URL is unusable: events fan out in this process only");
-                Self { fanout: Arc::new(InProcess { hub: hub.clone() }), hub }
+                Self { fanout: Arc::new(InProcess { hub: hub.clone() }), hub, tap: Arc::default() }
             }
         }
     }
@@ -168,7 +177,20 @@ impl EventBus {
     /// Never fails and never blocks: events are best-effort notifications, the audit
     /// log is the record.
     pub fn publish(&self, event: Event) {
+        if let Some(tap) = self.tap.get()
+            && let Err(e) = tap.try_send(event.clone())
+        {
+            tracing::error!(kind = %event.kind, reason = %e, "notification outbox is behind: event not queued for channels");
+        }
         self.fanout.publish(event);
+    }
+
+    /// Every event published on this replica from now on (not the ones other replicas
+    /// publish: each event is taken once, by the replica where it happened). Only the
+    /// first caller gets the stream.
+    pub fn tap(&self) -> Option<mpsc::Receiver<Event>> {
+        let (tx, rx) = mpsc::channel(TAP_CAPACITY);
+        self.tap.set(tx).ok().map(|()| rx)
     }
 
     /// Events for `sponsor_id` from now on, preceded by the buffered ones after `since`.

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod browser;
+pub mod channels;
 pub mod connections;
 pub mod docs;
 pub mod error;
@@ -113,6 +114,10 @@ pub fn router(state: AppState) -> Router {
         .route("/orgs/invitations/accept", post(orgs::accept_invitation))
         .route("/orgs/invitations/{id}", axum::routing::delete(orgs::revoke_invitation))
         .route("/orgs/settings", get(orgs::get_settings).put(orgs::put_settings))
+        .route("/channels", get(channels::list).post(channels::create))
+        .route("/channels/{id}", axum::routing::patch(channels::update).delete(channels::delete))
+        .route("/channels/{id}/deliveries", get(channels::deliveries))
+        .route("/channels/{id}/test", post(channels::test))
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))

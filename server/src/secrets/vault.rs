@@ -271,7 +271,7 @@ mod tests {
             key_file.exists() && !dir.path().join("data").join("master.key").exists(),
             "outside the data dir"
         );
-        let user = services
+        let auth = services
             .register(
                 serde_json::from_value(serde_json::json!({
                     "email": "rekey@example.com", "password": "Rekey-Pass-123", "name": "R"
@@ -280,9 +280,20 @@ mod tests {
                 app::model::ClientMeta::default(),
             )
             .await
-            .unwrap()
-            .user
-            .id;
+            .unwrap();
+        let user = auth.user.id;
+        let member = services.sponsor_session(&auth.tokens.access_token, None).await.unwrap();
+        let channel = services
+            .create_channel(
+                &member,
+                app::model::NewChannel {
+                    kind: "webhook".into(),
+                    url: Some("https://hooks.example.com/aegis".into()),
+                    events: vec!["approval.requested".into()],
+                },
+            )
+            .await
+            .unwrap();
         let mut ids = Vec::new();
         for name in ["a", "legacy", "broken"] {
             let secret = services
@@ -342,5 +353,18 @@ mod tests {
             assert!(Vault::new(&old_key).unwrap().open(user, id, &row.nonce, &row.ciphertext).is_err());
         }
         assert_eq!(&*vault.open_bytes("aegis-approval:v1:x", &other_n, &other_c).unwrap(), b"parked");
+        // The webhook's signing key too: under the new key, the same key as shown once.
+        assert_eq!(report.channel_keys, 1);
+        let row = entity::channels::Entity::find_by_id(channel.id).one(&services.db).await.unwrap().unwrap();
+        assert_eq!(hex::encode(&row.secret_nonce[..KEY_ID_LEN]), report.new_key_id);
+        let context = crate::channels::key_context(channel.id);
+        let key = vault.open_bytes(&context, &row.secret_nonce, &row.secret_sealed).unwrap();
+        assert_eq!(crate::channels::signature::display(&key), channel.secret);
+        assert!(
+            Vault::new(&old_key)
+                .unwrap()
+                .open_bytes(&context, &row.secret_nonce, &row.secret_sealed)
+                .is_err()
+        );
     }
 }

@@ -81,6 +81,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/orgs/invitations/{id}"),
     ("GET", "/api/orgs/settings"),
     ("PUT", "/api/orgs/settings"),
+    ("GET", "/api/channels"),
+    ("POST", "/api/channels"),
+    ("PATCH", "/api/channels/{id}"),
+    ("DELETE", "/api/channels/{id}"),
+    ("GET", "/api/channels/{id}/deliveries"),
+    ("POST", "/api/channels/{id}/test"),
 ];
 
 const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];

@@ -8,6 +8,7 @@ mod bench;
 mod breaker;
 mod browser;
 mod budget;
+mod channels;
 mod dashboard;
 mod demo;
 mod docs;

@@ -324,6 +324,12 @@ const ROUTES: &[(&str, &str, Needs)] = &[
     ("DELETE", "/api/orgs/invitations/{id}", Needs::Invite),
     ("GET", "/api/orgs/settings", Needs::Read),
     ("PUT", "/api/orgs/settings", Needs::Settings),
+    ("GET", "/api/channels", Needs::Read),
+    ("POST", "/api/channels", Needs::Write),
+    ("PATCH", "/api/channels/{id}", Needs::Write),
+    ("DELETE", "/api/channels/{id}", Needs::Write),
+    ("GET", "/api/channels/{id}/deliveries", Needs::Read),
+    ("POST", "/api/channels/{id}/test", Needs::Write),
 ];
 
 /// The role matrix, written out independently of the server's.
@@ -355,6 +361,10 @@ fn probe_body(method: &str, path: &str) -> Option<Value> {
         ("POST", "/api/orgs/invitations") => json!({"email": "not an address", "role": "viewer"}),
         ("PATCH", "/api/orgs/members/{id}") => json!({"role": "viewer"}),
         ("PUT", "/api/orgs/settings") => json!({"approvers_required": 0}),
+        ("POST", "/api/channels") => {
+            json!({"kind": "webhook", "url": "https://127.0.0.1/", "events": ["agent.created"]})
+        }
+        ("PATCH", "/api/channels/{id}") => json!({"enabled": true}),
         ("PUT", "/api/policies/{id}") => json!({"description": "x"}),
         ("PUT", "/api/secrets/{id}") => json!({"value": "x"}),
         ("PUT", "/api/agents/{id}/wallet") => json!({"daily_limit_micros": 1}),
@@ -408,6 +418,15 @@ async fn orgs_every_route_answers_each_role_as_its_role_allows() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let secret = r.body["id"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            "/api/channels",
+            Some(&owner.access),
+            json!({"kind": "webhook", "url": "https://hooks.example.com/aegis", "events": ["breaker.held"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let channel = r.body["id"].as_str().unwrap().to_owned();
     let r = s.get("/api/audit?limit=1", &owner.access).await;
     let seq = r.body["items"][0]["seq"].as_i64().unwrap().to_string();
     let mut people = vec![("owner", owner)];
@@ -433,6 +452,8 @@ async fn orgs_every_route_answers_each_role_as_its_role_allows() {
             policy.clone()
         } else if path.starts_with("/api/secrets/") {
             secret.clone()
+        } else if path.starts_with("/api/channels/") {
+            channel.clone()
         } else {
             uuid::Uuid::new_v4().to_string()
         };
@@ -443,7 +464,7 @@ async fn orgs_every_route_answers_each_role_as_its_role_allows() {
             .replace("{agent_id}", &agent)
             .replace("{seq}", &seq)
     };
-    let org_ids = [agent.as_str(), policy.as_str(), secret.as_str()];
+    let org_ids = [agent.as_str(), policy.as_str(), secret.as_str(), channel.as_str()];
 
     let mut checked = 0;
     for &(method, path, needs) in ROUTES {

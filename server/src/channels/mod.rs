@@ -1,0 +1,382 @@
+//! Notification channels: an organization's signed webhooks (issue #20).
+//!
+//! An event published on a replica ([`crate::events::EventBus::publish`]) is copied to
+//! that replica's outbox writer ([`outbox`]), which stores one delivery row per
+//! enabled channel that subscribed to its type. The deliverer ([`delivery`]) takes due
+//! rows under a lease (so replicas never send one row at once), signs and posts
+//! them as Standard Webhooks defines ([`signature`]), and reschedules failures with
+//! exponential backoff until the attempts run out. Everything lives in the database:
+//! a restart resumes where the last process stopped.
+//!
+//! Targets pass the same egress guard as agents' calls ([`crate::proxy::egress`]):
+//! when the channel is made and again at every attempt, with the guard's resolver, so
+//! a webhook cannot reach what an agent could not. Redirects are not followed.
+
+pub mod catalog;
+pub mod delivery;
+pub mod outbox;
+pub mod signature;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::error::AppError;
+use app::model::{
+    Access, ChannelCreated, ChannelPatch, ChannelView, DeliveryPage, DeliveryView, NewChannel, SessionUser,
+};
+use entity::{channel_deliveries, channels};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::actor::Actor;
+use crate::audit::{AuditEntry, AuditLog, canonical_json};
+use crate::db::{internal, now};
+use crate::proxy::egress::EgressGuard;
+use crate::secrets::vault::Vault;
+
+/// Channels one organization may have.
+pub const MAX_CHANNELS: u64 = 20;
+/// Deliveries `GET /api/channels/{id}/deliveries` shows (the newest).
+pub const LOG_LIMIT: u64 = 100;
+
+/// How webhooks are delivered (`AEGIS_WEBHOOK_*`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Wait before the second attempt; each later one waits twice as long, up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Attempts per delivery before it is given up on (`failed`).
+    pub max_attempts: u32,
+    /// Failed attempts in a row (over all its deliveries) that disable a channel.
+    pub disable_after: u32,
+    /// One attempt's whole time (connect, send, answer).
+    pub timeout: Duration,
+    /// How often the deliverer looks for due deliveries (new events wake it at once).
+    pub poll: Duration,
+    /// Allow `http://` targets (for local receivers); `https://` only by default.
+    pub allow_http: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(4 * 3600),
+            max_attempts: 12,
+            disable_after: 50,
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_secs(1),
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ChannelService {
+    db: DatabaseConnection,
+    audit: AuditLog,
+    vault: Vault,
+    egress: EgressGuard,
+    config: WebhookConfig,
+    pub deliverer: Arc<delivery::Deliverer>,
+}
+
+/// The vault context a channel's signing key is sealed under.
+pub fn key_context(id: Uuid) -> String {
+    format!("aegis-channel:v1:{id}")
+}
+
+fn not_found() -> AppError {
+    AppError::not_found("channel")
+}
+
+fn events_of(row: &channels::Model) -> Vec<String> {
+    serde_json::from_str(&row.events).unwrap_or_default()
+}
+
+pub(crate) fn view(row: &channels::Model) -> ChannelView {
+    ChannelView {
+        id: row.id,
+        kind: row.kind.clone(),
+        url: row.url.clone(),
+        events: events_of(row),
+        enabled: row.enabled,
+        disabled_reason: row.disabled_reason.clone(),
+        failure_streak: row.failure_streak.max(0) as u32,
+        created_at: row.created_at,
+    }
+}
+
+pub(crate) fn delivery_view(row: &channel_deliveries::Model) -> DeliveryView {
+    DeliveryView {
+        id: row.id,
+        event_id: row.event_id.clone(),
+        event_type: row.event_type.clone(),
+        status: row.status.clone(),
+        attempts: row.attempts.max(0) as u32,
+        max_attempts: row.max_attempts.max(0) as u32,
+        last_status_code: row.last_status_code.and_then(|c| u16::try_from(c).ok()),
+        last_error: row.last_error.clone(),
+        next_attempt_at: row.next_attempt_at,
+        created_at: row.created_at,
+        delivered_at: row.delivered_at,
+    }
+}
+
+/// Where a URL goes, for the audit: scheme, host and port, never the path or query
+/// (a webhook URL's path is often a capability).
+fn origin(url: &url::Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+fn channel_entry(kind: &str, org: Uuid, mut detail: serde_json::Value, by: Option<&Actor>) -> AuditEntry {
+    if let (Some(map), Some(by)) = (detail.as_object_mut(), by) {
+        map.insert("by".into(), by.audit_json());
+    }
+    AuditEntry {
+        sponsor_id: Some(org),
+        kind: kind.to_owned(),
+        detail: Some(canonical_json(&detail)),
+        ..AuditEntry::default()
+    }
+}
+
+impl ChannelService {
+    pub fn new(
+        db: DatabaseConnection,
+        audit: AuditLog,
+        vault: Vault,
+        egress: EgressGuard,
+        events: crate::events::EventBus,
+        config: WebhookConfig,
+    ) -> Self {
+        let deliverer = Arc::new(delivery::Deliverer::new(
+            db.clone(),
+            audit.clone(),
+            vault.clone(),
+            egress.clone(),
+            events,
+            config.clone(),
+        ));
+        Self { db, audit, vault, egress, config, deliverer }
+    }
+
+    pub fn config(&self) -> &WebhookConfig {
+        &self.config
+    }
+
+    /// A URL a webhook may target: the egress guard's rules, `https` unless allowed.
+    fn check_target(&self, raw: &str) -> Result<url::Url, AppError> {
+        let target = self
+            .egress
+            .check_url(raw.trim())
+            .map_err(|d| AppError::bad_request("webhook_url_refused", format!("url: {}", d.reason)))?;
+        if target.scheme != "https" && !self.config.allow_http {
+            return Err(AppError::bad_request(
+                "webhook_url_refused",
+                "url: webhooks are sent over https only",
+            ));
+        }
+        Ok(target.url)
+    }
+
+    async fn owned(&self, org: Uuid, id: Uuid) -> Result<channels::Model, AppError> {
+        channels::Entity::find_by_id(id)
+            .filter(channels::Column::OrgId.eq(org))
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)
+    }
+
+    pub async fn list(&self, sponsor: &SessionUser) -> Result<Vec<ChannelView>, AppError> {
+        let org = sponsor.scope(Access::Read)?;
+        let rows = channels::Entity::find()
+            .filter(channels::Column::OrgId.eq(org))
+            .order_by_asc(channels::Column::CreatedAt)
+            .all(&self.db)
+            .await
+            .map_err(internal)?;
+        Ok(rows.iter().map(view).collect())
+    }
+
+    pub async fn create(&self, sponsor: &SessionUser, input: NewChannel) -> Result<ChannelCreated, AppError> {
+        let by = Actor::new(sponsor, Access::Write)?;
+        match input.kind.as_str() {
+            "webhook" => {}
+            "slack" | "email" => {
+                return Err(AppError::bad_request(
+                    "unsupported_kind",
+                    format!("kind: {} channels are not available yet; use a webhook", input.kind),
+                ));
+            }
+            _ => return Err(AppError::validation("kind: must be \"webhook\"")),
+        }
+        let url = self.check_target(input.url.as_deref().unwrap_or_default())?;
+        let events = catalog::validate(&input.events)?;
+        let mut txn = self.audit.begin().await?;
+        let count = channels::Entity::find()
+            .filter(channels::Column::OrgId.eq(by.org))
+            .count(txn.conn())
+            .await
+            .map_err(internal)?;
+        if count >= MAX_CHANNELS {
+            return Err(AppError::conflict(
+                "channel_limit",
+                format!("an organization has at most {MAX_CHANNELS} channels"),
+            ));
+        }
+        let id = Uuid::new_v4();
+        let key = signature::new_key();
+        let (nonce, sealed) = self.vault.seal_bytes(&key_context(id), &key);
+        let row = channels::ActiveModel {
+            id: Set(id),
+            org_id: Set(by.org),
+            kind: Set("webhook".into()),
+            url: Set(url.to_string()),
+            events: Set(serde_json::to_string(&events).map_err(|_| AppError::internal())?),
+            secret_nonce: Set(nonce),
+            secret_sealed: Set(sealed),
+            enabled: Set(true),
+            failure_streak: Set(0),
+            disabled_reason: Set(None),
+            created_by: Set(by.member),
+            created_at: Set(now()),
+        }
+        .insert(txn.conn())
+        .await
+        .map_err(internal)?;
+        txn.append(channel_entry(
+            "channel.created",
+            by.org,
+            json!({"channel": id, "kind": "webhook", "origin": origin(&url), "events": events}),
+            Some(&by),
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(ChannelCreated { id, secret: signature::display(&key), channel: view(&row) })
+    }
+
+    /// Re-enabling clears the failure streak; pending deliveries resume.
+    pub async fn update(
+        &self,
+        sponsor: &SessionUser,
+        id: Uuid,
+        patch: ChannelPatch,
+    ) -> Result<ChannelView, AppError> {
+        let by = Actor::new(sponsor, Access::Write)?;
+        let events = patch.events.as_deref().map(catalog::validate).transpose()?;
+        let mut txn = self.audit.begin().await?;
+        let row = channels::Entity::find_by_id(id)
+            .filter(channels::Column::OrgId.eq(by.org))
+            .one(txn.conn())
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        let mut update = channels::Entity::update_many().filter(channels::Column::Id.eq(id));
+        if let Some(events) = &events {
+            let text = serde_json::to_string(events).map_err(|_| AppError::internal())?;
+            update = update.col_expr(channels::Column::Events, Expr::value(text));
+        }
+        if let Some(enabled) = patch.enabled {
+            update = update.col_expr(channels::Column::Enabled, Expr::value(enabled));
+            if enabled {
+                update = update
+                    .col_expr(channels::Column::FailureStreak, Expr::value(0))
+                    .col_expr(channels::Column::DisabledReason, Expr::value(Option::<String>::None));
+            } else {
+                update = update.col_expr(
+                    channels::Column::DisabledReason,
+                    Expr::value(Some(format!("disabled by {}", by.member))),
+                );
+            }
+        }
+        if events.is_some() || patch.enabled.is_some() {
+            update.exec(txn.conn()).await.map_err(internal)?;
+            txn.append(channel_entry(
+                "channel.updated",
+                by.org,
+                json!({"channel": id, "events": events, "enabled": patch.enabled, "was_enabled": row.enabled}),
+                Some(&by),
+            ))
+            .await?;
+        }
+        let row = channels::Entity::find_by_id(id)
+            .one(txn.conn())
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        txn.commit().await?;
+        if row.enabled {
+            self.deliverer.wake();
+        }
+        Ok(view(&row))
+    }
+
+    /// The channel and its delivery log go; nothing more is sent to it.
+    pub async fn delete(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
+        let by = Actor::new(sponsor, Access::Write)?;
+        let mut txn = self.audit.begin().await?;
+        let row = channels::Entity::find_by_id(id)
+            .filter(channels::Column::OrgId.eq(by.org))
+            .one(txn.conn())
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        channel_deliveries::Entity::delete_many()
+            .filter(channel_deliveries::Column::ChannelId.eq(id))
+            .exec(txn.conn())
+            .await
+            .map_err(internal)?;
+        channels::Entity::delete_by_id(id).exec(txn.conn()).await.map_err(internal)?;
+        let origin = url::Url::parse(&row.url).map(|u| origin(&u)).unwrap_or_default();
+        txn.append(channel_entry(
+            "channel.deleted",
+            by.org,
+            json!({"channel": id, "origin": origin}),
+            Some(&by),
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn deliveries(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryPage, AppError> {
+        let org = sponsor.scope(Access::Read)?;
+        self.owned(org, id).await?;
+        let rows = channel_deliveries::Entity::find()
+            .filter(channel_deliveries::Column::ChannelId.eq(id))
+            .order_by_desc(channel_deliveries::Column::CreatedAt)
+            .order_by_desc(channel_deliveries::Column::Id)
+            .limit(LOG_LIMIT)
+            .all(&self.db)
+            .await
+            .map_err(internal)?;
+        Ok(DeliveryPage { items: rows.iter().map(delivery_view).collect() })
+    }
+
+    /// One `channel.test` event, sent now (even to a disabled channel, to check it
+    /// before turning it back on), attempted once; it does not count toward the
+    /// failure streak. Returns the delivery as the log records it.
+    pub async fn test(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryView, AppError> {
+        let by = Actor::new(sponsor, Access::Write)?;
+        let channel = self.owned(by.org, id).await?;
+        let event = crate::events::Event::new(
+            catalog::CHANNEL_TEST,
+            by.org,
+            None,
+            json!({"channel_id": id, "by": by.member}),
+        );
+        let mut row = outbox::delivery_row(&channel, &event, 1);
+        // Not due for the deliverer: this request sends it, once.
+        row.next_attempt_at = Set(None);
+        let row = row.insert(&self.db).await.map_err(internal)?;
+        let done = self.deliverer.attempt_now(row, &channel).await?;
+        Ok(delivery_view(&done))
+    }
+}
