@@ -44,6 +44,13 @@ const CONCURRENCY: usize = 16;
 /// An error text kept in the log is cut to this many characters.
 const MAX_ERROR: usize = 300;
 
+/// Rows no replica holds a live lease on at `t`.
+fn unleased(t: chrono::DateTime<chrono::Utc>) -> Condition {
+    Condition::any()
+        .add(channel_deliveries::Column::LockedUntil.is_null())
+        .add(channel_deliveries::Column::LockedUntil.lt(t))
+}
+
 pub struct Deliverer {
     db: DatabaseConnection,
     audit: AuditLog,
@@ -119,11 +126,7 @@ impl Deliverer {
         let due = channel_deliveries::Entity::find()
             .filter(channel_deliveries::Column::Status.eq(PENDING))
             .filter(channel_deliveries::Column::NextAttemptAt.lte(t))
-            .filter(
-                Condition::any()
-                    .add(channel_deliveries::Column::LockedUntil.is_null())
-                    .add(channel_deliveries::Column::LockedUntil.lt(t)),
-            )
+            .filter(unleased(t))
             .filter(channel_deliveries::Column::ChannelId.in_subquery(enabled))
             .order_by_asc(channel_deliveries::Column::NextAttemptAt)
             .limit(ROUND)
@@ -172,11 +175,7 @@ impl Deliverer {
             .col_expr(channel_deliveries::Column::LockedUntil, Expr::value(until))
             .filter(channel_deliveries::Column::Id.eq(row.id))
             .filter(channel_deliveries::Column::Status.eq(PENDING))
-            .filter(
-                Condition::any()
-                    .add(channel_deliveries::Column::LockedUntil.is_null())
-                    .add(channel_deliveries::Column::LockedUntil.lt(t)),
-            )
+            .filter(unleased(t))
             .exec(&self.db)
             .await
             .map_err(internal)?;

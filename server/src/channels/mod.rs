@@ -27,8 +27,8 @@ use app::model::{
 use entity::{channel_deliveries, channels};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -166,10 +166,6 @@ impl ChannelService {
         Self { db, audit, vault, egress, config, deliverer }
     }
 
-    pub fn config(&self) -> &WebhookConfig {
-        &self.config
-    }
-
     /// A URL a webhook may target: the egress guard's rules, `https` unless allowed.
     fn check_target(&self, raw: &str) -> Result<url::Url, AppError> {
         let target = self
@@ -185,10 +181,11 @@ impl ChannelService {
         Ok(target.url)
     }
 
-    async fn owned(&self, org: Uuid, id: Uuid) -> Result<channels::Model, AppError> {
+    /// The organization's channel, read on `db` (the pool, or a write's transaction).
+    async fn owned(db: &impl ConnectionTrait, org: Uuid, id: Uuid) -> Result<channels::Model, AppError> {
         channels::Entity::find_by_id(id)
             .filter(channels::Column::OrgId.eq(org))
-            .one(&self.db)
+            .one(db)
             .await
             .map_err(internal)?
             .ok_or_else(not_found)
@@ -272,12 +269,7 @@ impl ChannelService {
         let by = Actor::new(sponsor, Access::Write)?;
         let events = patch.events.as_deref().map(catalog::validate).transpose()?;
         let mut txn = self.audit.begin().await?;
-        let row = channels::Entity::find_by_id(id)
-            .filter(channels::Column::OrgId.eq(by.org))
-            .one(txn.conn())
-            .await
-            .map_err(internal)?
-            .ok_or_else(not_found)?;
+        let row = Self::owned(txn.conn(), by.org, id).await?;
         let mut update = channels::Entity::update_many().filter(channels::Column::Id.eq(id));
         if let Some(events) = &events {
             let text = serde_json::to_string(events).map_err(|_| AppError::internal())?;
@@ -322,12 +314,7 @@ impl ChannelService {
     pub async fn delete(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
         let by = Actor::new(sponsor, Access::Write)?;
         let mut txn = self.audit.begin().await?;
-        let row = channels::Entity::find_by_id(id)
-            .filter(channels::Column::OrgId.eq(by.org))
-            .one(txn.conn())
-            .await
-            .map_err(internal)?
-            .ok_or_else(not_found)?;
+        let row = Self::owned(txn.conn(), by.org, id).await?;
         channel_deliveries::Entity::delete_many()
             .filter(channel_deliveries::Column::ChannelId.eq(id))
             .exec(txn.conn())
@@ -348,7 +335,7 @@ impl ChannelService {
 
     pub async fn deliveries(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryPage, AppError> {
         let org = sponsor.scope(Access::Read)?;
-        self.owned(org, id).await?;
+        Self::owned(&self.db, org, id).await?;
         let rows = channel_deliveries::Entity::find()
             .filter(channel_deliveries::Column::ChannelId.eq(id))
             .order_by_desc(channel_deliveries::Column::CreatedAt)
@@ -365,7 +352,7 @@ impl ChannelService {
     /// failure streak. Returns the delivery as the log records it.
     pub async fn test(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryView, AppError> {
         let by = Actor::new(sponsor, Access::Write)?;
-        let channel = self.owned(by.org, id).await?;
+        let channel = Self::owned(&self.db, by.org, id).await?;
         let event = crate::events::Event::new(
             catalog::CHANNEL_TEST,
             by.org,

@@ -65,10 +65,6 @@ pub fn delivery_row(
     }
 }
 
-fn subscribed(channel: &channels::Model, kind: &str) -> bool {
-    serde_json::from_str::<Vec<String>>(&channel.events).is_ok_and(|e| e.iter().any(|k| k == kind))
-}
-
 /// Stores one batch; returns how many deliveries it enqueued.
 pub async fn store(db: &DatabaseConnection, events: &[Event], max_attempts: u32) -> Result<usize, DbErr> {
     let events: Vec<&Event> =
@@ -84,13 +80,21 @@ pub async fn store(db: &DatabaseConnection, events: &[Event], max_attempts: u32)
         .filter(channels::Column::Enabled.eq(true))
         .all(db)
         .await?;
+    // Each channel's filter, parsed once per batch.
+    let channels: Vec<(channels::Model, Vec<String>)> = channels
+        .into_iter()
+        .map(|c| {
+            let kinds = serde_json::from_str(&c.events).unwrap_or_default();
+            (c, kinds)
+        })
+        .collect();
     let rows: Vec<_> = events
         .iter()
         .flat_map(|e| {
             channels
                 .iter()
-                .filter(move |c| c.org_id == e.sponsor_id && subscribed(c, &e.kind))
-                .map(move |c| delivery_row(c, e, max_attempts))
+                .filter(move |(c, kinds)| c.org_id == e.sponsor_id && kinds.contains(&e.kind))
+                .map(move |(c, _)| delivery_row(c, e, max_attempts))
         })
         .collect();
     let n = rows.len();
