@@ -14,7 +14,7 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 TOOLS := $(CURDIR)/target/tools
 export PATH := $(HOME)/.cargo/bin:$(TOOLS)/node_modules/.bin:$(PATH)
 
-.PHONY: help run demo dev test test-rust test-postgres test-redis test-e2e test-schema build-debug tools tools-release chromium nginx e2e-deps sdk-venv fmt lint clean-data
+.PHONY: help run demo dev test test-rust test-postgres test-redis test-e2e test-schema bench-isolation build-debug tools tools-release chromium nginx e2e-deps sdk-venv fmt lint clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -73,6 +73,14 @@ test-schema: ## Schema-driven API fuzzing (Schemathesis) against the debug build
 
 test-e2e: ## Playwright browser tests against the debug build
 	cd end2end && npx playwright test
+
+# Noisy-neighbour numbers: the three isolation scenarios (100 approval long-polls, hostile
+# policies, 12 concurrent audit verifications) print another tenant's latency before and
+# during; the tests assert that it was served, the numbers are for reading, not asserting.
+bench-isolation: ## Print another tenant's latency before and during each isolation scenario
+	@$(CARGO_TEST) --test api -- --nocapture --test-threads 1 \
+		a_hundred_waits_on_one_approval hostile_policies_get_a_clear_answer concurrent_verifications_do_not_slow 2>&1 \
+		| grep -E '^\[isolation\]|^test result'
 
 tools: ## Install the wasm target, cargo-leptos and wasm-bindgen-cli when missing
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
