@@ -71,10 +71,11 @@ impl Services {
         let audit = audit.with_metrics(metrics.clone());
         // The hot path's store: the backend's own (PostgreSQL, a SQLite file), else sea-orm.
         let store = crate::store::open(&db, &audit, metrics.clone(), config.portable_store);
-        let policies = PolicyService::new(db.clone(), store.clone());
-        let secrets = SecretService::new(db.clone(), vault.clone());
+        let policies = PolicyService::new(db.clone(), store.clone()).with_audit(audit.clone());
+        let secrets = SecretService::new(db.clone(), vault.clone(), audit.clone());
         let egress = EgressGuard::new(config.egress.clone());
-        let connections = ConnectionService::new(db.clone(), store.clone(), secrets.clone(), egress.clone());
+        let connections =
+            ConnectionService::new(db.clone(), store.clone(), secrets.clone(), egress.clone(), audit.clone());
         // Redis pub/sub when REDIS_URL is set (its connection task starts here).
         let events = EventBus::from_config(config.redis_url.as_deref());
         let wallets = WalletService::new(db.clone(), store.clone(), events.clone(), config.reservation_ttl);
@@ -420,8 +421,8 @@ impl Backend for Services {
     }
 
     async fn create_policy(&self, sponsor: &SessionUser, input: NewPolicy) -> Result<PolicyView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.policies.create(org, input).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.policies.create(&by, input).await
     }
 
     async fn update_policy(
@@ -430,8 +431,8 @@ impl Backend for Services {
         id: Uuid,
         update: PolicyUpdate,
     ) -> Result<PolicyView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.policies.update(org, id, update).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.policies.update(&by, id, update).await
     }
 
     async fn list_secrets(&self, sponsor: &SessionUser) -> Result<Vec<SecretView>, AppError> {
@@ -445,8 +446,8 @@ impl Backend for Services {
     }
 
     async fn create_secret(&self, sponsor: &SessionUser, input: NewSecret) -> Result<SecretView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.secrets.create(org, input).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.secrets.create(&by, input).await
     }
 
     async fn update_secret(
@@ -455,8 +456,8 @@ impl Backend for Services {
         id: Uuid,
         update: SecretUpdate,
     ) -> Result<SecretView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.secrets.update(org, id, update).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.secrets.update(&by, id, update).await
     }
 
     async fn set_secret_grant(
@@ -466,13 +467,13 @@ impl Backend for Services {
         agent: Uuid,
         granted: bool,
     ) -> Result<SecretView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.secrets.set_grant(org, secret, agent, granted).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.secrets.set_grant(&by, secret, agent, granted).await
     }
 
     async fn delete_secret(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.secrets.delete(org, id).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.secrets.delete(&by, id).await
     }
 
     async fn list_connections(&self, sponsor: &SessionUser) -> Result<Vec<ConnectionView>, AppError> {
@@ -485,8 +486,8 @@ impl Backend for Services {
         sponsor: &SessionUser,
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.connections.create(org, input).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.connections.create(&by, input).await
     }
 
     async fn replace_connection(
@@ -495,8 +496,8 @@ impl Backend for Services {
         id: Uuid,
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.connections.replace(org, id, input).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.connections.replace(&by, id, input).await
     }
 
     async fn patch_connection(
@@ -505,13 +506,13 @@ impl Backend for Services {
         id: Uuid,
         patch: ConnectionPatch,
     ) -> Result<ConnectionView, AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.connections.patch(org, id, patch).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.connections.patch(&by, id, patch).await
     }
 
     async fn delete_connection(&self, sponsor: &SessionUser, id: Uuid) -> Result<(), AppError> {
-        let org = sponsor.scope(Access::Write)?;
-        self.connections.delete(org, id).await
+        let by = Actor::new(sponsor, Access::Write)?;
+        self.connections.delete(&by, id).await
     }
 
     fn public_origin(&self) -> Option<String> {

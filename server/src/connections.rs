@@ -11,6 +11,8 @@ use entity::{connections, secrets};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 use uuid::Uuid;
 
+use crate::actor::Actor;
+use crate::audit::{AuditEntry, AuditLog};
 use crate::db::{internal, now, unique_or_internal};
 use crate::metering::prices::resolve;
 use crate::proxy::egress::EgressGuard;
@@ -24,6 +26,16 @@ pub struct ConnectionService {
     store: Arc<dyn CallStore>,
     secrets: SecretService,
     egress: EgressGuard,
+    /// Every change is audited in its own transaction, naming the member.
+    audit: AuditLog,
+}
+
+/// What a connection change records: which one, its kind, where it goes (the base
+/// URL's origin only: a path can carry a capability) and the secret's name.
+fn change(row: &connections::Model, secret: Option<&str>) -> serde_json::Value {
+    let origin = url::Url::parse(&row.base_url).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+    serde_json::json!({"connection": row.id, "name": row.name, "kind": row.kind, "origin": origin,
+                       "secret": secret, "cost_micros": row.cost_micros})
 }
 
 fn view(row: connections::Model, secret: Option<String>) -> ConnectionView {
@@ -125,8 +137,9 @@ impl ConnectionService {
         store: Arc<dyn CallStore>,
         secrets: SecretService,
         egress: EgressGuard,
+        audit: AuditLog,
     ) -> Self {
-        Self { db, store, secrets, egress }
+        Self { db, store, secrets, egress, audit }
     }
 
     async fn check(
@@ -198,9 +211,12 @@ impl ConnectionService {
         Ok((name, c, mcp))
     }
 
-    pub async fn create(&self, sponsor_id: Uuid, input: NewConnection) -> Result<ConnectionView, AppError> {
+    /// Audited as `connection.created`.
+    pub async fn create(&self, by: &Actor, input: NewConnection) -> Result<ConnectionView, AppError> {
+        let sponsor_id = by.org;
         let (name, c, mcp) = self.check_new(sponsor_id, input).await?;
         let at = now();
+        let mut txn = self.audit.begin().await?;
         let row = connections::ActiveModel {
             id: Set(Uuid::now_v7()),
             sponsor_id: Set(sponsor_id),
@@ -216,7 +232,7 @@ impl ConnectionService {
             created_at: Set(at),
             updated_at: Set(at),
         }
-        .insert(&self.db)
+        .insert(txn.conn())
         .await
         .map_err(|e| {
             unique_or_internal(
@@ -224,28 +240,34 @@ impl ConnectionService {
                 AppError::conflict("connection_name_taken", "a connection with this name exists"),
             )
         })?;
-        Ok(view(row, c.secret.map(|s| s.name)))
+        let secret = c.secret.map(|s| s.name);
+        txn.append(AuditEntry::by_member("connection.created", by, change(&row, secret.as_deref()))).await?;
+        txn.commit().await?;
+        Ok(view(row, secret))
     }
 
     /// `PUT`: the connection becomes `input` (renamed too, if the name is free).
+    /// Audited as `connection.updated`.
     pub async fn replace(
         &self,
-        sponsor_id: Uuid,
+        by: &Actor,
         id: Uuid,
         input: NewConnection,
     ) -> Result<ConnectionView, AppError> {
-        let row = self.own(sponsor_id, id).await?;
-        let (name, c, mcp) = self.check_new(sponsor_id, input).await?;
-        self.save(row, Some(name), c, mcp).await
+        let row = self.own(by.org, id).await?;
+        let (name, c, mcp) = self.check_new(by.org, input).await?;
+        self.save(by, row, Some(name), c, mcp).await
     }
 
     /// `PATCH`: only the fields given change (`null` removes the secret or pricing).
+    /// Audited as `connection.updated`.
     pub async fn patch(
         &self,
-        sponsor_id: Uuid,
+        by: &Actor,
         id: Uuid,
         patch: ConnectionPatch,
     ) -> Result<ConnectionView, AppError> {
+        let sponsor_id = by.org;
         let row = self.own(sponsor_id, id).await?;
         let current_secret = match row.secret_id {
             Some(secret_id) => {
@@ -275,7 +297,7 @@ impl ConnectionService {
             ));
         }
         let c = self.check(sponsor_id, &base_url, cost, secret.as_deref(), pricing, rate_limits).await?;
-        self.save(row, None, c, mcp).await
+        self.save(by, row, None, c, mcp).await
     }
 
     async fn own(&self, sponsor_id: Uuid, id: Uuid) -> Result<connections::Model, AppError> {
@@ -289,6 +311,7 @@ impl ConnectionService {
 
     async fn save(
         &self,
+        by: &Actor,
         row: connections::Model,
         name: Option<String>,
         c: Checked,
@@ -307,13 +330,17 @@ impl ConnectionService {
         active.mcp_tools = Set(mcp.tools);
         active.record_arguments = Set(mcp.record_arguments);
         active.updated_at = Set(now());
-        let row = active.update(&self.db).await.map_err(|e| {
+        let mut txn = self.audit.begin().await?;
+        let row = active.update(txn.conn()).await.map_err(|e| {
             unique_or_internal(
                 e,
                 AppError::conflict("connection_name_taken", "a connection with this name exists"),
             )
         })?;
-        Ok(view(row, c.secret.map(|s| s.name)))
+        let secret = c.secret.map(|s| s.name);
+        txn.append(AuditEntry::by_member("connection.updated", by, change(&row, secret.as_deref()))).await?;
+        txn.commit().await?;
+        Ok(view(row, secret))
     }
 
     pub async fn list(&self, sponsor_id: Uuid) -> Result<Vec<ConnectionView>, AppError> {
@@ -327,16 +354,22 @@ impl ConnectionService {
         Ok(rows.into_iter().map(|(c, s)| view(c, s.map(|s| s.name))).collect())
     }
 
-    pub async fn delete(&self, sponsor_id: Uuid, id: Uuid) -> Result<(), AppError> {
+    /// Audited as `connection.deleted`.
+    pub async fn delete(&self, by: &Actor, id: Uuid) -> Result<(), AppError> {
+        let row = self.own(by.org, id).await?;
+        let mut txn = self.audit.begin().await?;
         let deleted = connections::Entity::delete_many()
             .filter(connections::Column::Id.eq(id))
-            .filter(connections::Column::SponsorId.eq(sponsor_id))
-            .exec(&self.db)
+            .filter(connections::Column::SponsorId.eq(by.org))
+            .exec(txn.conn())
             .await
             .map_err(internal)?;
         if deleted.rows_affected == 0 {
             return Err(AppError::not_found("connection"));
         }
+        let detail = serde_json::json!({"connection": id, "name": row.name});
+        txn.append(AuditEntry::by_member("connection.deleted", by, detail)).await?;
+        txn.commit().await?;
         Ok(())
     }
 

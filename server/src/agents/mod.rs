@@ -24,7 +24,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::actor::Actor;
-use crate::audit::{AuditEntry, AuditLog, canonical_json};
+use crate::audit::{AuditEntry, AuditLog};
 use crate::db::{internal, now, unique_or_internal};
 use crate::events::{self, Event, EventBus};
 use crate::policies::{DEFAULT_POLICY, PolicyService};
@@ -152,17 +152,8 @@ fn name_taken() -> AppError {
 
 /// An agent lifecycle record: which organization and member (`by`), which agent, and a small canonical JSON detail
 /// (never the API key; at most its public prefix).
-fn lifecycle(kind: &str, by: &Actor, agent_id: Uuid, mut detail: serde_json::Value) -> AuditEntry {
-    if let Some(map) = detail.as_object_mut() {
-        map.insert("by".into(), by.audit_json());
-    }
-    AuditEntry {
-        sponsor_id: Some(by.org),
-        agent_id: Some(agent_id),
-        kind: kind.to_owned(),
-        detail: Some(canonical_json(&detail)),
-        ..AuditEntry::default()
-    }
+fn lifecycle(kind: &str, by: &Actor, agent_id: Uuid, detail: serde_json::Value) -> AuditEntry {
+    AuditEntry { agent_id: Some(agent_id), ..AuditEntry::by_member(kind, by, detail) }
 }
 
 fn revoked() -> AppError {

@@ -60,6 +60,22 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+impl AuditEntry {
+    /// A change a member made to their organization's data: the detail names them
+    /// (`by: {member, role}`). Every such record is built here.
+    pub fn by_member(kind: &str, by: &crate::actor::Actor, mut detail: serde_json::Value) -> Self {
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("by".into(), by.audit_json());
+        }
+        Self {
+            sponsor_id: Some(by.org),
+            kind: kind.to_owned(),
+            detail: Some(canonical_json(&detail)),
+            ..Self::default()
+        }
+    }
+}
+
 /// Where an appended record landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {

@@ -134,15 +134,15 @@ fn origin(url: &url::Url) -> String {
     url.origin().ascii_serialization()
 }
 
-fn channel_entry(kind: &str, org: Uuid, mut detail: serde_json::Value, by: Option<&Actor>) -> AuditEntry {
-    if let (Some(map), Some(by)) = (detail.as_object_mut(), by) {
-        map.insert("by".into(), by.audit_json());
-    }
-    AuditEntry {
-        sponsor_id: Some(org),
-        kind: kind.to_owned(),
-        detail: Some(canonical_json(&detail)),
-        ..AuditEntry::default()
+fn channel_entry(kind: &str, org: Uuid, detail: serde_json::Value, by: Option<&Actor>) -> AuditEntry {
+    match by {
+        Some(by) => AuditEntry::by_member(kind, by, detail),
+        None => AuditEntry {
+            sponsor_id: Some(org),
+            kind: kind.to_owned(),
+            detail: Some(canonical_json(&detail)),
+            ..AuditEntry::default()
+        },
     }
 }
 

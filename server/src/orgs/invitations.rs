@@ -15,7 +15,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{OrgService, org_entry};
+use super::OrgService;
 use crate::actor::Actor;
 use crate::db::{internal, now, unique_or_internal};
 use crate::digest::{random_hex, sha256_hex};
@@ -82,7 +82,7 @@ impl OrgService {
         .insert(txn.conn())
         .await
         .map_err(internal)?;
-        txn.append(org_entry(
+        txn.append(crate::audit::AuditEntry::by_member(
             "org.invitation_created",
             &by,
             serde_json::json!({"invitation": id, "email": email, "role": input.role.as_str()}),
@@ -138,7 +138,12 @@ impl OrgService {
         if gone.rows_affected != 1 {
             return Err(invitation_not_found());
         }
-        txn.append(org_entry("org.invitation_revoked", &by, serde_json::json!({"invitation": id}))).await?;
+        txn.append(crate::audit::AuditEntry::by_member(
+            "org.invitation_revoked",
+            &by,
+            serde_json::json!({"invitation": id}),
+        ))
+        .await?;
         txn.commit().await?;
         Ok(())
     }
@@ -214,7 +219,8 @@ impl OrgService {
         // The joiner acts as the new member they now are.
         let joined = Actor { org, member: who.user_id, role };
         let detail = serde_json::json!({"invitation": invitation.id, "member": who.user_id, "invited_by": invitation.invited_by});
-        let appended = txn.append(org_entry("org.member_joined", &joined, detail)).await?;
+        let appended =
+            txn.append(crate::audit::AuditEntry::by_member("org.member_joined", &joined, detail)).await?;
         txn.commit().await?;
         let data = serde_json::json!({"member": who.user_id, "role": role.as_str()});
         self.announce(crate::events::ORG_MEMBER_JOINED, org, data, appended.seq);

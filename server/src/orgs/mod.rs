@@ -25,7 +25,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::actor::Actor;
-use crate::audit::{AuditEntry, AuditLog, canonical_json};
+use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::tokens::Identity;
 use crate::db::internal;
 use crate::events::{self, Event, EventBus};
@@ -55,19 +55,6 @@ fn stored_role(role: &str) -> Result<Role, AppError> {
         tracing::error!(role, "a membership has an unknown role");
         AppError::internal()
     })
-}
-
-/// An audit record of a change to the organization, naming who made it (`by`).
-pub(crate) fn org_entry(kind: &str, by: &Actor, mut detail: serde_json::Value) -> AuditEntry {
-    if let Some(map) = detail.as_object_mut() {
-        map.insert("by".into(), by.audit_json());
-    }
-    AuditEntry {
-        sponsor_id: Some(by.org),
-        kind: kind.to_owned(),
-        detail: Some(canonical_json(&detail)),
-        ..AuditEntry::default()
-    }
 }
 
 impl OrgService {
@@ -179,7 +166,8 @@ impl OrgService {
             .await
             .map_err(internal)?;
         let change = serde_json::json!({"member": member, "from": from.as_str(), "to": patch.role.as_str()});
-        let appended = txn.append(org_entry("org.member_role_changed", &by, change.clone())).await?;
+        let appended =
+            txn.append(AuditEntry::by_member("org.member_role_changed", &by, change.clone())).await?;
         txn.commit().await?;
         let mut data = change;
         data["by"] = by.audit_json();
@@ -202,7 +190,11 @@ impl OrgService {
         memberships::Entity::delete_by_id((org, member)).exec(txn.conn()).await.map_err(internal)?;
         let kind = if member == sponsor.user_id { "org.member_left" } else { "org.member_removed" };
         let appended = txn
-            .append(org_entry(kind, &by, serde_json::json!({"member": member, "role": role.as_str()})))
+            .append(AuditEntry::by_member(
+                kind,
+                &by,
+                serde_json::json!({"member": member, "role": role.as_str()}),
+            ))
             .await?;
         txn.commit().await?;
         let data = serde_json::json!({"member": member, "role": role.as_str(), "by": by.audit_json()});

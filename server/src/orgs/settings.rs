@@ -8,7 +8,7 @@ use entity::organizations;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::{OrgService, org_entry, org_not_found};
+use super::{OrgService, org_not_found};
 use crate::actor::Actor;
 use crate::approvals::rule::settings_of;
 use crate::db::internal;
@@ -74,8 +74,12 @@ impl OrgService {
             .exec(txn.conn())
             .await
             .map_err(internal)?;
-        txn.append(org_entry("org.settings_changed", &by, serde_json::json!({"from": old, "to": new})))
-            .await?;
+        txn.append(crate::audit::AuditEntry::by_member(
+            "org.settings_changed",
+            &by,
+            serde_json::json!({"from": old, "to": new}),
+        ))
+        .await?;
         txn.commit().await?;
         Ok(new)
     }

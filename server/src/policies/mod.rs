@@ -16,6 +16,8 @@ pub mod contain;
 pub mod engine;
 pub mod replay;
 
+use crate::actor::Actor;
+use crate::audit::{AuditEntry, AuditLog};
 use crate::db::{internal, now};
 use crate::digest::sha256_hex;
 use crate::store::CallStore;
@@ -61,11 +63,30 @@ pub struct PolicyService {
     /// The hot path's reads ([`crate::store`]).
     store: Arc<dyn CallStore>,
     versions: std::sync::Arc<VersionCache>,
+    /// Where changes are audited; a read-only service (`aegis replay`) has none and
+    /// refuses changes.
+    audit: Option<AuditLog>,
 }
 
 impl PolicyService {
     pub fn new(db: DatabaseConnection, store: Arc<dyn CallStore>) -> Self {
-        Self { db, store, versions: Default::default() }
+        Self { db, store, versions: Default::default(), audit: None }
+    }
+
+    /// Changes are audited in their own transaction, naming the member.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    async fn audited(&self) -> Result<crate::audit::AuditTxn, AppError> {
+        match &self.audit {
+            Some(audit) => audit.begin().await,
+            None => {
+                tracing::error!("a policy change on a service without an audit log");
+                Err(AppError::internal())
+            }
+        }
     }
 
     /// Makes the stored built-ins match the shipped sources, adding a version when
@@ -185,7 +206,9 @@ fn validate_policy_name(name: &str) -> Result<String, AppError> {
 impl PolicyService {
     /// A sponsor's own policy. The source must compile; the compiler's message is
     /// returned with a 422 when it does not.
-    pub async fn create(&self, sponsor_id: Uuid, input: NewPolicy) -> Result<PolicyView, AppError> {
+    /// Audited as `policy.created` (version 1 and its source's SHA-256).
+    pub async fn create(&self, by: &Actor, input: NewPolicy) -> Result<PolicyView, AppError> {
+        let sponsor_id = by.org;
         let name = validate_policy_name(&input.name)?;
         validate_source(&input.source).await?;
         let taken = policies::Entity::find()
@@ -199,7 +222,9 @@ impl PolicyService {
         }
         let at = now();
         let id = Uuid::now_v7();
-        let txn = sea_orm::TransactionTrait::begin(&self.db).await.map_err(internal)?;
+        let detail = serde_json::json!({"policy": id, "name": name, "version": 1,
+                                        "sha256": sha256_hex(input.source.as_bytes())});
+        let mut txn = self.audited().await?;
         policies::ActiveModel {
             id: Set(id),
             sponsor_id: Set(Some(sponsor_id)),
@@ -210,11 +235,12 @@ impl PolicyService {
             created_at: Set(at),
             updated_at: Set(at),
         }
-        .insert(&txn)
+        .insert(txn.conn())
         .await
         .map_err(internal)?;
-        insert_version(&txn, id, 1, &input.source, Some(sponsor_id)).await?;
-        txn.commit().await.map_err(internal)?;
+        insert_version(txn.conn(), id, 1, &input.source, Some(sponsor_id)).await?;
+        txn.append(AuditEntry::by_member("policy.created", by, detail)).await?;
+        txn.commit().await?;
         self.get(sponsor_id, id).await
     }
 
@@ -239,12 +265,9 @@ impl PolicyService {
     }
 
     /// A new version of one of the sponsor's own policies. Built-ins are read-only.
-    pub async fn update(
-        &self,
-        sponsor_id: Uuid,
-        id: Uuid,
-        update: PolicyUpdate,
-    ) -> Result<PolicyView, AppError> {
+    /// Audited as `policy.updated` (the new version and its source's SHA-256).
+    pub async fn update(&self, by: &Actor, id: Uuid, update: PolicyUpdate) -> Result<PolicyView, AppError> {
+        let sponsor_id = by.org;
         let policy = policies::Entity::find_by_id(id)
             .filter(visible_to(sponsor_id))
             .one(&self.db)
@@ -261,20 +284,25 @@ impl PolicyService {
         if let Some(source) = &update.source {
             validate_source(source).await?;
         }
-        let txn = sea_orm::TransactionTrait::begin(&self.db).await.map_err(internal)?;
+        let mut txn = self.audited().await?;
         let next = policy.current_version + 1;
+        let mut detail = serde_json::json!({"policy": id, "name": policy.name,
+                                            "description_changed": update.description.is_some()});
         let mut active: policies::ActiveModel = policy.into();
         if let Some(source) = &update.source {
-            insert_version(&txn, id, next, source, Some(sponsor_id)).await?;
+            insert_version(txn.conn(), id, next, source, Some(sponsor_id)).await?;
             active.current_version = Set(next);
+            detail["version"] = next.into();
+            detail["sha256"] = sha256_hex(source.as_bytes()).into();
         }
         if let Some(d) = update.description {
             active.description =
                 Set(Some(d.trim().chars().take(1000).collect()).filter(|d: &String| !d.is_empty()));
         }
         active.updated_at = Set(now());
-        active.update(&txn).await.map_err(internal)?;
-        txn.commit().await.map_err(internal)?;
+        active.update(txn.conn()).await.map_err(internal)?;
+        txn.append(AuditEntry::by_member("policy.updated", by, detail)).await?;
+        txn.commit().await?;
         self.get(sponsor_id, id).await
     }
 

@@ -13,11 +13,13 @@ use app::model::{Injection, NewSecret, SecretUpdate, SecretView};
 use entity::{agents, secret_grants, secrets};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    Set, TransactionTrait,
+    Set,
 };
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::actor::Actor;
+use crate::audit::{AuditEntry, AuditLog};
 use crate::db::{internal, now, unique_or_internal};
 use vault::Vault;
 
@@ -69,6 +71,8 @@ pub struct SecretDenied(pub String);
 pub struct SecretService {
     db: DatabaseConnection,
     vault: Vault,
+    /// Every change is audited in its own transaction, naming the member.
+    audit: AuditLog,
 }
 
 fn validate_name(name: &str) -> Result<String, AppError> {
@@ -163,11 +167,13 @@ fn name_taken() -> AppError {
 }
 
 impl SecretService {
-    pub fn new(db: DatabaseConnection, vault: Vault) -> Self {
-        Self { db, vault }
+    pub fn new(db: DatabaseConnection, vault: Vault, audit: AuditLog) -> Self {
+        Self { db, vault, audit }
     }
 
-    pub async fn create(&self, sponsor_id: Uuid, input: NewSecret) -> Result<SecretView, AppError> {
+    /// Audited as `secret.created` (name, hosts, injection, grants; never the value).
+    pub async fn create(&self, by: &Actor, input: NewSecret) -> Result<SecretView, AppError> {
+        let sponsor_id = by.org;
         let name = validate_name(&input.name)?;
         validate_value(&input.value)?;
         let allowed_hosts = validate_hosts(&input.allowed_hosts)?;
@@ -176,7 +182,9 @@ impl SecretService {
         let id = Uuid::now_v7();
         let (nonce, ciphertext) = self.vault.seal(sponsor_id, id, &input.value);
         let at = now();
-        let txn = self.db.begin().await.map_err(internal)?;
+        let detail = serde_json::json!({"secret": id, "name": name, "allowed_hosts": allowed_hosts,
+                                        "inject": inject, "agents": agents});
+        let mut txn = self.audit.begin().await?;
         let mut row = secrets::ActiveModel {
             id: Set(id),
             sponsor_id: Set(sponsor_id),
@@ -192,9 +200,10 @@ impl SecretService {
             rotated_at: Set(None),
         };
         set_injection(&mut row, &inject);
-        row.insert(&txn).await.map_err(|e| unique_or_internal(e, name_taken()))?;
-        replace_grants(&txn, id, &agents).await?;
-        txn.commit().await.map_err(internal)?;
+        row.insert(txn.conn()).await.map_err(|e| unique_or_internal(e, name_taken()))?;
+        replace_grants(txn.conn(), id, &agents).await?;
+        txn.append(AuditEntry::by_member("secret.created", by, detail)).await?;
+        txn.commit().await?;
         self.get(sponsor_id, id).await
     }
 
@@ -213,12 +222,9 @@ impl SecretService {
         Ok(self.views(vec![row]).await?.remove(0))
     }
 
-    pub async fn update(
-        &self,
-        sponsor_id: Uuid,
-        id: Uuid,
-        update: SecretUpdate,
-    ) -> Result<SecretView, AppError> {
+    /// Audited as `secret.updated`: which fields changed (`value_rotated`, never a value).
+    pub async fn update(&self, by: &Actor, id: Uuid, update: SecretUpdate) -> Result<SecretView, AppError> {
+        let sponsor_id = by.org;
         let row = self.owned(sponsor_id, id).await?;
         if let Some(v) = &update.value {
             validate_value(v)?;
@@ -230,7 +236,18 @@ impl SecretService {
             None => None,
         };
         let at = now();
-        let txn = self.db.begin().await.map_err(internal)?;
+        let mut detail =
+            serde_json::json!({"secret": id, "name": row.name, "value_rotated": update.value.is_some()});
+        if let Some(hosts) = &hosts {
+            detail["allowed_hosts"] = serde_json::json!(hosts);
+        }
+        if let Some(inject) = &inject {
+            detail["inject"] = serde_json::json!(inject);
+        }
+        if let Some(agents) = &agents {
+            detail["agents"] = serde_json::json!(agents);
+        }
+        let mut txn = self.audit.begin().await?;
         let mut active: secrets::ActiveModel = row.into();
         if let Some(value) = &update.value {
             let (nonce, ciphertext) = self.vault.seal(sponsor_id, id, value);
@@ -245,45 +262,57 @@ impl SecretService {
             set_injection(&mut active, inject);
         }
         active.updated_at = Set(at);
-        active.update(&txn).await.map_err(internal)?;
+        active.update(txn.conn()).await.map_err(internal)?;
         if let Some(agents) = agents {
-            replace_grants(&txn, id, &agents).await?;
+            replace_grants(txn.conn(), id, &agents).await?;
         }
-        txn.commit().await.map_err(internal)?;
+        txn.append(AuditEntry::by_member("secret.updated", by, detail)).await?;
+        txn.commit().await?;
         self.get(sponsor_id, id).await
     }
 
     /// Grants (or revokes) one agent's use of one secret: a single row inserted or
     /// deleted, so simultaneous grants to other agents never undo each other.
+    /// Audited as `secret.granted` or `secret.grant_revoked`.
     pub async fn set_grant(
         &self,
-        sponsor_id: Uuid,
+        by: &Actor,
         id: Uuid,
         agent_id: Uuid,
         granted: bool,
     ) -> Result<SecretView, AppError> {
-        self.owned(sponsor_id, id).await?;
+        let sponsor_id = by.org;
+        let row = self.owned(sponsor_id, id).await?;
         if granted {
             self.own_live_agents(sponsor_id, &[agent_id]).await?;
+        }
+        let mut txn = self.audit.begin().await?;
+        if granted {
             secret_grants::Entity::insert(secret_grants::ActiveModel {
                 secret_id: Set(id),
                 agent_id: Set(agent_id),
                 created_at: Set(now()),
             })
             .on_conflict_do_nothing()
-            .exec(&self.db)
+            .exec(txn.conn())
             .await
             .map_err(internal)?;
         } else {
-            secret_grants::Entity::delete_by_id((id, agent_id)).exec(&self.db).await.map_err(internal)?;
+            secret_grants::Entity::delete_by_id((id, agent_id)).exec(txn.conn()).await.map_err(internal)?;
         }
+        let kind = if granted { "secret.granted" } else { "secret.grant_revoked" };
+        let detail = serde_json::json!({"secret": id, "name": row.name, "agent": agent_id});
+        txn.append(AuditEntry { agent_id: Some(agent_id), ..AuditEntry::by_member(kind, by, detail) })
+            .await?;
+        txn.commit().await?;
         self.get(sponsor_id, id).await
     }
 
     /// Refused while a connection uses the secret: deleting it would silently send
     /// that connection's calls upstream without credentials.
-    pub async fn delete(&self, sponsor_id: Uuid, id: Uuid) -> Result<(), AppError> {
-        self.owned(sponsor_id, id).await?;
+    /// Audited as `secret.deleted`.
+    pub async fn delete(&self, by: &Actor, id: Uuid) -> Result<(), AppError> {
+        let row = self.owned(by.org, id).await?;
         let users: Vec<String> = entity::connections::Entity::find()
             .filter(entity::connections::Column::SecretId.eq(id))
             .all(&self.db)
@@ -298,7 +327,11 @@ impl SecretService {
                 format!("connections use this secret: {}; delete them first", users.join(", ")),
             ));
         }
-        secrets::Entity::delete_by_id(id).exec(&self.db).await.map_err(internal)?;
+        let mut txn = self.audit.begin().await?;
+        secrets::Entity::delete_by_id(id).exec(txn.conn()).await.map_err(internal)?;
+        let detail = serde_json::json!({"secret": id, "name": row.name});
+        txn.append(AuditEntry::by_member("secret.deleted", by, detail)).await?;
+        txn.commit().await?;
         Ok(())
     }
 

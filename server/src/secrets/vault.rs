@@ -297,9 +297,8 @@ mod tests {
         let mut ids = Vec::new();
         for name in ["a", "legacy", "broken"] {
             let secret = services
-                .secrets
-                .create(
-                    user,
+                .create_secret(
+                    &member,
                     serde_json::from_value(serde_json::json!({
                         "name": name, "value": format!("value-{name}"), "allowed_hosts": ["api.example.com"],
                         "inject": {"header": "x-api-key"}, "agents": []

@@ -593,6 +593,92 @@ async fn orgs_members_act_in_the_organization_and_the_audit_names_them() {
         (Some(approver.id.as_str()), Some("approver"))
     );
 
+    // Every change to the organization's secrets, policies and connections is audited
+    // in its own transaction, naming the member; never a secret's value.
+    let write = |method: Method, path: String, body: Option<Value>| {
+        let (s, admin) = (&s, &admin);
+        async move { act(s, admin, org, method, &path, body).await }
+    };
+    let value = "sk-audit-by-member-0123456789";
+    let r = write(
+        Method::POST,
+        "/api/secrets".into(),
+        Some(json!({"name": "team-key", "value": value, "allowed_hosts": ["http://127.0.0.1:*"],
+                    "inject": {"header": "X-Api-Key", "format": "{secret}"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let secret = r.body["id"].as_str().unwrap().to_owned();
+    let rotated = "sk-audit-by-member-rotated-9876";
+    let r = write(Method::PUT, format!("/api/secrets/{secret}"), Some(json!({"value": rotated}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let grant = format!("/api/secrets/{secret}/agents/{agent}");
+    assert_eq!(write(Method::PUT, grant.clone(), None).await.status, StatusCode::OK);
+    assert_eq!(write(Method::DELETE, grant, None).await.status, StatusCode::OK);
+    let source = crate::approvals::ASK_ALWAYS;
+    let r =
+        write(Method::POST, "/api/policies".into(), Some(json!({"name": "team", "source": source}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let policy = r.body["id"].as_str().unwrap().to_owned();
+    let r = write(Method::PUT, format!("/api/policies/{policy}"), Some(json!({"description": "v2"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let connection =
+        json!({"name": "team-api", "base_url": mock.url("/echo/cap-token"), "secret": "team-key"});
+    let r = write(Method::POST, "/api/connections".into(), Some(connection)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let conn = r.body["id"].as_str().unwrap().to_owned();
+    let r = write(Method::PATCH, format!("/api/connections/{conn}"), Some(json!({"cost_micros": 5}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        write(Method::DELETE, format!("/api/connections/{conn}"), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        write(Method::DELETE, format!("/api/secrets/{secret}"), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    // A refused change leaves no record.
+    let r = write(Method::DELETE, format!("/api/secrets/{secret}"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+
+    let by_admin = json!({"member": admin.id, "role": "admin"});
+    for kind in [
+        "secret.created",
+        "secret.updated",
+        "secret.granted",
+        "secret.grant_revoked",
+        "secret.deleted",
+        "policy.created",
+        "policy.updated",
+        "connection.created",
+        "connection.updated",
+        "connection.deleted",
+    ] {
+        let records = audit_details(&s, &owner, None, kind).await;
+        // Newest first; the owner's "ask" policy was made before the admin's.
+        let whom: Vec<&Value> = records.iter().map(|r| &r["by"]).collect();
+        let by_owner = json!({"member": owner.id, "role": "owner"});
+        let want = if kind == "policy.created" { vec![&by_admin, &by_owner] } else { vec![&by_admin] };
+        assert_eq!(whom, want, "{kind}: {records:?}");
+    }
+    let updated = &audit_details(&s, &owner, None, "secret.updated").await[0];
+    assert_eq!(
+        (updated["secret"].as_str(), &updated["value_rotated"]),
+        (Some(secret.as_str()), &json!(true))
+    );
+    let created = &audit_details(&s, &owner, None, "policy.created").await[0];
+    assert_eq!((created["policy"].as_str(), &created["version"]), (Some(policy.as_str()), &json!(1)));
+    assert_eq!(created["sha256"].as_str().map(str::len), Some(64));
+    let made = &audit_details(&s, &owner, None, "connection.created").await[0];
+    assert_eq!(
+        (made["secret"].as_str(), made["origin"].as_str()),
+        (Some("team-key"), Some(mock.url("").trim_end_matches('/')))
+    );
+    let r = act(&s, &owner, None, Method::GET, "/api/audit?limit=200", None).await;
+    for leaked in [value, rotated, "cap-token"] {
+        assert!(!r.text.contains(leaked), "the audit log carries {leaked:?}");
+    }
+
     // The chain, with the members' records in it, verifies.
     let r = s.get("/api/audit/verify", &owner.access).await;
     assert_eq!(r.body["valid"], true, "{}", r.text);
