@@ -224,4 +224,6 @@ pub trait Backend: Send + Sync + 'static {
     async fn channel_deliveries(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryPage, AppError>;
     /// Sends a `channel.test` event now, once; its delivery is in the log.
     async fn test_channel(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryView, AppError>;
+    /// Links the Slack user a code was offered to with the signed-in member.
+    async fn link_slack(&self, sponsor: &SessionUser, token: &str) -> Result<SlackLinked, AppError>;
 }

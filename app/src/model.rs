@@ -1431,7 +1431,10 @@ pub struct OrgSettings {
 /// A new notification channel. `kind` is `webhook`: `url` receives every event named
 /// in `events`, signed as Standard Webhooks defines. (`slack` and `email` are refused
 /// with `unsupported_kind` until they exist.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A new channel. `webhook`: `url`. `slack`: the Slack app's `bot_token`
+/// (`xoxb-…`) and `signing_secret`, and the `slack_channel` (a conversation id such
+/// as `C0123456789`) it posts to; both secrets are sealed and never shown again.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewChannel {
@@ -1439,6 +1442,26 @@ pub struct NewChannel {
     #[serde(default)]
     pub url: Option<String>,
     pub events: Vec<String>,
+    #[serde(default)]
+    pub bot_token: Option<String>,
+    #[serde(default)]
+    pub signing_secret: Option<String>,
+    #[serde(default)]
+    pub slack_channel: Option<String>,
+}
+
+impl std::fmt::Debug for NewChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NewChannel")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("bot_token", &hidden(&self.bot_token))
+            .field("signing_secret", &hidden(&self.signing_secret))
+            .field("slack_channel", &self.slack_channel)
+            .finish()
+    }
 }
 
 /// A channel as members see it: never its signing secret.
@@ -1456,16 +1479,40 @@ pub struct ChannelView {
     /// Failed attempts in a row; a success resets it.
     pub failure_streak: u32,
     pub created_at: DateTime<Utc>,
+    /// A Slack channel's conversation id.
+    #[serde(default)]
+    pub slack_channel: Option<String>,
+    /// A Slack channel's interactivity endpoint, to paste into the Slack app's
+    /// "Interactivity & Shortcuts" Request URL (after the server's public origin).
+    #[serde(default)]
+    pub interactivity_path: Option<String>,
 }
 
-/// A new channel: `secret` (`whsec_` + base64, as Standard Webhooks defines it) is
-/// shown once, here; AEGIS keeps it sealed.
+/// A new channel: a webhook's `secret` (`whsec_` + base64, as Standard Webhooks
+/// defines it) is shown once, here; AEGIS keeps it sealed. `null` for Slack (its
+/// secrets are the Slack app's own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct ChannelCreated {
     pub id: Uuid,
-    pub secret: String,
+    pub secret: Option<String>,
     pub channel: ChannelView,
+}
+
+/// `POST /api/slack/links`: the code Slack showed an unlinked user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SlackLinkRequest {
+    pub token: String,
+}
+
+/// A Slack user now linked to the member who redeemed the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct SlackLinked {
+    pub team_id: String,
+    pub slack_user_id: String,
 }
 
 /// Changes to a channel; absent fields stay.

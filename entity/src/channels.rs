@@ -1,5 +1,5 @@
-//! `channels`: an organization's notification endpoint (a signed webhook). The
-//! signing secret is sealed by the vault; `failure_streak` counts failed attempts in
+//! `channels`: an organization's notification endpoint (a signed webhook or a Slack
+//! channel). The signing secret (a Slack channel's bot token and signing secret) is sealed by the vault; `failure_streak` counts failed attempts in
 //! a row and disables the channel when it grows too long.
 
 use sea_orm::entity::prelude::*;
@@ -21,6 +21,8 @@ pub struct Model {
     pub disabled_reason: Option<String>,
     pub created_by: Uuid,
     pub created_at: DateTimeUtc,
+    /// A Slack channel's conversation id (`kind` `slack`).
+    pub slack_channel: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -23,6 +23,7 @@ mod m20261210_000014_mcp;
 mod m20261211_000015_organizations;
 mod m20261212_000016_two_person_rule;
 mod m20261213_000017_channels;
+mod m20261214_000018_slack;
 
 /// The AEGIS migrator: every migration, oldest first.
 pub struct Migrator;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261211_000015_organizations::Migration),
             Box::new(m20261212_000016_two_person_rule::Migration),
             Box::new(m20261213_000017_channels::Migration),
+            Box::new(m20261214_000018_slack::Migration),
         ]
     }
 }

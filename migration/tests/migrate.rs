@@ -7,7 +7,7 @@ use migration::{Migrator, MigratorTrait, SchemaManager};
 
 /// Every table the initial migration must create. Kept independent of the
 /// migration's own list on purpose.
-const TABLES: [&str; 24] = [
+const TABLES: [&str; 27] = [
     "users",
     "refresh_families",
     "refresh_tokens",
@@ -32,6 +32,9 @@ const TABLES: [&str; 24] = [
     "approval_votes",
     "channels",
     "channel_deliveries",
+    "slack_links",
+    "slack_link_tokens",
+    "slack_messages",
 ];
 
 /// A sample of named indexes, one per kind (plain, composite, unique, raw SQL).
@@ -49,8 +52,8 @@ const INDEXES: [(&str, &str); 9] = [
 
 /// How many migrations there are (the initial schema, the audit guards, breakers,
 /// the approvals' plain columns and retention indexes, the chain-head function, the
-/// connections' pricing, usage, MCP, organizations, the two-person rule, channels).
-const MIGRATIONS: usize = 11;
+/// connections' pricing, usage, MCP, organizations, the two-person rule, channels, Slack).
+const MIGRATIONS: usize = 12;
 /// The organizations migration's place in the list (1-based).
 const ORGANIZATIONS_AT: u32 = 9;
 

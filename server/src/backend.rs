@@ -641,4 +641,45 @@ impl Backend for Services {
     async fn test_channel(&self, sponsor: &SessionUser, id: Uuid) -> Result<DeliveryView, AppError> {
         self.channels.test(sponsor, id).await
     }
+
+    async fn link_slack(&self, sponsor: &SessionUser, token: &str) -> Result<SlackLinked, AppError> {
+        self.channels.slack_link(sponsor, token).await
+    }
+}
+
+impl Services {
+    /// A click in a Slack message ([`crate::channels::slack_clicks`]): verified and
+    /// read by the channel, then decided through the same `approve` / `reject` as
+    /// the dashboard, as the linked member with their role now. Slack wants an
+    /// answer within 3 s: the decision (and the call an approval performs) goes on
+    /// after the answer if it takes longer; the message is updated when it is done,
+    /// and a refusal (a viewer's role, already decided) is told to that Slack user.
+    pub async fn slack_interaction(
+        self: &Arc<Self>,
+        channel: Uuid,
+        req: crate::channels::slack_clicks::SlackRequest<'_>,
+    ) -> Result<(), AppError> {
+        use crate::channels::slack_clicks::Click;
+        let Click::Decide { member, approval, approve, channel, slack_user } =
+            self.channels.slack_click(channel, req).await?
+        else {
+            return Ok(());
+        };
+        let this = self.clone();
+        let decide = tokio::spawn(async move {
+            let decided = if approve {
+                let input = ApproveRequest { reason: Some("approved in Slack".into()), grant: None };
+                this.approve(&member, approval, input).await.map(|_| ())
+            } else {
+                let input = RejectRequest { reason: Some("rejected in Slack".into()) };
+                this.reject(&member, approval, input).await.map(|_| ())
+            };
+            match decided {
+                Ok(()) => this.channels.slack_refresh(&channel, approval).await,
+                Err(e) => this.channels.slack_tell(&channel, &slack_user, &e.message).await,
+            }
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(2500), decide).await;
+        Ok(())
+    }
 }

@@ -254,7 +254,7 @@ impl Config {
             audit_signing_key: var("AEGIS_AUDIT_SIGNING_KEY"),
             audit_checkpoint_every: number("AEGIS_AUDIT_CHECKPOINT_EVERY", 1000)?,
             secure_cookies: boolean("AEGIS_SECURE_COOKIES", https)?,
-            public_url,
+            public_url: public_url.clone(),
             trust_proxy_headers: boolean("AEGIS_TRUST_PROXY_HEADERS", false)?,
             access_token_ttl: Duration::from_secs(access_ttl),
             refresh_token_ttl: Duration::from_secs(number("AEGIS_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?),
@@ -317,6 +317,19 @@ impl Config {
                         number("AEGIS_WEBHOOK_POLL_MS", d.poll.as_millis() as u64)?.clamp(50, 60_000),
                     ),
                     allow_http: boolean("AEGIS_WEBHOOK_ALLOW_HTTP", d.allow_http)?,
+                    slack_api_url: match var("AEGIS_SLACK_API_URL") {
+                        Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                            u.trim_end_matches('/').to_owned()
+                        }
+                        Some(_) => {
+                            return Err(ConfigError {
+                                var: "AEGIS_SLACK_API_URL",
+                                reason: "expected http(s)://host/path".into(),
+                            });
+                        }
+                        None => d.slack_api_url,
+                    },
+                    public_url: public_url.clone(),
                 }
             },
             ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),

@@ -59,6 +59,7 @@ pub struct Deliverer {
     events: EventBus,
     config: WebhookConfig,
     client: reqwest::Client,
+    slack: super::slack::SlackApi,
     wake: Notify,
 }
 
@@ -85,7 +86,8 @@ impl Deliverer {
             .user_agent("AEGIS-Webhooks/1")
             .build()
             .expect("the webhook HTTP client builds");
-        Self { db, audit, vault, egress, events, config, client, wake: Notify::new() }
+        let slack = super::slack::SlackApi::new(&config.slack_api_url, config.timeout);
+        Self { db, audit, vault, egress, events, config, client, slack, wake: Notify::new() }
     }
 
     pub fn config(&self) -> &WebhookConfig {
@@ -252,6 +254,15 @@ impl Deliverer {
     /// Signs and posts one attempt. Errors are described without the URL (its path
     /// or query may be a capability) and without what a host name resolved to.
     async fn send(&self, row: &channel_deliveries::Model, channel: &channels::Model) -> Outcome {
+        if channel.kind == super::KIND_SLACK {
+            let public_url = self.config.public_url.as_deref();
+            return match super::slack::deliver(&self.db, &self.slack, &self.vault, public_url, row, channel)
+                .await
+            {
+                Ok(code) => Outcome { status_code: Some(code), error: None },
+                Err((code, error)) => Outcome { status_code: code, error: Some(error) },
+            };
+        }
         let fail = |error: String| Outcome { status_code: None, error: Some(error) };
         let target = match self.egress.check_url(&channel.url) {
             Ok(t) => t,

@@ -16,6 +16,8 @@ pub mod catalog;
 pub mod delivery;
 pub mod outbox;
 pub mod signature;
+pub mod slack;
+pub mod slack_clicks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,9 @@ use crate::db::{internal, now};
 use crate::proxy::egress::EgressGuard;
 use crate::secrets::vault::Vault;
 
+pub const KIND_WEBHOOK: &str = "webhook";
+pub const KIND_SLACK: &str = "slack";
+
 /// Channels one organization may have.
 pub const MAX_CHANNELS: u64 = 20;
 /// Deliveries `GET /api/channels/{id}/deliveries` shows (the newest).
@@ -60,6 +65,10 @@ pub struct WebhookConfig {
     pub poll: Duration,
     /// Allow `http://` targets (for local receivers); `https://` only by default.
     pub allow_http: bool,
+    /// Slack's Web API (`AEGIS_SLACK_API_URL`): the operator's choice, never a tenant's.
+    pub slack_api_url: String,
+    /// The server's public origin (`AEGIS_PUBLIC_URL`), for links in messages.
+    pub public_url: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -72,6 +81,8 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(10),
             poll: Duration::from_secs(1),
             allow_http: false,
+            slack_api_url: slack::DEFAULT_API_URL.to_owned(),
+            public_url: None,
         }
     }
 }
@@ -83,6 +94,8 @@ pub struct ChannelService {
     vault: Vault,
     egress: EgressGuard,
     config: WebhookConfig,
+    /// Slack's Web API, for answers to clicks.
+    slack: slack::SlackApi,
     pub deliverer: Arc<delivery::Deliverer>,
 }
 
@@ -100,6 +113,7 @@ fn events_of(row: &channels::Model) -> Vec<String> {
 }
 
 pub(crate) fn view(row: &channels::Model) -> ChannelView {
+    let slack = row.kind == KIND_SLACK;
     ChannelView {
         id: row.id,
         kind: row.kind.clone(),
@@ -109,6 +123,8 @@ pub(crate) fn view(row: &channels::Model) -> ChannelView {
         disabled_reason: row.disabled_reason.clone(),
         failure_streak: row.failure_streak.max(0) as u32,
         created_at: row.created_at,
+        slack_channel: row.slack_channel.clone(),
+        interactivity_path: slack.then(|| format!("/api/slack/channels/{}/interactions", row.id)),
     }
 }
 
@@ -163,7 +179,15 @@ impl ChannelService {
             events,
             config.clone(),
         ));
-        Self { db, audit, vault, egress, config, deliverer }
+        Self {
+            db,
+            audit,
+            vault,
+            egress,
+            slack: slack::SlackApi::new(&config.slack_api_url, config.timeout),
+            config,
+            deliverer,
+        }
     }
 
     /// A URL a webhook may target: the egress guard's rules, `https` unless allowed.
@@ -204,17 +228,45 @@ impl ChannelService {
 
     pub async fn create(&self, sponsor: &SessionUser, input: NewChannel) -> Result<ChannelCreated, AppError> {
         let by = Actor::new(sponsor, Access::Write)?;
-        match input.kind.as_str() {
-            "webhook" => {}
-            "slack" | "email" => {
-                return Err(AppError::bad_request(
-                    "unsupported_kind",
-                    format!("kind: {} channels are not available yet; use a webhook", input.kind),
+        let id = Uuid::new_v4();
+        // What the kind needs: where it goes, what is sealed, what is shown once.
+        let slack_fields = [&input.bot_token, &input.signing_secret, &input.slack_channel];
+        let (url, slack_channel, sealed_bytes, shown) = match input.kind.as_str() {
+            KIND_WEBHOOK if slack_fields.iter().any(|f| f.is_some()) => {
+                return Err(AppError::validation(
+                    "bot_token, signing_secret and slack_channel are for kind \"slack\"",
                 ));
             }
-            _ => return Err(AppError::validation("kind: must be \"webhook\"")),
-        }
-        let url = self.check_target(input.url.as_deref().unwrap_or_default())?;
+            KIND_SLACK if input.url.is_some() => {
+                return Err(AppError::validation(
+                    "url: a Slack channel posts through the Slack app (bot_token, slack_channel)",
+                ));
+            }
+            KIND_WEBHOOK => {
+                let url = self.check_target(input.url.as_deref().unwrap_or_default())?;
+                let key = signature::new_key();
+                let shown = signature::display(&key);
+                (url, None, zeroize::Zeroizing::new(key.to_vec()), Some(shown))
+            }
+            KIND_SLACK => {
+                let (conversation, keys) = slack::validate(
+                    input.bot_token.as_deref(),
+                    input.signing_secret.as_deref(),
+                    input.slack_channel.as_deref(),
+                )?;
+                let url = url::Url::parse(&format!("https://slack.com/app_redirect?channel={conversation}"))
+                    .map_err(|_| AppError::internal())?;
+                let bytes = serde_json::to_vec(&keys).map_err(|_| AppError::internal())?;
+                (url, Some(conversation), zeroize::Zeroizing::new(bytes), None)
+            }
+            "email" => {
+                return Err(AppError::bad_request(
+                    "unsupported_kind",
+                    "kind: email channels are not available yet; use a webhook or Slack",
+                ));
+            }
+            _ => return Err(AppError::validation("kind: must be \"webhook\" or \"slack\"")),
+        };
         let events = catalog::validate(&input.events)?;
         let mut txn = self.audit.begin().await?;
         let count = channels::Entity::find()
@@ -228,13 +280,12 @@ impl ChannelService {
                 format!("an organization has at most {MAX_CHANNELS} channels"),
             ));
         }
-        let id = Uuid::new_v4();
-        let key = signature::new_key();
-        let (nonce, sealed) = self.vault.seal_bytes(&key_context(id), &key);
+        let (nonce, sealed) = self.vault.seal_bytes(&key_context(id), &sealed_bytes);
         let row = channels::ActiveModel {
             id: Set(id),
             org_id: Set(by.org),
-            kind: Set("webhook".into()),
+            kind: Set(input.kind.clone()),
+            slack_channel: Set(slack_channel),
             url: Set(url.to_string()),
             events: Set(serde_json::to_string(&events).map_err(|_| AppError::internal())?),
             secret_nonce: Set(nonce),
@@ -251,12 +302,12 @@ impl ChannelService {
         txn.append(channel_entry(
             "channel.created",
             by.org,
-            json!({"channel": id, "kind": "webhook", "origin": origin(&url), "events": events}),
+            json!({"channel": id, "kind": input.kind, "origin": origin(&url), "events": events}),
             Some(&by),
         ))
         .await?;
         txn.commit().await?;
-        Ok(ChannelCreated { id, secret: signature::display(&key), channel: view(&row) })
+        Ok(ChannelCreated { id, secret: shown, channel: view(&row) })
     }
 
     /// Re-enabling clears the failure streak; pending deliveries resume.

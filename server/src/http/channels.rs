@@ -1,8 +1,11 @@
-//! Notification channels: signed webhooks and their delivery logs.
+//! Notification channels: signed webhooks, Slack, and their delivery logs.
 //! Thin: each calls the [`Backend`] method the dashboard uses too.
 
 use app::backend::Backend;
-use app::model::{ChannelCreated, ChannelPatch, ChannelView, DeliveryPage, DeliveryView, NewChannel};
+use app::model::{
+    ChannelCreated, ChannelPatch, ChannelView, DeliveryPage, DeliveryView, NewChannel, SlackLinkRequest,
+    SlackLinked,
+};
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -112,4 +115,49 @@ pub async fn test(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.test_channel(&sponsor, id).await?))
+}
+
+#[utoipa::path(post, path = "/api/slack/links", tag = "channels",
+    summary = "Link a Slack user to yourself",
+    description = "Any member. A Slack user who clicks Approve or Reject before being linked is shown (only to them, in Slack) a single-use code, valid 15 minutes; the member who sends it here while signed in is linked to that Slack user, and that user's clicks are then decided as this member with their role at the time of the click. Audited as `channel.slack_linked`.",
+    request_body = SlackLinkRequest,
+    security(("sponsor_token" = [])),
+    responses(
+        (status = 200, description = "The Slack user now linked to you", body = SlackLinked),
+        (status = 404, description = "`slack_link_invalid`: no such code (used, expired, or another organization's)", body = ErrorBody),
+    ))]
+pub async fn link_slack(
+    State(s): State<AppState>,
+    Sponsor(sponsor): Sponsor,
+    ApiJson(input): ApiJson<SlackLinkRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.link_slack(&sponsor, &input.token).await?))
+}
+
+#[utoipa::path(post, path = "/api/slack/channels/{id}/interactions", tag = "channels",
+    summary = "Slack's interactivity endpoint for a Slack channel",
+    description = "The Request URL of the Slack app's \"Interactivity & Shortcuts\" (the channel's `interactivity_path`). Authenticated by Slack's request signature: `X-Slack-Signature: v0=<hex HMAC-SHA256 of v0:{timestamp}:{body}>` under the app's signing secret, with `X-Slack-Request-Timestamp` within five minutes. A click on Approve or Reject is decided as the linked member (an unlinked Slack user is sent a link code instead); Slack's retries and repeated clicks decide once.",
+    params(("id" = Uuid, Path, description = "Channel id")),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "`payload=<Slack's interaction JSON>`"),
+    responses(
+        (status = 200, description = "Taken (the outcome is shown in Slack)"),
+        (status = 400, description = "`invalid_slack_payload`: signed, but not an interaction payload", body = ErrorBody),
+        (status = 401, description = "`slack_signature_invalid`, `slack_timestamp_stale`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such Slack channel", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = ErrorBody),
+    ))]
+pub async fn slack_interactions(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let req = crate::channels::slack_clicks::SlackRequest {
+        timestamp: header("x-slack-request-timestamp"),
+        signature: header("x-slack-signature"),
+        body: &body,
+    };
+    s.services.slack_interaction(id, req).await?;
+    Ok(StatusCode::OK)
 }

@@ -118,6 +118,12 @@ pub fn router(state: AppState) -> Router {
         .route("/channels/{id}", axum::routing::patch(channels::update).delete(channels::delete))
         .route("/channels/{id}/deliveries", get(channels::deliveries))
         .route("/channels/{id}/test", post(channels::test))
+        .route("/slack/links", post(channels::link_slack))
+        .route(
+            "/slack/channels/{id}/interactions",
+            post(channels::slack_interactions)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::channels::slack_clicks::MAX_BODY)),
+        )
         .fallback(|| async { ApiError(AppError::not_found("endpoint")) })
         .method_not_allowed_fallback(|| async {
             ApiError(AppError::new(405, "method_not_allowed", "method not allowed on this endpoint"))

@@ -89,6 +89,8 @@ use crate::call::Stage;
         super::channels::delete,
         super::channels::deliveries,
         super::channels::test,
+        super::channels::link_slack,
+        super::channels::slack_interactions,
         super::audit::list,
         super::audit::export_csv,
         super::audit::verify,

@@ -290,6 +290,9 @@ mod tests {
                     kind: "webhook".into(),
                     url: Some("https://hooks.example.com/aegis".into()),
                     events: vec!["approval.requested".into()],
+                    bot_token: None,
+                    signing_secret: None,
+                    slack_channel: None,
                 },
             )
             .await
@@ -358,7 +361,7 @@ mod tests {
         assert_eq!(hex::encode(&row.secret_nonce[..KEY_ID_LEN]), report.new_key_id);
         let context = crate::channels::key_context(channel.id);
         let key = vault.open_bytes(&context, &row.secret_nonce, &row.secret_sealed).unwrap();
-        assert_eq!(crate::channels::signature::display(&key), channel.secret);
+        assert_eq!(Some(crate::channels::signature::display(&key)), channel.secret);
         assert!(
             Vault::new(&old_key)
                 .unwrap()

@@ -87,6 +87,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/channels/{id}"),
     ("GET", "/api/channels/{id}/deliveries"),
     ("POST", "/api/channels/{id}/test"),
+    ("POST", "/api/slack/links"),
+    ("POST", "/api/slack/channels/{id}/interactions"),
 ];
 
 const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];

@@ -33,6 +33,7 @@ mod policies;
 mod proxy;
 mod replicas;
 mod sdk;
+mod slack;
 mod store;
 mod support;
 mod topology;

@@ -330,6 +330,7 @@ const ROUTES: &[(&str, &str, Needs)] = &[
     ("DELETE", "/api/channels/{id}", Needs::Write),
     ("GET", "/api/channels/{id}/deliveries", Needs::Read),
     ("POST", "/api/channels/{id}/test", Needs::Write),
+    ("POST", "/api/slack/links", Needs::Read),
 ];
 
 /// The role matrix, written out independently of the server's.
@@ -365,6 +366,7 @@ fn probe_body(method: &str, path: &str) -> Option<Value> {
             json!({"kind": "webhook", "url": "https://127.0.0.1/", "events": ["agent.created"]})
         }
         ("PATCH", "/api/channels/{id}") => json!({"enabled": true}),
+        ("POST", "/api/slack/links") => json!({"token": "slk_unknown"}),
         ("PUT", "/api/policies/{id}") => json!({"description": "x"}),
         ("PUT", "/api/secrets/{id}") => json!({"value": "x"}),
         ("PUT", "/api/agents/{id}/wallet") => json!({"daily_limit_micros": 1}),
