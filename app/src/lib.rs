@@ -53,6 +53,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=pages::overview::OverviewPage ssr=SsrMode::Async/>
                     <Route path=path!("agents") view=pages::agents::AgentsPage ssr=SsrMode::Async/>
                     <Route path=path!("approvals") view=pages::approvals::ApprovalsPage ssr=SsrMode::Async/>
+                    <Route path=path!("approvals/:id") view=pages::approvals::ApprovalPage ssr=SsrMode::Async/>
                     <Route path=path!("audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>
                     <Route path=path!("agents/:id") view=pages::agent::AgentPage ssr=SsrMode::Async/>
                     <Route path=path!("secrets") view=pages::secrets::SecretsPage ssr=SsrMode::Async/>

@@ -147,6 +147,7 @@ impl Services {
             audit.clone(),
             events.clone(),
             config.public_url.clone(),
+            config.webhooks.mailer.clone(),
         );
         let channels = crate::channels::ChannelService::new(
             db.clone(),

@@ -330,6 +330,19 @@ impl Config {
                         None => d.slack_api_url,
                     },
                     public_url: public_url.clone(),
+                    mailer: match var("AEGIS_SMTP_URL") {
+                        Some(url) => {
+                            let from = parse("AEGIS_SMTP_FROM", "AEGIS <aegis@localhost>")?;
+                            let timeout = Duration::from_secs(
+                                number("AEGIS_WEBHOOK_TIMEOUT_SECS", d.timeout.as_secs())?.clamp(1, 60),
+                            );
+                            Some(
+                                crate::mail::Mailer::new(&url, &from, timeout)
+                                    .map_err(|e| ConfigError { var: e.var, reason: e.reason.into() })?,
+                            )
+                        }
+                        None => None,
+                    },
                 }
             },
             ws_heartbeat: Duration::from_secs(number("AEGIS_WS_HEARTBEAT_SECS", 15)?.clamp(1, 300)),

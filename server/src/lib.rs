@@ -18,6 +18,7 @@ pub mod demo;
 pub mod digest;
 pub mod events;
 pub mod http;
+pub mod mail;
 pub mod mcp;
 pub mod metering;
 pub mod metrics;

@@ -7,7 +7,7 @@
 
 use leptos::prelude::*;
 use leptos_meta::Title;
-use leptos_router::hooks::use_query_map;
+use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::FormError;
 use crate::live::Live;
@@ -73,6 +73,41 @@ pub fn ApprovalsPage() -> impl IntoView {
                             {next.map(|href| view! { <a class="button ghost" href=href>"Next page →"</a> })}
                         }.into_any()
                     }
+                    Err(e) => view! { <p class="alert error" role="alert">{e.message}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+/// One approval, where a notification's link points (`/approvals/{id}`): the same
+/// card as the queue, with its buttons while it waits. Signing in is required.
+#[component]
+pub fn ApprovalPage() -> impl IntoView {
+    let decide = ServerAction::<DecideApproval>::new();
+    let params = use_params_map();
+    let tick = Live::get().map(|l| l.tick);
+    let approval = Resource::new(
+        move || (params.read().get("id"), decide.version().get(), tick.map(|t| t.get())),
+        |(id, _, _)| async move {
+            match id.and_then(|id| id.parse::<uuid::Uuid>().ok()) {
+                Some(id) => get_approval(id).await,
+                None => Err(crate::error::AppError::not_found("approval")),
+            }
+        },
+    );
+    let error = Signal::derive(move || decide.value().get().and_then(Result::err));
+    view! {
+        <Title text="Approval"/>
+        <div class="page-head">
+            <h1>"Approval"</h1>
+            <p class="muted"><a href="/approvals">"← All approvals"</a></p>
+        </div>
+        <FormError error/>
+        <Transition fallback=|| view! { <p class="muted">"Loading the approval…"</p> }>
+            {move || Suspend::new(async move {
+                match approval.await {
+                    Ok(a) => view! { <ul class="approvals" id="approval-one"><ApprovalCard approval=a decide/></ul> }.into_any(),
                     Err(e) => view! { <p class="alert error" role="alert">{e.message}</p> }.into_any(),
                 }
             })}

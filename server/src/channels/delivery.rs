@@ -254,6 +254,13 @@ impl Deliverer {
     /// Signs and posts one attempt. Errors are described without the URL (its path
     /// or query may be a capability) and without what a host name resolved to.
     async fn send(&self, row: &channel_deliveries::Model, channel: &channels::Model) -> Outcome {
+        if channel.kind == super::KIND_EMAIL {
+            let (mailer, public_url) = (self.config.mailer.as_ref(), self.config.public_url.as_deref());
+            return match super::email::deliver(&self.db, mailer, public_url, row, channel).await {
+                Ok(()) => Outcome { status_code: None, error: None },
+                Err(error) => Outcome { status_code: None, error: Some(error) },
+            };
+        }
         if channel.kind == super::KIND_SLACK {
             let public_url = self.config.public_url.as_deref();
             return match super::slack::deliver(&self.db, &self.slack, &self.vault, public_url, row, channel)

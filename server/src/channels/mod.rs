@@ -12,8 +12,10 @@
 //! when the channel is made and again at every attempt, with the guard's resolver, so
 //! a webhook cannot reach what an agent could not. Redirects are not followed.
 
+pub mod card;
 pub mod catalog;
 pub mod delivery;
+pub mod email;
 pub mod outbox;
 pub mod signature;
 pub mod slack;
@@ -43,6 +45,7 @@ use crate::secrets::vault::Vault;
 
 pub const KIND_WEBHOOK: &str = "webhook";
 pub const KIND_SLACK: &str = "slack";
+pub const KIND_EMAIL: &str = "email";
 
 /// Channels one organization may have.
 pub const MAX_CHANNELS: u64 = 20;
@@ -69,6 +72,8 @@ pub struct WebhookConfig {
     pub slack_api_url: String,
     /// The server's public origin (`AEGIS_PUBLIC_URL`), for links in messages.
     pub public_url: Option<String>,
+    /// The SMTP relay (`AEGIS_SMTP_URL`), for email channels; none when unset.
+    pub mailer: Option<crate::mail::Mailer>,
 }
 
 impl Default for WebhookConfig {
@@ -83,6 +88,7 @@ impl Default for WebhookConfig {
             allow_http: false,
             slack_api_url: slack::DEFAULT_API_URL.to_owned(),
             public_url: None,
+            mailer: None,
         }
     }
 }
@@ -237,6 +243,14 @@ impl ChannelService {
                     "bot_token, signing_secret and slack_channel are for kind \"slack\"",
                 ));
             }
+            KIND_SLACK | KIND_EMAIL if input.url.is_some() => {
+                return Err(AppError::validation(format!("url: not used by {} channels", input.kind)));
+            }
+            KIND_EMAIL if slack_fields.iter().any(|f| f.is_some()) => {
+                return Err(AppError::validation(
+                    "bot_token, signing_secret and slack_channel are for kind \"slack\"",
+                ));
+            }
             KIND_SLACK if input.url.is_some() => {
                 return Err(AppError::validation(
                     "url: a Slack channel posts through the Slack app (bot_token, slack_channel)",
@@ -259,13 +273,18 @@ impl ChannelService {
                 let bytes = serde_json::to_vec(&keys).map_err(|_| AppError::internal())?;
                 (url, Some(conversation), zeroize::Zeroizing::new(bytes), None)
             }
-            "email" => {
-                return Err(AppError::bad_request(
-                    "unsupported_kind",
-                    "kind: email channels are not available yet; use a webhook or Slack",
-                ));
+            KIND_EMAIL => {
+                if self.config.mailer.is_none() {
+                    return Err(AppError::bad_request(
+                        "email_not_configured",
+                        "kind: this server sends no email (its operator has not set AEGIS_SMTP_URL)",
+                    ));
+                }
+                // To the organization's members by role; nothing to seal.
+                let url = url::Url::parse("mailto:members-by-role").map_err(|_| AppError::internal())?;
+                (url, None, zeroize::Zeroizing::new(Vec::new()), None)
             }
-            _ => return Err(AppError::validation("kind: must be \"webhook\" or \"slack\"")),
+            _ => return Err(AppError::validation("kind: must be \"webhook\", \"slack\" or \"email\"")),
         };
         let events = catalog::validate(&input.events)?;
         let mut txn = self.audit.begin().await?;

@@ -8,15 +8,16 @@
 
 use std::time::Duration;
 
-use entity::{agents, approval_votes, approvals, channel_deliveries, channels, slack_messages, users};
+use entity::{channel_deliveries, channels, slack_messages};
 use hmac::{Hmac, Mac};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{DatabaseConnection, EntityTrait, Set};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use super::card::ApprovalCard;
 use super::key_context;
 use crate::db::now;
 use crate::secrets::vault::Vault;
@@ -29,8 +30,6 @@ pub const MAX_SKEW_SECS: i64 = 300;
 /// The buttons' action ids.
 pub const APPROVE: &str = "aegis_approve";
 pub const REJECT: &str = "aegis_reject";
-/// A URL shown in a message is cut to this many characters.
-const MAX_URL: usize = 300;
 
 /// What a Slack channel keeps sealed (context [`key_context`]).
 #[derive(Serialize, Deserialize)]
@@ -173,69 +172,22 @@ impl SlackApi {
     }
 }
 
-/// An approval as a message shows it.
-pub struct ApprovalCard {
-    pub approval: approvals::Model,
-    pub agent: String,
-    /// Who decided, by name (email), when decided.
-    pub decided_by: Option<String>,
-    /// Approvals so far under the two-person rule, by name.
-    pub votes: Vec<String>,
-}
-
 impl ApprovalCard {
-    pub async fn load(db: &DatabaseConnection, org: Uuid, id: Uuid) -> Result<Option<Self>, sea_orm::DbErr> {
-        let Some(approval) =
-            approvals::Entity::find_by_id(id).filter(approvals::Column::SponsorId.eq(org)).one(db).await?
-        else {
-            return Ok(None);
-        };
-        let agent =
-            agents::Entity::find_by_id(approval.agent_id).one(db).await?.map(|a| a.name).unwrap_or_default();
-        let name = |u: users::Model| format!("{} ({})", u.name, u.email);
-        let decided_by = match approval.decided_by {
-            Some(member) => users::Entity::find_by_id(member).one(db).await?.map(name),
-            None => None,
-        };
-        let mut votes = Vec::new();
-        for v in approval_votes::Entity::find()
-            .filter(approval_votes::Column::ApprovalId.eq(id))
-            .order_by_asc(approval_votes::Column::CreatedAt)
-            .all(db)
-            .await?
-        {
-            if let Some(u) = users::Entity::find_by_id(v.member_id).one(db).await? {
-                votes.push(name(u));
-            }
-        }
-        Ok(Some(Self { approval, agent, decided_by, votes }))
-    }
-
     /// Block Kit: the normalised request (method, URL, agent, cost, the policy's
     /// reasons), never a body or header value; Approve / Reject while pending, the
     /// outcome and who decided after.
     pub fn message(&self, conversation: &str, link: Option<&str>) -> Value {
         let a = &self.approval;
-        let url: String = a.url.chars().take(MAX_URL).collect();
-        let url = if a.url.chars().count() > MAX_URL { format!("{url}… (cut)") } else { url };
-        let reasons: Vec<String> = serde_json::from_str(&a.policy_reasons).unwrap_or_default();
-        let reasons = if reasons.is_empty() { "—".to_owned() } else { reasons.join("; ") };
-        let cost = format!("${}.{:06}", a.cost_micros / 1_000_000, a.cost_micros % 1_000_000);
-        let body = if a.body_bytes > 0 {
-            format!("{} bytes, not shown here", a.body_bytes)
-        } else {
-            "none".to_owned()
-        };
-        let title = format!("Approval requested: {} {} by {}", a.method, short_host(&a.url), self.agent);
+        let title = self.title();
         let mut blocks = vec![
             json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", escape(&title))}}),
             json!({"type": "section", "fields": [
                 {"type": "mrkdwn", "text": format!("*Method*\n{}", escape(&a.method))},
                 {"type": "mrkdwn", "text": format!("*Agent*\n{}", escape(&self.agent))},
-                {"type": "mrkdwn", "text": format!("*URL*\n`{}`", escape(&url))},
-                {"type": "mrkdwn", "text": format!("*Cost*\n{cost}")},
-                {"type": "mrkdwn", "text": format!("*Policy's reasons*\n{}", escape(&reasons))},
-                {"type": "mrkdwn", "text": format!("*Body*\n{body}")},
+                {"type": "mrkdwn", "text": format!("*URL*\n`{}`", escape(&self.url()))},
+                {"type": "mrkdwn", "text": format!("*Cost*\n{}", self.cost())},
+                {"type": "mrkdwn", "text": format!("*Policy's reasons*\n{}", escape(&self.reasons()))},
+                {"type": "mrkdwn", "text": format!("*Body*\n{}", self.body())},
             ]}),
         ];
         if a.approvers_required > 1 {
@@ -243,24 +195,20 @@ impl ApprovalCard {
             blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text":
                 escape(&format!("Needs {} approvers; approved so far: {so_far}", a.approvers_required))}]}));
         }
-        let text = if a.status == "pending" {
-            blocks.push(json!({"type": "actions", "block_id": "aegis_decision", "elements": [
-                {"type": "button", "action_id": APPROVE, "style": "primary", "value": a.id.to_string(),
-                 "text": {"type": "plain_text", "text": "Approve"}},
-                {"type": "button", "action_id": REJECT, "style": "danger", "value": a.id.to_string(),
-                 "text": {"type": "plain_text", "text": "Reject"}},
-            ]}));
-            title.clone()
-        } else {
-            let who = self.decided_by.as_deref().map(|w| format!(" by {w}")).unwrap_or_default();
-            let outcome = match a.status.as_str() {
-                "approved" => format!("Approved{who}"),
-                "rejected" => format!("Rejected{who}"),
-                "expired" => "Expired: nobody decided in time".to_owned(),
-                other => other.to_owned(),
-            };
-            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", escape(&outcome))}}));
-            format!("{title}: {outcome}")
+        let text = match self.outcome() {
+            None => {
+                blocks.push(json!({"type": "actions", "block_id": "aegis_decision", "elements": [
+                    {"type": "button", "action_id": APPROVE, "style": "primary", "value": a.id.to_string(),
+                     "text": {"type": "plain_text", "text": "Approve"}},
+                    {"type": "button", "action_id": REJECT, "style": "danger", "value": a.id.to_string(),
+                     "text": {"type": "plain_text", "text": "Reject"}},
+                ]}));
+                title
+            }
+            Some(outcome) => {
+                blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", escape(&outcome))}}));
+                format!("{title}: {outcome}")
+            }
         };
         if let Some(link) = link {
             blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn",
@@ -268,10 +216,6 @@ impl ApprovalCard {
         }
         json!({"channel": conversation, "text": text, "blocks": blocks})
     }
-}
-
-fn short_host(url: &str) -> String {
-    url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Slack's mrkdwn escapes: `&`, `<` and `>` (so a URL or name cannot inject a link or mention).

@@ -15,7 +15,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::slack::{self, APPROVE, ApprovalCard, REJECT, Refused};
+use super::card::ApprovalCard;
+use super::slack::{self, APPROVE, REJECT, Refused};
 use super::{ChannelService, KIND_SLACK, channel_entry};
 use crate::actor::Actor;
 use crate::db::{internal, now};

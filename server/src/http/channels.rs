@@ -27,15 +27,15 @@ pub async fn list(State(s): State<AppState>, Sponsor(sponsor): Sponsor) -> ApiRe
 }
 
 #[utoipa::path(post, path = "/api/channels", tag = "channels",
-    summary = "Add a webhook",
-    description = "Owners and admins. `{\"kind\": \"webhook\", \"url\": \"https://…\", \"events\": [\"approval.requested\", …]}`. Every event of those types is POSTed to `url`, signed as Standard Webhooks defines (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), with the `secret` in this answer: it is shown once. The URL passes AEGIS's egress rules (no private, loopback or metadata targets) and must be `https` unless `AEGIS_WEBHOOK_ALLOW_HTTP` is on.",
+    summary = "Add a webhook, Slack or email channel",
+    description = "Owners and admins. `{\"kind\": \"webhook\", \"url\": \"https://…\", \"events\": [\"approval.requested\", …]}`. Every event of those types is POSTed to `url`, signed as Standard Webhooks defines (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), with the `secret` in this answer: it is shown once. The URL passes AEGIS's egress rules (no private, loopback or metadata targets) and must be `https` unless `AEGIS_WEBHOOK_ALLOW_HTTP` is on. `{\"kind\": \"slack\", \"bot_token\": \"xoxb-…\", \"signing_secret\", \"slack_channel\": \"C…\", \"events\"}`: approvals as Block Kit messages with Approve / Reject (the Slack app's keys are sealed, never shown). `{\"kind\": \"email\", \"events\"}`: emails to the members whose role can act (approvals to those who decide, the rest to owners and admins).",
     request_body = NewChannel,
     security(("sponsor_token" = [])),
     responses(
         (status = 201, description = "The channel and its signing secret (shown once)", body = ChannelCreated),
-        (status = 400, description = "`webhook_url_refused`: the egress rules refuse the URL, or it is not https; `unknown_event`: not an event type; `unsupported_kind`: `slack` and `email` are not available yet", body = ErrorBody),
+        (status = 400, description = "`webhook_url_refused`: the egress rules refuse the URL, or it is not https; `unknown_event`: not an event type; `email_not_configured`: an email channel on a server without `AEGIS_SMTP_URL`", body = ErrorBody),
         (status = 409, description = "`channel_limit`: the organization has 20 channels", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: no events, or an unknown kind", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: no events, an unknown kind, or a field the kind lacks or does not take", body = ErrorBody),
     ))]
 pub async fn create(
     State(s): State<AppState>,

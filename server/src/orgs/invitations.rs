@@ -90,7 +90,41 @@ impl OrgService {
         .await?;
         txn.commit().await?;
         let origin = self.public_url.as_deref().unwrap_or("").trim_end_matches('/');
-        Ok(InvitationCreated { id, invite_url: format!("{origin}/join?token={token}"), token, expires_at })
+        let invite_url = format!("{origin}/join?token={token}");
+        self.email_invitation(&email, input.role, &invite_url, expires_at, &sponsor.user_id);
+        Ok(InvitationCreated { id, invite_url, token, expires_at })
+    }
+
+    /// Emails the invitee their link, when SMTP and the public URL are configured
+    /// (a relative link is no use in an email). Best effort, after the commit: the
+    /// inviter has the link in the answer either way.
+    fn email_invitation(
+        &self,
+        email: &str,
+        role: app::model::Role,
+        invite_url: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        inviter: &Uuid,
+    ) {
+        let (Some(mailer), Some(_)) = (self.mailer.clone(), self.public_url.as_ref()) else { return };
+        let Ok(to) = email.parse::<lettre::message::Mailbox>() else { return };
+        let (db, invite_url, inviter) = (self.db.clone(), invite_url.to_owned(), *inviter);
+        tokio::spawn(async move {
+            let who = match entity::users::Entity::find_by_id(inviter).one(&db).await {
+                Ok(Some(u)) => format!("{} ({})", u.name, u.email),
+                _ => "A member".to_owned(),
+            };
+            let text = format!(
+                "{who} invites you to their organization on AEGIS as {}.\n\n\
+                 Accept (sign up or sign in first; the link works once, until {}):\n{invite_url}\n\n\
+                 If you did not expect this, ignore this email.\n",
+                role.as_str(),
+                expires_at.format("%Y-%m-%d %H:%M UTC"),
+            );
+            if let Err(e) = mailer.send(&[to], "You are invited to an AEGIS organization", text).await {
+                tracing::warn!(error = %e, "the invitation email was not sent");
+            }
+        });
     }
 
     pub async fn invitations(&self, sponsor: &SessionUser) -> Result<Vec<InvitationView>, AppError> {

@@ -38,6 +38,8 @@ pub struct OrgService {
     events: EventBus,
     /// Where invitation links point (`AEGIS_PUBLIC_URL`), if configured.
     public_url: Option<String>,
+    /// Invitations are emailed when SMTP is configured (`AEGIS_SMTP_URL`).
+    mailer: Option<crate::mail::Mailer>,
 }
 
 /// The answer for an organization the caller is not a member of, and for one that
@@ -63,8 +65,9 @@ impl OrgService {
         audit: AuditLog,
         events: EventBus,
         public_url: Option<String>,
+        mailer: Option<crate::mail::Mailer>,
     ) -> Self {
-        Self { db, audit, events, public_url }
+        Self { db, audit, events, public_url, mailer }
     }
 
     /// Tells the organization's dashboards, once the change is committed.

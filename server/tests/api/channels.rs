@@ -326,7 +326,7 @@ async fn channels_targets_obey_egress_rules_and_a_failing_channel_disables_itsel
         (create("https://hooks.example.com/", "webhook", json!(["agent.nope"])), 400, "unknown_event"),
         (create("https://hooks.example.com/", "webhook", json!([])), 422, "validation_failed"),
         (create("https://hooks.example.com/", "slack", json!(["agent.suspended"])), 422, "validation_failed"),
-        (create("https://hooks.example.com/", "email", json!(["agent.suspended"])), 400, "unsupported_kind"),
+        (create("https://hooks.example.com/", "email", json!(["agent.suspended"])), 422, "validation_failed"),
         (create("https://hooks.example.com/", "pager", json!(["agent.suspended"])), 422, "validation_failed"),
     ] {
         let r = s.post("/api/channels", Some(&owner.access), body.clone()).await;

@@ -13,6 +13,7 @@ mod dashboard;
 mod demo;
 mod docs;
 mod doors;
+mod email;
 mod errors;
 mod events;
 mod exfiltration;
