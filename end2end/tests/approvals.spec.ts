@@ -150,3 +150,45 @@ test("a breaker trip shows a toast, the agent shows suspended, and resume brings
   expect((await me.json()).status).toBe("active");
   expect(errors).toEqual([]);
 });
+
+test("an approval's own page, where notifications link, asks for a sign-in and then decides", async ({ page }) => {
+  const errors: string[] = [];
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  page.on("pageerror", (e) => errors.push(e.message));
+  const upstream = await mockUpstream();
+  const email = `linked-${Date.now()}@example.com`;
+  const reg = await page.request.post("/api/auth/register", { data: { email, password, name: "Linked Approver" } });
+  const token = (await reg.json()).access_token;
+  const created = await page.request.post("/api/agents", {
+    headers: { Authorization: `Bearer ${token}` },
+    data: { name: "release-bot" },
+  });
+  const apiKey = (await created.json()).api_key;
+  const asked = await page.request.post("/api/proxy/execute", {
+    headers: { Authorization: `Bearer ${apiKey}` },
+    data: { method: "DELETE", url: `${upstream.url}/releases/7` },
+  });
+  expect(asked.status()).toBe(202);
+  const pending = await asked.json();
+  // Signed out (this page's cookies are not the API's), the link shows nothing and decides nothing.
+  await page.context().clearCookies();
+
+  await page.goto(`/approvals/${pending.approval_id}`);
+  await expect(page).toHaveURL(/\/login\?next=/);
+  await expect(page.locator("body")).not.toContainText("release-bot");
+  expect(upstream.seen).toEqual([]);
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(new RegExp(`/approvals/${pending.approval_id}$`));
+  const card = page.locator(`#approval-one [data-approval="${pending.approval_id}"]`);
+  await expect(card).toContainText("release-bot");
+  await expect(card).toContainText("pending");
+  await page.waitForFunction(() => document.querySelector("body[data-hydrated]") !== null);
+  await shot(page, "15-approval-page");
+  await card.getByRole("button", { name: "Approve" }).click();
+  await expect(card).toContainText("upstream answered 200");
+  expect(upstream.seen).toEqual(["DELETE /releases/7"]);
+  upstream.server.close();
+  expect(errors).toEqual([]);
+});
