@@ -80,7 +80,7 @@ test-e2e: ## Playwright browser tests against the debug build
 bench-isolation: ## Print another tenant's latency before and during each isolation scenario
 	@$(CARGO_TEST) --test api -- --nocapture --test-threads 1 \
 		a_hundred_waits_on_one_approval hostile_policies_get_a_clear_answer concurrent_verifications_do_not_slow 2>&1 \
-		| grep -E '^\[isolation\]|^test result'
+		| grep -oE '\[isolation\].*|^test result.*'
 
 tools: ## Install the wasm target, cargo-leptos and wasm-bindgen-cli when missing
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
