@@ -8,7 +8,7 @@
 
 use app::error::AppError;
 use app::model::{Access, Role, SessionUser, SlackLinked};
-use entity::{channels, memberships, slack_link_tokens, slack_links};
+use entity::{channels, memberships, slack_link_tokens, slack_links, users};
 use rand::RngCore;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
@@ -139,6 +139,16 @@ impl ChannelService {
             self.offer_link(&channel, &team, &user).await?;
             return Ok(Click::Answered);
         };
+        // A disabled account cannot sign in; its Slack link decides nothing either.
+        let active = users::Entity::find_by_id(link.member_id)
+            .one(&self.db)
+            .await
+            .map_err(internal)?
+            .is_some_and(|u| u.disabled_at.is_none());
+        if !active {
+            self.slack_tell(&channel, &user, "Your AEGIS account is disabled; nothing was decided.").await;
+            return Ok(Click::Answered);
+        }
         let role = Role::parse(&membership.role).unwrap_or(Role::Viewer);
         let member = SessionUser::new(link.member_id, Uuid::nil(), channel.org_id, role);
         Ok(Click::Decide { member, approval, approve, channel: Box::new(channel), slack_user: user })

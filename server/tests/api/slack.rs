@@ -291,6 +291,26 @@ async fn slack_approvals_are_posted_decided_by_linked_members_once_and_updated()
     let r = link(&s, &approver, &org, &code).await;
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "slack_link_invalid"), "single use: {}", r.text);
 
+    // A disabled account's link decides nothing (it cannot sign in either).
+    let set_disabled = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        let (db, id) = (s.running.services.db.clone(), approver.id.parse::<uuid::Uuid>().unwrap());
+        async move {
+            use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+            entity::users::Entity::update_many()
+                .col_expr(entity::users::Column::DisabledAt, Expr::value(at))
+                .filter(entity::users::Column::Id.eq(id))
+                .exec(&db)
+                .await
+                .unwrap();
+        }
+    };
+    set_disabled(Some(chrono::Utc::now())).await;
+    click(&s, &path, "U0APPROVER", "aegis_approve", &approval).await;
+    let told = slack.nth("chat.postEphemeral", 5).await;
+    assert!(told.body["text"].as_str().unwrap().contains("disabled"), "{:?}", told.body);
+    assert_eq!(status_of(&s, &owner.access, &approval).await, "pending");
+    set_disabled(None).await;
+
     // The approver's click decides, as the approver; the message shows who.
     let r = click(&s, &path, "U0APPROVER", "aegis_approve", &approval).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
