@@ -2,9 +2,22 @@
 //! request (method, URL, agent, cost, the policy's reasons), its state, who decided
 //! and who approved so far. Never a header value or a body (only the body's size).
 
-use entity::{agents, approval_votes, approvals, users};
+use entity::{agents, approval_votes, approvals, channel_deliveries, channels, users};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
+
+/// The approval a delivery is about (its event's `approval_id`), loaded, if any.
+pub async fn of_delivery(
+    db: &DatabaseConnection,
+    channel: &channels::Model,
+    row: &channel_deliveries::Model,
+) -> Result<Option<ApprovalCard>, sea_orm::DbErr> {
+    let payload: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or_default();
+    match payload["data"]["details"]["approval_id"].as_str().and_then(|v| v.parse().ok()) {
+        Some(id) => ApprovalCard::load(db, channel.org_id, id).await,
+        None => Ok(None),
+    }
+}
 
 /// A URL shown in a notification is cut to this many characters.
 pub const MAX_URL: usize = 300;

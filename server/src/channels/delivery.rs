@@ -90,6 +90,11 @@ impl Deliverer {
         Self { db, audit, vault, egress, events, config, client, slack, wake: Notify::new() }
     }
 
+    /// Slack's Web API (also for answers to clicks).
+    pub fn slack(&self) -> &super::slack::SlackApi {
+        &self.slack
+    }
+
     pub fn config(&self) -> &WebhookConfig {
         &self.config
     }

@@ -83,17 +83,13 @@ pub async fn deliver(
 ) -> Result<(), String> {
     let mailer = mailer.ok_or("email is not configured on this server (AEGIS_SMTP_URL)")?;
     let to = recipients(db, channel, &row.event_type).await?;
-    let payload: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
-    let approval = payload["data"]["details"]["approval_id"].as_str().and_then(|v| v.parse().ok());
-    let card = match approval {
-        Some(id) => ApprovalCard::load(db, channel.org_id, id)
-            .await
-            .map_err(|_| "the approval could not be read".to_owned())?,
-        None => None,
-    };
+    let card = super::card::of_delivery(db, channel, row)
+        .await
+        .map_err(|_| "the approval could not be read".to_owned())?;
     let (subject, text) = match card {
         Some(card) => approval_text(&card, approval_link(public_url, card.approval.id).as_deref()),
         None => {
+            let payload: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
             let details: String = payload["data"]["details"].to_string().chars().take(2000).collect();
             (format!("AEGIS: {}", row.event_type), format!("{}\n\n{details}\n", row.event_type))
         }

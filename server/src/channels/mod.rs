@@ -100,8 +100,6 @@ pub struct ChannelService {
     vault: Vault,
     egress: EgressGuard,
     config: WebhookConfig,
-    /// Slack's Web API, for answers to clicks.
-    slack: slack::SlackApi,
     pub deliverer: Arc<delivery::Deliverer>,
 }
 
@@ -185,15 +183,7 @@ impl ChannelService {
             events,
             config.clone(),
         ));
-        Self {
-            db,
-            audit,
-            vault,
-            egress,
-            slack: slack::SlackApi::new(&config.slack_api_url, config.timeout),
-            config,
-            deliverer,
-        }
+        Self { db, audit, vault, egress, config, deliverer }
     }
 
     /// A URL a webhook may target: the egress guard's rules, `https` unless allowed.

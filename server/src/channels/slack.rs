@@ -234,11 +234,6 @@ fn event_message(conversation: &str, row: &channel_deliveries::Model) -> Value {
 }
 
 /// The approval an event is about, if any.
-fn approval_of(row: &channel_deliveries::Model) -> Option<Uuid> {
-    let payload: Value = serde_json::from_str(&row.payload).ok()?;
-    payload["data"]["details"]["approval_id"].as_str()?.parse().ok()
-}
-
 /// The dashboard's page for an approval, when the server knows its public URL.
 pub fn approval_link(public_url: Option<&str>, id: Uuid) -> Option<String> {
     public_url.map(|base| format!("{base}/approvals/{id}"))
@@ -257,11 +252,9 @@ pub async fn deliver(
 ) -> Result<u16, (Option<u16>, String)> {
     let conversation = channel.slack_channel.clone().unwrap_or_default();
     let keys = keys(vault, channel).ok_or((None, "the Slack keys could not be opened".to_owned()))?;
-    let db_error = |_| (None, "the approval could not be read".to_owned());
-    let card = match approval_of(row) {
-        Some(id) => ApprovalCard::load(db, channel.org_id, id).await.map_err(db_error)?,
-        None => None,
-    };
+    let card = super::card::of_delivery(db, channel, row)
+        .await
+        .map_err(|_| (None, "the approval could not be read".to_owned()))?;
     let Some(card) = card else {
         api.call(&keys.bot_token, "chat.postMessage", &event_message(&conversation, row)).await?;
         return Ok(200);

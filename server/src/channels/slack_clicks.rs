@@ -126,26 +126,23 @@ impl ChannelService {
             .one(&self.db)
             .await
             .map_err(internal)?;
+        // The member as they are now: still in the organization, account not disabled.
         let membership = match &link {
             Some(link) => memberships::Entity::find()
                 .filter(memberships::Column::OrgId.eq(channel.org_id))
                 .filter(memberships::Column::UserId.eq(link.member_id))
+                .find_also_related(users::Entity)
                 .one(&self.db)
                 .await
                 .map_err(internal)?,
             None => None,
         };
-        let (Some(link), Some(membership)) = (link, membership) else {
+        let (Some(link), Some((membership, user_row))) = (link, membership) else {
             self.offer_link(&channel, &team, &user).await?;
             return Ok(Click::Answered);
         };
         // A disabled account cannot sign in; its Slack link decides nothing either.
-        let active = users::Entity::find_by_id(link.member_id)
-            .one(&self.db)
-            .await
-            .map_err(internal)?
-            .is_some_and(|u| u.disabled_at.is_none());
-        if !active {
+        if user_row.is_none_or(|u| u.disabled_at.is_some()) {
             self.slack_tell(&channel, &user, "Your AEGIS account is disabled; nothing was decided.").await;
             return Ok(Click::Answered);
         }
@@ -190,7 +187,7 @@ impl ChannelService {
     pub async fn slack_tell(&self, channel: &channels::Model, user: &str, text: &str) {
         let Some(keys) = slack::keys(&self.vault, channel) else { return };
         let body = json!({"channel": channel.slack_channel, "user": user, "text": text});
-        if let Err((_, e)) = self.slack.call(&keys.bot_token, "chat.postEphemeral", &body).await {
+        if let Err((_, e)) = self.deliverer.slack().call(&keys.bot_token, "chat.postEphemeral", &body).await {
             tracing::warn!(channel = %channel.id, error = %e, "could not answer a Slack click");
         }
     }
@@ -204,7 +201,8 @@ impl ChannelService {
         };
         let link = slack::approval_link(self.config.public_url.as_deref(), approval);
         if let Err((_, e)) =
-            slack::refresh(&self.db, &self.slack, &keys.bot_token, channel, &card, link.as_deref()).await
+            slack::refresh(&self.db, self.deliverer.slack(), &keys.bot_token, channel, &card, link.as_deref())
+                .await
         {
             tracing::warn!(channel = %channel.id, error = %e, "could not update a Slack message");
         }
